@@ -1,0 +1,175 @@
+//! `greve ask`: one prompt in, one reply out. The reply streams to stdout as
+//! it is generated and nothing else goes there; notes and stats go to stderr.
+
+use std::io::{IsTerminal, Read, Write};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use crate::cli::AskArgs;
+use crate::exit::{Classify, Failure};
+use crate::generate::{generate, Finish, Generation, Limits};
+use crate::model::{self, Model};
+use crate::sampler::Sampler;
+use crate::settings;
+use crate::template::{self, Message};
+use crate::tokenizer::StreamDecoder;
+
+pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
+    let prompt = read_prompt(&args.prompt)?;
+    let files = crate::resolve::resolve(&args.model.model)?;
+    let device = settings::device(&args.model.device)?;
+    let dtype = model::compute_dtype(&files, &device, settings::dtype(args.model.dtype));
+    let loading = Instant::now();
+    if std::io::stderr().is_terminal() {
+        eprintln!("greve: loading {} ({dtype:?} on {device:?})", files.name);
+    }
+    let mut model = model::load(&files, &device, dtype)?;
+    let load_time = loading.elapsed();
+
+    let pieces = template::render(
+        model.tokenizer.format(),
+        args.system.as_deref(),
+        &[Message::user(prompt)],
+    )?;
+    let ids = model.tokenizer.encode_pieces(&pieces)?;
+    if args.verbose_prompt {
+        eprintln!("{}", template::to_text(&pieces));
+        eprintln!("{}", join(&ids));
+    }
+    let context = model.transformer.config.context_length;
+    if ids.len() >= context {
+        return Err(Failure::Usage.err(format!(
+            "the prompt is {} tokens but {} holds {context} tokens of context, reply included; shorten the prompt",
+            ids.len(),
+            model.name
+        )));
+    }
+
+    let params = settings::sampling_params(&args.sampling, &model.defaults);
+    let seed = args.sampling.seed.unwrap_or_else(random_seed);
+    let mut sampler = Sampler::new(params, seed);
+    let mut stop = model.defaults.eos_token_id.clone();
+    stop.push(model.tokenizer.eos());
+    let limits = Limits {
+        max_tokens: settings::max_tokens(&args.sampling, &model.defaults, ids.len(), context),
+        stop: &stop,
+    };
+
+    let generation = if args.json {
+        generate(&mut model.transformer, &ids, &mut sampler, &limits, cancel, |_| Ok(()))?
+    } else {
+        stream(&mut model, &ids, &mut sampler, &limits, cancel)?
+    };
+    let reply = model.tokenizer.decode(&generation.tokens)?;
+    if args.json {
+        print_json(&model, &generation, &reply, seed, load_time)?;
+    }
+    if args.stats {
+        print_stats(&generation, seed);
+    }
+    if generation.finish == Finish::Interrupted {
+        return Err(Failure::Interrupted.err("interrupted"));
+    }
+    Ok(())
+}
+
+/// Generates while printing each piece of text as soon as it is complete.
+fn stream(
+    model: &mut Model,
+    ids: &[u32],
+    sampler: &mut Sampler,
+    limits: &Limits,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Generation> {
+    let mut out = std::io::stdout().lock();
+    let mut decoder = StreamDecoder::default();
+    let tokenizer = &model.tokenizer;
+    let generation = generate(&mut model.transformer, ids, sampler, limits, cancel, |token| {
+        if let Some(text) = decoder.push(tokenizer, token)? {
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+        }
+        Ok(())
+    })?;
+    if let Some(text) = decoder.finish(tokenizer)? {
+        out.write_all(text.as_bytes())?;
+    }
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(generation)
+}
+
+/// The prompt from the arguments, or stdin when there are none or the only
+/// one is `-`. Trailing whitespace (the newline of `echo`) is dropped.
+fn read_prompt(args: &[String]) -> anyhow::Result<String> {
+    let text = if args.is_empty() || args == ["-"] {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .classify(Failure::Usage, || "cannot read the prompt from stdin".into())?;
+        String::from_utf8(bytes).map_err(|e| {
+            Failure::Usage.err(format!(
+                "the prompt on stdin is not valid UTF-8 (at byte {}); convert it, e.g. with iconv -t UTF-8",
+                e.utf8_error().valid_up_to()
+            ))
+        })?
+    } else {
+        args.join(" ")
+    };
+    let text = text.trim_end().to_string();
+    if text.trim().is_empty() {
+        return Err(Failure::Usage.err(
+            "the prompt is empty: write it after `greve ask`, or pipe it on stdin",
+        ));
+    }
+    Ok(text)
+}
+
+fn random_seed() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn join(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
+}
+
+fn print_stats(g: &Generation, seed: u64) {
+    let s = &g.stats;
+    eprintln!(
+        "prompt: {} tokens, {:.1} tokens/s | reply: {} tokens, {:.1} tokens/s | first token after {:.0} ms | seed {seed}",
+        s.prompt_tokens,
+        s.prefill_tokens_per_second(),
+        s.generated_tokens,
+        s.decode_tokens_per_second(),
+        s.time_to_first_token.as_secs_f64() * 1e3,
+    );
+}
+
+fn print_json(
+    model: &Model,
+    g: &Generation,
+    reply: &str,
+    seed: u64,
+    load_time: std::time::Duration,
+) -> anyhow::Result<()> {
+    let s = &g.stats;
+    let value = serde_json::json!({
+        "model": model.name,
+        "reply": reply,
+        "finish_reason": g.finish,
+        "prompt_tokens": s.prompt_tokens,
+        "generated_tokens": s.generated_tokens,
+        "seed": seed,
+        "load_ms": load_time.as_secs_f64() * 1e3,
+        "ttft_ms": s.time_to_first_token.as_secs_f64() * 1e3,
+        "prefill_tok_s": s.prefill_tokens_per_second(),
+        "decode_tok_s": s.decode_tokens_per_second(),
+    });
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{value}")?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! Failure classes and the exit codes they map to.
+//!
+//! Every error that reaches `main` is an `anyhow::Error`; the ones raised on
+//! purpose carry a [`Failure`] somewhere in their chain so that `main` can pick
+//! the documented exit code. Anything unclassified (an I/O error deep inside a
+//! dependency, say) exits with 1.
+
+use std::fmt;
+
+/// Why greve stopped. The numbers are part of the interface: scripts test them,
+/// and the README documents them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// A bad flag or input: empty prompt, invalid UTF-8, prompt too long.
+    Usage,
+    /// The model path does not exist or cannot be read.
+    ModelNotFound,
+    /// The model files exist but are not a model greve can run.
+    ModelInvalid,
+    /// The forward pass or the sampler failed after loading.
+    Generation,
+    /// The user pressed Ctrl-C.
+    Interrupted,
+}
+
+impl Failure {
+    pub fn code(self) -> u8 {
+        match self {
+            Failure::Usage => 2,
+            Failure::ModelNotFound => 3,
+            Failure::ModelInvalid => 4,
+            Failure::Generation => 5,
+            // 128 + SIGINT, what shells report for a process killed by Ctrl-C.
+            Failure::Interrupted => 130,
+        }
+    }
+
+    /// Wraps a message in an error of this class.
+    pub fn err(self, message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Classified {
+            failure: self,
+            message: message.into(),
+        })
+    }
+}
+
+/// An error raised on purpose, carrying its class.
+#[derive(Debug)]
+pub struct Classified {
+    pub failure: Failure,
+    message: String,
+}
+
+impl fmt::Display for Classified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Classified {}
+
+/// Adds a failure class to any error, keeping its message as the cause.
+pub trait Classify<T> {
+    fn classify(self, failure: Failure, context: impl FnOnce() -> String) -> anyhow::Result<T>;
+}
+
+impl<T, E: Into<anyhow::Error>> Classify<T> for Result<T, E> {
+    fn classify(self, failure: Failure, context: impl FnOnce() -> String) -> anyhow::Result<T> {
+        self.map_err(|e| {
+            let cause: anyhow::Error = e.into();
+            cause.context(Classified {
+                failure,
+                message: context(),
+            })
+        })
+    }
+}
+
+/// The exit code for an error: the outermost class in its chain, else 1.
+pub fn code_for(err: &anyhow::Error) -> u8 {
+    // `downcast_ref` on the error itself also sees a context added by
+    // `classify`; the chain then finds classes raised deeper down.
+    err.downcast_ref::<Classified>()
+        .or_else(|| err.chain().find_map(|e| e.downcast_ref::<Classified>()))
+        .map_or(1, |c| c.failure.code())
+}
+
+/// True when the error is stdout going away (`greve ask ... | head -c 10`):
+/// the Unix convention is to stop quietly with success.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outermost_class_decides_the_code() {
+        let inner: anyhow::Result<()> = Err(Failure::ModelNotFound.err("no such file"));
+        let err = inner
+            .classify(Failure::ModelInvalid, || "bad model".into())
+            .unwrap_err();
+        assert_eq!(code_for(&err), 4);
+        assert_eq!(format!("{err:#}"), "bad model: no such file");
+    }
+
+    #[test]
+    fn unclassified_errors_exit_with_one() {
+        assert_eq!(code_for(&anyhow::anyhow!("boom")), 1);
+    }
+
+    #[test]
+    fn broken_pipe_is_found_through_context() {
+        let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let err = anyhow::Error::new(io).context("writing the reply");
+        assert!(is_broken_pipe(&err));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+}

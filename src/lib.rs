@@ -1,0 +1,16 @@
+//! greve: chat with Mistral 7B on your own machine.
+//!
+//! The binary (`main.rs`) parses the command line and hands over to a front
+//! end (`ask`); the engine below it is a library so that tests load models
+//! through exactly the code that loads real weights.
+
+pub mod ask;
+pub mod cli;
+pub mod exit;
+pub mod generate;
+pub mod model;
+pub mod resolve;
+pub mod sampler;
+pub mod settings;
+pub mod template;
+pub mod tokenizer;

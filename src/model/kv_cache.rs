@@ -1,0 +1,109 @@
+//! Per-layer keys and values of the positions seen so far, written in place.
+//!
+//! Storage grows by doubling, so appending a token copies nothing in the
+//! common case and the cost of growth is amortised; memory stays
+//! proportional to the conversation, not to the model's 32k-token context.
+//! `truncate` rewinds it (a retried reply, a Ctrl-C).
+
+use candle_core::{Result, Tensor};
+
+/// Room for this many positions is reserved on the first append.
+const INITIAL_CAPACITY: usize = 256;
+
+#[derive(Default)]
+pub struct KvCache {
+    /// Keys and values, (batch, kv_heads, capacity, head_dim) each; the first
+    /// `len` positions are valid.
+    storage: Option<(Tensor, Tensor)>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Appends (batch, kv_heads, n, head_dim) keys and values and returns
+    /// views of all positions so far.
+    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let needed = self.len + k.dim(2)?;
+        let (ck, cv) = match self.storage.take() {
+            Some((ck, cv)) if ck.dim(2)? >= needed => (ck, cv),
+            old => {
+                let capacity = old.as_ref().map_or(Ok(0), |(ck, _)| ck.dim(2))?;
+                let capacity = needed.max(capacity * 2).max(INITIAL_CAPACITY);
+                (
+                    grow(old.as_ref().map(|s| &s.0), k, self.len, capacity)?,
+                    grow(old.as_ref().map(|s| &s.1), v, self.len, capacity)?,
+                )
+            }
+        };
+        ck.slice_set(&k.contiguous()?, 2, self.len)?;
+        cv.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len = needed;
+        let views = (ck.narrow(2, 0, needed)?, cv.narrow(2, 0, needed)?);
+        self.storage = Some((ck, cv));
+        Ok(views)
+    }
+}
+
+/// New storage of `capacity` positions holding the first `len` of `old`.
+fn grow(old: Option<&Tensor>, like: &Tensor, len: usize, capacity: usize) -> Result<Tensor> {
+    let (b, h, _, d) = like.dims4()?;
+    let fresh = Tensor::zeros((b, h, capacity, d), like.dtype(), like.device())?;
+    if let Some(old) = old {
+        if len > 0 {
+            fresh.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+        }
+    }
+    Ok(fresh)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn block(start: usize, n: usize) -> Tensor {
+        Tensor::arange(start as u32, (start + n) as u32, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .reshape((1, 1, n, 1))
+            .unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn appends_past_the_initial_capacity_and_keeps_order() {
+        let mut cache = KvCache::default();
+        let mut expected = Vec::new();
+        let mut pos = 0;
+        for n in [200, 100, 1, 300] {
+            let (k, v) = cache.append(&block(pos, n), &block(pos, n)).unwrap();
+            pos += n;
+            expected.extend((0..pos).map(|x| x as f32).skip(expected.len()));
+            assert_eq!(values(&k), expected);
+            assert_eq!(values(&v), expected);
+        }
+        assert_eq!(cache.len(), 601);
+    }
+
+    #[test]
+    fn truncate_rewinds_and_new_tokens_overwrite() {
+        let mut cache = KvCache::default();
+        cache.append(&block(0, 5), &block(0, 5)).unwrap();
+        cache.truncate(2);
+        let (k, _) = cache.append(&block(10, 2), &block(10, 2)).unwrap();
+        assert_eq!(values(&k), vec![0.0, 1.0, 10.0, 11.0]);
+        cache.truncate(99);
+        assert_eq!(cache.len(), 4);
+    }
+}

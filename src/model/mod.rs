@@ -1,0 +1,151 @@
+//! A loaded model: the transformer with its weights, the tokenizer that
+//! matches it, and the generation defaults its authors shipped.
+//!
+//! Both file formats end in the same [`Transformer`]; the only difference
+//! past this file is the [`transformer::WeightSource`] that fed it.
+
+pub mod config;
+pub mod gguf;
+pub mod kv_cache;
+pub mod safetensors;
+pub mod transformer;
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use serde::Deserialize;
+
+use crate::exit::{Classify, Failure};
+use crate::resolve::{ModelFiles, WeightFiles};
+use crate::tokenizer::{SpecialTokens, Tokenizer};
+use config::Config;
+use transformer::Transformer;
+
+pub struct Model {
+    pub transformer: Transformer,
+    pub tokenizer: Tokenizer,
+    pub defaults: GenerationDefaults,
+    /// What the user named, for messages and `--json`.
+    pub name: String,
+}
+
+/// Sampling defaults from `generation_config.json`; absent fields stay `None`
+/// and the caller's defaults apply.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct GenerationDefaults {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    #[serde(rename = "repetition_penalty")]
+    pub repeat_penalty: Option<f32>,
+    #[serde(rename = "max_new_tokens")]
+    pub max_tokens: Option<usize>,
+    /// One id or a list in the file.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub eos_token_id: Vec<u32>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(u32),
+        Many(Vec<u32>),
+        Null,
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(id) => vec![id],
+        OneOrMany::Many(ids) => ids,
+        OneOrMany::Null => vec![],
+    })
+}
+
+/// The compute dtype: what the user asked for, else f32 on CPU (candle's CPU
+/// kernels are fastest in f32) and bf16 on GPUs. GGUF files always compute in
+/// f32: candle's quantised matmuls take f32 activations.
+pub fn compute_dtype(files: &ModelFiles, device: &Device, requested: Option<DType>) -> DType {
+    match (&files.weights, requested) {
+        (WeightFiles::Gguf(_), _) => DType::F32,
+        (_, Some(dtype)) => dtype,
+        _ if device.is_cpu() => DType::F32,
+        _ => DType::BF16,
+    }
+}
+
+pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> anyhow::Result<Model> {
+    let (transformer, tokenizer) = match &files.weights {
+        WeightFiles::Safetensors { config, shards } => {
+            let config = Config::from_json_file(config)?;
+            let tokenizer = load_tokenizer_json(files)?;
+            let mut src = safetensors::SafetensorsSource::open(shards, dtype, device)?;
+            (Transformer::load(config, &mut src, dtype, device)?, tokenizer)
+        }
+        WeightFiles::Gguf(path) => {
+            let mut src = gguf::GgufSource::open(path, device)?;
+            let tokenizer = Tokenizer::from_gguf(src.metadata())
+                .classify(Failure::ModelInvalid, || format!("in {}", path.display()))?;
+            let config = Config::from_gguf(src.metadata(), tokenizer.vocab_size())
+                .classify(Failure::ModelInvalid, || format!("in {}", path.display()))?;
+            (Transformer::load(config, &mut src, dtype, device)?, tokenizer)
+        }
+    };
+    if tokenizer.vocab_size() > transformer.config.vocab_size {
+        return Err(Failure::ModelInvalid.err(format!(
+            "the tokenizer of {} has {} tokens but the model only {}: they do not belong together",
+            files.name,
+            tokenizer.vocab_size(),
+            transformer.config.vocab_size
+        )));
+    }
+    let defaults = match &files.generation_config {
+        Some(path) => read_json::<GenerationDefaults>(path)?,
+        None => GenerationDefaults::default(),
+    };
+    Ok(Model {
+        transformer,
+        tokenizer,
+        defaults,
+        name: files.name.clone(),
+    })
+}
+
+fn load_tokenizer_json(files: &ModelFiles) -> anyhow::Result<Tokenizer> {
+    let Some(path) = &files.tokenizer else {
+        return Err(Failure::ModelInvalid.err(format!(
+            "{} has no tokenizer.json; copy the one from the model's Hub repo beside config.json",
+            files.name
+        )));
+    };
+    #[derive(Deserialize, Default)]
+    struct TokenizerConfig {
+        bos_token: Option<TokenName>,
+        eos_token: Option<TokenName>,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TokenName {
+        Plain(String),
+        Added { content: String },
+    }
+    let name = |t: Option<TokenName>| {
+        t.map(|t| match t {
+            TokenName::Plain(s) | TokenName::Added { content: s } => s,
+        })
+    };
+    let config = match &files.tokenizer_config {
+        Some(p) => read_json::<TokenizerConfig>(p)?,
+        None => TokenizerConfig::default(),
+    };
+    let special = SpecialTokens {
+        bos: name(config.bos_token),
+        eos: name(config.eos_token),
+    };
+    Tokenizer::from_json_file(path, &special)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .classify(Failure::ModelNotFound, || format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text)
+        .classify(Failure::ModelInvalid, || format!("{} is not valid", path.display()))
+}

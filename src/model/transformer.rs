@@ -1,0 +1,351 @@
+//! The Mistral 7B transformer, in the order of the paper (Jiang et al. 2023,
+//! "Mistral 7B"): token embedding, then per layer pre-norm grouped-query
+//! attention with rotary positions and a SwiGLU feed-forward, each around a
+//! residual; a final RMSNorm and the vocabulary projection.
+//!
+//! Weights come from a [`WeightSource`] (safetensors or GGUF): the model
+//! neither knows nor cares which file format, dtype or quantisation holds
+//! them. Shapes in comments use the checkpoint's names: `d` hidden size,
+//! `h`/`kv` query and key/value heads, `hd` head size, `f` feed-forward size.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Result, Tensor};
+
+use super::config::Config;
+use super::kv_cache::KvCache;
+
+/// A weight by role; each backend maps it to its file's tensor name.
+#[derive(Clone, Copy, Debug)]
+pub enum Weight {
+    TokenEmbedding,
+    OutputNorm,
+    Output,
+    AttnNorm(usize),
+    Q(usize),
+    K(usize),
+    V(usize),
+    O(usize),
+    FfnNorm(usize),
+    Gate(usize),
+    Up(usize),
+    Down(usize),
+}
+
+/// How a checkpoint lays out the two halves of each rotary pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Hugging Face: dimension i pairs with i + hd/2 (`rotate_half`).
+    Halves,
+    /// llama.cpp's converter permutes the rows of Q and K so that dimension
+    /// 2i pairs with 2i + 1.
+    Interleaved,
+}
+
+/// Where the weights come from: one small interface for every file format.
+pub trait WeightSource {
+    /// A projection matrix, (out, in) as stored in the checkpoints.
+    fn matrix(&mut self, w: Weight, shape: (usize, usize)) -> anyhow::Result<QMatMul>;
+    /// A tensor used whole, in the compute dtype: norms and the embedding table.
+    fn dense(&mut self, w: Weight, shape: &[usize]) -> anyhow::Result<Tensor>;
+    /// Whether the file has a separate output matrix (else it is tied to the embedding).
+    fn has(&self, w: Weight) -> bool;
+    fn rope_layout(&self) -> RopeLayout;
+}
+
+pub struct Transformer {
+    pub config: Config,
+    embed_tokens: Tensor, // (vocab, d)
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: QMatMul, // (vocab, d)
+    rope: Rope,
+    dtype: DType,
+    device: Device,
+}
+
+impl Transformer {
+    pub fn load(
+        config: Config,
+        src: &mut dyn WeightSource,
+        dtype: DType,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let c = &config;
+        let (d, q_dim, kv_dim) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            layers.push(Block {
+                attn_norm: RmsNorm::new(src.dense(Weight::AttnNorm(l), &[d])?, c.rms_norm_eps),
+                attn: Attention {
+                    q: src.matrix(Weight::Q(l), (q_dim, d))?,
+                    k: src.matrix(Weight::K(l), (kv_dim, d))?,
+                    v: src.matrix(Weight::V(l), (kv_dim, d))?,
+                    o: src.matrix(Weight::O(l), (d, q_dim))?,
+                    heads: c.num_heads,
+                    kv_heads: c.num_kv_heads,
+                    head_dim: c.head_dim,
+                    rope: src.rope_layout(),
+                    cache: KvCache::default(),
+                },
+                ffn_norm: RmsNorm::new(src.dense(Weight::FfnNorm(l), &[d])?, c.rms_norm_eps),
+                ffn: FeedForward {
+                    gate: src.matrix(Weight::Gate(l), (c.intermediate_size, d))?,
+                    up: src.matrix(Weight::Up(l), (c.intermediate_size, d))?,
+                    down: src.matrix(Weight::Down(l), (d, c.intermediate_size))?,
+                },
+            });
+        }
+        let embed_tokens = src.dense(Weight::TokenEmbedding, &[c.vocab_size, d])?;
+        let lm_head = if src.has(Weight::Output) {
+            src.matrix(Weight::Output, (c.vocab_size, d))?
+        } else {
+            QMatMul::Tensor(embed_tokens.clone())
+        };
+        Ok(Transformer {
+            embed_tokens,
+            layers,
+            norm: RmsNorm::new(src.dense(Weight::OutputNorm, &[d])?, c.rms_norm_eps),
+            lm_head,
+            rope: Rope {
+                theta: c.rope_theta,
+                head_dim: c.head_dim,
+            },
+            dtype,
+            device: device.clone(),
+            config,
+        })
+    }
+
+    /// Positions already in the KV cache.
+    pub fn cached(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.attn.cache.len())
+    }
+
+    /// Forgets every cached position from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        for layer in &mut self.layers {
+            layer.attn.cache.truncate(len);
+        }
+    }
+
+    /// Runs `tokens`, which follow the cached positions, and returns the
+    /// logits for the token after the last one: (vocab) in f32.
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        let pos = self.cached();
+        let n = tokens.len();
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embed_tokens.index_select(&ids, 0)?.unsqueeze(0)?; // (1, n, d)
+        let (cos, sin) = self.rope.tables(pos, n, self.dtype, &self.device)?;
+        let mask = attention_mask(pos, n, self.config.sliding_window, self.dtype, &self.device)?;
+        for layer in &mut self.layers {
+            x = layer.forward(&x, &cos, &sin, mask.as_ref())?;
+        }
+        let last = x.narrow(1, n - 1, 1)?;
+        let logits = self.lm_head.forward(&self.norm.forward(&last)?)?; // (1, 1, vocab)
+        logits.flatten_all()?.to_dtype(DType::F32)
+    }
+}
+
+struct Block {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    ffn_norm: RmsNorm,
+    ffn: FeedForward,
+}
+
+impl Block {
+    fn forward(&mut self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.attn_norm.forward(x)?, cos, sin, mask)?)?;
+        &x + self.ffn.forward(&self.ffn_norm.forward(&x)?)?
+    }
+}
+
+struct Attention {
+    q: QMatMul, // (h·hd, d)
+    k: QMatMul, // (kv·hd, d)
+    v: QMatMul, // (kv·hd, d)
+    o: QMatMul, // (d, h·hd)
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    rope: RopeLayout,
+    cache: KvCache,
+}
+
+impl Attention {
+    fn forward(&mut self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let split = |t: Tensor, heads| t.reshape((b, n, heads, hd))?.transpose(1, 2)?.contiguous();
+        let q = self.q.forward(x)?;
+        let k = self.k.forward(x)?;
+        let v = self.v.forward(x)?;
+        let q = self.rotate(&split(q, h)?, cos, sin)?; // (b, h, n, hd)
+        let k = self.rotate(&split(k, kv)?, cos, sin)?; // (b, kv, n, hd)
+        let (k, v) = self.cache.append(&k, &split(v, kv)?)?; // (b, kv, t, hd)
+        let t = k.dim(2)?;
+
+        // Grouped-query attention without copying K and V per query head:
+        // the h/kv query heads that share a key/value head are stacked along
+        // the sequence axis, so one matmul per kv head serves them all.
+        let group = h / kv;
+        let q = q.reshape((b, kv, group * n, hd))?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // (b, kv, group·n, t)
+        let scores = match mask {
+            Some(m) => scores.reshape((b, kv, group, n, t))?.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores.reshape((b, kv, group * n, t))?)?;
+        let y = probs.matmul(&v)?; // (b, kv, group·n, hd)
+        let y = y.reshape((b, h, n, hd))?.transpose(1, 2)?.reshape((b, n, h * hd))?;
+        self.o.forward(&y)
+    }
+
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        match self.rope {
+            RopeLayout::Halves => candle_nn::rotary_emb::rope(x, cos, sin),
+            RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
+        }
+    }
+}
+
+/// SwiGLU: `down(silu(gate(x)) * up(x))`.
+struct FeedForward {
+    gate: QMatMul, // (f, d)
+    up: QMatMul,   // (f, d)
+    down: QMatMul, // (d, f)
+}
+
+impl FeedForward {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        self.down.forward(&(gate * self.up.forward(x)?)?)
+    }
+}
+
+struct RmsNorm {
+    weight: Tensor, // (d)
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(weight: Tensor, eps: f64) -> Self {
+        RmsNorm { weight, eps }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32)
+    }
+}
+
+/// Rotary position embedding (Su et al. 2021). The angles are computed for
+/// the positions at hand on every call, so no table caps the context length.
+struct Rope {
+    theta: f32,
+    head_dim: usize,
+}
+
+impl Rope {
+    /// cos and sin of position × frequency, (n, hd/2) each, for positions
+    /// `pos..pos + n`. Computed in f32 as transformers does, so the rounding
+    /// matches the reference implementation.
+    fn tables(&self, pos: usize, n: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+        let half = self.head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / self.theta.powf((2 * i) as f32 / self.head_dim as f32))
+            .collect();
+        let angles: Vec<f32> = (pos..pos + n)
+            .flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f))
+            .collect();
+        let angles = Tensor::from_vec(angles, (n, half), device)?;
+        Ok((angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?))
+    }
+}
+
+/// The additive mask for `n` new positions after `pos` cached ones:
+/// (n, pos + n), 0 where attention is allowed and -inf elsewhere. A position
+/// sees itself and earlier positions, at most `window` of them. `None` when
+/// nothing is masked (one new token within the window).
+fn attention_mask(
+    pos: usize,
+    n: usize,
+    window: Option<usize>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let t = pos + n;
+    let window = window.unwrap_or(usize::MAX);
+    if n == 1 && t <= window {
+        return Ok(None);
+    }
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            let query = pos + i;
+            (0..t).map(move |key| {
+                if key <= query && query - key < window {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (n, t), device)?.to_dtype(dtype).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mask(pos: usize, n: usize, window: Option<usize>) -> Vec<Vec<bool>> {
+        let m = attention_mask(pos, n, window, DType::F32, &Device::Cpu).unwrap();
+        match m {
+            None => vec![vec![true; pos + n]; n],
+            Some(m) => m
+                .to_vec2::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(|row| row.into_iter().map(|x| x == 0.0).collect())
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn causal_mask_over_the_cache() {
+        // Two new positions (2, 3) after two cached ones:
+        //        keys 0 1 2 3
+        //  query 2:   x x x .
+        //  query 3:   x x x x
+        assert_eq!(
+            mask(2, 2, None),
+            vec![vec![true, true, true, false], vec![true, true, true, true]]
+        );
+    }
+
+    #[test]
+    fn sliding_window_hides_old_positions() {
+        // Window 2: each position sees itself and the one before.
+        assert_eq!(
+            mask(0, 3, Some(2)),
+            vec![
+                vec![true, false, false],
+                vec![true, true, false],
+                vec![false, true, true]
+            ]
+        );
+        // A single decoded token past the window still gets a mask.
+        assert_eq!(mask(3, 1, Some(2)), vec![vec![false, false, true, true]]);
+        assert_eq!(mask(1, 1, Some(2)), vec![vec![true, true]]);
+    }
+
+    #[test]
+    fn rope_angles_start_at_the_cached_position() {
+        let rope = Rope { theta: 10_000.0, head_dim: 4 };
+        let (cos, sin) = rope.tables(3, 2, DType::F32, &Device::Cpu).unwrap();
+        let cos = cos.to_vec2::<f32>().unwrap();
+        let sin = sin.to_vec2::<f32>().unwrap();
+        // Frequencies 1 and 1/100 for head_dim 4.
+        assert!((cos[0][0] - 3f32.cos()).abs() < 1e-6);
+        assert!((sin[1][1] - 0.04f32.sin()).abs() < 1e-6);
+    }
+}

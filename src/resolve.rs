@@ -1,0 +1,181 @@
+//! From what the user typed after `--model` to the files of a model.
+//!
+//! Local paths only for now: a folder laid out like a Hugging Face repo, or a
+//! `.gguf` file. The result names files and nothing else, so a Hub download
+//! that fills a cache folder can hand over the same [`ModelFiles`].
+
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::exit::{Classify, Failure};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelFiles {
+    /// What the user named, for messages.
+    pub name: String,
+    pub weights: WeightFiles,
+    pub tokenizer: Option<PathBuf>,
+    pub tokenizer_config: Option<PathBuf>,
+    pub generation_config: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum WeightFiles {
+    Safetensors { config: PathBuf, shards: Vec<PathBuf> },
+    Gguf(PathBuf),
+}
+
+const INDEX: &str = "model.safetensors.index.json";
+
+pub fn resolve(spec: &str) -> anyhow::Result<ModelFiles> {
+    let path = Path::new(spec);
+    let meta = std::fs::metadata(path).classify(Failure::ModelNotFound, || {
+        format!(
+            "model {spec:?} not found: --model takes a folder with config.json and *.safetensors, or a .gguf file"
+        )
+    })?;
+    let files = if meta.is_dir() {
+        resolve_folder(path, spec)?
+    } else {
+        gguf_file(path, spec)?
+    };
+    Ok(files)
+}
+
+fn gguf_file(path: &Path, spec: &str) -> anyhow::Result<ModelFiles> {
+    if !has_gguf_magic(path)? {
+        return Err(Failure::ModelInvalid.err(format!(
+            "{spec} is not a GGUF file (it does not start with \"GGUF\"); pass a .gguf file or a model folder"
+        )));
+    }
+    let beside = |name: &str| path.parent().map(|p| p.join(name)).filter(|p| p.is_file());
+    Ok(ModelFiles {
+        name: spec.to_string(),
+        weights: WeightFiles::Gguf(path.to_path_buf()),
+        tokenizer: None,
+        tokenizer_config: None,
+        generation_config: beside("generation_config.json"),
+    })
+}
+
+fn has_gguf_magic(path: &Path) -> anyhow::Result<bool> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut file = std::fs::File::open(path)
+        .classify(Failure::ModelNotFound, || format!("cannot open {}", path.display()))?;
+    Ok(file.read_exact(&mut magic).is_ok() && &magic == b"GGUF")
+}
+
+fn resolve_folder(dir: &Path, spec: &str) -> anyhow::Result<ModelFiles> {
+    let optional = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
+    let config = dir.join("config.json");
+    if !config.is_file() {
+        // A folder holding a single GGUF (as `huggingface-cli download` of a
+        // GGUF repo leaves it) is that file.
+        let ggufs = list(dir, |name| name.ends_with(".gguf"))?;
+        return match ggufs.as_slice() {
+            [one] => gguf_file(one, &one.display().to_string()),
+            [] => Err(Failure::ModelInvalid.err(format!(
+                "{spec} has no config.json and no .gguf file: it is not a model folder"
+            ))),
+            many => Err(Failure::Usage.err(format!(
+                "{spec} holds {} GGUF files; pass one of them to --model, e.g. {}",
+                many.len(),
+                many[0].display()
+            ))),
+        };
+    }
+    let shards = safetensors_shards(dir, spec)?;
+    Ok(ModelFiles {
+        name: spec.to_string(),
+        weights: WeightFiles::Safetensors { config, shards },
+        tokenizer: optional("tokenizer.json"),
+        tokenizer_config: optional("tokenizer_config.json"),
+        generation_config: optional("generation_config.json"),
+    })
+}
+
+/// The shard list from `model.safetensors.index.json`, else `model.safetensors`.
+fn safetensors_shards(dir: &Path, spec: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let index = dir.join(INDEX);
+    if index.is_file() {
+        #[derive(Deserialize)]
+        struct Index {
+            weight_map: std::collections::HashMap<String, String>,
+        }
+        let text = std::fs::read_to_string(&index)
+            .classify(Failure::ModelNotFound, || format!("cannot read {}", index.display()))?;
+        let parsed: Index = serde_json::from_str(&text)
+            .classify(Failure::ModelInvalid, || format!("{} is not a valid index", index.display()))?;
+        let names: BTreeSet<String> = parsed.weight_map.into_values().collect();
+        if names.is_empty() {
+            return Err(Failure::ModelInvalid.err(format!("{} lists no weights", index.display())));
+        }
+        return names
+            .into_iter()
+            .map(|name| {
+                if !is_plain_file_name(&name) {
+                    return Err(Failure::ModelInvalid.err(format!(
+                        "{} names shard {name:?}, which is not a file in the model folder; the index is corrupt or hostile",
+                        index.display()
+                    )));
+                }
+                let shard = dir.join(&name);
+                if !shard.is_file() {
+                    return Err(Failure::ModelInvalid.err(format!(
+                        "{} names shard {name}, which is missing from {spec}; download it again",
+                        index.display()
+                    )));
+                }
+                Ok(shard)
+            })
+            .collect();
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let hint = if dir.join("consolidated.safetensors").is_file() {
+        " (consolidated.safetensors is Mistral's own layout, which greve does not read: use the Hugging Face files model-*.safetensors)"
+    } else {
+        ""
+    };
+    Err(Failure::ModelInvalid.err(format!(
+        "{spec} has config.json but no {INDEX} or model.safetensors{hint}"
+    )))
+}
+
+/// A bare file name: no folder part, not `..`, not absolute.
+fn is_plain_file_name(name: &str) -> bool {
+    let mut components = Path::new(name).components();
+    matches!(components.next(), Some(Component::Normal(_))) && components.next().is_none()
+}
+
+fn list(dir: &Path, keep: impl Fn(&str) -> bool) -> anyhow::Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir)
+        .classify(Failure::ModelNotFound, || format!("cannot list {}", dir.display()))?;
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(&keep))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_names_must_stay_in_the_folder() {
+        assert!(is_plain_file_name("model-00001-of-00002.safetensors"));
+        assert!(!is_plain_file_name("../secret.safetensors"));
+        assert!(!is_plain_file_name("/etc/passwd"));
+        assert!(!is_plain_file_name("sub/model.safetensors"));
+        assert!(!is_plain_file_name(".."));
+        assert!(!is_plain_file_name(""));
+    }
+}

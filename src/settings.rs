@@ -1,0 +1,146 @@
+//! From parsed flags to the values the work uses: defaults filled in from
+//! the model's `generation_config.json` or greve's own, device and dtype
+//! resolved. Plain functions over plain data.
+
+use candle_core::{DType, Device};
+
+use crate::cli::{DtypeArg, SamplingArgs};
+use crate::exit::Failure;
+use crate::model::GenerationDefaults;
+use crate::sampler::SamplingParams;
+
+/// greve's defaults where the model ships none: Mistral's recommended
+/// temperature for its 7B instruct models, nucleus sampling at 0.95, no
+/// top-k and no repeat penalty (as `mistral-inference` samples).
+pub const DEFAULT_TEMPERATURE: f32 = 0.7;
+pub const DEFAULT_TOP_P: f32 = 0.95;
+
+pub fn sampling_params(args: &SamplingArgs, model: &GenerationDefaults) -> SamplingParams {
+    SamplingParams {
+        temperature: args
+            .temperature
+            .or(model.temperature)
+            .unwrap_or(DEFAULT_TEMPERATURE),
+        top_k: args.top_k.or(model.top_k).unwrap_or(0),
+        top_p: args.top_p.or(model.top_p).unwrap_or(DEFAULT_TOP_P),
+        repeat_penalty: args.repeat_penalty.or(model.repeat_penalty).unwrap_or(1.0),
+        repeat_last_n: args.repeat_last_n,
+    }
+}
+
+/// How many tokens may be generated: the user's limit (else the model's),
+/// never past the end of the context window.
+pub fn max_tokens(args: &SamplingArgs, model: &GenerationDefaults, prompt: usize, context: usize) -> usize {
+    let room = context.saturating_sub(prompt);
+    args.max_tokens.or(model.max_tokens).map_or(room, |n| n.min(room))
+}
+
+pub fn dtype(arg: Option<DtypeArg>) -> Option<DType> {
+    arg.map(|d| match d {
+        DtypeArg::F32 => DType::F32,
+        DtypeArg::F16 => DType::F16,
+        DtypeArg::Bf16 => DType::BF16,
+    })
+}
+
+/// `auto` takes the GPU this build supports when one is there, else the CPU.
+pub fn device(spec: &str) -> anyhow::Result<Device> {
+    let unknown = || {
+        Failure::Usage.err(format!(
+            "--device {spec:?} is not a device: use auto, cpu, cuda, cuda:N or metal"
+        ))
+    };
+    match spec {
+        "auto" => Ok(auto_device()),
+        "cpu" => Ok(Device::Cpu),
+        "metal" => gpu("metal", cfg!(feature = "metal"), || Device::new_metal(0)),
+        "cuda" => gpu("cuda", cfg!(feature = "cuda"), || Device::new_cuda(0)),
+        _ => {
+            let ordinal = spec.strip_prefix("cuda:").ok_or_else(unknown)?;
+            let n: usize = ordinal.parse().map_err(|_| unknown())?;
+            gpu("cuda", cfg!(feature = "cuda"), || Device::new_cuda(n))
+        }
+    }
+}
+
+fn auto_device() -> Device {
+    if cfg!(feature = "cuda") {
+        if let Ok(d) = Device::new_cuda(0) {
+            return d;
+        }
+    }
+    if cfg!(feature = "metal") {
+        if let Ok(d) = Device::new_metal(0) {
+            return d;
+        }
+    }
+    Device::Cpu
+}
+
+fn gpu(
+    feature: &str,
+    built: bool,
+    open: impl FnOnce() -> candle_core::Result<Device>,
+) -> anyhow::Result<Device> {
+    if !built {
+        return Err(Failure::Usage.err(format!(
+            "this greve was built without {feature} support; rebuild with `cargo install --path . --features {feature}` or use --device cpu"
+        )));
+    }
+    open().map_err(|e| Failure::Usage.err(format!("cannot open the {feature} device: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> SamplingArgs {
+        SamplingArgs {
+            temperature: None,
+            top_p: None,
+            top_k: None,
+            repeat_penalty: None,
+            repeat_last_n: 64,
+            seed: None,
+            max_tokens: None,
+        }
+    }
+
+    #[test]
+    fn flags_beat_the_model_which_beats_greve() {
+        let model = GenerationDefaults {
+            temperature: Some(0.3),
+            top_p: Some(0.5),
+            ..Default::default()
+        };
+        let mut a = args();
+        a.top_p = Some(0.9);
+        let p = sampling_params(&a, &model);
+        assert_eq!((p.temperature, p.top_p, p.top_k, p.repeat_penalty), (0.3, 0.9, 0, 1.0));
+        let p = sampling_params(&args(), &GenerationDefaults::default());
+        assert_eq!(p.temperature, DEFAULT_TEMPERATURE);
+    }
+
+    #[test]
+    fn max_tokens_stays_inside_the_context() {
+        let mut a = args();
+        let none = GenerationDefaults::default();
+        assert_eq!(max_tokens(&a, &none, 10, 100), 90);
+        a.max_tokens = Some(5);
+        assert_eq!(max_tokens(&a, &none, 10, 100), 5);
+        a.max_tokens = Some(500);
+        assert_eq!(max_tokens(&a, &none, 10, 100), 90);
+    }
+
+    #[test]
+    fn devices_are_parsed_and_missing_features_explained() {
+        assert!(device("cpu").unwrap().is_cpu());
+        assert!(device("auto").is_ok());
+        assert!(device("gpu").is_err());
+        assert!(device("cuda:x").is_err());
+        if !cfg!(feature = "cuda") {
+            let err = device("cuda:1").unwrap_err();
+            assert!(format!("{err}").contains("--features cuda"));
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Text ⇄ token ids, from a `tokenizer.json` or rebuilt from a GGUF file's
+//! `tokenizer.ggml.*` metadata, and the streaming decoder that turns a growing
+//! list of ids into printable text.
+//!
+//! Both sources end up as one `tokenizers::Tokenizer`, so there is a single
+//! encoding path. Text is always encoded as plain text, even when it looks
+//! like a control token (`</s>`, `[INST]`): that is what `mistral-common`
+//! does, and it keeps a user from forging turns inside their message.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::Context;
+use candle_core::quantized::gguf_file::Value;
+use serde_json::json;
+
+use crate::exit::{Classify, Failure};
+use crate::template::{Format, Piece};
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: u32,
+    eos: u32,
+    /// The `[INST]` and `[/INST]` control tokens of V3 vocabularies.
+    inst: Option<(u32, u32)>,
+}
+
+/// What `tokenizer_config.json` (or the GGUF) says about special tokens.
+#[derive(Default)]
+pub struct SpecialTokens {
+    pub bos: Option<String>,
+    pub eos: Option<String>,
+}
+
+impl Tokenizer {
+    /// Loads a Hugging Face `tokenizer.json`.
+    pub fn from_json_file(path: &Path, special: &SpecialTokens) -> anyhow::Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .classify(Failure::ModelInvalid, || {
+                format!("cannot read the tokenizer {}", path.display())
+            })?;
+        let id = |name: &Option<String>, default: &str| -> anyhow::Result<u32> {
+            let name = name.as_deref().unwrap_or(default);
+            inner.token_to_id(name).ok_or_else(|| {
+                Failure::ModelInvalid.err(format!(
+                    "the tokenizer {} has no token {name:?}; is it a Mistral tokenizer?",
+                    path.display()
+                ))
+            })
+        };
+        let bos = id(&special.bos, "<s>")?;
+        let eos = id(&special.eos, "</s>")?;
+        Ok(Self::finish(inner, bos, eos))
+    }
+
+    /// Rebuilds the tokenizer that llama.cpp stores in a GGUF file: a
+    /// SentencePiece BPE model with byte fallback (`tokenizer.ggml.model =
+    /// llama`), from its pieces, scores and token types.
+    pub fn from_gguf(metadata: &HashMap<String, Value>) -> anyhow::Result<Self> {
+        let spec = GgufVocab::read(metadata)?;
+        let json = spec.to_tokenizer_json();
+        let inner: tokenizers::Tokenizer = json
+            .to_string()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .classify(Failure::ModelInvalid, || {
+                "cannot build a tokenizer from the GGUF metadata".to_string()
+            })?;
+        Ok(Self::finish(inner, spec.bos, spec.eos))
+    }
+
+    fn finish(mut inner: tokenizers::Tokenizer, bos: u32, eos: u32) -> Self {
+        inner.set_encode_special_tokens(true);
+        let control = inner.get_added_tokens_decoder();
+        let control_id = |name: &str| {
+            control
+                .iter()
+                .find(|(_, t)| t.special && t.content == name)
+                .map(|(&id, _)| id)
+        };
+        let inst = control_id("[INST]").zip(control_id("[/INST]"));
+        Tokenizer {
+            inner,
+            bos,
+            eos,
+            inst,
+        }
+    }
+
+    /// The instruct format this vocabulary was made for: V3 has `[INST]` as a
+    /// control token, V1 spells it out as text.
+    pub fn format(&self) -> Format {
+        if self.inst.is_some() {
+            Format::V3
+        } else {
+            Format::V1
+        }
+    }
+
+    pub fn eos(&self) -> u32 {
+        self.eos
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Encodes text as one SentencePiece call (with its dummy-prefix space),
+    /// without BOS.
+    pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("cannot tokenize the text")?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The ids of a rendered prompt.
+    pub fn encode_pieces(&self, pieces: &[Piece]) -> anyhow::Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        for piece in pieces {
+            match piece {
+                Piece::Bos => ids.push(self.bos),
+                Piece::Eos => ids.push(self.eos),
+                Piece::BeginInst | Piece::EndInst => {
+                    let (begin, end) = self.inst.ok_or_else(|| {
+                        anyhow::anyhow!("this vocabulary has no [INST] control token")
+                    })?;
+                    ids.push(if *piece == Piece::BeginInst { begin } else { end });
+                }
+                Piece::Text(text) => ids.extend(self.encode(text)?),
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Decodes ids to text, leaving out control tokens.
+    pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| anyhow::anyhow!("cannot decode tokens: {e}"))
+    }
+}
+
+/// Turns generated ids into text as soon as it is complete: a character
+/// split over several byte-fallback tokens comes out whole, and nothing else
+/// is held back. What it emits, concatenated, equals the decode of all ids.
+///
+/// Decoding from a moving offset rather than from the start keeps each step
+/// cheap, and decoding the overlap twice lets SentencePiece's space handling
+/// (the leading `▁` is dropped at the start of a decode) cancel out.
+#[derive(Default)]
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    prefix: usize,
+    read: usize,
+}
+
+impl StreamDecoder {
+    /// Adds a token; returns the text it completes, if any.
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> anyhow::Result<Option<String>> {
+        self.ids.push(id);
+        self.flush(tokenizer, false)
+    }
+
+    /// Whatever is left at the end, even an incomplete character (shown as
+    /// U+FFFD, as a full decode would).
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> anyhow::Result<Option<String>> {
+        self.flush(tokenizer, true)
+    }
+
+    fn flush(&mut self, tokenizer: &Tokenizer, last: bool) -> anyhow::Result<Option<String>> {
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let now = tokenizer.decode(&self.ids[self.prefix..])?;
+        if now.len() <= before.len() || (!last && now.ends_with('\u{FFFD}')) {
+            return Ok(None);
+        }
+        let Some(new) = now.get(before.len()..) else {
+            return Ok(None);
+        };
+        let new = new.to_string();
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        Ok(Some(new))
+    }
+}
+
+/// llama.cpp's token types (`llama_token_type` / gguf-py `TokenType`).
+const TOKEN_NORMAL: i32 = 1;
+const TOKEN_UNKNOWN: i32 = 2;
+const TOKEN_CONTROL: i32 = 3;
+
+struct GgufVocab {
+    tokens: Vec<String>,
+    scores: Vec<f32>,
+    types: Vec<i32>,
+    bos: u32,
+    eos: u32,
+    unk: u32,
+}
+
+impl GgufVocab {
+    fn read(md: &HashMap<String, Value>) -> anyhow::Result<Self> {
+        let missing = |key: &str| {
+            Failure::ModelInvalid.err(format!(
+                "the GGUF metadata has no {key}: the file carries no tokenizer; put the model's tokenizer.json beside it"
+            ))
+        };
+        let model = md
+            .get("tokenizer.ggml.model")
+            .ok_or_else(|| missing("tokenizer.ggml.model"))?
+            .to_string()
+            .map_err(|e| Failure::ModelInvalid.err(format!("tokenizer.ggml.model: {e}")))?;
+        if model != "llama" {
+            return Err(Failure::ModelInvalid.err(format!(
+                "the GGUF tokenizer is of kind {model:?}; greve supports SentencePiece vocabularies (\"llama\"), as Mistral 7B uses"
+            )));
+        }
+        let array = |key: &str| -> anyhow::Result<&Vec<Value>> {
+            md.get(key)
+                .ok_or_else(|| missing(key))?
+                .to_vec()
+                .map_err(|e| Failure::ModelInvalid.err(format!("{key}: {e}")))
+        };
+        let bad = |key: &str| Failure::ModelInvalid.err(format!("{key} has an entry of the wrong type"));
+        let tokens = array("tokenizer.ggml.tokens")?
+            .iter()
+            .map(|v| v.to_string().cloned().map_err(|_| bad("tokenizer.ggml.tokens")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let scores = match md.get("tokenizer.ggml.scores") {
+            Some(_) => array("tokenizer.ggml.scores")?
+                .iter()
+                .map(|v| v.to_f32().map_err(|_| bad("tokenizer.ggml.scores")))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            None => return Err(missing("tokenizer.ggml.scores")),
+        };
+        let types = match md.get("tokenizer.ggml.token_type") {
+            Some(_) => array("tokenizer.ggml.token_type")?
+                .iter()
+                .map(|v| v.to_i32().map_err(|_| bad("tokenizer.ggml.token_type")))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            None => vec![TOKEN_NORMAL; tokens.len()],
+        };
+        if scores.len() != tokens.len() || types.len() != tokens.len() {
+            return Err(Failure::ModelInvalid.err(format!(
+                "the GGUF tokenizer has {} tokens but {} scores and {} types",
+                tokens.len(),
+                scores.len(),
+                types.len()
+            )));
+        }
+        let id = |key: &str, default: u32| -> anyhow::Result<u32> {
+            let id = match md.get(key) {
+                Some(v) => v.to_u32().map_err(|_| bad(key))?,
+                None => default,
+            };
+            if id as usize >= tokens.len() {
+                return Err(Failure::ModelInvalid.err(format!(
+                    "{key} is {id}, past the {} tokens of the vocabulary",
+                    tokens.len()
+                )));
+            }
+            Ok(id)
+        };
+        // Defaults are SentencePiece's, which Mistral's vocabularies follow.
+        let bos = id("tokenizer.ggml.bos_token_id", 1)?;
+        let eos = id("tokenizer.ggml.eos_token_id", 2)?;
+        let unk = id("tokenizer.ggml.unknown_token_id", 0)?;
+        Ok(GgufVocab {
+            tokens,
+            scores,
+            types,
+            bos,
+            eos,
+            unk,
+        })
+    }
+
+    /// The equivalent `tokenizer.json`: the layout Hugging Face's converter
+    /// gives SentencePiece models (Prepend + Replace normaliser, BPE with byte
+    /// fallback, the matching decoder).
+    fn to_tokenizer_json(&self) -> serde_json::Value {
+        let vocab: serde_json::Map<String, serde_json::Value> = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(id, t)| (t.clone(), json!(id)))
+            .collect();
+        let added: Vec<serde_json::Value> = (0..self.tokens.len())
+            .filter(|&id| matches!(self.types[id], TOKEN_CONTROL | TOKEN_UNKNOWN))
+            .map(|id| {
+                json!({"id": id, "content": self.tokens[id], "single_word": false,
+                       "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+            })
+            .collect();
+        json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": {"type": "Sequence", "normalizers": [
+                {"type": "Prepend", "prepend": "▁"},
+                {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+            ]},
+            "pre_tokenizer": null,
+            "post_processor": null,
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0}
+            ]},
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": self.tokens[self.unk as usize],
+                "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                "vocab": vocab, "merges": self.merges()
+            }
+        })
+    }
+
+    /// SentencePiece BPE merges the adjacent pair whose union has the best
+    /// score; a merge list ranked by that score makes a BPE model that picks
+    /// the same pairs. Only normal pieces take part, as in SentencePiece.
+    fn merges(&self) -> Vec<(String, String)> {
+        let normal: HashMap<&str, usize> = (0..self.tokens.len())
+            .filter(|&id| self.types[id] == TOKEN_NORMAL)
+            .map(|id| (self.tokens[id].as_str(), id))
+            .collect();
+        let mut merges: Vec<(f32, usize, usize, usize)> = Vec::new();
+        for (&piece, &id) in &normal {
+            for (split, _) in piece.char_indices().skip(1) {
+                let (left, right) = piece.split_at(split);
+                if let (Some(&l), Some(&r)) = (normal.get(left), normal.get(right)) {
+                    merges.push((self.scores[id], id, l, r));
+                }
+            }
+        }
+        // Best score first; ties by the merged piece's id, then by its parts,
+        // so the order never depends on hashing.
+        merges.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then(a.1.cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+                .then(a.3.cmp(&b.3))
+        });
+        merges
+            .into_iter()
+            .map(|(_, _, l, r)| (self.tokens[l].clone(), self.tokens[r].clone()))
+            .collect()
+    }
+}
