@@ -56,7 +56,14 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     };
 
     let generation = if args.json {
-        generate(&mut model.transformer, &ids, &mut sampler, &limits, cancel, |_| Ok(()))?
+        generate(
+            &mut model.transformer,
+            &ids,
+            &mut sampler,
+            &limits,
+            cancel,
+            |_| Ok(()),
+        )?
     } else {
         stream(&mut model, &ids, &mut sampler, &limits, cancel)?
     };
@@ -84,13 +91,20 @@ fn stream(
     let mut out = std::io::stdout().lock();
     let mut decoder = StreamDecoder::default();
     let tokenizer = &model.tokenizer;
-    let generation = generate(&mut model.transformer, ids, sampler, limits, cancel, |token| {
-        if let Some(text) = decoder.push(tokenizer, token)? {
-            out.write_all(text.as_bytes())?;
-            out.flush()?;
-        }
-        Ok(())
-    })?;
+    let generation = generate(
+        &mut model.transformer,
+        ids,
+        sampler,
+        limits,
+        cancel,
+        |token| {
+            if let Some(text) = decoder.push(tokenizer, token)? {
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+            }
+            Ok(())
+        },
+    )?;
     if let Some(text) = decoder.finish(tokenizer)? {
         out.write_all(text.as_bytes())?;
     }
@@ -106,7 +120,9 @@ fn read_prompt(args: &[String]) -> anyhow::Result<String> {
         let mut bytes = Vec::new();
         std::io::stdin()
             .read_to_end(&mut bytes)
-            .classify(Failure::Usage, || "cannot read the prompt from stdin".into())?;
+            .classify(Failure::Usage, || {
+                "cannot read the prompt from stdin".into()
+            })?;
         String::from_utf8(bytes).map_err(|e| {
             Failure::Usage.err(format!(
                 "the prompt on stdin is not valid UTF-8 (at byte {}); convert it, e.g. with iconv -t UTF-8",
@@ -118,9 +134,8 @@ fn read_prompt(args: &[String]) -> anyhow::Result<String> {
     };
     let text = text.trim_end().to_string();
     if text.trim().is_empty() {
-        return Err(Failure::Usage.err(
-            "the prompt is empty: write it after `greve ask`, or pipe it on stdin",
-        ));
+        return Err(Failure::Usage
+            .err("the prompt is empty: write it after `greve ask`, or pipe it on stdin"));
     }
     Ok(text)
 }

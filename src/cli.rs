@@ -124,11 +124,23 @@ fn number(s: &str) -> Result<f32, String> {
 }
 
 fn non_negative(s: &str) -> Result<f32, String> {
-    number(s).and_then(|x| if x >= 0.0 { Ok(x) } else { Err("must be 0 or more".into()) })
+    number(s).and_then(|x| {
+        if x >= 0.0 {
+            Ok(x)
+        } else {
+            Err("must be 0 or more".into())
+        }
+    })
 }
 
 fn positive(s: &str) -> Result<f32, String> {
-    number(s).and_then(|x| if x > 0.0 { Ok(x) } else { Err("must be more than 0".into()) })
+    number(s).and_then(|x| {
+        if x > 0.0 {
+            Ok(x)
+        } else {
+            Err("must be more than 0".into())
+        }
+    })
 }
 
 fn probability(s: &str) -> Result<f32, String> {
@@ -147,12 +159,18 @@ mod tests {
 
     #[test]
     fn sampling_values_are_checked() {
-        assert!(Cli::try_parse_from(["greve", "ask", "-m", "x", "--temperature", "-1", "hi"]).is_err());
+        assert!(
+            Cli::try_parse_from(["greve", "ask", "-m", "x", "--temperature", "-1", "hi"]).is_err()
+        );
         assert!(Cli::try_parse_from(["greve", "ask", "-m", "x", "--top-p", "1.5", "hi"]).is_err());
         assert!(Cli::try_parse_from(["greve", "ask", "-m", "x", "--top-p", "nan", "hi"]).is_err());
-        assert!(Cli::try_parse_from(["greve", "ask", "-m", "x", "--repeat-penalty", "0", "hi"]).is_err());
+        assert!(
+            Cli::try_parse_from(["greve", "ask", "-m", "x", "--repeat-penalty", "0", "hi"])
+                .is_err()
+        );
         assert!(Cli::try_parse_from(["greve", "ask", "-m", "x", "--threads", "0", "hi"]).is_err());
-        let ok = Cli::try_parse_from(["greve", "ask", "-m", "x", "--temperature", "0", "a", "b"]).unwrap();
+        let ok = Cli::try_parse_from(["greve", "ask", "-m", "x", "--temperature", "0", "a", "b"])
+            .unwrap();
         let Command::Ask(args) = ok.command;
         assert_eq!(args.prompt, ["a", "b"]);
         assert_eq!(args.sampling.temperature, Some(0.0));

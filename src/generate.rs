@@ -85,7 +85,13 @@ pub fn generate(
         ..Stats::default()
     };
     let mut tokens = Vec::new();
-    let finished = |tokens, finish, stats| Ok(Generation { tokens, finish, stats });
+    let finished = |tokens, finish, stats| {
+        Ok(Generation {
+            tokens,
+            finish,
+            stats,
+        })
+    };
 
     model.truncate(0);
     let mut logits = None;

@@ -23,7 +23,10 @@ pub struct ModelFiles {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum WeightFiles {
-    Safetensors { config: PathBuf, shards: Vec<PathBuf> },
+    Safetensors {
+        config: PathBuf,
+        shards: Vec<PathBuf>,
+    },
     Gguf(PathBuf),
 }
 
@@ -63,8 +66,9 @@ fn gguf_file(path: &Path, spec: &str) -> anyhow::Result<ModelFiles> {
 fn has_gguf_magic(path: &Path) -> anyhow::Result<bool> {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    let mut file = std::fs::File::open(path)
-        .classify(Failure::ModelNotFound, || format!("cannot open {}", path.display()))?;
+    let mut file = std::fs::File::open(path).classify(Failure::ModelNotFound, || {
+        format!("cannot open {}", path.display())
+    })?;
     Ok(file.read_exact(&mut magic).is_ok() && &magic == b"GGUF")
 }
 
@@ -105,10 +109,12 @@ fn safetensors_shards(dir: &Path, spec: &str) -> anyhow::Result<Vec<PathBuf>> {
         struct Index {
             weight_map: std::collections::HashMap<String, String>,
         }
-        let text = std::fs::read_to_string(&index)
-            .classify(Failure::ModelNotFound, || format!("cannot read {}", index.display()))?;
-        let parsed: Index = serde_json::from_str(&text)
-            .classify(Failure::ModelInvalid, || format!("{} is not a valid index", index.display()))?;
+        let text = std::fs::read_to_string(&index).classify(Failure::ModelNotFound, || {
+            format!("cannot read {}", index.display())
+        })?;
+        let parsed: Index = serde_json::from_str(&text).classify(Failure::ModelInvalid, || {
+            format!("{} is not a valid index", index.display())
+        })?;
         let names: BTreeSet<String> = parsed.weight_map.into_values().collect();
         if names.is_empty() {
             return Err(Failure::ModelInvalid.err(format!("{} lists no weights", index.display())));
@@ -154,8 +160,9 @@ fn is_plain_file_name(name: &str) -> bool {
 }
 
 fn list(dir: &Path, keep: impl Fn(&str) -> bool) -> anyhow::Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir)
-        .classify(Failure::ModelNotFound, || format!("cannot list {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).classify(Failure::ModelNotFound, || {
+        format!("cannot list {}", dir.display())
+    })?;
     let mut found: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.path())

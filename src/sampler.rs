@@ -78,9 +78,15 @@ pub fn argmax(logits: &[f32]) -> u32 {
 fn apply_repeat_penalty(logits: &mut [f32], recent: &[u32], penalty: f32) {
     let mut seen = std::collections::HashSet::new();
     for &id in recent {
-        let Some(l) = logits.get_mut(id as usize) else { continue };
+        let Some(l) = logits.get_mut(id as usize) else {
+            continue;
+        };
         if seen.insert(id) {
-            *l = if *l >= 0.0 { *l / penalty } else { *l * penalty };
+            *l = if *l >= 0.0 {
+                *l / penalty
+            } else {
+                *l * penalty
+            };
         }
     }
 }
@@ -181,7 +187,9 @@ mod tests {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let run = |seed| {
             let mut s = Sampler::new(params(1.0), seed);
-            (0..30).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            (0..30)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
@@ -191,7 +199,9 @@ mod tests {
     fn sampling_follows_the_distribution() {
         let mut s = Sampler::new(params(1.0), 1);
         // p(1) = e / (1 + e) ~ 0.731
-        let hits = (0..4000).filter(|_| s.sample(&mut [0.0, 1.0], &[]) == 1).count();
+        let hits = (0..4000)
+            .filter(|_| s.sample(&mut [0.0, 1.0], &[]) == 1)
+            .count();
         assert!((2800..3050).contains(&hits), "{hits}");
     }
 
@@ -199,7 +209,10 @@ mod tests {
     fn infinite_logits_are_never_sampled() {
         let mut s = Sampler::new(params(1.0), 3);
         for _ in 0..50 {
-            assert_eq!(s.sample(&mut [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY], &[]), 1);
+            assert_eq!(
+                s.sample(&mut [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY], &[]),
+                1
+            );
         }
     }
 }

@@ -30,9 +30,16 @@ pub fn sampling_params(args: &SamplingArgs, model: &GenerationDefaults) -> Sampl
 
 /// How many tokens may be generated: the user's limit (else the model's),
 /// never past the end of the context window.
-pub fn max_tokens(args: &SamplingArgs, model: &GenerationDefaults, prompt: usize, context: usize) -> usize {
+pub fn max_tokens(
+    args: &SamplingArgs,
+    model: &GenerationDefaults,
+    prompt: usize,
+    context: usize,
+) -> usize {
     let room = context.saturating_sub(prompt);
-    args.max_tokens.or(model.max_tokens).map_or(room, |n| n.min(room))
+    args.max_tokens
+        .or(model.max_tokens)
+        .map_or(room, |n| n.min(room))
 }
 
 pub fn dtype(arg: Option<DtypeArg>) -> Option<DType> {
@@ -116,7 +123,10 @@ mod tests {
         let mut a = args();
         a.top_p = Some(0.9);
         let p = sampling_params(&a, &model);
-        assert_eq!((p.temperature, p.top_p, p.top_k, p.repeat_penalty), (0.3, 0.9, 0, 1.0));
+        assert_eq!(
+            (p.temperature, p.top_p, p.top_k, p.repeat_penalty),
+            (0.3, 0.9, 0, 1.0)
+        );
         let p = sampling_params(&args(), &GenerationDefaults::default());
         assert_eq!(p.temperature, DEFAULT_TEMPERATURE);
     }

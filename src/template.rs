@@ -67,7 +67,11 @@ pub enum Piece {
 
 /// Renders a conversation that ends with the user's turn, ready for the model
 /// to answer. Messages must alternate, starting and ending with the user.
-pub fn render(format: Format, system: Option<&str>, messages: &[Message]) -> anyhow::Result<Vec<Piece>> {
+pub fn render(
+    format: Format,
+    system: Option<&str>,
+    messages: &[Message],
+) -> anyhow::Result<Vec<Piece>> {
     check_alternation(messages)?;
     let system = system.filter(|s| !s.is_empty());
     let users: Vec<usize> = (0..messages.len())
@@ -117,7 +121,11 @@ fn check_alternation(messages: &[Message]) -> anyhow::Result<()> {
         return Err(Failure::Usage.err("the conversation has no message to answer"));
     }
     for (i, message) in messages.iter().enumerate() {
-        let expected = if i % 2 == 0 { Role::User } else { Role::Assistant };
+        let expected = if i % 2 == 0 {
+            Role::User
+        } else {
+            Role::Assistant
+        };
         if message.role != expected {
             return Err(Failure::Usage.err(format!(
                 "message {} is from the {:?} but the {:?} should speak: turns must alternate, starting with the user",
@@ -131,9 +139,8 @@ fn check_alternation(messages: &[Message]) -> anyhow::Result<()> {
         }
     }
     if messages.len() % 2 == 0 {
-        return Err(Failure::Usage.err(
-            "the conversation ends with the assistant: add a user message for it to answer",
-        ));
+        return Err(Failure::Usage
+            .err("the conversation ends with the assistant: add a user message for it to answer"));
     }
     Ok(())
 }
@@ -162,7 +169,11 @@ mod tests {
 
     #[test]
     fn v1_puts_the_system_prompt_in_the_first_turn() {
-        let messages = [Message::user("a"), Message::assistant("b "), Message::user("c")];
+        let messages = [
+            Message::user("a"),
+            Message::assistant("b "),
+            Message::user("c"),
+        ];
         let pieces = render(Format::V1, Some("sys"), &messages).unwrap();
         assert_eq!(
             pieces,
@@ -178,7 +189,11 @@ mod tests {
 
     #[test]
     fn v3_puts_the_system_prompt_in_the_last_turn_and_trims_replies() {
-        let messages = [Message::user("a"), Message::assistant("b  "), Message::user("c")];
+        let messages = [
+            Message::user("a"),
+            Message::assistant("b  "),
+            Message::user("c"),
+        ];
         let pieces = render(Format::V3, Some("sys"), &messages).unwrap();
         assert_eq!(
             pieces,
@@ -210,7 +225,12 @@ mod tests {
         assert!(render(Format::V1, None, &[]).is_err());
         assert!(render(Format::V1, None, &[Message::assistant("x")]).is_err());
         assert!(render(Format::V1, None, &[Message::user("x"), Message::user("y")]).is_err());
-        assert!(render(Format::V1, None, &[Message::user("x"), Message::assistant("y")]).is_err());
+        assert!(render(
+            Format::V1,
+            None,
+            &[Message::user("x"), Message::assistant("y")]
+        )
+        .is_err());
         assert!(render(Format::V1, None, &[Message::user("")]).is_err());
     }
 

@@ -35,11 +35,16 @@ pub struct SpecialTokens {
 impl Tokenizer {
     /// Loads a Hugging Face `tokenizer.json`.
     pub fn from_json_file(path: &Path, special: &SpecialTokens) -> anyhow::Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
+        let invalid = || format!("cannot read the tokenizer {}", path.display());
+        let text = std::fs::read_to_string(path).classify(Failure::ModelNotFound, invalid)?;
+        let mut json: serde_json::Value =
+            serde_json::from_str(&text).classify(Failure::ModelInvalid, invalid)?;
+        use_sentencepiece_spacing(&mut json);
+        let inner: tokenizers::Tokenizer = json
+            .to_string()
+            .parse()
             .map_err(|e| anyhow::anyhow!("{e}"))
-            .classify(Failure::ModelInvalid, || {
-                format!("cannot read the tokenizer {}", path.display())
-            })?;
+            .classify(Failure::ModelInvalid, invalid)?;
         let id = |name: &Option<String>, default: &str| -> anyhow::Result<u32> {
             let name = name.as_deref().unwrap_or(default);
             inner.token_to_id(name).ok_or_else(|| {
@@ -128,7 +133,11 @@ impl Tokenizer {
                     let (begin, end) = self.inst.ok_or_else(|| {
                         anyhow::anyhow!("this vocabulary has no [INST] control token")
                     })?;
-                    ids.push(if *piece == Piece::BeginInst { begin } else { end });
+                    ids.push(if *piece == Piece::BeginInst {
+                        begin
+                    } else {
+                        end
+                    });
                 }
                 Piece::Text(text) => ids.extend(self.encode(text)?),
             }
@@ -142,6 +151,27 @@ impl Tokenizer {
             .decode(ids, true)
             .map_err(|e| anyhow::anyhow!("cannot decode tokens: {e}"))
     }
+}
+
+/// SentencePiece puts its dummy-prefix space in front of every text, even
+/// one that starts with a space. The `Metaspace` pre-tokenizer of newer
+/// tokenizer.json files (transformers' `legacy: false`) skips it in that
+/// case, so `" hi"` loses a space that `mistral-common` keeps. For such
+/// files greve swaps in the equivalent of SentencePiece's own normalisation,
+/// the layout older tokenizer.json files have (Prepend + Replace).
+fn use_sentencepiece_spacing(json: &mut serde_json::Value) {
+    let pre = &json["pre_tokenizer"];
+    if pre["type"] == "Metaspace" && pre["replacement"] == "▁" && json["normalizer"].is_null() {
+        json["pre_tokenizer"] = serde_json::Value::Null;
+        json["normalizer"] = sentencepiece_normalizer();
+    }
+}
+
+fn sentencepiece_normalizer() -> serde_json::Value {
+    json!({"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "▁"},
+        {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+    ]})
 }
 
 /// Turns generated ids into text as soon as it is complete: a character
@@ -224,10 +254,15 @@ impl GgufVocab {
                 .to_vec()
                 .map_err(|e| Failure::ModelInvalid.err(format!("{key}: {e}")))
         };
-        let bad = |key: &str| Failure::ModelInvalid.err(format!("{key} has an entry of the wrong type"));
+        let bad =
+            |key: &str| Failure::ModelInvalid.err(format!("{key} has an entry of the wrong type"));
         let tokens = array("tokenizer.ggml.tokens")?
             .iter()
-            .map(|v| v.to_string().cloned().map_err(|_| bad("tokenizer.ggml.tokens")))
+            .map(|v| {
+                v.to_string()
+                    .cloned()
+                    .map_err(|_| bad("tokenizer.ggml.tokens"))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let scores = match md.get("tokenizer.ggml.scores") {
             Some(_) => array("tokenizer.ggml.scores")?
@@ -300,10 +335,7 @@ impl GgufVocab {
             "truncation": null,
             "padding": null,
             "added_tokens": added,
-            "normalizer": {"type": "Sequence", "normalizers": [
-                {"type": "Prepend", "prepend": "▁"},
-                {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
-            ]},
+            "normalizer": sentencepiece_normalizer(),
             "pre_tokenizer": null,
             "post_processor": null,
             "decoder": {"type": "Sequence", "decoders": [

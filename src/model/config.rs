@@ -62,13 +62,18 @@ fn default_theta() -> f32 {
 
 impl Config {
     pub fn from_json_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .classify(Failure::ModelNotFound, || format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path).classify(Failure::ModelNotFound, || {
+            format!("cannot read {}", path.display())
+        })?;
         let hf: HfConfig = serde_json::from_str(&text).classify(Failure::ModelInvalid, || {
             format!("{} is not a valid model config", path.display())
         })?;
         let supported = ["MistralForCausalLM", "LlamaForCausalLM"];
-        if let Some(arch) = hf.architectures.iter().find(|a| !supported.contains(&a.as_str())) {
+        if let Some(arch) = hf
+            .architectures
+            .iter()
+            .find(|a| !supported.contains(&a.as_str()))
+        {
             return Err(Failure::ModelInvalid.err(format!(
                 "{}: architecture {arch} is not supported; greve runs MistralForCausalLM models",
                 path.display()
@@ -95,9 +100,9 @@ impl Config {
             context_length: hf.max_position_embeddings,
             sliding_window: hf.sliding_window,
         };
-        config
-            .validate()
-            .classify(Failure::ModelInvalid, || format!("{} is inconsistent", path.display()))?;
+        config.validate().classify(Failure::ModelInvalid, || {
+            format!("{} is inconsistent", path.display())
+        })?;
         Ok(config)
     }
 
@@ -161,9 +166,9 @@ impl Config {
             // follows the file so that it computes what llama.cpp computes.
             sliding_window: None,
         };
-        config
-            .validate()
-            .classify(Failure::ModelInvalid, || "the GGUF metadata is inconsistent".into())?;
+        config.validate().classify(Failure::ModelInvalid, || {
+            "the GGUF metadata is inconsistent".into()
+        })?;
         Ok(config)
     }
 
@@ -189,7 +194,10 @@ impl Config {
             );
         }
         if self.head_dim % 2 != 0 {
-            anyhow::bail!("head_dim {} is odd; rotary embeddings need pairs", self.head_dim);
+            anyhow::bail!(
+                "head_dim {} is odd; rotary embeddings need pairs",
+                self.head_dim
+            );
         }
         if self.sliding_window == Some(0) {
             anyhow::bail!("sliding_window is 0");

@@ -23,8 +23,9 @@ impl GgufSource {
     /// Reads the header and metadata, and checks that every tensor lies
     /// inside the file, so a truncated download is caught before any work.
     pub fn open(path: &Path, device: &Device) -> anyhow::Result<Self> {
-        let mut file = File::open(path)
-            .classify(Failure::ModelNotFound, || format!("cannot open {}", path.display()))?;
+        let mut file = File::open(path).classify(Failure::ModelNotFound, || {
+            format!("cannot open {}", path.display())
+        })?;
         let content = read_header(&mut file, path)?;
         let len = file.metadata()?.len();
         for (name, info) in &content.tensor_infos {
@@ -108,7 +109,10 @@ impl WeightSource for GgufSource {
 
     fn dense(&mut self, w: Weight, shape: &[usize]) -> anyhow::Result<Tensor> {
         let device = self.device.clone();
-        Ok(self.load(w, shape)?.dequantize(&device)?.to_dtype(DType::F32)?)
+        Ok(self
+            .load(w, shape)?
+            .dequantize(&device)?
+            .to_dtype(DType::F32)?)
     }
 
     fn has(&self, w: Weight) -> bool {

@@ -78,7 +78,10 @@ pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> anyhow::Result
             let config = Config::from_json_file(config)?;
             let tokenizer = load_tokenizer_json(files)?;
             let mut src = safetensors::SafetensorsSource::open(shards, dtype, device)?;
-            (Transformer::load(config, &mut src, dtype, device)?, tokenizer)
+            (
+                Transformer::load(config, &mut src, dtype, device)?,
+                tokenizer,
+            )
         }
         WeightFiles::Gguf(path) => {
             let mut src = gguf::GgufSource::open(path, device)?;
@@ -86,7 +89,10 @@ pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> anyhow::Result
                 .classify(Failure::ModelInvalid, || format!("in {}", path.display()))?;
             let config = Config::from_gguf(src.metadata(), tokenizer.vocab_size())
                 .classify(Failure::ModelInvalid, || format!("in {}", path.display()))?;
-            (Transformer::load(config, &mut src, dtype, device)?, tokenizer)
+            (
+                Transformer::load(config, &mut src, dtype, device)?,
+                tokenizer,
+            )
         }
     };
     if tokenizer.vocab_size() > transformer.config.vocab_size {
@@ -144,8 +150,10 @@ fn load_tokenizer_json(files: &ModelFiles) -> anyhow::Result<Tokenizer> {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path)
-        .classify(Failure::ModelNotFound, || format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text)
-        .classify(Failure::ModelInvalid, || format!("{} is not valid", path.display()))
+    let text = std::fs::read_to_string(path).classify(Failure::ModelNotFound, || {
+        format!("cannot read {}", path.display())
+    })?;
+    serde_json::from_str(&text).classify(Failure::ModelInvalid, || {
+        format!("{} is not valid", path.display())
+    })
 }

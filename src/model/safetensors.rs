@@ -57,9 +57,12 @@ impl SafetensorsSource {
 
     fn load(&self, w: Weight, shape: &[usize]) -> anyhow::Result<Tensor> {
         let name = Self::name(w);
-        let tensor = self.files.load(&name, &self.device).classify(Failure::ModelInvalid, || {
-            format!("cannot load tensor {name} from {}", self.folder.display())
-        })?;
+        let tensor = self
+            .files
+            .load(&name, &self.device)
+            .classify(Failure::ModelInvalid, || {
+                format!("cannot load tensor {name} from {}", self.folder.display())
+            })?;
         if tensor.dims() != shape {
             return Err(Failure::ModelInvalid.err(format!(
                 "tensor {name} in {} has shape {:?}, but config.json implies {shape:?}",

@@ -71,7 +71,11 @@ impl Transformer {
         device: &Device,
     ) -> anyhow::Result<Self> {
         let c = &config;
-        let (d, q_dim, kv_dim) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let (d, q_dim, kv_dim) = (
+            c.hidden_size,
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+        );
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
             layers.push(Block {
@@ -154,8 +158,16 @@ struct Block {
 }
 
 impl Block {
-    fn forward(&mut self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.attn_norm.forward(x)?, cos, sin, mask)?)?;
+    fn forward(
+        &mut self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let x = (x + self
+            .attn
+            .forward(&self.attn_norm.forward(x)?, cos, sin, mask)?)?;
         &x + self.ffn.forward(&self.ffn_norm.forward(&x)?)?
     }
 }
@@ -173,7 +185,13 @@ struct Attention {
 }
 
 impl Attention {
-    fn forward(&mut self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(
+        &mut self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
         let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
         let split = |t: Tensor, heads| t.reshape((b, n, heads, hd))?.transpose(1, 2)?.contiguous();
@@ -197,7 +215,10 @@ impl Attention {
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores.reshape((b, kv, group * n, t))?)?;
         let y = probs.matmul(&v)?; // (b, kv, group·n, hd)
-        let y = y.reshape((b, h, n, hd))?.transpose(1, 2)?.reshape((b, n, h * hd))?;
+        let y = y
+            .reshape((b, h, n, hd))?
+            .transpose(1, 2)?
+            .reshape((b, n, h * hd))?;
         self.o.forward(&y)
     }
 
@@ -249,7 +270,13 @@ impl Rope {
     /// cos and sin of position × frequency, (n, hd/2) each, for positions
     /// `pos..pos + n`. Computed in f32 as transformers does, so the rounding
     /// matches the reference implementation.
-    fn tables(&self, pos: usize, n: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    fn tables(
+        &self,
+        pos: usize,
+        n: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let half = self.head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / self.theta.powf((2 * i) as f32 / self.head_dim as f32))
@@ -258,7 +285,10 @@ impl Rope {
             .flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f))
             .collect();
         let angles = Tensor::from_vec(angles, (n, half), device)?;
-        Ok((angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?))
+        Ok((
+            angles.cos()?.to_dtype(dtype)?,
+            angles.sin()?.to_dtype(dtype)?,
+        ))
     }
 }
 
@@ -290,7 +320,9 @@ fn attention_mask(
             })
         })
         .collect();
-    Tensor::from_vec(mask, (n, t), device)?.to_dtype(dtype).map(Some)
+    Tensor::from_vec(mask, (n, t), device)?
+        .to_dtype(dtype)
+        .map(Some)
 }
 
 #[cfg(test)]
@@ -340,7 +372,10 @@ mod tests {
 
     #[test]
     fn rope_angles_start_at_the_cached_position() {
-        let rope = Rope { theta: 10_000.0, head_dim: 4 };
+        let rope = Rope {
+            theta: 10_000.0,
+            head_dim: 4,
+        };
         let (cos, sin) = rope.tables(3, 2, DType::F32, &Device::Cpu).unwrap();
         let cos = cos.to_vec2::<f32>().unwrap();
         let sin = sin.to_vec2::<f32>().unwrap();

@@ -1,0 +1,134 @@
+//! Token ids against mistral-common: plain text and whole chats, for the V1
+//! and V3 vocabularies, from tokenizer.json and from GGUF metadata.
+
+mod common;
+
+use common::{golden_json, goldens, ids};
+use greve::model::gguf::GgufSource;
+use greve::template::{self, Format, Message, Role};
+use greve::tokenizer::{SpecialTokens, StreamDecoder, Tokenizer};
+
+fn from_json(version: &str) -> Tokenizer {
+    let path = goldens().join(format!("tokenizer-{version}.json"));
+    Tokenizer::from_json_file(&path, &SpecialTokens::default()).unwrap()
+}
+
+fn from_gguf(version: &str) -> Tokenizer {
+    let path = goldens().join(format!("tiny-{version}-f16.gguf"));
+    let src = GgufSource::open(&path, &candle_core::Device::Cpu).unwrap();
+    Tokenizer::from_gguf(src.metadata()).unwrap()
+}
+
+fn messages(chat: &serde_json::Value) -> Vec<Message> {
+    chat["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| Message {
+            role: if m[0] == "user" {
+                Role::User
+            } else {
+                Role::Assistant
+            },
+            content: m[1].as_str().unwrap().to_string(),
+        })
+        .collect()
+}
+
+fn check_against_mistral_common(tok: &Tokenizer, version: &str, source: &str) {
+    let golden = golden_json(&format!("tokens-{version}.json"));
+    let mut failures = Vec::new();
+    for case in golden["texts"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let got = tok.encode(text).unwrap();
+        if got != ids(&case["ids"]) {
+            failures.push(format!(
+                "text {text:?}: got {got:?}, want {:?}",
+                ids(&case["ids"])
+            ));
+        }
+    }
+    for chat in golden["chats"].as_array().unwrap() {
+        let pieces =
+            template::render(tok.format(), chat["system"].as_str(), &messages(chat)).unwrap();
+        let got = tok.encode_pieces(&pieces).unwrap();
+        if got != ids(&chat["ids"]) {
+            failures.push(format!(
+                "chat {}: got {got:?}, want {:?}",
+                chat["messages"],
+                ids(&chat["ids"])
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{source} {version}:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn tokenizer_json_encodes_like_mistral_common() {
+    for version in ["v1", "v3"] {
+        check_against_mistral_common(&from_json(version), version, "tokenizer.json");
+    }
+}
+
+#[test]
+fn gguf_vocabulary_encodes_like_mistral_common() {
+    for version in ["v1", "v3"] {
+        check_against_mistral_common(&from_gguf(version), version, "GGUF");
+    }
+}
+
+#[test]
+fn the_instruct_format_follows_the_vocabulary() {
+    assert_eq!(from_json("v1").format(), Format::V1);
+    assert_eq!(from_json("v3").format(), Format::V3);
+    assert_eq!(from_gguf("v1").format(), Format::V1);
+    assert_eq!(from_gguf("v3").format(), Format::V3);
+}
+
+#[test]
+fn streamed_text_equals_the_full_decode() {
+    let golden = golden_json("tokens-v1.json");
+    for tok in [from_json("v1"), from_gguf("v1")] {
+        for case in golden["texts"].as_array().unwrap() {
+            let ids = ids(&case["ids"]);
+            let mut decoder = StreamDecoder::default();
+            let mut streamed = String::new();
+            for &id in &ids {
+                if let Some(piece) = decoder.push(&tok, id).unwrap() {
+                    assert!(
+                        !piece.contains('\u{FFFD}'),
+                        "incomplete character streamed: {piece:?}"
+                    );
+                    streamed.push_str(&piece);
+                }
+            }
+            if let Some(rest) = decoder.finish(&tok).unwrap() {
+                streamed.push_str(&rest);
+            }
+            assert_eq!(streamed, tok.decode(&ids).unwrap(), "{:?}", case["text"]);
+        }
+    }
+}
+
+#[test]
+fn an_accented_letter_split_over_byte_tokens_comes_out_whole() {
+    let tok = from_json("v1");
+    // "🦀" has no piece of its own: four byte-fallback tokens.
+    let ids = tok.encode("🦀!").unwrap();
+    let mut decoder = StreamDecoder::default();
+    let out: Vec<Option<String>> = ids
+        .iter()
+        .map(|&id| decoder.push(&tok, id).unwrap())
+        .collect();
+    let emitted: Vec<&String> = out.iter().flatten().collect();
+    assert!(emitted.iter().any(|s| s.contains('🦀')), "{out:?}");
+    assert_eq!(
+        out.last().unwrap().as_deref(),
+        Some("!"),
+        "punctuation is not held back"
+    );
+}
