@@ -124,3 +124,28 @@ fn generation_is_the_same_in_one_chunk_or_token_by_token() {
         .fold(0.0, f32::max);
     assert!(max_diff < 1e-4, "{max_diff}");
 }
+
+/// Quantised files have no transformers reference: llama.cpp is the one.
+/// (Unquantised files are checked against transformers above; llama.cpp's
+/// own rotary arithmetic flips one near-tie of the random v3 model there.)
+#[test]
+fn quantized_gguf_matches_llama_cpp() {
+    let golden = golden_json("llamacpp.json");
+    let files = golden["files"].as_object().unwrap();
+    assert!(files.contains_key("tiny-v1-q8_0.gguf"));
+    for (name, cases) in files
+        .iter()
+        .filter(|(name, _)| !name.ends_with("-f16.gguf"))
+    {
+        let mut model = load(&goldens().join(name));
+        for case in cases.as_array().unwrap() {
+            let prompt = ids(&case["prompt"]);
+            let want = ids(&case["greedy"]);
+            assert_eq!(
+                greedy(&mut model, &prompt, want.len()),
+                want,
+                "{name}, prompt {prompt:?}"
+            );
+        }
+    }
+}
