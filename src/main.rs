@@ -36,10 +36,27 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if exit::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line, whole chain: "greve: what failed: why".
-            let message = format!("{err:#}").replace('\n', " ");
-            eprintln!("greve: {message}");
+            eprintln!("greve: {}", one_line(&err));
             ExitCode::from(exit::code_for(&err))
         }
     }
+}
+
+/// The whole chain on one line, "what failed: why: deeper cause". Only the
+/// first line of each cause is kept: candle appends a backtrace to its
+/// errors when RUST_BACKTRACE is set, which is noise for a user.
+fn one_line(err: &anyhow::Error) -> String {
+    err.chain()
+        .map(|cause| {
+            cause
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
 }

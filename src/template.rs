@@ -138,7 +138,7 @@ fn check_alternation(messages: &[Message]) -> anyhow::Result<()> {
             return Err(Failure::Usage.err(format!("message {} is empty", i + 1)));
         }
     }
-    if messages.len() % 2 == 0 {
+    if messages.len().is_multiple_of(2) {
         return Err(Failure::Usage
             .err("the conversation ends with the assistant: add a user message for it to answer"));
     }

@@ -186,14 +186,14 @@ impl Config {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             anyhow::bail!("{name} is 0");
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             anyhow::bail!(
                 "{} attention heads cannot share {} key/value heads evenly",
                 self.num_heads,
                 self.num_kv_heads
             );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             anyhow::bail!(
                 "head_dim {} is odd; rotary embeddings need pairs",
                 self.head_dim

@@ -19,7 +19,7 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn len(&self) -> usize {
+    pub fn positions(&self) -> usize {
         self.len
     }
 
@@ -93,7 +93,7 @@ mod tests {
             assert_eq!(values(&k), expected);
             assert_eq!(values(&v), expected);
         }
-        assert_eq!(cache.len(), 601);
+        assert_eq!(cache.positions(), 601);
     }
 
     #[test]
@@ -104,6 +104,6 @@ mod tests {
         let (k, _) = cache.append(&block(10, 2), &block(10, 2)).unwrap();
         assert_eq!(values(&k), vec![0.0, 1.0, 10.0, 11.0]);
         cache.truncate(99);
-        assert_eq!(cache.len(), 4);
+        assert_eq!(cache.positions(), 4);
     }
 }

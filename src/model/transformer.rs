@@ -122,7 +122,7 @@ impl Transformer {
 
     /// Positions already in the KV cache.
     pub fn cached(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.attn.cache.len())
+        self.layers.first().map_or(0, |l| l.attn.cache.positions())
     }
 
     /// Forgets every cached position from `len` on.

@@ -1,0 +1,344 @@
+//! Black-box runs of the `greve` binary: what a script sees on stdout, on
+//! stderr and in the exit code, for good and bad input.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{golden_json, goldens, ids, until_eos, write_tiny_model};
+use greve::tokenizer::{SpecialTokens, Tokenizer};
+
+fn greve(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_greve"))
+        .args(args)
+        // candle appends backtraces to its errors when this is set: errors
+        // must stay one line all the same.
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The child may exit before reading stdin; a broken pipe here is fine.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+/// A failure: the expected exit code, one line on stderr that mentions
+/// `needle`, nothing on stdout, and no panic.
+fn assert_fails(o: &Output, code: i32, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    assert!(o.stdout.is_empty(), "stdout: {}", stdout(o));
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.starts_with("greve: "), "{err}");
+    assert!(err.contains(needle), "{needle:?} not in: {err}");
+}
+
+fn gguf(name: &str) -> String {
+    goldens().join(name).to_str().unwrap().to_string()
+}
+
+/// The reply greve should print for golden prompt 0 ("Salut !", no system).
+fn expected_reply(n: usize) -> String {
+    let golden = golden_json("tiny-v1.json");
+    let tokens: Vec<u32> = until_eos(ids(&golden["continuations"][0]["greedy"]))
+        .into_iter()
+        .take(n)
+        .collect();
+    let tok = Tokenizer::from_json_file(
+        &goldens().join("tokenizer-v1.json"),
+        &SpecialTokens::default(),
+    )
+    .unwrap();
+    tok.decode(&tokens).unwrap()
+}
+
+#[test]
+fn ask_prints_the_reply_alone_on_stdout() {
+    let model = gguf("tiny-v1-f16.gguf");
+    let o = greve(
+        &[
+            "ask",
+            "-m",
+            &model,
+            "--temperature",
+            "0",
+            "-n",
+            "10",
+            "Salut",
+            "!",
+        ],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{}\n", expected_reply(10)));
+}
+
+#[test]
+fn ask_reads_the_prompt_from_stdin() {
+    let model = gguf("tiny-v1-f16.gguf");
+    for args in [vec!["ask", "-m", &model], vec!["ask", "-m", &model, "-"]] {
+        let mut args = args.clone();
+        args.extend(["--temperature", "0", "-n", "6"]);
+        let o = greve(&args, b"Salut !\n");
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(stdout(&o), format!("{}\n", expected_reply(6)));
+    }
+}
+
+#[test]
+fn json_output_is_one_object_with_counts() {
+    let model = gguf("tiny-v1-f16.gguf");
+    let o = greve(
+        &[
+            "ask",
+            "-m",
+            &model,
+            "--temperature",
+            "0",
+            "-n",
+            "5",
+            "--json",
+            "Salut !",
+        ],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["reply"], expected_reply(5));
+    assert_eq!(v["finish_reason"], "length");
+    assert_eq!(v["generated_tokens"], 5);
+    let golden = golden_json("tiny-v1.json");
+    let prompt_len = golden["continuations"][0]["prompt"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(v["prompt_tokens"], prompt_len);
+}
+
+#[test]
+fn verbose_prompt_and_stats_go_to_stderr() {
+    let model = gguf("tiny-v3-f16.gguf");
+    let o = greve(
+        &[
+            "ask",
+            "-m",
+            &model,
+            "--temperature",
+            "0",
+            "-n",
+            "3",
+            "--verbose-prompt",
+            "--stats",
+            "--system",
+            "S",
+            "3",
+        ],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("<s>[INST]S\n\n3[/INST]"), "{err}");
+    // mistral-common's ids for the last turn of golden chat 4 (system "S", user "3").
+    let chat = ids(&golden_json("tokens-v3.json")["chats"][4]["ids"]);
+    let last_turn = &chat[chat.iter().rposition(|&t| t == 3).unwrap()..];
+    let want: Vec<String> = std::iter::once(1)
+        .chain(last_turn.iter().copied())
+        .map(|t| t.to_string())
+        .collect();
+    assert!(err.lines().any(|l| l == want.join(" ")), "{err}");
+    assert!(err.contains("reply: 3 tokens"), "{err}");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_reply() {
+    let model = gguf("tiny-v1-q8_0.gguf");
+    let run = |seed: &str| {
+        stdout(&greve(
+            &[
+                "ask",
+                "-m",
+                &model,
+                "--seed",
+                seed,
+                "--temperature",
+                "1",
+                "-n",
+                "12",
+                "hi",
+            ],
+            b"",
+        ))
+    };
+    assert_eq!(run("7"), run("7"));
+    assert_ne!(run("7"), run("8"));
+}
+
+#[test]
+fn missing_model_is_exit_3() {
+    let o = greve(&["ask", "-m", "/nonexistent/model", "hi"], b"");
+    assert_fails(&o, 3, "/nonexistent/model");
+}
+
+#[test]
+fn empty_prompt_and_invalid_utf8_are_usage_errors() {
+    let model = gguf("tiny-v1-f16.gguf");
+    assert_fails(&greve(&["ask", "-m", &model], b"  \n"), 2, "empty");
+    assert_fails(&greve(&["ask", "-m", &model], b"caf\xe9"), 2, "UTF-8");
+}
+
+fn tiny_folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), "v1");
+    dir
+}
+
+fn ask_folder(dir: &Path) -> Output {
+    greve(
+        &[
+            "ask",
+            "-m",
+            dir.to_str().unwrap(),
+            "--temperature",
+            "0",
+            "-n",
+            "2",
+            "hi",
+        ],
+        b"",
+    )
+}
+
+#[test]
+fn safetensors_folder_answers() {
+    let dir = tiny_folder();
+    let o = ask_folder(dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stdout(&o).trim().is_empty());
+}
+
+#[test]
+fn broken_model_folders_are_exit_4() {
+    let dir = tiny_folder();
+    let p = dir.path();
+    let index = p.join("model.safetensors.index.json");
+    let original_index = std::fs::read_to_string(&index).unwrap();
+
+    // A shard named in the index is missing.
+    std::fs::write(
+        &index,
+        original_index.replace("model-00002-of-00002", "model-00003-of-00002"),
+    )
+    .unwrap();
+    assert_fails(&ask_folder(p), 4, "model-00003-of-00002.safetensors");
+
+    // The index points outside the folder.
+    std::fs::write(
+        &index,
+        original_index.replace("model-00002-of-00002", "../model-00002-of-00002"),
+    )
+    .unwrap();
+    assert_fails(&ask_folder(p), 4, "not a file in the model folder");
+    std::fs::write(&index, &original_index).unwrap();
+
+    // A truncated shard.
+    let shard = p.join("model-00002-of-00002.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
+    assert_fails(&ask_folder(p), 4, "safetensors");
+    std::fs::write(&shard, &bytes).unwrap();
+
+    // A tokenizer from another vocabulary.
+    std::fs::copy(
+        goldens().join("tokenizer-v3.json"),
+        p.join("tokenizer.json"),
+    )
+    .unwrap();
+    assert_fails(&ask_folder(p), 4, "tokenizer");
+}
+
+#[test]
+fn folder_without_config_is_exit_4() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_fails(&ask_folder(dir.path()), 4, "config.json");
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_a_usage_error() {
+    let dir = tiny_folder();
+    let config = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("32768", "8")).unwrap();
+    assert_fails(&ask_folder(dir.path()), 2, "context");
+}
+
+fn broken_gguf(edit: impl Fn(&mut Vec<u8>)) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(goldens().join("tiny-v1-q8_0.gguf")).unwrap();
+    edit(&mut bytes);
+    let path = dir.path().join("broken.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn broken_gguf_files_are_exit_4() {
+    let (_d, path) = broken_gguf(|b| b[..4].copy_from_slice(b"GGUX"));
+    assert_fails(
+        &greve(&["ask", "-m", path.to_str().unwrap(), "hi"], b""),
+        4,
+        "not a GGUF file",
+    );
+
+    let (_d, path) = broken_gguf(|b| b.truncate(b.len() - 1000));
+    assert_fails(
+        &greve(&["ask", "-m", path.to_str().unwrap(), "hi"], b""),
+        4,
+        "truncated",
+    );
+
+    let (_d, path) = broken_gguf(|b| b.truncate(100));
+    assert_fails(
+        &greve(&["ask", "-m", path.to_str().unwrap(), "hi"], b""),
+        4,
+        "broken.gguf",
+    );
+
+    // Another architecture: rewrite the value of general.architecture.
+    let (_d, path) = broken_gguf(|b| {
+        let at = b.windows(5).position(|w| w == b"llama").unwrap();
+        b[at..at + 5].copy_from_slice(b"gemma");
+    });
+    assert_fails(
+        &greve(&["ask", "-m", path.to_str().unwrap(), "hi"], b""),
+        4,
+        "gemma",
+    );
+}
+
+#[test]
+fn closing_stdout_early_is_not_an_error() {
+    let model = gguf("tiny-v1-f16.gguf");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_greve"))
+        .args(["ask", "-m", &model, "--temperature", "0", "-n", "200", "hi"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+}
