@@ -342,3 +342,43 @@ fn closing_stdout_early_is_not_an_error() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).is_empty(), "{}", stderr(&o));
 }
+
+#[test]
+fn ctrl_c_stops_generation_prints_the_partial_reply_and_exits_130() {
+    use std::io::Read;
+    let model = gguf("tiny-v1-f16.gguf");
+    // Long enough that it is still generating when the signal comes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_greve"))
+        .args([
+            "ask",
+            "-m",
+            &model,
+            "--temperature",
+            "1",
+            "--seed",
+            "1",
+            "Raconte une histoire",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    let n = out.read(&mut first).unwrap();
+    assert!(n > 0, "no output before the signal");
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(
+        rest.ends_with(b"\n"),
+        "the partial reply ends with a newline"
+    );
+    assert_eq!(stderr(&o), "greve: interrupted\n");
+}

@@ -12,7 +12,7 @@ use common::{golden_json, goldens, ids, until_eos, write_tiny_model};
 use greve::generate::{generate, Limits};
 use greve::model::{self, Model};
 use greve::resolve::resolve;
-use greve::sampler::{Sampler, SamplingParams};
+use greve::sampler::{argmax, Sampler, SamplingParams};
 
 fn load(path: &std::path::Path) -> Model {
     let files = resolve(path.to_str().unwrap()).unwrap();
@@ -87,7 +87,7 @@ fn sharded_safetensors_match_transformers() {
 
 #[test]
 fn gguf_from_llama_cpp_converter_matches_transformers() {
-    for version in ["v1", "v3"] {
+    for version in ["v1", "v3", "k"] {
         let path = goldens().join(format!("tiny-{version}-f16.gguf"));
         let mut model = load(&path);
         check(&mut model, version, &format!("GGUF f16 {version}"), 1e-3);
@@ -126,13 +126,20 @@ fn generation_is_the_same_in_one_chunk_or_token_by_token() {
 }
 
 /// Quantised files have no transformers reference: llama.cpp is the one.
-/// (Unquantised files are checked against transformers above; llama.cpp's
-/// own rotary arithmetic flips one near-tie of the random v3 model there.)
+/// llama.cpp and candle quantise activations for their integer dot products
+/// in slightly different ways (both land a few hundredths from the exact
+/// product, rarely 0.2 apart), so logits agree closely but not exactly: a
+/// layout or dequantisation bug would be off by whole units. Every greedy
+/// choice must agree, except where llama.cpp's two best logits are within
+/// that noise; llama.cpp's tokens are fed back (teacher forcing) so that one
+/// near-tie does not end the comparison.
 #[test]
 fn quantized_gguf_matches_llama_cpp() {
+    const NOISE: f32 = 0.25;
+    const NEAR_TIE: f32 = 0.1;
     let golden = golden_json("llamacpp.json");
     let files = golden["files"].as_object().unwrap();
-    assert!(files.contains_key("tiny-v1-q8_0.gguf"));
+    let (mut compared, mut total) = (0, 0);
     for (name, cases) in files
         .iter()
         .filter(|(name, _)| !name.ends_with("-f16.gguf"))
@@ -140,12 +147,43 @@ fn quantized_gguf_matches_llama_cpp() {
         let mut model = load(&goldens().join(name));
         for case in cases.as_array().unwrap() {
             let prompt = ids(&case["prompt"]);
-            let want = ids(&case["greedy"]);
-            assert_eq!(
-                greedy(&mut model, &prompt, want.len()),
-                want,
-                "{name}, prompt {prompt:?}"
-            );
+            model.transformer.truncate(0);
+            let mut logits = model
+                .transformer
+                .forward(&prompt)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            for (i, want) in case["first_logits"].as_array().unwrap().iter().enumerate() {
+                let want = want.as_f64().unwrap() as f32;
+                let got = logits[i];
+                assert!(
+                    (got - want).abs() < NOISE,
+                    "{name}: logit {i} is {got} but llama.cpp gives {want}"
+                );
+            }
+            let margins = case["margins"].as_array().unwrap();
+            for (step, (&want, margin)) in ids(&case["greedy"]).iter().zip(margins).enumerate() {
+                total += 1;
+                if margin.as_f64().unwrap() as f32 >= NEAR_TIE {
+                    compared += 1;
+                    assert_eq!(
+                        argmax(&logits),
+                        want,
+                        "{name}, prompt {prompt:?}, step {step}"
+                    );
+                }
+                logits = model
+                    .transformer
+                    .forward(&[want])
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+            }
         }
     }
+    assert!(
+        compared * 2 >= total,
+        "only {compared} of {total} choices were clear enough to compare"
+    );
 }

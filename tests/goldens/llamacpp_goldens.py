@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Greedy continuations by llama.cpp (llama-cpp-python) of the committed tiny
-GGUF files, for the prompts of tiny-v*.json. Run after make_goldens.py, with a
-Python that has llama-cpp-python 0.3.36 (../shared/tools/setup-bench-env.sh
-makes one):
+"""Quantises the tiny "k" model with llama.cpp's own quantiser, then records
+llama.cpp's greedy continuations (llama-cpp-python) of the tiny GGUF files for
+the prompts of tiny-*.json. Run after make_goldens.py, with a Python that has
+llama-cpp-python 0.3.36 (../shared/tools/setup-bench-env.sh makes one):
 
     ~/.cache/greve-bench/venv/bin/python llamacpp_goldens.py
 """
@@ -10,22 +10,50 @@ import json
 import os
 
 import llama_cpp
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FILES = {"v1": ["f16", "q8_0"], "v3": ["f16"]}
+QUANTS = {  # llama.cpp's file types for `llama-quantize`
+    "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0,
+    "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+    "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
+    "q6_k": llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K,
+    "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
+}
+FILES = {"v1": ["f16", "q8_0"], "v3": ["f16"], "k": ["f16", *QUANTS]}
+
+
+def quantize(source, target, ftype):
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = 1
+    if llama_cpp.llama_model_quantize(source.encode(), target.encode(), params) != 0:
+        raise RuntimeError(f"quantising {source} to {target} failed")
 
 
 def greedy(llm, prompt, n):
+    """Greedy tokens, each with the gap between the two best logits: where
+    the gap is tiny, float rounding alone may pick either token, so the
+    tests stop comparing at the first near-tie."""
     llm.reset()
-    out = []
-    for token in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
-        if token == llm.token_eos() or len(out) == n:
+    llm.eval(prompt)
+    first_logits = [round(float(x), 5) for x in llm.eval_logits[-1][:64]]
+    tokens, margins = [], []
+    while len(tokens) < n:
+        logits = np.array(llm.eval_logits[-1])
+        token = int(logits.argmax())
+        if token == llm.token_eos():
             break
-        out.append(token)
-    return out
+        top2 = np.sort(logits)[-2:]
+        tokens.append(token)
+        margins.append(round(float(top2[1] - top2[0]), 5))
+        llm.eval([token])
+    return {"prompt": prompt, "greedy": tokens, "margins": margins, "first_logits": first_logits}
 
 
 def main():
+    for name, ftype in QUANTS.items():
+        quantize(os.path.join(HERE, "tiny-k-f16.gguf"), os.path.join(HERE, f"tiny-k-{name}.gguf"), ftype)
     result = {"llama_cpp_python": llama_cpp.__version__, "files": {}}
     for version, types in FILES.items():
         golden = json.load(open(os.path.join(HERE, f"tiny-{version}.json")))
@@ -35,10 +63,8 @@ def main():
             # An f32 KV cache (type 0), as greve keeps on CPU: llama.cpp defaults to
             # f16, whose rounding alone can flip a near-tie of a random model.
             llm = llama_cpp.Llama(os.path.join(HERE, name), n_ctx=512, n_threads=1, verbose=False, seed=0,
-                                  type_k=0, type_v=0)
-            result["files"][name] = [
-                {"prompt": c["prompt"], "greedy": greedy(llm, c["prompt"], n)} for c in golden["continuations"]
-            ]
+                                  type_k=0, type_v=0, logits_all=True)
+            result["files"][name] = [greedy(llm, c["prompt"], n) for c in golden["continuations"]]
     json.dump(result, open(os.path.join(HERE, "llamacpp.json"), "w"), indent=1)
 
 

@@ -35,7 +35,13 @@ from transformers import LlamaTokenizerFast, MistralConfig, MistralForCausalLM
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(os.path.dirname(mistral_common.__file__), "data")
-SPM = {"v1": "tokenizer.model.v1", "v3": "mistral_instruct_tokenizer_240323.model.v3"}
+SPM = {
+    "v1": os.path.join(DATA, "tokenizer.model.v1"),
+    "v3": os.path.join(DATA, "mistral_instruct_tokenizer_240323.model.v3"),
+    # A 512-piece SentencePiece BPE trained here, for "k", the model whose
+    # sizes (multiples of 256) allow llama.cpp's k-quants.
+    "k": os.path.join(HERE, "tokenizer-k.model"),
+}
 
 CORPUS = [
     "Bonjour",
@@ -92,13 +98,29 @@ TINY = {
     "v3": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, head_dim=8, rope_theta=1000000.0, sliding_window=None,
                max_position_embeddings=32768, rms_norm_eps=1e-5),
+    "k": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=64, rope_theta=1000000.0, sliding_window=None,
+              max_position_embeddings=32768, rms_norm_eps=1e-5),
 }
 NEW_TOKENS = 24
-GGUF_TYPES = {"v1": ["f16", "q8_0"], "v3": ["f16"]}
+GGUF_TYPES = {"v1": ["f16", "q8_0"], "v3": ["f16"], "k": ["f16"]}
 
 
 def mistral_tokenizer(version):
-    return MistralTokenizer.from_file(os.path.join(DATA, SPM[version]))
+    return MistralTokenizer.from_file(SPM[version])
+
+
+def train_k_tokenizer(seeds):
+    """SentencePiece BPE with byte fallback, Mistral's kind, on the seed texts."""
+    import sentencepiece
+
+    lines = [l for f in sorted(os.listdir(seeds)) for l in open(os.path.join(seeds, f)) if l.strip()]
+    prefix = SPM["k"][: -len(".model")]
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=prefix, vocab_size=512, model_type="bpe",
+        byte_fallback=True, character_coverage=0.995, num_threads=1, add_dummy_prefix=True,
+        remove_extra_whitespaces=False, normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    os.remove(prefix + ".vocab")
 
 
 def encode_chat(tok, chat):
@@ -115,7 +137,7 @@ def token_goldens(version):
     raw = tok.instruct_tokenizer.tokenizer
     return {
         "version": version,
-        "source": f"mistral-common {mistral_common.__version__}, {SPM[version]}",
+        "source": f"mistral-common {mistral_common.__version__}, {os.path.basename(SPM[version])}",
         "texts": [{"text": t, "ids": raw.encode(t, bos=False, eos=False)} for t in CORPUS],
         "chats": [dict(chat, ids=encode_chat(tok, chat)) for chat in CHATS],
     }
@@ -141,7 +163,14 @@ def weight_values(name, n, scale, offset):
     return (offset + scale * k.astype(np.float64) / 64.0).astype(np.float32)
 
 
-def scale_of(name):
+def projection_scale(cfg):
+    """A power of two (so weights stay exact in bf16) near 1.4/sqrt(hidden):
+    wider models get smaller weights, or their activations blow up and every
+    rounding difference flips a greedy token."""
+    return 0.25 if cfg["hidden_size"] <= 32 else 0.0625
+
+
+def scale_of(name, projection):
     """(scale, offset) by tensor role; mirrored in tests/common/mod.rs."""
     if name.endswith("norm.weight"):
         return 0.5, 1.0
@@ -149,7 +178,7 @@ def scale_of(name):
         return 1.0, 0.0
     if "lm_head" in name:
         return 0.5, 0.0
-    return 0.25, 0.0
+    return projection, 0.0
 
 
 def tiny_state_dict(cfg, vocab):
@@ -167,7 +196,7 @@ def tiny_state_dict(cfg, vocab):
         })
     out = {}
     for name, shape in shapes.items():
-        scale, offset = scale_of(name)
+        scale, offset = scale_of(name, projection_scale(cfg))
         out[name] = torch.from_numpy(weight_values(name, int(np.prod(shape)), scale, offset).reshape(shape))
     return out
 
@@ -189,7 +218,7 @@ def write_tiny_folder(folder, version, cfg, state, tokenizer_json):
         weight_map.update({n: file for n in part})
     json.dump({"metadata": {}, "weight_map": weight_map}, open(os.path.join(folder, "model.safetensors.index.json"), "w"))
     shutil.copy(tokenizer_json, os.path.join(folder, "tokenizer.json"))
-    shutil.copy(os.path.join(DATA, SPM[version]), os.path.join(folder, "tokenizer.model"))
+    shutil.copy(SPM[version], os.path.join(folder, "tokenizer.model"))
     json.dump({"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
                "unk_token": "<unk>", "tokenizer_class": "LlamaTokenizer"},
               open(os.path.join(folder, "tokenizer_config.json"), "w"))
@@ -197,12 +226,16 @@ def write_tiny_folder(folder, version, cfg, state, tokenizer_json):
     return config
 
 
-def model_goldens(version, llama_cpp, tokens):
+def model_goldens(version, llama_cpp, prompts):
+    import sentencepiece
+
     cfg = TINY[version]
-    vocab = mistral_tokenizer(version).instruct_tokenizer.tokenizer.n_words
+    vocab = sentencepiece.SentencePieceProcessor(model_file=SPM[version]).vocab_size()
     state = tiny_state_dict(cfg, vocab)
-    prompts = [chat["ids"] for chat in tokens["chats"]]
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as tmp:
+        # A fixed folder name: the converter records it in general.name.
+        folder = os.path.join(tmp, f"tiny-{version}")
+        os.mkdir(folder)
         config = write_tiny_folder(folder, version, cfg, state, os.path.join(HERE, f"tokenizer-{version}.json"))
         model = MistralForCausalLM(MistralConfig(**{k: v for k, v in config.items() if k != "architectures"}))
         model.load_state_dict(state, strict=True)
@@ -222,7 +255,7 @@ def model_goldens(version, llama_cpp, tokens):
                             "--outtype", outtype, "--outfile", target], check=True, env=env,
                            stdout=subprocess.DEVNULL)
     return {"version": version, "transformers": __import__("transformers").__version__, "config": cfg,
-            "vocab_size": vocab, "new_tokens": NEW_TOKENS, "continuations": continuations}
+            "vocab_size": vocab, "projection_scale": projection_scale(cfg), "new_tokens": NEW_TOKENS, "continuations": continuations}
 
 
 def score_ranked_merges(proto):
@@ -250,10 +283,10 @@ def tokenizer_json(version):
     from tokenizers.models import BPE
 
     proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(open(os.path.join(DATA, SPM[version]), "rb").read())
+    proto.ParseFromString(open(SPM[version], "rb").read())
     vocab, merges = score_ranked_merges(proto)
     tok = Tokenizer(BPE(vocab, merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
-    if version == "v1":
+    if version != "v3":
         tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     else:
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
@@ -269,12 +302,21 @@ def tokenizer_json(version):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-cpp", required=True, help="llama.cpp source folder (convert_hf_to_gguf.py)")
+    ap.add_argument("--seeds", default=os.path.join(HERE, "../../../shared/seeds"), help="texts for tokenizer-k")
     args = ap.parse_args()
-    for version in ("v1", "v3"):
+    train_k_tokenizer(args.seeds)
+    for version in ("v1", "v3", "k"):
         tokenizer_json(version)
-        tokens = token_goldens(version)
-        json.dump(tokens, open(os.path.join(HERE, f"tokens-{version}.json"), "w"), ensure_ascii=False, indent=1)
-        models = model_goldens(version, args.llama_cpp, tokens)
+        if version == "k":
+            import sentencepiece
+
+            spm = sentencepiece.SentencePieceProcessor(model_file=SPM["k"])
+            prompts = [[1] + spm.encode(t) for t in CORPUS[:6]]
+        else:
+            tokens = token_goldens(version)
+            json.dump(tokens, open(os.path.join(HERE, f"tokens-{version}.json"), "w"), ensure_ascii=False, indent=1)
+            prompts = [chat["ids"] for chat in tokens["chats"]]
+        models = model_goldens(version, args.llama_cpp, prompts)
         json.dump(models, open(os.path.join(HERE, f"tiny-{version}.json"), "w"), indent=1)
 
 
