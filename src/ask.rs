@@ -9,6 +9,7 @@ use crate::cli::AskArgs;
 use crate::exit::{Classify, Failure};
 use crate::generate::{generate, Finish, Generation, Limits};
 use crate::model::{self, Model};
+use crate::persona::{self, Mode, Prompts, Wrapping};
 use crate::sampler::Sampler;
 use crate::settings;
 use crate::template::{self, Message};
@@ -16,7 +17,19 @@ use crate::tokenizer::StreamDecoder;
 
 pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     let prompt = read_prompt(&args.prompt)?;
-    let files = crate::resolve::resolve(&args.model.model)?;
+    let seed = args.sampling.seed.unwrap_or_else(random_seed);
+    let mode = settings::strike_mode(&args.persona);
+    let prompts = Prompts::load(&settings::prompt_folders(&args.persona)?)?;
+    if mode.strikes(seed) {
+        // No model is needed, or even loaded, to go on strike.
+        let notice = persona::notice(&prompts, &prompt, &persona::french_date(today()), seed);
+        return print_notice(&notice, mode, seed, args.json);
+    }
+    let user_system = settings::user_system(args.system.as_deref(), args.system_file.as_deref())?;
+    let system = persona::system_prompt(mode, args.persona.safe, user_system.as_deref(), &prompts);
+    let wrapping = persona::wrapping(mode, seed, &prompts);
+
+    let files = crate::resolve::resolve(settings::model_spec(&args.model)?)?;
     let device = settings::device(&args.model.device)?;
     let dtype = model::compute_dtype(&files, &device, settings::dtype(args.model.dtype));
     let loading = Instant::now();
@@ -28,7 +41,7 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
 
     let pieces = template::render(
         model.tokenizer.format(),
-        args.system.as_deref(),
+        system.as_deref(),
         &[Message::user(prompt)],
     )?;
     let ids = model.tokenizer.encode_pieces(&pieces)?;
@@ -46,7 +59,6 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     }
 
     let params = settings::sampling_params(&args.sampling, &model.defaults);
-    let seed = args.sampling.seed.unwrap_or_else(random_seed);
     let mut sampler = Sampler::new(params, seed);
     let mut stop = model.defaults.eos_token_id.clone();
     stop.push(model.tokenizer.eos());
@@ -65,11 +77,20 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
             |_| Ok(()),
         )?
     } else {
-        stream(&mut model, &ids, &mut sampler, &limits, cancel)?
+        stream(&mut model, &ids, &mut sampler, &limits, cancel, &wrapping)?
     };
     let reply = model.tokenizer.decode(&generation.tokens)?;
     if args.json {
-        print_json(&model, &generation, &reply, seed, load_time)?;
+        let run = Run {
+            model: &model,
+            generation: &generation,
+            reply: &reply,
+            seed,
+            load_time,
+            mode,
+            wrapping: &wrapping,
+        };
+        print_json(&run)?;
     }
     if args.stats {
         print_stats(&generation, seed);
@@ -81,14 +102,20 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
 }
 
 /// Generates while printing each piece of text as soon as it is complete.
+/// The persona's letterhead and sign-off go around the reply.
 fn stream(
     model: &mut Model,
     ids: &[u32],
     sampler: &mut Sampler,
     limits: &Limits,
     cancel: &AtomicBool,
+    wrapping: &Wrapping,
 ) -> anyhow::Result<Generation> {
     let mut out = std::io::stdout().lock();
+    if let Some(letterhead) = &wrapping.letterhead {
+        write!(out, "{letterhead}\n\n")?;
+        out.flush()?;
+    }
     let mut decoder = StreamDecoder::default();
     let tokenizer = &model.tokenizer;
     let generation = generate(
@@ -109,6 +136,9 @@ fn stream(
         out.write_all(text.as_bytes())?;
     }
     out.write_all(b"\n")?;
+    if let Some(signoff) = &wrapping.signoff {
+        write!(out, "\n{signoff}\n")?;
+    }
     out.flush()?;
     Ok(generation)
 }
@@ -163,28 +193,64 @@ fn print_stats(g: &Generation, seed: u64) {
     );
 }
 
-fn print_json(
-    model: &Model,
-    g: &Generation,
-    reply: &str,
+/// What `--json` reports about one answered prompt.
+struct Run<'a> {
+    model: &'a Model,
+    generation: &'a Generation,
+    reply: &'a str,
     seed: u64,
     load_time: std::time::Duration,
-) -> anyhow::Result<()> {
-    let s = &g.stats;
+    mode: Mode,
+    wrapping: &'a Wrapping,
+}
+
+fn print_json(run: &Run) -> anyhow::Result<()> {
+    let s = &run.generation.stats;
     let value = serde_json::json!({
-        "model": model.name,
-        "reply": reply,
-        "finish_reason": g.finish,
+        "model": run.model.name,
+        "persona": run.mode.name(),
+        "letterhead": run.wrapping.letterhead,
+        "reply": run.reply,
+        "signoff": run.wrapping.signoff,
+        "finish_reason": run.generation.finish,
         "prompt_tokens": s.prompt_tokens,
         "generated_tokens": s.generated_tokens,
-        "seed": seed,
-        "load_ms": load_time.as_secs_f64() * 1e3,
+        "seed": run.seed,
+        "load_ms": run.load_time.as_secs_f64() * 1e3,
         "ttft_ms": s.time_to_first_token.as_secs_f64() * 1e3,
         "prefill_tok_s": s.prefill_tokens_per_second(),
         "decode_tok_s": s.decode_tokens_per_second(),
     });
+    print_line(&value.to_string())
+}
+
+/// The strike notice, in place of a reply.
+fn print_notice(notice: &str, mode: Mode, seed: u64, json: bool) -> anyhow::Result<()> {
+    if json {
+        let value = serde_json::json!({
+            "persona": mode.name(),
+            "notice": notice,
+            "reply": null,
+            "finish_reason": "strike",
+            "seed": seed,
+        });
+        print_line(&value.to_string())
+    } else {
+        print_line(notice)
+    }
+}
+
+fn print_line(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{value}")?;
+    writeln!(out, "{text}")?;
     out.flush()?;
     Ok(())
+}
+
+/// Days since 1970-01-01, in UTC.
+fn today() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| (d.as_secs() / 86_400) as i64)
 }

@@ -2,7 +2,11 @@
 //! `--help` text. Values are checked here only for their form; what they
 //! mean is worked out in `settings.rs`.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::persona::Mode;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,6 +28,34 @@ pub enum Command {
     /// The prompt comes from the arguments, or from stdin when there is none
     /// or it is `-`.
     Ask(AskArgs),
+
+    /// Measure load time, prompt and generation speed, and peak memory.
+    ///
+    /// Runs the model on random prompt tokens through the same generation
+    /// loop as `ask`, like llama.cpp's llama-bench.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Prompt length, prefilled in one go (pp).
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub prompt_tokens: usize,
+
+    /// Tokens generated after the prompt (tg).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub gen_tokens: usize,
+
+    /// Timed runs after one short warm-up; the table shows mean ± sd.
+    #[arg(long, short = 'r', value_name = "R", default_value_t = 3)]
+    pub repetitions: usize,
+
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -35,6 +67,13 @@ pub struct AskArgs {
     /// A system prompt, put where the model's instruct format expects it.
     #[arg(long, value_name = "TEXT")]
     pub system: Option<String>,
+
+    /// Read the system prompt from a file (write your own persona).
+    #[arg(long, value_name = "FILE", conflicts_with = "system")]
+    pub system_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub persona: PersonaArgs,
 
     #[command(flatten)]
     pub model: ModelArgs,
@@ -56,11 +95,45 @@ pub struct AskArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct PersonaArgs {
+    /// Go on strike: râleuse (grumbles but answers; the default), totale
+    /// (every request gets a strike notice, no model needed) or perlée
+    /// (some requests get the notice). Write it --strike=MODE.
+    #[arg(
+        long,
+        value_name = "MODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "râleuse",
+        env = "GREVE_STRIKE",
+        value_parser = parse_mode
+    )]
+    pub strike: Option<Mode>,
+
+    /// Back to work: no persona, whatever GREVE_STRIKE says.
+    #[arg(long)]
+    pub no_strike: bool,
+
+    /// Add a guardrail system prompt (prompts/safe-system.txt).
+    #[arg(long)]
+    pub safe: bool,
+
+    /// A folder of prompt files that replace the built-in ones file by file
+    /// (see prompts/README.md).
+    #[arg(long, value_name = "DIR")]
+    pub prompts: Option<PathBuf>,
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+}
+
+#[derive(Args, Debug)]
 pub struct ModelArgs {
     /// The model: a folder laid out like a Hugging Face repo (config.json,
     /// tokenizer.json, *.safetensors) or a .gguf file.
     #[arg(short, long, env = "GREVE_MODEL", value_name = "PATH")]
-    pub model: String,
+    pub model: Option<String>,
 
     /// Where to run: auto, cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
@@ -171,9 +244,37 @@ mod tests {
         assert!(Cli::try_parse_from(["greve", "ask", "-m", "x", "--threads", "0", "hi"]).is_err());
         let ok = Cli::try_parse_from(["greve", "ask", "-m", "x", "--temperature", "0", "a", "b"])
             .unwrap();
-        let Command::Ask(args) = ok.command;
+        let Command::Ask(args) = ok.command else {
+            panic!("not ask")
+        };
         assert_eq!(args.prompt, ["a", "b"]);
         assert_eq!(args.sampling.temperature, Some(0.0));
+    }
+
+    fn strike(args: &[&str]) -> Option<Mode> {
+        let cli = Cli::try_parse_from(args).unwrap();
+        let Command::Ask(args) = cli.command else {
+            panic!("not ask")
+        };
+        args.persona.strike
+    }
+
+    #[test]
+    fn strike_takes_an_optional_mode_after_an_equals_sign() {
+        assert_eq!(strike(&["greve", "ask", "hi"]), None);
+        assert_eq!(
+            strike(&["greve", "ask", "--strike", "hi"]),
+            Some(Mode::Raleuse)
+        );
+        assert_eq!(
+            strike(&["greve", "ask", "--strike=totale", "hi"]),
+            Some(Mode::Totale)
+        );
+        assert_eq!(
+            strike(&["greve", "ask", "--strike=perlee", "hi"]),
+            Some(Mode::Perlee)
+        );
+        assert!(Cli::try_parse_from(["greve", "ask", "--strike=lundi", "hi"]).is_err());
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //! through exactly the code that loads real weights.
 
 pub mod ask;
+pub mod bench;
 pub mod cli;
 pub mod exit;
 pub mod generate;
 pub mod model;
+pub mod persona;
 pub mod resolve;
 pub mod sampler;
 pub mod settings;

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
     }
     let threads = match &cli.command {
         Command::Ask(args) => args.model.threads,
+        Command::Bench(args) => args.model.threads,
     };
     if let Some(n) = threads {
         // Read by candle and by rayon's global pool when they start.
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
     }
     let result = match &cli.command {
         Command::Ask(args) => greve::ask::run(args, &CANCEL),
+        Command::Bench(args) => greve::bench::run(args, &CANCEL),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

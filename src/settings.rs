@@ -2,11 +2,14 @@
 //! the model's `generation_config.json` or greve's own, device and dtype
 //! resolved. Plain functions over plain data.
 
+use std::path::PathBuf;
+
 use candle_core::{DType, Device};
 
-use crate::cli::{DtypeArg, SamplingArgs};
-use crate::exit::Failure;
+use crate::cli::{DtypeArg, ModelArgs, PersonaArgs, SamplingArgs};
+use crate::exit::{Classify, Failure};
 use crate::model::GenerationDefaults;
+use crate::persona::Mode;
 use crate::sampler::SamplingParams;
 
 /// greve's defaults where the model ships none: Mistral's recommended
@@ -40,6 +43,67 @@ pub fn max_tokens(
     args.max_tokens
         .or(model.max_tokens)
         .map_or(room, |n| n.min(room))
+}
+
+/// The model to load; every command that runs one needs it.
+pub fn model_spec(args: &ModelArgs) -> anyhow::Result<&str> {
+    args.model.as_deref().ok_or_else(|| {
+        Failure::Usage.err(
+            "no model given: pass --model with a model folder or a .gguf file, or set GREVE_MODEL",
+        )
+    })
+}
+
+/// `--no-strike` wins over `--strike` and `GREVE_STRIKE`; off by default.
+pub fn strike_mode(args: &PersonaArgs) -> Mode {
+    if args.no_strike {
+        Mode::Off
+    } else {
+        args.strike.unwrap_or(Mode::Off)
+    }
+}
+
+/// Where prompt files may override the built-in ones, in increasing
+/// priority: `prompts/` in greve's config folder (when it exists), then
+/// `--prompts DIR` (which must exist).
+pub fn prompt_folders(args: &PersonaArgs) -> anyhow::Result<Vec<PathBuf>> {
+    let mut folders: Vec<PathBuf> = directories::ProjectDirs::from("", "", "greve")
+        .map(|d| d.config_dir().join("prompts"))
+        .filter(|d| d.is_dir())
+        .into_iter()
+        .collect();
+    if let Some(dir) = &args.prompts {
+        if !dir.is_dir() {
+            return Err(Failure::Usage.err(format!(
+                "--prompts {} is not a folder; give a folder of prompt files (see prompts/README.md)",
+                dir.display()
+            )));
+        }
+        folders.push(dir.clone());
+    }
+    Ok(folders)
+}
+
+/// The user's own system prompt, from `--system` or `--system-file`.
+pub fn user_system(
+    text: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<String>> {
+    match (text, file) {
+        (Some(text), _) => Ok(Some(text.to_string())),
+        (None, Some(path)) => {
+            let bytes = std::fs::read(path).classify(Failure::Usage, || {
+                format!("cannot read --system-file {}", path.display())
+            })?;
+            String::from_utf8(bytes).map(Some).map_err(|_| {
+                Failure::Usage.err(format!(
+                    "--system-file {} is not valid UTF-8",
+                    path.display()
+                ))
+            })
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 pub fn dtype(arg: Option<DtypeArg>) -> Option<DType> {

@@ -107,7 +107,8 @@ impl Config {
     }
 
     /// Reads llama.cpp's `llama.*` keys (`convert_hf_to_gguf.py` writes
-    /// Mistral 7B with the `llama` architecture).
+    /// Mistral 7B with the `llama` architecture). `vocab_size` comes from the
+    /// embedding table when the metadata does not say.
     pub fn from_gguf(md: &HashMap<String, Value>, vocab_size: usize) -> anyhow::Result<Self> {
         let arch = md
             .get("general.architecture")

@@ -6,10 +6,10 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::transformer::{RopeLayout, Weight, WeightSource};
+use super::transformer::{Embedding, RopeLayout, Weight, WeightSource};
 use crate::exit::{Classify, Failure};
 
 pub struct GgufSource {
@@ -51,6 +51,18 @@ impl GgufSource {
         &self.content.metadata
     }
 
+    /// Rows of the embedding table: the vocabulary the weights were made for.
+    pub fn vocab_size(&self) -> anyhow::Result<usize> {
+        let name = Self::name(Weight::TokenEmbedding);
+        match self.content.tensor_infos.get(&name).map(|i| i.shape.dims()) {
+            Some(&[vocab, _]) => Ok(vocab),
+            _ => Err(Failure::ModelInvalid.err(format!(
+                "{} has no two-dimensional {name}; is it a Mistral 7B GGUF?",
+                self.path.display()
+            ))),
+        }
+    }
+
     fn name(w: Weight) -> String {
         let layer = |l: usize, rest: &str| format!("blk.{l}.{rest}.weight");
         match w {
@@ -70,6 +82,11 @@ impl GgufSource {
     }
 
     fn load(&mut self, w: Weight, shape: &[usize]) -> anyhow::Result<QTensor> {
+        let device = self.device.clone();
+        self.load_on(w, shape, &device)
+    }
+
+    fn load_on(&mut self, w: Weight, shape: &[usize], device: &Device) -> anyhow::Result<QTensor> {
         let name = Self::name(w);
         let Some(info) = self.content.tensor_infos.get(&name) else {
             return Err(Failure::ModelInvalid.err(format!(
@@ -86,7 +103,7 @@ impl GgufSource {
         }
         let path = &self.path;
         self.content
-            .tensor(&mut self.file, &name, &self.device)
+            .tensor(&mut self.file, &name, device)
             .classify(Failure::ModelInvalid, || {
                 format!("cannot read tensor {name} from {}", path.display())
             })
@@ -113,6 +130,17 @@ impl WeightSource for GgufSource {
             .load(w, shape)?
             .dequantize(&device)?
             .to_dtype(DType::F32)?)
+    }
+
+    fn embedding(&mut self, (vocab, d): (usize, usize)) -> anyhow::Result<Embedding> {
+        let table = self.load_on(Weight::TokenEmbedding, &[vocab, d], &Device::Cpu)?;
+        Ok(match table.dtype() {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                let device = self.device.clone();
+                Embedding::Dense(table.dequantize(&device)?)
+            }
+            _ => Embedding::Quantized(std::sync::Arc::new(table)),
+        })
     }
 
     fn has(&self, w: Weight) -> bool {

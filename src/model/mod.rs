@@ -73,26 +73,18 @@ pub fn compute_dtype(files: &ModelFiles, device: &Device, requested: Option<DTyp
 }
 
 pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> anyhow::Result<Model> {
-    let (transformer, tokenizer) = match &files.weights {
-        WeightFiles::Safetensors { config, shards } => {
-            let config = Config::from_json_file(config)?;
+    let (tokenizer, transformer) = match &files.weights {
+        WeightFiles::Safetensors { .. } => {
             let tokenizer = load_tokenizer_json(files)?;
-            let mut src = safetensors::SafetensorsSource::open(shards, dtype, device)?;
-            (
-                Transformer::load(config, &mut src, dtype, device)?,
-                tokenizer,
-            )
+            (tokenizer, load_transformer(files, device, dtype)?)
         }
         WeightFiles::Gguf(path) => {
             let mut src = gguf::GgufSource::open(path, device)?;
             let tokenizer = Tokenizer::from_gguf(src.metadata())
-                .classify(Failure::ModelInvalid, || format!("in {}", path.display()))?;
-            let config = Config::from_gguf(src.metadata(), tokenizer.vocab_size())
-                .classify(Failure::ModelInvalid, || format!("in {}", path.display()))?;
-            (
-                Transformer::load(config, &mut src, dtype, device)?,
-                tokenizer,
-            )
+                .classify(Failure::ModelInvalid, || {
+                    format!("the tokenizer in {}", path.display())
+                })?;
+            (tokenizer, gguf_transformer(&mut src, path, device, dtype)?)
         }
     };
     if tokenizer.vocab_size() > transformer.config.vocab_size {
@@ -113,6 +105,38 @@ pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> anyhow::Result
         defaults,
         name: files.name.clone(),
     })
+}
+
+/// The weights alone, for work that needs no text (`greve bench`).
+pub fn load_transformer(
+    files: &ModelFiles,
+    device: &Device,
+    dtype: DType,
+) -> anyhow::Result<Transformer> {
+    match &files.weights {
+        WeightFiles::Safetensors { config, shards } => {
+            let config = Config::from_json_file(config)?;
+            let mut src = safetensors::SafetensorsSource::open(shards, dtype, device)?;
+            Transformer::load(config, &mut src, dtype, device)
+        }
+        WeightFiles::Gguf(path) => gguf_transformer(
+            &mut gguf::GgufSource::open(path, device)?,
+            path,
+            device,
+            dtype,
+        ),
+    }
+}
+
+fn gguf_transformer(
+    src: &mut gguf::GgufSource,
+    path: &Path,
+    device: &Device,
+    dtype: DType,
+) -> anyhow::Result<Transformer> {
+    let config = Config::from_gguf(src.metadata(), src.vocab_size()?)
+        .classify(Failure::ModelInvalid, || path.display().to_string())?;
+    Transformer::load(config, src, dtype, device)
 }
 
 fn load_tokenizer_json(files: &ModelFiles) -> anyhow::Result<Tokenizer> {

@@ -8,7 +8,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
-use super::transformer::{RopeLayout, Weight, WeightSource};
+use super::transformer::{Embedding, RopeLayout, Weight, WeightSource};
 use crate::exit::{Classify, Failure};
 
 pub struct SafetensorsSource {
@@ -81,6 +81,12 @@ impl WeightSource for SafetensorsSource {
 
     fn dense(&mut self, w: Weight, shape: &[usize]) -> anyhow::Result<Tensor> {
         self.load(w, shape)
+    }
+
+    fn embedding(&mut self, (vocab, d): (usize, usize)) -> anyhow::Result<Embedding> {
+        Ok(Embedding::Dense(
+            self.load(Weight::TokenEmbedding, &[vocab, d])?,
+        ))
     }
 
     fn has(&self, w: Weight) -> bool {

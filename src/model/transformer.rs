@@ -8,7 +8,10 @@
 //! them. Shapes in comments use the checkpoint's names: `d` hidden size,
 //! `h`/`kv` query and key/value heads, `hd` head size, `f` feed-forward size.
 
-use candle_core::quantized::QMatMul;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::config::Config;
@@ -45,16 +48,64 @@ pub enum RopeLayout {
 pub trait WeightSource {
     /// A projection matrix, (out, in) as stored in the checkpoints.
     fn matrix(&mut self, w: Weight, shape: (usize, usize)) -> anyhow::Result<QMatMul>;
-    /// A tensor used whole, in the compute dtype: norms and the embedding table.
+    /// A tensor used whole, in the compute dtype: the norms.
     fn dense(&mut self, w: Weight, shape: &[usize]) -> anyhow::Result<Tensor>;
+    /// The token embedding table, (vocab, d).
+    fn embedding(&mut self, shape: (usize, usize)) -> anyhow::Result<Embedding>;
     /// Whether the file has a separate output matrix (else it is tied to the embedding).
     fn has(&self, w: Weight) -> bool;
     fn rope_layout(&self) -> RopeLayout;
 }
 
+/// The token embedding table. GGUF files quantise it like the other
+/// matrices; dequantising it whole would cost vocab × d × 4 bytes (500 MB
+/// for Mistral 7B) for a table of which a prompt reads a few rows, so only
+/// the rows of the tokens at hand are dequantised. The quantised table stays
+/// in CPU memory: it is gathered from, never multiplied.
+pub enum Embedding {
+    Dense(Tensor),
+    Quantized(Arc<QTensor>),
+}
+
+impl Embedding {
+    /// The rows of `ids`, (n, d), in `dtype` on `device`.
+    fn rows(&self, ids: &[u32], dtype: DType, device: &Device) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(table) => table.index_select(&Tensor::new(ids, device)?, 0),
+            Embedding::Quantized(table) => {
+                let (vocab, d) = table.shape().dims2()?;
+                let data = table.data()?;
+                let row_bytes = data.len() / vocab;
+                let rows = ids
+                    .iter()
+                    .map(|&id| {
+                        let id = id as usize;
+                        if id >= vocab {
+                            candle_core::bail!("token id {id} is past the vocabulary of {vocab}");
+                        }
+                        let bytes = &data[id * row_bytes..(id + 1) * row_bytes];
+                        let storage =
+                            QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, table.dtype())?;
+                        QTensor::new(storage, (1, d))?.dequantize(&Device::Cpu)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&rows, 0)?.to_dtype(dtype)?.to_device(device)
+            }
+        }
+    }
+
+    /// The same table as a matmul, for models whose output projection is tied to it.
+    fn as_matmul(&self) -> Result<QMatMul> {
+        match self {
+            Embedding::Dense(table) => Ok(QMatMul::Tensor(table.clone())),
+            Embedding::Quantized(table) => QMatMul::from_arc(table.clone()),
+        }
+    }
+}
+
 pub struct Transformer {
     pub config: Config,
-    embed_tokens: Tensor, // (vocab, d)
+    embed_tokens: Embedding, // (vocab, d)
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: QMatMul, // (vocab, d)
@@ -99,11 +150,11 @@ impl Transformer {
                 },
             });
         }
-        let embed_tokens = src.dense(Weight::TokenEmbedding, &[c.vocab_size, d])?;
+        let embed_tokens = src.embedding((c.vocab_size, d))?;
         let lm_head = if src.has(Weight::Output) {
             src.matrix(Weight::Output, (c.vocab_size, d))?
         } else {
-            QMatMul::Tensor(embed_tokens.clone())
+            embed_tokens.as_matmul()?
         };
         Ok(Transformer {
             embed_tokens,
@@ -137,8 +188,10 @@ impl Transformer {
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Tensor> {
         let pos = self.cached();
         let n = tokens.len();
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed_tokens.index_select(&ids, 0)?.unsqueeze(0)?; // (1, n, d)
+        let mut x = self
+            .embed_tokens
+            .rows(tokens, self.dtype, &self.device)?
+            .unsqueeze(0)?; // (1, n, d)
         let (cos, sin) = self.rope.tables(pos, n, self.dtype, &self.device)?;
         let mask = attention_mask(pos, n, self.config.sliding_window, self.dtype, &self.device)?;
         for layer in &mut self.layers {

@@ -1,0 +1,180 @@
+//! `greve bench`: how fast this machine runs a model, measured through the
+//! same generation loop as `ask`, on random prompt tokens (so a GGUF file
+//! needs no tokenizer). Prints a small table, or JSON for scripts such as
+//! `../shared/tools/bench-vs-llamacpp.py`.
+
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::cli::BenchArgs;
+use crate::exit::Failure;
+use crate::generate::{generate, Limits};
+use crate::model;
+use crate::sampler::{Sampler, SamplingParams};
+use crate::settings;
+
+pub fn run(args: &BenchArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
+    if args.prompt_tokens == 0 {
+        return Err(Failure::Usage.err("--prompt-tokens must be at least 1"));
+    }
+    let files = crate::resolve::resolve(settings::model_spec(&args.model)?)?;
+    let device = settings::device(&args.model.device)?;
+    let dtype = model::compute_dtype(&files, &device, settings::dtype(args.model.dtype));
+    let loading = Instant::now();
+    let mut transformer = model::load_transformer(&files, &device, dtype)?;
+    let load_s = loading.elapsed().as_secs_f64();
+    let config = &transformer.config;
+    if args.prompt_tokens + args.gen_tokens > config.context_length {
+        return Err(Failure::Usage.err(format!(
+            "{} + {} tokens do not fit the model's context of {}",
+            args.prompt_tokens, args.gen_tokens, config.context_length
+        )));
+    }
+
+    // Random ids past the three SentencePiece specials, the same every run.
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let vocab = config.vocab_size as u32;
+    let prompt: Vec<u32> = (0..args.prompt_tokens)
+        .map(|_| rng.random_range(3.min(vocab - 1)..vocab))
+        .collect();
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        repeat_penalty: 1.0,
+        repeat_last_n: 0,
+    };
+    let mut run_once = |prompt: &[u32], gen: usize| {
+        let limits = Limits {
+            max_tokens: gen,
+            stop: &[],
+        };
+        let mut sampler = Sampler::new(greedy.clone(), 0);
+        generate(
+            &mut transformer,
+            prompt,
+            &mut sampler,
+            &limits,
+            cancel,
+            |_| Ok(()),
+        )
+        .map(|g| g.stats)
+    };
+
+    // Warm-up: fault the weights in and start the thread pools.
+    run_once(&prompt[..prompt.len().min(8)], 2)?;
+    let mut runs = Vec::new();
+    for _ in 0..args.repetitions.max(1) {
+        runs.push(run_once(&prompt, args.gen_tokens)?);
+    }
+    let pp: Vec<f64> = runs.iter().map(|s| s.prefill_tokens_per_second()).collect();
+    let tg: Vec<f64> = runs.iter().map(|s| s.decode_tokens_per_second()).collect();
+    let ttft: Vec<f64> = runs
+        .iter()
+        .map(|s| s.time_to_first_token.as_secs_f64())
+        .collect();
+    let report = Report {
+        model: files.name.clone(),
+        threads: threads(),
+        prompt_tokens: args.prompt_tokens,
+        gen_tokens: args.gen_tokens,
+        repetitions: runs.len(),
+        load_s,
+        prefill_tok_s: mean(&pp),
+        prefill_tok_s_sd: sd(&pp),
+        decode_tok_s: mean(&tg),
+        decode_tok_s_sd: sd(&tg),
+        ttft_s: mean(&ttft),
+        peak_rss_mib: peak_rss_mib(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        report.print();
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    model: String,
+    threads: usize,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    repetitions: usize,
+    load_s: f64,
+    prefill_tok_s: f64,
+    prefill_tok_s_sd: f64,
+    decode_tok_s: f64,
+    decode_tok_s_sd: f64,
+    ttft_s: f64,
+    peak_rss_mib: Option<f64>,
+}
+
+impl Report {
+    fn print(&self) {
+        println!("model       {}", self.model);
+        println!(
+            "threads     {}, {} repetitions",
+            self.threads, self.repetitions
+        );
+        println!("load        {:.2} s", self.load_s);
+        println!(
+            "pp{:<8} {:.2} ± {:.2} tokens/s",
+            self.prompt_tokens, self.prefill_tok_s, self.prefill_tok_s_sd
+        );
+        println!(
+            "tg{:<8} {:.2} ± {:.2} tokens/s",
+            self.gen_tokens, self.decode_tok_s, self.decode_tok_s_sd
+        );
+        println!("ttft        {:.2} s", self.ttft_s);
+        if let Some(rss) = self.peak_rss_mib {
+            println!("peak RSS    {rss:.0} MiB");
+        }
+    }
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+}
+
+/// Sample standard deviation; 0 for a single run.
+fn sd(xs: &[f64]) -> f64 {
+    if xs.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(xs);
+    (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (xs.len() - 1) as f64).sqrt()
+}
+
+/// The threads candle's kernels use: `RAYON_NUM_THREADS` (set from
+/// `--threads`), else every core.
+fn threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The process's peak resident memory (Linux's VmHWM).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_of_runs() {
+        assert_eq!(mean(&[1.0, 2.0, 3.0]), 2.0);
+        assert_eq!(sd(&[1.0, 2.0, 3.0]), 1.0);
+        assert_eq!(sd(&[5.0]), 0.0);
+    }
+}
