@@ -1,7 +1,7 @@
 //! `greve ask`: one prompt in, one reply out. The reply streams to stdout as
 //! it is generated and nothing else goes there; notes and stats go to stderr.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -17,26 +17,30 @@ use crate::tokenizer::StreamDecoder;
 
 pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     let prompt = read_prompt(&args.prompt)?;
-    let seed = args.sampling.seed.unwrap_or_else(random_seed);
+    let seed = settings::seed(&args.sampling);
     let mode = settings::strike_mode(&args.persona);
     let prompts = Prompts::load(&settings::prompt_folders(&args.persona)?)?;
     if mode.strikes(seed) {
         // No model is needed, or even loaded, to go on strike.
-        let notice = persona::notice(&prompts, &prompt, &persona::french_date(today()), seed);
+        let notice = persona::notice(
+            &prompts,
+            &prompt,
+            &persona::french_date(persona::today()),
+            seed,
+        );
         return print_notice(&notice, mode, seed, args.json);
     }
     let user_system = settings::user_system(args.system.as_deref(), args.system_file.as_deref())?;
     let system = persona::system_prompt(mode, args.persona.safe, user_system.as_deref(), &prompts);
     let wrapping = persona::wrapping(mode, seed, &prompts);
 
-    let files = crate::resolve::resolve(settings::model_spec(&args.model)?)?;
     let device = settings::device(&args.model.device)?;
-    let dtype = model::compute_dtype(&files, &device, settings::dtype(args.model.dtype));
     let loading = Instant::now();
-    if std::io::stderr().is_terminal() {
-        eprintln!("greve: loading {} ({dtype:?} on {device:?})", files.name);
-    }
-    let mut model = model::load(&files, &device, dtype)?;
+    let mut model = model::open(
+        settings::model_spec(&args.model)?,
+        &device,
+        settings::dtype(args.model.dtype),
+    )?;
     let load_time = loading.elapsed();
 
     let pieces = template::render(
@@ -71,6 +75,7 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
         generate(
             &mut model.transformer,
             &ids,
+            0,
             &mut sampler,
             &limits,
             cancel,
@@ -121,6 +126,7 @@ fn stream(
     let generation = generate(
         &mut model.transformer,
         ids,
+        0,
         sampler,
         limits,
         cancel,
@@ -168,13 +174,6 @@ fn read_prompt(args: &[String]) -> anyhow::Result<String> {
             .err("the prompt is empty: write it after `greve ask`, or pipe it on stdin"));
     }
     Ok(text)
-}
-
-fn random_seed() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn join(ids: &[u32]) -> String {
@@ -245,12 +244,4 @@ fn print_line(text: &str) -> anyhow::Result<()> {
     writeln!(out, "{text}")?;
     out.flush()?;
     Ok(())
-}
-
-/// Days since 1970-01-01, in UTC.
-fn today() -> i64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| (d.as_secs() / 86_400) as i64)
 }

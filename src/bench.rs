@@ -56,6 +56,7 @@ pub fn run(args: &BenchArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
         generate(
             &mut transformer,
             prompt,
+            0,
             &mut sampler,
             &limits,
             cancel,

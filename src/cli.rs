@@ -17,8 +17,9 @@ use crate::persona::Mode;
                   4 model invalid, 5 generation failed, 130 interrupted."
 )]
 pub struct Cli {
+    /// Without a command, greve chats when stdin and stdout are a terminal.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -29,11 +30,45 @@ pub enum Command {
     /// or it is `-`.
     Ask(AskArgs),
 
+    /// Chat with the model: a conversation in the terminal.
+    ///
+    /// When stdin is not a terminal, reads one message per line (or per
+    /// \"\"\" block) and prints each reply followed by a blank line.
+    Chat(ChatArgs),
+
     /// Measure load time, prompt and generation speed, and peak memory.
     ///
     /// Runs the model on random prompt tokens through the same generation
     /// loop as `ask`, like llama.cpp's llama-bench.
     Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    /// A system prompt, put where the model's instruct format expects it.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+
+    /// Read the system prompt from a file.
+    #[arg(long, value_name = "FILE", conflicts_with = "system")]
+    pub system_file: Option<PathBuf>,
+
+    /// Resume a conversation saved with /save.
+    #[arg(long, value_name = "FILE")]
+    pub load: Option<PathBuf>,
+
+    /// Keep no input history on disk.
+    #[arg(long)]
+    pub no_history: bool,
+
+    #[command(flatten)]
+    pub persona: PersonaArgs,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 }
 
 #[derive(Args, Debug)]
@@ -244,7 +279,7 @@ mod tests {
         assert!(Cli::try_parse_from(["greve", "ask", "-m", "x", "--threads", "0", "hi"]).is_err());
         let ok = Cli::try_parse_from(["greve", "ask", "-m", "x", "--temperature", "0", "a", "b"])
             .unwrap();
-        let Command::Ask(args) = ok.command else {
+        let Some(Command::Ask(args)) = ok.command else {
             panic!("not ask")
         };
         assert_eq!(args.prompt, ["a", "b"]);
@@ -253,7 +288,7 @@ mod tests {
 
     fn strike(args: &[&str]) -> Option<Mode> {
         let cli = Cli::try_parse_from(args).unwrap();
-        let Command::Ask(args) = cli.command else {
+        let Some(Command::Ask(args)) = cli.command else {
             panic!("not ask")
         };
         args.persona.strike

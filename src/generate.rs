@@ -28,7 +28,10 @@ pub enum Finish {
 
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
+    /// Tokens of the prompt.
     pub prompt_tokens: usize,
+    /// Of those, the ones already in the KV cache, not computed again.
+    pub reused_tokens: usize,
     pub generated_tokens: usize,
     /// From the start of prefill to the first sampled token.
     pub time_to_first_token: Duration,
@@ -39,8 +42,13 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Tokens actually prefilled for this reply.
+    pub fn prefilled_tokens(&self) -> usize {
+        self.prompt_tokens - self.reused_tokens
+    }
+
     pub fn prefill_tokens_per_second(&self) -> f64 {
-        rate(self.prompt_tokens, self.prefill_time)
+        rate(self.prefilled_tokens(), self.prefill_time)
     }
 
     pub fn decode_tokens_per_second(&self) -> f64 {
@@ -70,18 +78,29 @@ pub struct Limits<'a> {
 }
 
 /// Generates a reply to `prompt`, calling `on_token` with each token as it
-/// is sampled. The KV cache is reset first.
+/// is sampled. The first `reuse` tokens of the prompt must be the ones at
+/// the start of the KV cache (a chat's earlier turns): they are kept, and
+/// only the rest is prefilled. Pass 0 to start afresh.
+///
+/// When it returns, the cache holds the prompt and every emitted token but
+/// the last (which was never fed back): see [`Transformer::cached`].
 pub fn generate(
     model: &mut Transformer,
     prompt: &[u32],
+    reuse: usize,
     sampler: &mut Sampler,
     limits: &Limits,
     cancel: &AtomicBool,
     mut on_token: impl FnMut(u32) -> anyhow::Result<()>,
 ) -> anyhow::Result<Generation> {
     let start = Instant::now();
+    // The last prompt token always runs: its logits pick the first token.
+    let reuse = reuse
+        .min(prompt.len().saturating_sub(1))
+        .min(model.cached());
     let mut stats = Stats {
         prompt_tokens: prompt.len(),
+        reused_tokens: reuse,
         ..Stats::default()
     };
     let mut tokens = Vec::new();
@@ -93,9 +112,9 @@ pub fn generate(
         })
     };
 
-    model.truncate(0);
+    model.truncate(reuse);
     let mut logits = None;
-    for chunk in prompt.chunks(PREFILL_CHUNK) {
+    for chunk in prompt[reuse..].chunks(PREFILL_CHUNK) {
         if cancel.load(Ordering::Relaxed) {
             return finished(tokens, Finish::Interrupted, stats);
         }

@@ -6,13 +6,16 @@
 
 pub mod ask;
 pub mod bench;
+pub mod chat;
 pub mod cli;
 pub mod exit;
 pub mod generate;
 pub mod model;
 pub mod persona;
+pub mod repl;
 pub mod resolve;
 pub mod sampler;
 pub mod settings;
 pub mod template;
 pub mod tokenizer;
+pub mod transcript;

@@ -11,11 +11,27 @@ use greve::exit::{self, Failure};
 /// Set by the first Ctrl-C: generation stops after the current token.
 static CANCEL: AtomicBool = AtomicBool::new(false);
 
+/// Whether a second Ctrl-C quits at once. Not in a chat, where quitting
+/// would lose the conversation: there Ctrl-C only ever stops a reply.
+static QUIT_ON_SECOND: AtomicBool = AtomicBool::new(true);
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.command.is_none() {
+        use std::io::IsTerminal;
+        if !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
+            eprintln!("greve: no command; try `greve ask PROMPT`, `greve chat` or `greve --help`");
+            return ExitCode::from(Failure::Usage.code());
+        }
+        // Plain `greve` in a terminal is `greve chat`, flags from the environment.
+        cli = Cli::parse_from(["greve", "chat"]);
+    }
+    if matches!(cli.command, Some(Command::Chat(_))) {
+        QUIT_ON_SECOND.store(false, Ordering::SeqCst);
+    }
     // A second Ctrl-C while the first is being honoured quits at once.
     let handler = ctrlc::set_handler(|| {
-        if CANCEL.swap(true, Ordering::SeqCst) {
+        if CANCEL.swap(true, Ordering::SeqCst) && QUIT_ON_SECOND.load(Ordering::SeqCst) {
             std::process::exit(Failure::Interrupted.code().into());
         }
     });
@@ -23,16 +39,20 @@ fn main() -> ExitCode {
         eprintln!("greve: warning: Ctrl-C will not stop generation cleanly: {e}");
     }
     let threads = match &cli.command {
-        Command::Ask(args) => args.model.threads,
-        Command::Bench(args) => args.model.threads,
+        Some(Command::Ask(args)) => args.model.threads,
+        Some(Command::Chat(args)) => args.model.threads,
+        Some(Command::Bench(args)) => args.model.threads,
+        None => None,
     };
     if let Some(n) = threads {
         // Read by candle and by rayon's global pool when they start.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let result = match &cli.command {
-        Command::Ask(args) => greve::ask::run(args, &CANCEL),
-        Command::Bench(args) => greve::bench::run(args, &CANCEL),
+        Some(Command::Ask(args)) => greve::ask::run(args, &CANCEL),
+        Some(Command::Chat(args)) => greve::repl::run(args, &CANCEL),
+        Some(Command::Bench(args)) => greve::bench::run(args, &CANCEL),
+        None => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -57,7 +57,7 @@ impl Mode {
     pub fn strikes(self, seed: u64) -> bool {
         match self {
             Mode::Totale => true,
-            Mode::Perlee => mix(seed, 0x5EED) % 3 == 0,
+            Mode::Perlee => mix(seed, 0x5EED).is_multiple_of(3),
             Mode::Off | Mode::Raleuse => false,
         }
     }
@@ -246,6 +246,14 @@ fn quote(request: &str) -> String {
         let cut: String = line.chars().take(MAX - 1).collect();
         format!("{}…", cut.trim_end())
     }
+}
+
+/// Days since 1970-01-01, in UTC, for dating notices.
+pub fn today() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| (d.as_secs() / 86_400) as i64)
 }
 
 /// A date as a French notice writes it: "24 novembre 2026".

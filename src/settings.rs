@@ -31,6 +31,17 @@ pub fn sampling_params(args: &SamplingArgs, model: &GenerationDefaults) -> Sampl
     }
 }
 
+/// The sampling seed: `--seed`, else a new one each run (shown by `--stats`
+/// and `--json`, so a reply can be reproduced).
+pub fn seed(args: &SamplingArgs) -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    args.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    })
+}
+
 /// How many tokens may be generated: the user's limit (else the model's),
 /// never past the end of the context window.
 pub fn max_tokens(

@@ -38,6 +38,7 @@ fn greedy(model: &mut Model, prompt: &[u32], n: usize) -> Vec<u32> {
     generate(
         &mut model.transformer,
         prompt,
+        0,
         &mut sampler,
         &limits,
         &cancel,

@@ -11,6 +11,7 @@ pub mod safetensors;
 pub mod transformer;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use serde::Deserialize;
@@ -23,7 +24,8 @@ use transformer::Transformer;
 
 pub struct Model {
     pub transformer: Transformer,
-    pub tokenizer: Tokenizer,
+    /// Shared, so a front end can decode while the model generates.
+    pub tokenizer: Arc<Tokenizer>,
     pub defaults: GenerationDefaults,
     /// What the user named, for messages and `--json`.
     pub name: String,
@@ -72,6 +74,17 @@ pub fn compute_dtype(files: &ModelFiles, device: &Device, requested: Option<DTyp
     }
 }
 
+/// Resolves and loads the model `spec` names, with a note on stderr when
+/// it is a terminal (loading 4 GB takes a few seconds).
+pub fn open(spec: &str, device: &Device, requested: Option<DType>) -> anyhow::Result<Model> {
+    let files = crate::resolve::resolve(spec)?;
+    let dtype = compute_dtype(&files, device, requested);
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!("greve: loading {} ({dtype:?} on {device:?})", files.name);
+    }
+    load(&files, device, dtype)
+}
+
 pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> anyhow::Result<Model> {
     let (tokenizer, transformer) = match &files.weights {
         WeightFiles::Safetensors { .. } => {
@@ -101,7 +114,7 @@ pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> anyhow::Result
     };
     Ok(Model {
         transformer,
-        tokenizer,
+        tokenizer: Arc::new(tokenizer),
         defaults,
         name: files.name.clone(),
     })

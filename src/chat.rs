@@ -1,0 +1,327 @@
+//! A conversation with a loaded model: the messages, the system prompt and
+//! persona, and the bookkeeping that lets each turn reuse the KV cache.
+//!
+//! No terminal here: `repl.rs` reads lines and prints, this file decides
+//! what the model sees. Each turn renders the whole conversation with the
+//! instruct template, keeps the cached tokens it shares with the previous
+//! rendering and prefills only the rest, so the text never depends on the
+//! cache, only the speed. When the conversation outgrows the context, the
+//! oldest whole exchanges leave the model's window (they stay in the
+//! transcript).
+
+use std::sync::atomic::AtomicBool;
+
+use crate::exit::Failure;
+use crate::generate::{generate, Finish, Limits, Stats};
+use crate::model::Model;
+use crate::persona::{self, Mode, Prompts};
+use crate::sampler::{Sampler, SamplingParams};
+use crate::template::{self, Message, Role};
+use crate::transcript::Transcript;
+
+pub struct Chat {
+    pub model: Model,
+    /// The user's own system prompt.
+    pub system: Option<String>,
+    pub mode: Mode,
+    pub safe: bool,
+    pub prompts: Prompts,
+    pub sampling: SamplingParams,
+    pub seed: u64,
+    pub max_tokens: Option<usize>,
+    /// The whole conversation, alternating user and assistant.
+    messages: Vec<Message>,
+    /// Index of the first message still in the model's window (a user's).
+    first: usize,
+    /// The tokens whose keys and values are in the KV cache, in order.
+    cached: Vec<u32>,
+    /// Replies so far: each one samples with its own seed.
+    turns: u64,
+    pub last: Option<Stats>,
+}
+
+/// One answered message.
+pub struct Turn {
+    pub text: String,
+    pub finish: Finish,
+    /// The persona answered with its strike notice instead of the model.
+    pub notice: bool,
+    /// Messages that left the model's window to make room.
+    pub dropped: usize,
+}
+
+/// Settings of a new chat besides the model.
+pub struct ChatConfig {
+    pub system: Option<String>,
+    pub mode: Mode,
+    pub safe: bool,
+    pub prompts: Prompts,
+    pub sampling: SamplingParams,
+    pub seed: u64,
+    pub max_tokens: Option<usize>,
+}
+
+impl Chat {
+    pub fn new(model: Model, config: ChatConfig) -> Self {
+        Chat {
+            model,
+            system: config.system,
+            mode: config.mode,
+            safe: config.safe,
+            prompts: config.prompts,
+            sampling: config.sampling,
+            seed: config.seed,
+            max_tokens: config.max_tokens,
+            messages: Vec::new(),
+            first: 0,
+            cached: Vec::new(),
+            turns: 0,
+            last: None,
+        }
+    }
+
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    /// Tokens in the KV cache, and the model's context length.
+    pub fn context(&self) -> (usize, usize) {
+        (
+            self.cached.len(),
+            self.model.transformer.config.context_length,
+        )
+    }
+
+    /// The seed of the next reply.
+    pub fn turn_seed(&self) -> u64 {
+        self.seed.wrapping_add(self.turns)
+    }
+
+    /// Answers `text`. `on_token` sees each generated token as it comes.
+    /// On an error the message is taken back, so the conversation is as it was.
+    pub fn send(
+        &mut self,
+        text: String,
+        cancel: &AtomicBool,
+        on_token: impl FnMut(u32) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Turn> {
+        if self.messages.last().is_some_and(|m| m.role == Role::User) {
+            // A reply that came out empty left the user's turn open: replace it.
+            self.messages.pop();
+        }
+        self.messages.push(Message::user(text));
+        let turn = self.answer(cancel, on_token);
+        if turn.is_err() {
+            self.messages.pop();
+        }
+        turn
+    }
+
+    /// Answers the last message again (a new seed, so a new reply when sampling).
+    pub fn retry(
+        &mut self,
+        cancel: &AtomicBool,
+        on_token: impl FnMut(u32) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Turn> {
+        match self.messages.last().map(|m| m.role) {
+            Some(Role::Assistant) => {
+                let reply = self.messages.pop();
+                let turn = self.answer(cancel, on_token);
+                if turn.is_err() {
+                    self.messages.extend(reply);
+                }
+                turn
+            }
+            Some(Role::User) => self.answer(cancel, on_token),
+            None => Err(Failure::Usage.err("nothing to retry: the conversation is empty")),
+        }
+    }
+
+    /// Drops the last exchange; false when there is none.
+    pub fn undo(&mut self) -> bool {
+        if self.messages.is_empty() {
+            return false;
+        }
+        let keep = (self.messages.len() - 1) / 2 * 2;
+        self.messages.truncate(keep);
+        self.first = self.first.min(keep);
+        true
+    }
+
+    /// A new conversation; the settings stay.
+    pub fn reset(&mut self) {
+        self.messages.clear();
+        self.first = 0;
+    }
+
+    pub fn transcript(&self) -> Transcript {
+        Transcript {
+            system: self.system.clone(),
+            persona: (self.mode != Mode::Off).then(|| self.mode.name().to_string()),
+            messages: self.messages.clone(),
+        }
+    }
+
+    /// Replaces the conversation and its settings with a saved one.
+    pub fn load(&mut self, t: Transcript) -> anyhow::Result<()> {
+        self.mode = match &t.persona {
+            Some(name) => name.parse().map_err(|e: String| Failure::Usage.err(e))?,
+            None => Mode::Off,
+        };
+        self.system = t.system;
+        self.messages = t.messages;
+        self.first = 0;
+        Ok(())
+    }
+
+    fn answer(
+        &mut self,
+        cancel: &AtomicBool,
+        on_token: impl FnMut(u32) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Turn> {
+        let seed = self.turn_seed();
+        self.turns += 1;
+        if self.mode.strikes(seed) {
+            let request = self.messages.last().map_or("", |m| m.content.as_str());
+            let date = persona::french_date(crate::persona::today());
+            let notice = persona::notice(&self.prompts, request, &date, seed);
+            self.messages.push(Message::assistant(notice.clone()));
+            return Ok(Turn {
+                text: notice,
+                finish: Finish::Stop,
+                notice: true,
+                dropped: 0,
+            });
+        }
+        let (ids, dropped) = self.fit()?;
+        let reuse = common_prefix(&self.cached, &ids);
+        let context = self.model.transformer.config.context_length;
+        let max_tokens = self
+            .max_tokens
+            .map_or(context - ids.len(), |n| n.min(context - ids.len()));
+        let mut stop = self.model.defaults.eos_token_id.clone();
+        stop.push(self.model.tokenizer.eos());
+        let limits = Limits {
+            max_tokens,
+            stop: &stop,
+        };
+        let mut sampler = Sampler::new(self.sampling.clone(), seed);
+        // Until generation succeeds the cache holds an unknown mix.
+        self.cached.clear();
+        let g = generate(
+            &mut self.model.transformer,
+            &ids,
+            reuse,
+            &mut sampler,
+            &limits,
+            cancel,
+            on_token,
+        )?;
+        let mut cached = ids;
+        cached.extend(&g.tokens);
+        cached.truncate(self.model.transformer.cached());
+        self.cached = cached;
+        let text = self.model.tokenizer.decode(&g.tokens)?;
+        if !text.trim().is_empty() {
+            self.messages.push(Message::assistant(text.clone()));
+        }
+        self.last = Some(g.stats);
+        Ok(Turn {
+            text,
+            finish: g.finish,
+            notice: false,
+            dropped,
+        })
+    }
+
+    /// The prompt for the conversation so far, moving the window past the
+    /// oldest exchanges until it leaves room for a reply.
+    fn fit(&mut self) -> anyhow::Result<(Vec<u32>, usize)> {
+        let context = self.model.transformer.config.context_length;
+        let reserve = self
+            .max_tokens
+            .unwrap_or(context / 8)
+            .min(context / 2)
+            .max(1);
+        let system =
+            persona::system_prompt(self.mode, self.safe, self.system.as_deref(), &self.prompts);
+        let format = self.model.tokenizer.format();
+        let tokenizer = &self.model.tokenizer;
+        let measure = |window: &[Message]| -> anyhow::Result<Vec<u32>> {
+            tokenizer.encode_pieces(&template::render(format, system.as_deref(), window)?)
+        };
+        let (first, ids) = fit_window(&self.messages, self.first, context - reserve, measure)?;
+        if ids.len() >= context {
+            return Err(Failure::Usage.err(format!(
+                "this message needs {} tokens with the system prompt, more than the model's context of {context}; shorten it",
+                ids.len()
+            )));
+        }
+        let dropped = first - self.first;
+        self.first = first;
+        Ok((ids, dropped))
+    }
+}
+
+/// The first message index from `first` on whose rendering fits `budget`
+/// tokens, moving by whole exchanges and never past the last user message,
+/// with that rendering.
+pub fn fit_window(
+    messages: &[Message],
+    mut first: usize,
+    budget: usize,
+    render: impl Fn(&[Message]) -> anyhow::Result<Vec<u32>>,
+) -> anyhow::Result<(usize, Vec<u32>)> {
+    loop {
+        let ids = render(&messages[first..])?;
+        if ids.len() <= budget || first + 1 >= messages.len() {
+            return Ok((first, ids));
+        }
+        first += 2;
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conversation(n: usize) -> Vec<Message> {
+        (0..n)
+            .map(|i| {
+                if i % 2 == 0 {
+                    Message::user(format!("u{i}"))
+                } else {
+                    Message::assistant(format!("a{i}"))
+                }
+            })
+            .collect()
+    }
+
+    /// Ten tokens per message, plus one for BOS.
+    fn tokens(window: &[Message]) -> anyhow::Result<Vec<u32>> {
+        Ok(vec![0; 1 + 10 * window.len()])
+    }
+
+    #[test]
+    fn the_window_drops_whole_exchanges_from_the_start() {
+        let m = conversation(7);
+        assert_eq!(fit_window(&m, 0, 71, tokens).unwrap().0, 0);
+        assert_eq!(fit_window(&m, 0, 70, tokens).unwrap().0, 2);
+        assert_eq!(fit_window(&m, 0, 30, tokens).unwrap().0, 6);
+        // The last user message always stays, even when it alone is too long.
+        assert_eq!(fit_window(&m, 0, 5, tokens).unwrap().0, 6);
+        // The window never moves back.
+        assert_eq!(fit_window(&m, 4, 1000, tokens).unwrap().0, 4);
+    }
+
+    #[test]
+    fn common_prefix_counts_shared_leading_tokens() {
+        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4, 5]), 2);
+        assert_eq!(common_prefix(&[], &[1]), 0);
+        assert_eq!(common_prefix(&[1, 2], &[1, 2, 3]), 2);
+    }
+}

@@ -1,0 +1,557 @@
+//! `greve chat`: the interactive front end (rustyline) and its scripted twin
+//! for when stdin is not a terminal. Both read messages and slash commands,
+//! hand them to [`Chat`], and print what comes back; the conversation logic
+//! lives in `chat.rs`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustyline::completion::Completer;
+use rustyline::error::ReadlineError;
+use rustyline::highlight::Highlighter;
+use rustyline::hint::Hinter;
+use rustyline::history::{FileHistory, History};
+use rustyline::validate::Validator;
+use rustyline::{Context, Editor, Helper};
+
+use crate::chat::{Chat, ChatConfig, Turn};
+use crate::cli::ChatArgs;
+use crate::exit::Failure;
+use crate::generate::Finish;
+use crate::model;
+use crate::persona::{self, Mode, Prompts};
+use crate::settings;
+use crate::tokenizer::StreamDecoder;
+use crate::transcript::Transcript;
+
+pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
+    let prompts = Prompts::load(&settings::prompt_folders(&args.persona)?)?;
+    let system = settings::user_system(args.system.as_deref(), args.system_file.as_deref())?;
+    let transcript = args.load.as_deref().map(Transcript::load).transpose()?;
+    let device = settings::device(&args.model.device)?;
+    let model = model::open(
+        settings::model_spec(&args.model)?,
+        &device,
+        settings::dtype(args.model.dtype),
+    )?;
+    let config = ChatConfig {
+        system,
+        mode: settings::strike_mode(&args.persona),
+        safe: args.persona.safe,
+        prompts,
+        sampling: settings::sampling_params(&args.sampling, &model.defaults),
+        seed: settings::seed(&args.sampling),
+        max_tokens: args.sampling.max_tokens,
+    };
+    let mut chat = Chat::new(model, config);
+    if let Some(t) = transcript {
+        chat.load(t)?;
+    }
+    if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        interactive(&mut chat, cancel, !args.no_history)
+    } else {
+        scripted(&mut chat, cancel)
+    }
+}
+
+/// One message per line, or per `"""` block; each reply is followed by a
+/// blank line.
+fn scripted(chat: &mut Chat, cancel: &AtomicBool) -> anyhow::Result<()> {
+    let mut lines = std::io::stdin().lines().map_while(Result::ok);
+    let mut out = std::io::stdout().lock();
+    while let Some(first) = lines.next() {
+        let message = collect_message(first, || lines.next());
+        if message.trim().is_empty() {
+            continue;
+        }
+        if handle(chat, &message, &mut out, cancel)? == Flow::Quit {
+            break;
+        }
+        writeln!(out)?;
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Failure::Interrupted.err("interrupted"));
+        }
+    }
+    Ok(())
+}
+
+fn interactive(chat: &mut Chat, cancel: &AtomicBool, keep_history: bool) -> anyhow::Result<()> {
+    let mut editor: Editor<SlashCompleter, FileHistory> = Editor::new()?;
+    editor.set_helper(Some(SlashCompleter));
+    let history = keep_history.then(history_path).flatten();
+    if let Some(path) = &history {
+        // A missing history file is the first run, not an error.
+        let _ = editor.load_history(path);
+    }
+    eprintln!(
+        "greve: chatting with {}. /help for commands, /bye or Ctrl-D to quit.",
+        chat.model.name
+    );
+    let mut out = std::io::stdout();
+    loop {
+        let marker = match chat.mode {
+            Mode::Off => String::new(),
+            mode => format!(" ✊ {}", mode.name()),
+        };
+        let first = match editor.readline(&format!("greve{marker}> ")) {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => {
+                eprintln!("(Ctrl-D or /bye to quit)");
+                continue;
+            }
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let message = collect_message(first, || editor.readline("... ").ok());
+        if message.trim().is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(message.as_str());
+        if let Some(path) = &history {
+            if let Err(e) = editor.history_mut().save(path) {
+                eprintln!(
+                    "greve: warning: cannot save the history to {}: {e}",
+                    path.display()
+                );
+            }
+        }
+        if handle(chat, &message, &mut out, cancel)? == Flow::Quit {
+            break;
+        }
+        // Ctrl-C stopped this reply; the next one starts afresh.
+        cancel.store(false, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+fn history_path() -> Option<PathBuf> {
+    let dirs = directories::ProjectDirs::from("", "", "greve")?;
+    let dir = dirs.data_dir();
+    std::fs::create_dir_all(dir).ok()?;
+    Some(dir.join("history.txt"))
+}
+
+/// A message from its first line: `"""` opens a block closed by a line
+/// ending in `"""`; a trailing backslash continues on the next line.
+pub fn collect_message(first: String, mut next: impl FnMut() -> Option<String>) -> String {
+    if let Some(rest) = first.trim_start().strip_prefix("\"\"\"") {
+        if let Some(done) = rest.strip_suffix("\"\"\"") {
+            return done.to_string();
+        }
+        let mut lines = vec![rest.to_string()];
+        while let Some(line) = next() {
+            if let Some(last) = line.trim_end().strip_suffix("\"\"\"") {
+                lines.push(last.to_string());
+                break;
+            }
+            lines.push(line);
+        }
+        return lines.join("\n").trim_matches('\n').to_string();
+    }
+    let mut message = first;
+    while message.ends_with('\\') {
+        message.pop();
+        match next() {
+            Some(line) => {
+                message.push('\n');
+                message.push_str(&line);
+            }
+            None => break,
+        }
+    }
+    message
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Slash {
+    Help,
+    System(Option<String>),
+    Reset,
+    Retry,
+    Undo,
+    Set(String, String),
+    Show,
+    Stats,
+    Save(PathBuf),
+    Load(PathBuf),
+    Strike(Option<String>),
+    Bye,
+    /// A known command used wrongly: what it needs.
+    Usage(&'static str),
+    Unknown(String),
+}
+
+pub const COMMANDS: [&str; 14] = [
+    "/help", "/system", "/reset", "/retry", "/undo", "/set", "/show", "/stats", "/save", "/load",
+    "/strike", "/greve", "/bye", "/exit",
+];
+
+/// A slash command, or `None` for a message to the model.
+pub fn parse_slash(line: &str) -> Option<Slash> {
+    let line = line.trim();
+    let rest = line.strip_prefix('/')?;
+    let (name, arg) = match rest.split_once(char::is_whitespace) {
+        Some((n, a)) => (n, Some(a.trim()).filter(|a| !a.is_empty())),
+        None => (rest, None),
+    };
+    Some(match (name, arg) {
+        ("help" | "?", _) => Slash::Help,
+        ("system", arg) => Slash::System(arg.map(String::from)),
+        ("reset" | "clear", _) => Slash::Reset,
+        ("retry", _) => Slash::Retry,
+        ("undo", _) => Slash::Undo,
+        ("set", Some(arg)) => match arg.split_once(char::is_whitespace) {
+            Some((key, value)) => Slash::Set(key.to_string(), value.trim().to_string()),
+            None => Slash::Usage(
+                "/set KEY VALUE (temperature, top_p, top_k, seed, max_tokens, repeat_penalty)",
+            ),
+        },
+        ("set", None) => Slash::Usage(
+            "/set KEY VALUE (temperature, top_p, top_k, seed, max_tokens, repeat_penalty)",
+        ),
+        ("show", _) => Slash::Show,
+        ("stats", _) => Slash::Stats,
+        ("save", Some(path)) => Slash::Save(path.into()),
+        ("save", None) => Slash::Usage("/save FILE"),
+        ("load", Some(path)) => Slash::Load(path.into()),
+        ("load", None) => Slash::Usage("/load FILE"),
+        ("strike" | "greve" | "grève", arg) => Slash::Strike(arg.map(String::from)),
+        ("bye" | "exit" | "quit", _) => Slash::Bye,
+        (other, _) => Slash::Unknown(other.to_string()),
+    })
+}
+
+#[derive(PartialEq)]
+enum Flow {
+    Continue,
+    Quit,
+}
+
+/// A line from the user: a command, or a message for the model.
+fn handle(
+    chat: &mut Chat,
+    line: &str,
+    out: &mut impl Write,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Flow> {
+    let Some(slash) = parse_slash(line) else {
+        let turn = speak(chat, out, |chat, on_token| {
+            chat.send(line.to_string(), cancel, on_token)
+        })?;
+        report(&turn);
+        return Ok(Flow::Continue);
+    };
+    match command(chat, slash, out, cancel) {
+        Ok(true) => Ok(Flow::Quit),
+        Ok(false) => Ok(Flow::Continue),
+        Err(e) if crate::exit::is_broken_pipe(&e) => Err(e),
+        // A bad command is a note, not the end of the conversation.
+        Err(e) => {
+            eprintln!("greve: {e:#}");
+            Ok(Flow::Continue)
+        }
+    }
+}
+
+/// Runs a command; true when it ends the chat.
+fn command(
+    chat: &mut Chat,
+    slash: Slash,
+    out: &mut impl Write,
+    cancel: &AtomicBool,
+) -> anyhow::Result<bool> {
+    match slash {
+        Slash::Help => writeln!(out, "{HELP}")?,
+        Slash::System(None) => match &chat.system {
+            Some(s) => writeln!(out, "{s}")?,
+            None => writeln!(out, "(no system prompt)")?,
+        },
+        Slash::System(Some(text)) => {
+            chat.system = Some(text).filter(|t| t != "-");
+            eprintln!("greve: system prompt {}", if chat.system.is_some() { "set" } else { "removed" });
+        }
+        Slash::Reset => {
+            chat.reset();
+            eprintln!("greve: new conversation");
+        }
+        Slash::Retry => {
+            let turn = speak(chat, out, |chat, on_token| chat.retry(cancel, on_token))?;
+            report(&turn);
+        }
+        Slash::Undo => {
+            let undone = chat.undo();
+            eprintln!("greve: {}", if undone { "last exchange removed" } else { "nothing to undo" });
+        }
+        Slash::Set(key, value) => {
+            set(chat, &key, &value)?;
+            eprintln!("greve: {key} = {value}");
+        }
+        Slash::Show => show(chat, out)?,
+        Slash::Stats => match &chat.last {
+            Some(s) => writeln!(
+                out,
+                "prompt {} tokens ({} prefilled, {} reused from the cache), {:.1} tokens/s | reply {} tokens, {:.1} tokens/s | first token after {:.0} ms",
+                s.prompt_tokens,
+                s.prefilled_tokens(),
+                s.reused_tokens,
+                s.prefill_tokens_per_second(),
+                s.generated_tokens,
+                s.decode_tokens_per_second(),
+                s.time_to_first_token.as_secs_f64() * 1e3
+            )?,
+            None => writeln!(out, "(no reply yet)")?,
+        },
+        Slash::Save(path) => {
+            chat.transcript().save(&path)?;
+            eprintln!("greve: saved to {}", path.display());
+        }
+        Slash::Load(path) => {
+            chat.load(Transcript::load(&path)?)?;
+            eprintln!("greve: loaded {} messages from {}", chat.messages().len(), path.display());
+        }
+        Slash::Strike(arg) => {
+            let mode: Mode = match arg.as_deref() {
+                None => Mode::Raleuse,
+                Some(a) => a.parse().map_err(|e: String| Failure::Usage.err(e))?,
+            };
+            chat.mode = mode;
+            eprintln!("greve: strike {}", mode.name());
+        }
+        Slash::Bye => return Ok(true),
+        Slash::Usage(usage) => return Err(Failure::Usage.err(format!("usage: {usage}"))),
+        Slash::Unknown(name) => {
+            let hint = COMMANDS
+                .iter()
+                .find(|c| c[1..].starts_with(&name[..name.len().min(2)]))
+                .map_or(String::new(), |c| format!(" (did you mean {c}?)"));
+            return Err(Failure::Usage.err(format!("unknown command /{name}{hint}; /help lists them")));
+        }
+    }
+    Ok(false)
+}
+
+fn set(chat: &mut Chat, key: &str, value: &str) -> anyhow::Result<()> {
+    let bad = || Failure::Usage.err(format!("{value:?} is not a valid {key}"));
+    let number = || {
+        value
+            .parse::<f32>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .ok_or_else(bad)
+    };
+    let p = &mut chat.sampling;
+    match key {
+        "temperature" => {
+            p.temperature = number().and_then(|x| if x >= 0.0 { Ok(x) } else { Err(bad()) })?
+        }
+        "top_p" => {
+            p.top_p = number().and_then(|x| {
+                if x > 0.0 && x <= 1.0 {
+                    Ok(x)
+                } else {
+                    Err(bad())
+                }
+            })?
+        }
+        "top_k" => p.top_k = value.parse().map_err(|_| bad())?,
+        "repeat_penalty" => {
+            p.repeat_penalty = number().and_then(|x| if x > 0.0 { Ok(x) } else { Err(bad()) })?
+        }
+        "seed" => chat.seed = value.parse().map_err(|_| bad())?,
+        "max_tokens" => {
+            chat.max_tokens = Some(value.parse().map_err(|_| bad())?).filter(|&n: &usize| n > 0)
+        }
+        _ => {
+            return Err(Failure::Usage.err(format!(
+            "no setting {key:?}: use temperature, top_p, top_k, seed, max_tokens or repeat_penalty"
+        )))
+        }
+    }
+    Ok(())
+}
+
+fn show(chat: &Chat, out: &mut impl Write) -> anyhow::Result<()> {
+    let (used, context) = chat.context();
+    let p = &chat.sampling;
+    writeln!(out, "model        {}", chat.model.name)?;
+    writeln!(out, "strike       {}", chat.mode.name())?;
+    writeln!(out, "context      {used} of {context} tokens in the cache")?;
+    writeln!(out, "messages     {}", chat.messages().len())?;
+    writeln!(
+        out,
+        "sampling     temperature {}, top_p {}, top_k {}, repeat_penalty {}, seed {}, max_tokens {}",
+        p.temperature,
+        p.top_p,
+        p.top_k,
+        p.repeat_penalty,
+        chat.seed,
+        chat.max_tokens.map_or("none".to_string(), |n| n.to_string())
+    )?;
+    Ok(())
+}
+
+/// Prints one reply as it streams, with the persona's letterhead and
+/// sign-off around it; a strike notice comes whole.
+fn speak(
+    chat: &mut Chat,
+    out: &mut impl Write,
+    answer: impl FnOnce(&mut Chat, &mut dyn FnMut(u32) -> anyhow::Result<()>) -> anyhow::Result<Turn>,
+) -> anyhow::Result<Turn> {
+    let strikes = chat.mode.strikes(chat.turn_seed());
+    let wrapping = persona::wrapping(chat.mode, chat.turn_seed(), &chat.prompts);
+    if let (false, Some(letterhead)) = (strikes, &wrapping.letterhead) {
+        write!(out, "{letterhead}\n\n")?;
+        out.flush()?;
+    }
+    let tokenizer = chat.model.tokenizer.clone();
+    let mut decoder = StreamDecoder::default();
+    let mut on_token = |token: u32| -> anyhow::Result<()> {
+        if let Some(text) = decoder.push(&tokenizer, token)? {
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+        }
+        Ok(())
+    };
+    let turn = answer(chat, &mut on_token)?;
+    if turn.notice {
+        write!(out, "{}", turn.text)?;
+    } else if let Some(rest) = decoder.finish(&tokenizer)? {
+        write!(out, "{rest}")?;
+    }
+    writeln!(out)?;
+    if let (false, Some(signoff)) = (turn.notice, &wrapping.signoff) {
+        writeln!(out, "\n{signoff}")?;
+    }
+    out.flush()?;
+    Ok(turn)
+}
+
+fn report(turn: &Turn) {
+    if turn.dropped > 0 {
+        eprintln!(
+            "greve: the oldest {} messages left the model's context window (still in the transcript)",
+            turn.dropped
+        );
+    }
+    if turn.finish == Finish::Interrupted {
+        eprintln!("greve: reply interrupted; it stays in the conversation");
+    } else if turn.text.trim().is_empty() {
+        eprintln!("greve: the model gave an empty reply; /retry or write again");
+    }
+}
+
+const HELP: &str = "\
+/help                  this list
+/system [TEXT]         show the system prompt, or set it (/system - removes it)
+/reset                 start a new conversation
+/retry                 answer the last message again
+/undo                  drop the last exchange
+/set KEY VALUE         temperature, top_p, top_k, seed, max_tokens, repeat_penalty
+/show                  model, persona, context used, sampling
+/stats                 speed of the last reply and tokens reused from the cache
+/save FILE, /load FILE write or read the conversation (JSON)
+/strike [MODE]         go on strike: râleuse, totale, perlée, off (/greve too)
+/bye                   quit (Ctrl-D too)
+Multi-line: start with \"\"\" and end with \"\"\", or end lines with \\.";
+
+/// Tab completion of slash commands.
+struct SlashCompleter;
+
+impl Completer for SlashCompleter {
+    type Candidate = String;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
+        let typed = &line[..pos];
+        if !typed.starts_with('/') || typed.contains(char::is_whitespace) {
+            return Ok((pos, Vec::new()));
+        }
+        let found = COMMANDS
+            .iter()
+            .filter(|c| c.starts_with(typed))
+            .map(|c| c.to_string())
+            .collect();
+        Ok((0, found))
+    }
+}
+
+impl Hinter for SlashCompleter {
+    type Hint = String;
+}
+impl Highlighter for SlashCompleter {}
+impl Validator for SlashCompleter {}
+impl Helper for SlashCompleter {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slash_commands_parse() {
+        assert_eq!(parse_slash("hello"), None);
+        assert_eq!(parse_slash("/help"), Some(Slash::Help));
+        assert_eq!(
+            parse_slash("  /system  Be brief. "),
+            Some(Slash::System(Some("Be brief.".into())))
+        );
+        assert_eq!(parse_slash("/system"), Some(Slash::System(None)));
+        assert_eq!(
+            parse_slash("/set temperature 0.2"),
+            Some(Slash::Set("temperature".into(), "0.2".into()))
+        );
+        assert!(matches!(
+            parse_slash("/set temperature"),
+            Some(Slash::Usage(_))
+        ));
+        assert_eq!(
+            parse_slash("/save a b.json"),
+            Some(Slash::Save("a b.json".into()))
+        );
+        assert!(matches!(parse_slash("/load"), Some(Slash::Usage(_))));
+        assert_eq!(
+            parse_slash("/greve totale"),
+            Some(Slash::Strike(Some("totale".into())))
+        );
+        assert_eq!(parse_slash("/strike"), Some(Slash::Strike(None)));
+        assert_eq!(parse_slash("/exit"), Some(Slash::Bye));
+        assert_eq!(
+            parse_slash("/frobnicate"),
+            Some(Slash::Unknown("frobnicate".into()))
+        );
+    }
+
+    fn collect(lines: &[&str]) -> String {
+        let mut rest = lines[1..].iter().map(|s| s.to_string());
+        collect_message(lines[0].to_string(), || rest.next())
+    }
+
+    #[test]
+    fn multi_line_messages() {
+        assert_eq!(collect(&["one line"]), "one line");
+        assert_eq!(collect(&["first \\", "second"]), "first \nsecond");
+        assert_eq!(collect(&["\"\"\"", "a", "", "b", "\"\"\""]), "a\n\nb");
+        assert_eq!(collect(&["\"\"\"start", "end\"\"\""]), "start\nend");
+        assert_eq!(collect(&["\"\"\"inline\"\"\""]), "inline");
+        // An unterminated block takes everything left.
+        assert_eq!(collect(&["\"\"\"", "x"]), "x");
+    }
+
+    #[test]
+    fn completion_offers_matching_commands() {
+        let history = rustyline::history::DefaultHistory::new();
+        let ctx = Context::new(&history);
+        let (start, found) = SlashCompleter.complete("/st", 3, &ctx).unwrap();
+        assert_eq!(start, 0);
+        assert_eq!(found, ["/stats", "/strike"]);
+        assert!(SlashCompleter
+            .complete("hello", 5, &ctx)
+            .unwrap()
+            .1
+            .is_empty());
+    }
+}

@@ -1,0 +1,139 @@
+//! A conversation on disk: the JSON transcript that `/save` writes and
+//! `/load` and `greve chat --load` read.
+//!
+//! ```json
+//! {"format": "greve-transcript", "version": 1, "system": "…", "persona": "râleuse",
+//!  "messages": [{"role": "user", "content": "…"}, {"role": "assistant", "content": "…"}]}
+//! ```
+//!
+//! `system` and `persona` may be null. Files are written atomically (a
+//! temporary file in the same folder, renamed over the target), so an
+//! interrupted save never leaves half a transcript.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::exit::{Classify, Failure};
+use crate::template::{Message, Role};
+
+const FORMAT: &str = "greve-transcript";
+const VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Transcript {
+    /// The user's system prompt (the persona's is not repeated here).
+    pub system: Option<String>,
+    /// The strike mode's name, or null when off.
+    pub persona: Option<String>,
+    pub messages: Vec<Message>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct File {
+    format: String,
+    version: u32,
+    #[serde(flatten)]
+    transcript: Transcript,
+}
+
+impl Transcript {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).classify(Failure::Usage, || {
+            format!("cannot read the transcript {}", path.display())
+        })?;
+        let file: File = serde_json::from_str(&text).classify(Failure::Usage, || {
+            format!("{} is not a greve transcript", path.display())
+        })?;
+        if file.format != FORMAT || file.version != VERSION {
+            return Err(Failure::Usage.err(format!(
+                "{} is a {:?} file of version {}; greve reads {FORMAT:?} version {VERSION}",
+                path.display(),
+                file.format,
+                file.version
+            )));
+        }
+        let t = file.transcript;
+        // Alternating turns starting with the user, as the template requires;
+        // the last may be either.
+        for (i, m) in t.messages.iter().enumerate() {
+            let expected = if i % 2 == 0 {
+                Role::User
+            } else {
+                Role::Assistant
+            };
+            if m.role != expected {
+                return Err(Failure::Usage.err(format!(
+                    "{}: message {} should be from the {expected:?}: turns must alternate, starting with the user",
+                    path.display(),
+                    i + 1
+                )));
+            }
+        }
+        Ok(t)
+    }
+
+    /// Writes the transcript atomically.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let file = File {
+            format: FORMAT.into(),
+            version: VERSION,
+            transcript: self.clone(),
+        };
+        let json = serde_json::to_string_pretty(&file)?;
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let fail = || format!("cannot save the transcript to {}", path.display());
+        let mut tmp = tempfile::NamedTempFile::new_in(folder).classify(Failure::Usage, fail)?;
+        tmp.write_all(json.as_bytes())
+            .classify(Failure::Usage, fail)?;
+        tmp.write_all(b"\n").classify(Failure::Usage, fail)?;
+        tmp.as_file().sync_all().classify(Failure::Usage, fail)?;
+        tmp.persist(path)
+            .map_err(|e| e.error)
+            .classify(Failure::Usage, fail)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_atomic_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.json");
+        let t = Transcript {
+            system: Some("Sois bref.".into()),
+            persona: Some("râleuse".into()),
+            messages: vec![Message::user("Salut"), Message::assistant("Quoi encore ?")],
+        };
+        t.save(&path).unwrap();
+        assert_eq!(Transcript::load(&path).unwrap(), t);
+        let shorter = Transcript::default();
+        shorter.save(&path).unwrap();
+        assert_eq!(Transcript::load(&path).unwrap(), shorter);
+        // Nothing but the transcript is left in the folder.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn bad_files_name_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.json");
+        std::fs::write(&path, "{\"messages\": 3}").unwrap();
+        assert!(format!("{}", Transcript::load(&path).unwrap_err()).contains("bad.json"));
+        std::fs::write(
+            &path,
+            r#"{"format": "greve-transcript", "version": 1, "system": null, "persona": null,
+                "messages": [{"role": "assistant", "content": "x"}]}"#,
+        )
+        .unwrap();
+        assert!(format!("{:#}", Transcript::load(&path).unwrap_err()).contains("alternate"));
+        assert!(Transcript::load(&dir.path().join("missing.json")).is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! Conversations: cache reuse must change the speed, never the text; the
+//! scripted front end, transcripts, commands and the context window.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::AtomicBool;
+
+use candle_core::Device;
+use common::{goldens, write_tiny_model};
+use greve::chat::{Chat, ChatConfig};
+use greve::generate::{generate, Limits};
+use greve::model::{self, Model};
+use greve::persona::{Mode, Prompts};
+use greve::resolve::resolve;
+use greve::sampler::{Sampler, SamplingParams};
+use greve::template::{self, Message};
+
+fn greedy() -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        repeat_penalty: 1.0,
+        repeat_last_n: 64,
+    }
+}
+
+fn load(name: &str) -> Model {
+    let files = resolve(goldens().join(name).to_str().unwrap()).unwrap();
+    model::load(&files, &Device::Cpu, candle_core::DType::F32).unwrap()
+}
+
+fn chat(name: &str, max_tokens: usize) -> Chat {
+    chat_with(name, max_tokens, Some("Réponds brièvement."))
+}
+
+fn chat_with(name: &str, max_tokens: usize, system: Option<&str>) -> Chat {
+    let config = ChatConfig {
+        system: system.map(String::from),
+        mode: Mode::Off,
+        safe: false,
+        prompts: Prompts::load::<&std::path::Path>(&[]).unwrap(),
+        sampling: greedy(),
+        seed: 0,
+        max_tokens: Some(max_tokens),
+    };
+    Chat::new(load(name), config)
+}
+
+/// The reply a model with an empty cache gives to the whole conversation.
+fn fresh_reply(
+    model: &mut Model,
+    system: Option<&str>,
+    messages: &[Message],
+    n: usize,
+) -> (String, usize) {
+    let pieces = template::render(model.tokenizer.format(), system, messages).unwrap();
+    let ids = model.tokenizer.encode_pieces(&pieces).unwrap();
+    let stop = [model.tokenizer.eos()];
+    let limits = Limits {
+        max_tokens: n,
+        stop: &stop,
+    };
+    let mut sampler = Sampler::new(greedy(), 0);
+    model.transformer.truncate(0);
+    let g = generate(
+        &mut model.transformer,
+        &ids,
+        0,
+        &mut sampler,
+        &limits,
+        &AtomicBool::new(false),
+        |_| Ok(()),
+    )
+    .unwrap();
+    (model.tokenizer.decode(&g.tokens).unwrap(), ids.len())
+}
+
+/// Each turn prefills only what is new: the previous prompt is a prefix of
+/// the next one (the reply in between is tokenised again from its text, so
+/// it is reused only where that gives the generated tokens back). V3 puts
+/// the system prompt in the *last* user turn, which moves every turn, so it
+/// is tested without one; V1 keeps it in the first.
+#[test]
+fn follow_up_turns_reuse_the_cache_and_give_the_same_text() {
+    for (name, system) in [
+        ("tiny-v1-f16.gguf", Some("Réponds brièvement.")),
+        ("tiny-v3-f16.gguf", None),
+    ] {
+        let mut c = chat_with(name, 12, system);
+        let mut reference = load(name);
+        let cancel = AtomicBool::new(false);
+        let mut previous_prompt = 0;
+        for (i, text) in [
+            "Bonjour !",
+            "Pourquoi la grève ?",
+            "Et la caisse de grève ?",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let turn = c.send(text.to_string(), &cancel, |_| Ok(())).unwrap();
+            let history = &c.messages()[..c.messages().len() - 1];
+            let (want, prompt_len) = fresh_reply(&mut reference, system, history, 12);
+            assert_eq!(turn.text, want, "{name}, turn {i}");
+            let stats = c.last.clone().unwrap();
+            assert_eq!(stats.prompt_tokens, prompt_len);
+            assert!(
+                stats.reused_tokens >= previous_prompt,
+                "{name} turn {i}: {stats:?}"
+            );
+            assert_eq!(stats.prefilled_tokens(), prompt_len - stats.reused_tokens);
+            previous_prompt = prompt_len;
+        }
+    }
+}
+
+#[test]
+fn retry_undo_and_reset() {
+    let mut c = chat("tiny-v1-q8_0.gguf", 6);
+    let cancel = AtomicBool::new(false);
+    let first = c.send("Salut".into(), &cancel, |_| Ok(())).unwrap().text;
+    // Greedy: the retried reply is the same text, and nothing is duplicated.
+    assert_eq!(c.retry(&cancel, |_| Ok(())).unwrap().text, first);
+    assert_eq!(c.messages().len(), 2);
+    c.send("Encore".into(), &cancel, |_| Ok(())).unwrap();
+    assert!(c.undo());
+    assert_eq!(c.messages().len(), 2);
+    c.reset();
+    assert!(c.messages().is_empty() && !c.undo());
+    assert!(c.retry(&cancel, |_| Ok(())).is_err());
+}
+
+fn greve(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_greve"))
+        .args(args)
+        .env_remove("GREVE_STRIKE")
+        .env("XDG_CONFIG_HOME", "/nonexistent-greve-test-config")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[test]
+fn scripted_chat_answers_each_line_like_ask() {
+    let model = goldens().join("tiny-v1-f16.gguf");
+    let m = model.to_str().unwrap();
+    let ask = greve(
+        &["ask", "-m", m, "--temperature", "0", "-n", "6", "Salut !"],
+        "",
+    );
+    let o = greve(
+        &["chat", "-m", m, "--temperature", "0", "-n", "6"],
+        "Salut !\n\n/stats\n",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    // The first reply is ask's, then a blank line, then the stats line.
+    assert!(
+        out.starts_with(&format!("{}\n", text(&ask.stdout))),
+        "{out:?}"
+    );
+    assert!(out.contains("reused from the cache"), "{out}");
+}
+
+#[test]
+fn multi_line_blocks_are_one_message() {
+    let model = goldens().join("tiny-v3-f16.gguf");
+    let o = greve(
+        &[
+            "chat",
+            "-m",
+            model.to_str().unwrap(),
+            "-n",
+            "2",
+            "--temperature",
+            "0",
+        ],
+        "\"\"\"\nligne 1\nligne 2\n\"\"\"\n/show\n",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("messages     2"),
+        "{}",
+        text(&o.stdout)
+    );
+}
+
+#[test]
+fn save_and_load_a_transcript() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grève.json");
+    let p = path.to_str().unwrap();
+    let model = goldens().join("tiny-v1-q8_0.gguf");
+    let m = model.to_str().unwrap();
+    let o = greve(
+        &["chat", "-m", m, "-n", "3", "--strike"],
+        &format!("Salut\n/save {p}\n"),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(saved["format"], "greve-transcript");
+    assert_eq!(saved["persona"], "râleuse");
+    assert_eq!(saved["messages"][0]["content"], "Salut");
+    assert_eq!(saved["messages"].as_array().unwrap().len(), 2);
+
+    let o = greve(&["chat", "-m", m, "--load", p], "/show\n");
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("messages     2") && out.contains("strike       râleuse"),
+        "{out}"
+    );
+
+    let o = greve(&["chat", "-m", m, "--load", "/no/such.json"], "");
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn strike_toggles_mid_chat_and_bad_commands_do_not_end_it() {
+    let model = goldens().join("tiny-v1-q8_0.gguf");
+    let o = greve(
+        &["chat", "-m", model.to_str().unwrap(), "-n", "3"],
+        "/greve totale\nUn poème ?\n/frobnicate\n/set temperature -1\n/strike off\nMerci\n/show\n",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("Objet : Annonce de grève illimitée"), "{out}");
+    assert!(out.contains("« Un poème ? »"), "{out}");
+    assert!(out.contains("messages     4"), "{out}");
+    let err = text(&o.stderr);
+    assert!(err.contains("unknown command /frobnicate"), "{err}");
+    assert!(err.contains("not a valid temperature"), "{err}");
+}
+
+#[test]
+fn a_long_conversation_drops_its_oldest_exchanges() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), "v1");
+    let config = dir.path().join("config.json");
+    let cfg = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, cfg.replace("32768", "96")).unwrap();
+    let messages: String = (0..8)
+        .map(|i| format!("Message numéro {i}, assez long pour remplir.\n"))
+        .collect();
+    let o = greve(
+        &[
+            "chat",
+            "-m",
+            dir.path().to_str().unwrap(),
+            "-n",
+            "8",
+            "--temperature",
+            "0",
+        ],
+        &messages,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("left the model's context window"),
+        "{}",
+        text(&o.stderr)
+    );
+}
