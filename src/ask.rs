@@ -30,7 +30,7 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
         );
         return print_notice(&notice, mode, seed, args.json);
     }
-    let user_system = settings::user_system(args.system.as_deref(), args.system_file.as_deref())?;
+    let user_system = settings::user_system(&args.system)?;
     let system = persona::system_prompt(mode, args.persona.safe, user_system.as_deref(), &prompts);
     let wrapping = persona::wrapping(mode, seed, &prompts);
 

@@ -21,14 +21,8 @@ use crate::transcript::Transcript;
 
 pub struct Chat {
     pub model: Model,
-    /// The user's own system prompt.
-    pub system: Option<String>,
-    pub mode: Mode,
-    pub safe: bool,
-    pub prompts: Prompts,
-    pub sampling: SamplingParams,
-    pub seed: u64,
-    pub max_tokens: Option<usize>,
+    /// Settings that commands may change between turns.
+    pub config: ChatConfig,
     /// The whole conversation, alternating user and assistant.
     messages: Vec<Message>,
     /// Index of the first message still in the model's window (a user's).
@@ -50,8 +44,9 @@ pub struct Turn {
     pub dropped: usize,
 }
 
-/// Settings of a new chat besides the model.
+/// A chat's settings besides the model.
 pub struct ChatConfig {
+    /// The user's own system prompt.
     pub system: Option<String>,
     pub mode: Mode,
     pub safe: bool,
@@ -65,13 +60,7 @@ impl Chat {
     pub fn new(model: Model, config: ChatConfig) -> Self {
         Chat {
             model,
-            system: config.system,
-            mode: config.mode,
-            safe: config.safe,
-            prompts: config.prompts,
-            sampling: config.sampling,
-            seed: config.seed,
-            max_tokens: config.max_tokens,
+            config,
             messages: Vec::new(),
             first: 0,
             cached: Vec::new(),
@@ -94,7 +83,7 @@ impl Chat {
 
     /// The seed of the next reply.
     pub fn turn_seed(&self) -> u64 {
-        self.seed.wrapping_add(self.turns)
+        self.config.seed.wrapping_add(self.turns)
     }
 
     /// Answers `text`. `on_token` sees each generated token as it comes.
@@ -156,19 +145,19 @@ impl Chat {
 
     pub fn transcript(&self) -> Transcript {
         Transcript {
-            system: self.system.clone(),
-            persona: (self.mode != Mode::Off).then(|| self.mode.name().to_string()),
+            system: self.config.system.clone(),
+            persona: (self.config.mode != Mode::Off).then(|| self.config.mode.name().to_string()),
             messages: self.messages.clone(),
         }
     }
 
     /// Replaces the conversation and its settings with a saved one.
     pub fn load(&mut self, t: Transcript) -> anyhow::Result<()> {
-        self.mode = match &t.persona {
+        self.config.mode = match &t.persona {
             Some(name) => name.parse().map_err(|e: String| Failure::Usage.err(e))?,
             None => Mode::Off,
         };
-        self.system = t.system;
+        self.config.system = t.system;
         self.messages = t.messages;
         self.first = 0;
         Ok(())
@@ -181,10 +170,10 @@ impl Chat {
     ) -> anyhow::Result<Turn> {
         let seed = self.turn_seed();
         self.turns += 1;
-        if self.mode.strikes(seed) {
+        if self.config.mode.strikes(seed) {
             let request = self.messages.last().map_or("", |m| m.content.as_str());
             let date = persona::french_date(crate::persona::today());
-            let notice = persona::notice(&self.prompts, request, &date, seed);
+            let notice = persona::notice(&self.config.prompts, request, &date, seed);
             self.messages.push(Message::assistant(notice.clone()));
             return Ok(Turn {
                 text: notice,
@@ -197,6 +186,7 @@ impl Chat {
         let reuse = common_prefix(&self.cached, &ids);
         let context = self.model.transformer.config.context_length;
         let max_tokens = self
+            .config
             .max_tokens
             .map_or(context - ids.len(), |n| n.min(context - ids.len()));
         let mut stop = self.model.defaults.eos_token_id.clone();
@@ -205,7 +195,7 @@ impl Chat {
             max_tokens,
             stop: &stop,
         };
-        let mut sampler = Sampler::new(self.sampling.clone(), seed);
+        let mut sampler = Sampler::new(self.config.sampling.clone(), seed);
         // Until generation succeeds the cache holds an unknown mix.
         self.cached.clear();
         let g = generate(
@@ -238,13 +228,9 @@ impl Chat {
     /// oldest exchanges until it leaves room for a reply.
     fn fit(&mut self) -> anyhow::Result<(Vec<u32>, usize)> {
         let context = self.model.transformer.config.context_length;
-        let reserve = self
-            .max_tokens
-            .unwrap_or(context / 8)
-            .min(context / 2)
-            .max(1);
-        let system =
-            persona::system_prompt(self.mode, self.safe, self.system.as_deref(), &self.prompts);
+        let c = &self.config;
+        let reserve = c.max_tokens.unwrap_or(context / 8).min(context / 2).max(1);
+        let system = persona::system_prompt(c.mode, c.safe, c.system.as_deref(), &c.prompts);
         let format = self.model.tokenizer.format();
         let tokenizer = &self.model.tokenizer;
         let measure = |window: &[Message]| -> anyhow::Result<Vec<u32>> {

@@ -45,13 +45,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
-    /// A system prompt, put where the model's instruct format expects it.
-    #[arg(long, value_name = "TEXT")]
-    pub system: Option<String>,
-
-    /// Read the system prompt from a file.
-    #[arg(long, value_name = "FILE", conflicts_with = "system")]
-    pub system_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub system: SystemArgs,
 
     /// Resume a conversation saved with /save.
     #[arg(long, value_name = "FILE")]
@@ -99,13 +94,8 @@ pub struct AskArgs {
     #[arg(value_name = "PROMPT")]
     pub prompt: Vec<String>,
 
-    /// A system prompt, put where the model's instruct format expects it.
-    #[arg(long, value_name = "TEXT")]
-    pub system: Option<String>,
-
-    /// Read the system prompt from a file (write your own persona).
-    #[arg(long, value_name = "FILE", conflicts_with = "system")]
-    pub system_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub system: SystemArgs,
 
     #[command(flatten)]
     pub persona: PersonaArgs,
@@ -127,6 +117,17 @@ pub struct AskArgs {
     /// Print the rendered prompt and its token ids to stderr before generating.
     #[arg(long)]
     pub verbose_prompt: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SystemArgs {
+    /// A system prompt, put where the model's instruct format expects it.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+
+    /// Read the system prompt from a file (write your own persona).
+    #[arg(long, value_name = "FILE", conflicts_with = "system")]
+    pub system_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -27,7 +27,7 @@ use crate::transcript::Transcript;
 
 pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     let prompts = Prompts::load(&settings::prompt_folders(&args.persona)?)?;
-    let system = settings::user_system(args.system.as_deref(), args.system_file.as_deref())?;
+    let system = settings::user_system(&args.system)?;
     let transcript = args.load.as_deref().map(Transcript::load).transpose()?;
     let device = settings::device(&args.model.device)?;
     let model = model::open(
@@ -90,7 +90,7 @@ fn interactive(chat: &mut Chat, cancel: &AtomicBool, keep_history: bool) -> anyh
     );
     let mut out = std::io::stdout();
     loop {
-        let marker = match chat.mode {
+        let marker = match chat.config.mode {
             Mode::Off => String::new(),
             mode => format!(" ✊ {}", mode.name()),
         };
@@ -263,13 +263,13 @@ fn command(
 ) -> anyhow::Result<bool> {
     match slash {
         Slash::Help => writeln!(out, "{HELP}")?,
-        Slash::System(None) => match &chat.system {
+        Slash::System(None) => match &chat.config.system {
             Some(s) => writeln!(out, "{s}")?,
             None => writeln!(out, "(no system prompt)")?,
         },
         Slash::System(Some(text)) => {
-            chat.system = Some(text).filter(|t| t != "-");
-            eprintln!("greve: system prompt {}", if chat.system.is_some() { "set" } else { "removed" });
+            chat.config.system = Some(text).filter(|t| t != "-");
+            eprintln!("greve: system prompt {}", if chat.config.system.is_some() { "set" } else { "removed" });
         }
         Slash::Reset => {
             chat.reset();
@@ -315,7 +315,7 @@ fn command(
                 None => Mode::Raleuse,
                 Some(a) => a.parse().map_err(|e: String| Failure::Usage.err(e))?,
             };
-            chat.mode = mode;
+            chat.config.mode = mode;
             eprintln!("greve: strike {}", mode.name());
         }
         Slash::Bye => return Ok(true),
@@ -340,7 +340,7 @@ fn set(chat: &mut Chat, key: &str, value: &str) -> anyhow::Result<()> {
             .filter(|x| x.is_finite())
             .ok_or_else(bad)
     };
-    let p = &mut chat.sampling;
+    let p = &mut chat.config.sampling;
     match key {
         "temperature" => {
             p.temperature = number().and_then(|x| if x >= 0.0 { Ok(x) } else { Err(bad()) })?
@@ -358,9 +358,10 @@ fn set(chat: &mut Chat, key: &str, value: &str) -> anyhow::Result<()> {
         "repeat_penalty" => {
             p.repeat_penalty = number().and_then(|x| if x > 0.0 { Ok(x) } else { Err(bad()) })?
         }
-        "seed" => chat.seed = value.parse().map_err(|_| bad())?,
+        "seed" => chat.config.seed = value.parse().map_err(|_| bad())?,
         "max_tokens" => {
-            chat.max_tokens = Some(value.parse().map_err(|_| bad())?).filter(|&n: &usize| n > 0)
+            chat.config.max_tokens =
+                Some(value.parse().map_err(|_| bad())?).filter(|&n: &usize| n > 0)
         }
         _ => {
             return Err(Failure::Usage.err(format!(
@@ -373,9 +374,9 @@ fn set(chat: &mut Chat, key: &str, value: &str) -> anyhow::Result<()> {
 
 fn show(chat: &Chat, out: &mut impl Write) -> anyhow::Result<()> {
     let (used, context) = chat.context();
-    let p = &chat.sampling;
+    let p = &chat.config.sampling;
     writeln!(out, "model        {}", chat.model.name)?;
-    writeln!(out, "strike       {}", chat.mode.name())?;
+    writeln!(out, "strike       {}", chat.config.mode.name())?;
     writeln!(out, "context      {used} of {context} tokens in the cache")?;
     writeln!(out, "messages     {}", chat.messages().len())?;
     writeln!(
@@ -385,8 +386,8 @@ fn show(chat: &Chat, out: &mut impl Write) -> anyhow::Result<()> {
         p.top_p,
         p.top_k,
         p.repeat_penalty,
-        chat.seed,
-        chat.max_tokens.map_or("none".to_string(), |n| n.to_string())
+        chat.config.seed,
+        chat.config.max_tokens.map_or("none".to_string(), |n| n.to_string())
     )?;
     Ok(())
 }
@@ -398,8 +399,8 @@ fn speak(
     out: &mut impl Write,
     answer: impl FnOnce(&mut Chat, &mut dyn FnMut(u32) -> anyhow::Result<()>) -> anyhow::Result<Turn>,
 ) -> anyhow::Result<Turn> {
-    let strikes = chat.mode.strikes(chat.turn_seed());
-    let wrapping = persona::wrapping(chat.mode, chat.turn_seed(), &chat.prompts);
+    let strikes = chat.config.mode.strikes(chat.turn_seed());
+    let wrapping = persona::wrapping(chat.config.mode, chat.turn_seed(), &chat.config.prompts);
     if let (false, Some(letterhead)) = (strikes, &wrapping.letterhead) {
         write!(out, "{letterhead}\n\n")?;
         out.flush()?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 
-use crate::cli::{DtypeArg, ModelArgs, PersonaArgs, SamplingArgs};
+use crate::cli::{DtypeArg, ModelArgs, PersonaArgs, SamplingArgs, SystemArgs};
 use crate::exit::{Classify, Failure};
 use crate::model::GenerationDefaults;
 use crate::persona::Mode;
@@ -96,11 +96,8 @@ pub fn prompt_folders(args: &PersonaArgs) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// The user's own system prompt, from `--system` or `--system-file`.
-pub fn user_system(
-    text: Option<&str>,
-    file: Option<&std::path::Path>,
-) -> anyhow::Result<Option<String>> {
-    match (text, file) {
+pub fn user_system(args: &SystemArgs) -> anyhow::Result<Option<String>> {
+    match (args.system.as_deref(), args.system_file.as_deref()) {
         (Some(text), _) => Ok(Some(text.to_string())),
         (None, Some(path)) => {
             let bytes = std::fs::read(path).classify(Failure::Usage, || {

@@ -120,6 +120,19 @@ fn check_alternation(messages: &[Message]) -> anyhow::Result<()> {
     if messages.is_empty() {
         return Err(Failure::Usage.err("the conversation has no message to answer"));
     }
+    check_turns(messages)?;
+    if let Some(i) = messages.iter().position(|m| m.content.is_empty()) {
+        return Err(Failure::Usage.err(format!("message {} is empty", i + 1)));
+    }
+    if messages.len().is_multiple_of(2) {
+        return Err(Failure::Usage
+            .err("the conversation ends with the assistant: add a user message for it to answer"));
+    }
+    Ok(())
+}
+
+/// Turns alternate, starting with the user, as Mistral's format requires.
+pub fn check_turns(messages: &[Message]) -> anyhow::Result<()> {
     for (i, message) in messages.iter().enumerate() {
         let expected = if i % 2 == 0 {
             Role::User
@@ -134,13 +147,6 @@ fn check_alternation(messages: &[Message]) -> anyhow::Result<()> {
                 expected
             )));
         }
-        if message.content.is_empty() {
-            return Err(Failure::Usage.err(format!("message {} is empty", i + 1)));
-        }
-    }
-    if messages.len().is_multiple_of(2) {
-        return Err(Failure::Usage
-            .err("the conversation ends with the assistant: add a user message for it to answer"));
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::exit::{Classify, Failure};
-use crate::template::{Message, Role};
+use crate::template::Message;
 
 const FORMAT: &str = "greve-transcript";
 const VERSION: u32 = 1;
@@ -55,22 +55,9 @@ impl Transcript {
             )));
         }
         let t = file.transcript;
-        // Alternating turns starting with the user, as the template requires;
-        // the last may be either.
-        for (i, m) in t.messages.iter().enumerate() {
-            let expected = if i % 2 == 0 {
-                Role::User
-            } else {
-                Role::Assistant
-            };
-            if m.role != expected {
-                return Err(Failure::Usage.err(format!(
-                    "{}: message {} should be from the {expected:?}: turns must alternate, starting with the user",
-                    path.display(),
-                    i + 1
-                )));
-            }
-        }
+        // The last message may be either the user's or the assistant's.
+        crate::template::check_turns(&t.messages)
+            .classify(Failure::Usage, || path.display().to_string())?;
         Ok(t)
     }
 

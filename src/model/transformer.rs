@@ -193,14 +193,25 @@ impl Transformer {
             .rows(tokens, self.dtype, &self.device)?
             .unsqueeze(0)?; // (1, n, d)
         let (cos, sin) = self.rope.tables(pos, n, self.dtype, &self.device)?;
-        let mask = attention_mask(pos, n, self.config.sliding_window, self.dtype, &self.device)?;
+        let positions = Positions {
+            cos,
+            sin,
+            mask: attention_mask(pos, n, self.config.sliding_window, self.dtype, &self.device)?,
+        };
         for layer in &mut self.layers {
-            x = layer.forward(&x, &cos, &sin, mask.as_ref())?;
+            x = layer.forward(&x, &positions)?;
         }
         let last = x.narrow(1, n - 1, 1)?;
         let logits = self.lm_head.forward(&self.norm.forward(&last)?)?; // (1, 1, vocab)
         logits.flatten_all()?.to_dtype(DType::F32)
     }
+}
+
+/// Where the new tokens sit: their rotary angles and the attention mask.
+struct Positions {
+    cos: Tensor,          // (n, hd/2)
+    sin: Tensor,          // (n, hd/2)
+    mask: Option<Tensor>, // (n, cached + n), None when nothing is hidden
 }
 
 struct Block {
@@ -211,16 +222,8 @@ struct Block {
 }
 
 impl Block {
-    fn forward(
-        &mut self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let x = (x + self
-            .attn
-            .forward(&self.attn_norm.forward(x)?, cos, sin, mask)?)?;
+    fn forward(&mut self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.attn_norm.forward(x)?, positions)?)?;
         &x + self.ffn.forward(&self.ffn_norm.forward(&x)?)?
     }
 }
@@ -238,13 +241,8 @@ struct Attention {
 }
 
 impl Attention {
-    fn forward(
-        &mut self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    fn forward(&mut self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
+        let (cos, sin, mask) = (&positions.cos, &positions.sin, positions.mask.as_ref());
         let (b, n, _) = x.dims3()?;
         let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
         let split = |t: Tensor, heads| t.reshape((b, n, heads, hd))?.transpose(1, 2)?.contiguous();
