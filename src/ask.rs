@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use crate::chat::fit_window;
 use crate::cli::AskArgs;
 use crate::exit::{Classify, Failure};
 use crate::generate::{generate, Finish, Generation, Limits};
@@ -12,13 +13,23 @@ use crate::model::{self, Model};
 use crate::persona::{self, Mode, Prompts, Wrapping};
 use crate::sampler::Sampler;
 use crate::settings;
-use crate::template::{self, Message};
+use crate::template::{self, Message, Role};
 use crate::tokenizer::StreamDecoder;
+use crate::transcript::Transcript;
 
 pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     let prompt = read_prompt(&args.prompt)?;
     let seed = settings::seed(&args.sampling);
-    let mode = settings::strike_mode(&args.persona);
+    // A saved conversation brings its system prompt and persona; flags win.
+    let transcript = args.load.as_deref().map(Transcript::load).transpose()?;
+    let persona_flag = args.persona.strike.is_some() || args.persona.no_strike;
+    let mode = match transcript.as_ref().map(|t| &t.persona) {
+        Some(Some(name)) if !persona_flag => {
+            name.parse().map_err(|e: String| Failure::Usage.err(e))?
+        }
+        Some(None) if !persona_flag => Mode::Off,
+        _ => settings::strike_mode(&args.persona),
+    };
     let prompts = Prompts::load(&settings::prompt_folders(&args.persona)?)?;
     if mode.strikes(seed) {
         // No model is needed, or even loaded, to go on strike.
@@ -30,9 +41,18 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
         );
         return print_notice(&notice, mode, seed, args.json);
     }
-    let user_system = settings::user_system(&args.system)?;
+    let user_system = match settings::user_system(&args.system)? {
+        Some(text) => Some(text),
+        None => transcript.as_ref().and_then(|t| t.system.clone()),
+    };
     let system = persona::system_prompt(mode, args.persona.safe, user_system.as_deref(), &prompts);
     let wrapping = persona::wrapping(mode, seed, &prompts);
+    let mut messages = transcript.map(|t| t.messages).unwrap_or_default();
+    if messages.last().is_some_and(|m| m.role == Role::User) {
+        // The saved conversation ended unanswered: the new prompt replaces that turn.
+        messages.pop();
+    }
+    messages.push(Message::user(prompt));
 
     let device = settings::device(&args.model.device)?;
     let loading = Instant::now();
@@ -43,17 +63,23 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     )?;
     let load_time = loading.elapsed();
 
-    let pieces = template::render(
-        model.tokenizer.format(),
-        system.as_deref(),
-        &[Message::user(prompt)],
-    )?;
-    let ids = model.tokenizer.encode_pieces(&pieces)?;
+    let context = model.transformer.config.context_length;
+    let format = model.tokenizer.format();
+    let render = |window: &[Message]| template::render(format, system.as_deref(), window);
+    let measure = |window: &[Message]| model.tokenizer.encode_pieces(&render(window)?);
+    let reserve = args
+        .sampling
+        .max_tokens
+        .unwrap_or(context / 8)
+        .min(context / 2);
+    let (first, ids) = fit_window(&messages, 0, context - reserve, measure)?;
+    if first > 0 {
+        eprintln!("greve: the oldest {first} messages of the conversation do not fit the context and were left out");
+    }
     if args.verbose_prompt {
-        eprintln!("{}", template::to_text(&pieces));
+        eprintln!("{}", template::to_text(&render(&messages[first..])?));
         eprintln!("{}", join(&ids));
     }
-    let context = model.transformer.config.context_length;
     if ids.len() >= context {
         return Err(Failure::Usage.err(format!(
             "the prompt is {} tokens but {} holds {context} tokens of context, reply included; shorten the prompt",
@@ -99,6 +125,17 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     }
     if args.stats {
         print_stats(&generation, seed);
+    }
+    if let Some(path) = &args.save {
+        if !reply.trim().is_empty() {
+            messages.push(Message::assistant(reply.clone()));
+        }
+        let transcript = Transcript {
+            system: user_system,
+            persona: (mode != Mode::Off).then(|| mode.name().to_string()),
+            messages,
+        };
+        transcript.save(path)?;
     }
     if generation.finish == Finish::Interrupted {
         return Err(Failure::Interrupted.err("interrupted"));

@@ -117,6 +117,15 @@ pub struct AskArgs {
     /// Print the rendered prompt and its token ids to stderr before generating.
     #[arg(long)]
     pub verbose_prompt: bool,
+
+    /// Answer after a saved conversation (a /save transcript): its system
+    /// prompt and persona apply unless flags say otherwise.
+    #[arg(long, value_name = "FILE")]
+    pub load: Option<PathBuf>,
+
+    /// Write the conversation, this exchange included, to FILE (atomically).
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -277,3 +277,58 @@ fn a_long_conversation_drops_its_oldest_exchanges() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn ask_continues_a_saved_conversation_like_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("conv.json");
+    let f = file.to_str().unwrap();
+    let model = goldens().join("tiny-v1-f16.gguf");
+    let m = model.to_str().unwrap();
+    let common = [
+        "-m",
+        m,
+        "-n",
+        "4",
+        "--temperature",
+        "0",
+        "--system",
+        "Sois bref.",
+    ];
+
+    let first = greve(
+        &[&["ask"], &common[..], &["--save", f, "Salut"]].concat(),
+        "",
+    );
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let second = greve(
+        &[
+            &["ask", "--verbose-prompt"],
+            &common[..],
+            &["--load", f, "--save", f, "Encore"],
+        ]
+        .concat(),
+        "",
+    );
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    let reply1 = text(&first.stdout).trim_end_matches('\n').to_string();
+    let want_prompt =
+        format!("<s>[INST] Sois bref.\n\nSalut [/INST]{reply1}</s>[INST] Encore [/INST]");
+    assert!(
+        text(&second.stderr).starts_with(&want_prompt),
+        "{}",
+        text(&second.stderr)
+    );
+
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(saved["messages"].as_array().unwrap().len(), 4);
+    assert_eq!(saved["system"], "Sois bref.");
+
+    // The same two turns in a chat give the same replies.
+    let chat = greve(&[&["chat"], &common[..]].concat(), "Salut\nEncore\n");
+    assert_eq!(
+        text(&chat.stdout),
+        format!("{}\n{}\n", text(&first.stdout), text(&second.stdout))
+    );
+}
