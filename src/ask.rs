@@ -57,7 +57,7 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     let device = settings::device(&args.model.device)?;
     let loading = Instant::now();
     let mut model = model::open(
-        settings::model_spec(&args.model)?,
+        settings::model_spec(args.model.model.as_deref())?,
         &device,
         settings::dtype(args.model.dtype),
     )?;

@@ -20,7 +20,7 @@ pub fn run(args: &BenchArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     if args.prompt_tokens == 0 {
         return Err(Failure::Usage.err("--prompt-tokens must be at least 1"));
     }
-    let files = crate::resolve::resolve(settings::model_spec(&args.model)?)?;
+    let files = crate::resolve::resolve(settings::model_spec(args.model.model.as_deref())?)?;
     let device = settings::device(&args.model.device)?;
     let dtype = model::compute_dtype(&files, &device, settings::dtype(args.model.dtype));
     let loading = Instant::now();

@@ -36,6 +36,10 @@ pub enum Command {
     /// \"\"\" block) and prints each reply followed by a blank line.
     Chat(ChatArgs),
 
+    /// Show the token ids the model sees for a text or a conversation,
+    /// without loading weights.
+    Tokenize(TokenizeArgs),
+
     /// Measure load time, prompt and generation speed, and peak memory.
     ///
     /// Runs the model on random prompt tokens through the same generation
@@ -64,6 +68,49 @@ pub struct ChatArgs {
 
     #[command(flatten)]
     pub sampling: SamplingArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    /// The text; read from stdin, byte for byte, when absent or `-`. With
+    /// --decode, the token ids.
+    #[arg(value_name = "TEXT")]
+    pub text: Vec<String>,
+
+    /// Where the tokenizer comes from: a model folder, a tokenizer.json or
+    /// a .gguf file (only its metadata is read).
+    #[arg(short, long, env = "GREVE_MODEL", value_name = "MODEL")]
+    pub model: Option<String>,
+
+    /// Leave out the BOS token the model's tokenizer would add.
+    #[arg(long)]
+    pub no_bos: bool,
+
+    /// Parse control tokens written out (`</s>`, `[INST]`) as those tokens,
+    /// not as plain text.
+    #[arg(long)]
+    pub special: bool,
+
+    /// Print `id<TAB>piece` per line.
+    #[arg(long, conflicts_with = "json")]
+    pub pieces: bool,
+
+    /// Print one JSON object with `ids` and `pieces`.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Turn token ids back into text.
+    #[arg(long, conflicts_with_all = ["chat", "pieces", "json", "special", "no_bos"])]
+    pub decode: bool,
+
+    /// Render a conversation (a /save transcript, or a JSON list of
+    /// {role, content} messages) with the model's instruct format.
+    #[arg(long, value_name = "FILE", conflicts_with = "special")]
+    pub chat: Option<PathBuf>,
+
+    /// With --chat, print the rendered prompt text before the ids.
+    #[arg(long = "text", requires = "chat")]
+    pub text_out: bool,
 }
 
 #[derive(Args, Debug)]

@@ -17,5 +17,6 @@ pub mod resolve;
 pub mod sampler;
 pub mod settings;
 pub mod template;
+pub mod tokenize;
 pub mod tokenizer;
 pub mod transcript;

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         Some(Command::Ask(args)) => args.model.threads,
         Some(Command::Chat(args)) => args.model.threads,
         Some(Command::Bench(args)) => args.model.threads,
-        None => None,
+        Some(Command::Tokenize(_)) | None => None,
     };
     if let Some(n) = threads {
         // Read by candle and by rayon's global pool when they start.
@@ -52,6 +52,7 @@ fn main() -> ExitCode {
         Some(Command::Ask(args)) => greve::ask::run(args, &CANCEL),
         Some(Command::Chat(args)) => greve::repl::run(args, &CANCEL),
         Some(Command::Bench(args)) => greve::bench::run(args, &CANCEL),
+        Some(Command::Tokenize(args)) => greve::tokenize::run(args),
         None => Ok(()),
     };
     match result {

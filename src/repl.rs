@@ -31,7 +31,7 @@ pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     let transcript = args.load.as_deref().map(Transcript::load).transpose()?;
     let device = settings::device(&args.model.device)?;
     let model = model::open(
-        settings::model_spec(&args.model)?,
+        settings::model_spec(args.model.model.as_deref())?,
         &device,
         settings::dtype(args.model.dtype),
     )?;

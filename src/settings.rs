@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 
-use crate::cli::{DtypeArg, ModelArgs, PersonaArgs, SamplingArgs, SystemArgs};
+use crate::cli::{DtypeArg, PersonaArgs, SamplingArgs, SystemArgs};
 use crate::exit::{Classify, Failure};
 use crate::model::GenerationDefaults;
 use crate::persona::Mode;
@@ -57,8 +57,8 @@ pub fn max_tokens(
 }
 
 /// The model to load; every command that runs one needs it.
-pub fn model_spec(args: &ModelArgs) -> anyhow::Result<&str> {
-    args.model.as_deref().ok_or_else(|| {
+pub fn model_spec(model: Option<&str>) -> anyhow::Result<&str> {
+    model.ok_or_else(|| {
         Failure::Usage.err(
             "no model given: pass --model with a model folder or a .gguf file, or set GREVE_MODEL",
         )

@@ -72,6 +72,20 @@ pub fn render(
     system: Option<&str>,
     messages: &[Message],
 ) -> anyhow::Result<Vec<Piece>> {
+    if messages.len().is_multiple_of(2) && !messages.is_empty() {
+        return Err(Failure::Usage
+            .err("the conversation ends with the assistant: add a user message for it to answer"));
+    }
+    render_conversation(format, system, messages)
+}
+
+/// Renders any alternating conversation starting with the user; one that
+/// ends with the assistant ends with EOS, as `mistral-common` encodes it.
+pub fn render_conversation(
+    format: Format,
+    system: Option<&str>,
+    messages: &[Message],
+) -> anyhow::Result<Vec<Piece>> {
     check_alternation(messages)?;
     let system = system.filter(|s| !s.is_empty());
     let users: Vec<usize> = (0..messages.len())
@@ -123,10 +137,6 @@ fn check_alternation(messages: &[Message]) -> anyhow::Result<()> {
     check_turns(messages)?;
     if let Some(i) = messages.iter().position(|m| m.content.is_empty()) {
         return Err(Failure::Usage.err(format!("message {} is empty", i + 1)));
-    }
-    if messages.len().is_multiple_of(2) {
-        return Err(Failure::Usage
-            .err("the conversation ends with the assistant: add a user message for it to answer"));
     }
     Ok(())
 }

@@ -17,19 +17,24 @@ use serde_json::json;
 use crate::exit::{Classify, Failure};
 use crate::template::{Format, Piece};
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos: u32,
     eos: u32,
+    /// Whether the model expects BOS at the start of a text.
+    add_bos: bool,
     /// The `[INST]` and `[/INST]` control tokens of V3 vocabularies.
     inst: Option<(u32, u32)>,
 }
 
-/// What `tokenizer_config.json` (or the GGUF) says about special tokens.
+/// What `tokenizer_config.json` says about special tokens.
 #[derive(Default)]
 pub struct SpecialTokens {
     pub bos: Option<String>,
     pub eos: Option<String>,
+    /// `add_bos_token`; true when absent, as for every Mistral release.
+    pub add_bos: Option<bool>,
 }
 
 impl Tokenizer {
@@ -56,7 +61,12 @@ impl Tokenizer {
         };
         let bos = id(&special.bos, "<s>")?;
         let eos = id(&special.eos, "</s>")?;
-        Ok(Self::finish(inner, bos, eos))
+        Ok(Self::finish(
+            inner,
+            bos,
+            eos,
+            special.add_bos.unwrap_or(true),
+        ))
     }
 
     /// Rebuilds the tokenizer that llama.cpp stores in a GGUF file: a
@@ -72,10 +82,10 @@ impl Tokenizer {
             .classify(Failure::ModelInvalid, || {
                 "cannot build a tokenizer from the GGUF metadata".to_string()
             })?;
-        Ok(Self::finish(inner, spec.bos, spec.eos))
+        Ok(Self::finish(inner, spec.bos, spec.eos, spec.add_bos))
     }
 
-    fn finish(mut inner: tokenizers::Tokenizer, bos: u32, eos: u32) -> Self {
+    fn finish(mut inner: tokenizers::Tokenizer, bos: u32, eos: u32, add_bos: bool) -> Self {
         inner.set_encode_special_tokens(true);
         let control = inner.get_added_tokens_decoder();
         let control_id = |name: &str| {
@@ -89,6 +99,7 @@ impl Tokenizer {
             inner,
             bos,
             eos,
+            add_bos,
             inst,
         }
     }
@@ -109,6 +120,30 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    pub fn bos(&self) -> u32 {
+        self.bos
+    }
+
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Encodes text in which control tokens written out (`</s>`, `[INST]`)
+    /// are parsed as those tokens, for `greve tokenize --special`.
+    pub fn encode_with_special(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let mut parsing = self.inner.clone();
+        parsing.set_encode_special_tokens(false);
+        let encoding = parsing
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize the text: {e}"))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The vocabulary's piece for an id (`▁word`, `<0xE2>`).
+    pub fn piece(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     /// Encodes text as one SentencePiece call (with its dummy-prefix space),
@@ -223,6 +258,7 @@ const TOKEN_UNKNOWN: i32 = 2;
 const TOKEN_CONTROL: i32 = 3;
 
 struct GgufVocab {
+    add_bos: bool,
     tokens: Vec<String>,
     scores: Vec<f32>,
     types: Vec<i32>,
@@ -235,7 +271,7 @@ impl GgufVocab {
     fn read(md: &HashMap<String, Value>) -> anyhow::Result<Self> {
         let missing = |key: &str| {
             Failure::ModelInvalid.err(format!(
-                "the GGUF metadata has no {key}: the file carries no tokenizer; put the model's tokenizer.json beside it"
+                "the GGUF metadata has no {key}: the file carries no tokenizer, and greve reads a GGUF model's tokenizer from the file itself; use a GGUF converted with its tokenizer"
             ))
         };
         let model = md
@@ -303,7 +339,14 @@ impl GgufVocab {
         let bos = id("tokenizer.ggml.bos_token_id", 1)?;
         let eos = id("tokenizer.ggml.eos_token_id", 2)?;
         let unk = id("tokenizer.ggml.unknown_token_id", 0)?;
+        let add_bos = match md.get("tokenizer.ggml.add_bos_token") {
+            Some(v) => v
+                .to_bool()
+                .map_err(|_| bad("tokenizer.ggml.add_bos_token"))?,
+            None => true,
+        };
         Ok(GgufVocab {
+            add_bos,
             tokens,
             scores,
             types,

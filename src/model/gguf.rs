@@ -53,6 +53,12 @@ impl GgufSource {
 
     /// Rows of the embedding table: the vocabulary the weights were made for.
     pub fn vocab_size(&self) -> anyhow::Result<usize> {
+        if self.content.tensor_infos.is_empty() {
+            return Err(Failure::ModelInvalid.err(format!(
+                "{} holds no weights (a vocabulary-only GGUF): `greve tokenize` can use it, answering needs a model file",
+                self.path.display()
+            )));
+        }
         let name = Self::name(Weight::TokenEmbedding);
         match self.content.tensor_infos.get(&name).map(|i| i.shape.dims()) {
             Some(&[vocab, _]) => Ok(vocab),

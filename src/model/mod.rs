@@ -159,10 +159,42 @@ fn load_tokenizer_json(files: &ModelFiles) -> anyhow::Result<Tokenizer> {
             files.name
         )));
     };
+    tokenizer_from_json(path, files.tokenizer_config.as_deref())
+}
+
+/// The tokenizer alone, without weights, for `greve tokenize`: from a model
+/// folder or a tokenizer.json (with the tokenizer_config.json beside it), or
+/// from a GGUF file's metadata (a vocabulary-only GGUF will do).
+pub fn open_tokenizer(spec: &str) -> anyhow::Result<Tokenizer> {
+    let path = Path::new(spec);
+    let (json, folder) = if path.is_dir() {
+        (path.join("tokenizer.json"), path)
+    } else {
+        (path.to_path_buf(), path.parent().unwrap_or(Path::new(".")))
+    };
+    let is_json = json.extension().is_some_and(|e| e == "json");
+    if json.is_file() && is_json {
+        let config = Some(folder.join("tokenizer_config.json")).filter(|p| p.is_file());
+        return tokenizer_from_json(&json, config.as_deref());
+    }
+    let files = crate::resolve::resolve(spec)?;
+    match &files.weights {
+        WeightFiles::Safetensors { .. } => load_tokenizer_json(&files),
+        WeightFiles::Gguf(path) => {
+            let src = gguf::GgufSource::open(path, &Device::Cpu)?;
+            Tokenizer::from_gguf(src.metadata()).classify(Failure::ModelInvalid, || {
+                format!("the tokenizer in {}", path.display())
+            })
+        }
+    }
+}
+
+fn tokenizer_from_json(path: &Path, config: Option<&Path>) -> anyhow::Result<Tokenizer> {
     #[derive(Deserialize, Default)]
     struct TokenizerConfig {
         bos_token: Option<TokenName>,
         eos_token: Option<TokenName>,
+        add_bos_token: Option<bool>,
     }
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -175,13 +207,14 @@ fn load_tokenizer_json(files: &ModelFiles) -> anyhow::Result<Tokenizer> {
             TokenName::Plain(s) | TokenName::Added { content: s } => s,
         })
     };
-    let config = match &files.tokenizer_config {
+    let config = match config {
         Some(p) => read_json::<TokenizerConfig>(p)?,
         None => TokenizerConfig::default(),
     };
     let special = SpecialTokens {
         bos: name(config.bos_token),
         eos: name(config.eos_token),
+        add_bos: config.add_bos_token,
     };
     Tokenizer::from_json_file(path, &special)
 }

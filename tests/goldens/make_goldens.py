@@ -248,14 +248,42 @@ def model_goldens(version, llama_cpp, prompts):
                 logits = model(torch.tensor([ids])).logits[0, -1]
                 continuations.append({"prompt": ids, "greedy": out[0, len(ids):].tolist(),
                                       "first_logits": [round(float(x), 5) for x in logits[:16]]})
+        env = dict(os.environ, PYTHONPATH=os.path.join(llama_cpp, "gguf-py"))
+        convert = [sys.executable, os.path.join(llama_cpp, "convert_hf_to_gguf.py"), folder]
         for outtype in GGUF_TYPES[version]:
             target = os.path.join(HERE, f"tiny-{version}-{outtype}.gguf")
-            env = dict(os.environ, PYTHONPATH=os.path.join(llama_cpp, "gguf-py"))
-            subprocess.run([sys.executable, os.path.join(llama_cpp, "convert_hf_to_gguf.py"), folder,
-                            "--outtype", outtype, "--outfile", target], check=True, env=env,
+            subprocess.run(convert + ["--outtype", outtype, "--outfile", target], check=True, env=env,
                            stdout=subprocess.DEVNULL)
+        if version == "v1":
+            # A vocabulary-only GGUF, as llama.cpp publishes them for its tokenizer tests.
+            target = os.path.join(HERE, "vocab-v1.gguf")
+            subprocess.run(convert + ["--vocab-only", "--outfile", target], check=True, env=env,
+                           stdout=subprocess.DEVNULL)
+            other_tokenizer_kind(target, os.path.join(HERE, "vocab-gpt2-kind.gguf"), llama_cpp)
     return {"version": version, "transformers": __import__("transformers").__version__, "config": cfg,
             "vocab_size": vocab, "projection_scale": projection_scale(cfg), "new_tokens": NEW_TOKENS, "continuations": continuations}
+
+
+def other_tokenizer_kind(source, target, llama_cpp):
+    """The vocabulary-only file with tokenizer.ggml.model set to "gpt2", a
+    kind greve does not read: it must refuse it, not give wrong ids."""
+    sys.path.insert(0, os.path.join(llama_cpp, "gguf-py"))
+    import gguf
+
+    reader = gguf.GGUFReader(source)
+    writer = gguf.GGUFWriter(target, arch="llama")
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        value = field.contents()
+        if field.name == "tokenizer.ggml.model":
+            value = "gpt2"
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, value, vtype, sub_type=sub)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
 
 
 def score_ranked_merges(proto):
