@@ -57,7 +57,8 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     let device = settings::device(&args.model.device)?;
     let loading = Instant::now();
     let mut model = model::open(
-        settings::model_spec(args.model.model.as_deref())?,
+        settings::model_spec(args.model.model.as_deref()),
+        &settings::hub_options(&args.model.hub),
         &device,
         settings::dtype(args.model.dtype),
     )?;

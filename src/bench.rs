@@ -20,7 +20,10 @@ pub fn run(args: &BenchArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     if args.prompt_tokens == 0 {
         return Err(Failure::Usage.err("--prompt-tokens must be at least 1"));
     }
-    let files = crate::resolve::resolve(settings::model_spec(args.model.model.as_deref())?)?;
+    let files = crate::resolve::resolve_any(
+        settings::model_spec(args.model.model.as_deref()),
+        &settings::hub_options(&args.model.hub),
+    )?;
     let device = settings::device(&args.model.device)?;
     let dtype = model::compute_dtype(&files, &device, settings::dtype(args.model.dtype));
     let loading = Instant::now();

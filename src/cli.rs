@@ -40,6 +40,12 @@ pub enum Command {
     /// without loading weights.
     Tokenize(TokenizeArgs),
 
+    /// List the preset models: what they are, their size and what they need.
+    Models,
+
+    /// Download a model into the Hub cache without chatting.
+    Pull(PullArgs),
+
     /// Measure load time, prompt and generation speed, and peak memory.
     ///
     /// Runs the model on random prompt tokens through the same generation
@@ -71,16 +77,29 @@ pub struct ChatArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct PullArgs {
+    /// A preset or a Hub repo id (default: mistral-7b-instruct-v0.3).
+    #[arg(value_name = "MODEL")]
+    pub model: Option<String>,
+
+    #[command(flatten)]
+    pub hub: HubArgs,
+}
+
+#[derive(Args, Debug)]
 pub struct TokenizeArgs {
     /// The text; read from stdin, byte for byte, when absent or `-`. With
     /// --decode, the token ids.
     #[arg(value_name = "TEXT")]
     pub text: Vec<String>,
 
-    /// Where the tokenizer comes from: a model folder, a tokenizer.json or
-    /// a .gguf file (only its metadata is read).
+    /// Where the tokenizer comes from: a model folder, a tokenizer.json, a
+    /// .gguf file (only its metadata is read), a Hub repo or a preset.
     #[arg(short, long, env = "GREVE_MODEL", value_name = "MODEL")]
     pub model: Option<String>,
+
+    #[command(flatten)]
+    pub hub: HubArgs,
 
     /// Leave out the BOS token the model's tokenizer would add.
     #[arg(long)]
@@ -221,11 +240,31 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
 }
 
 #[derive(Args, Debug)]
+pub struct HubArgs {
+    /// For presets and GGUF repos: the quantisation (Q4_K_M, Q5_K_M, Q8_0,
+    /// …) or `safetensors` for the original weights.
+    #[arg(long, value_name = "QUANT")]
+    pub quant: Option<String>,
+
+    /// A branch, tag or commit of the Hub repo (also `org/name@rev`).
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+
+    /// Use only what is in the Hub cache; make no request (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct ModelArgs {
-    /// The model: a folder laid out like a Hugging Face repo (config.json,
-    /// tokenizer.json, *.safetensors) or a .gguf file.
-    #[arg(short, long, env = "GREVE_MODEL", value_name = "PATH")]
+    /// The model: a preset (`greve models`), a Hub repo id (org/name), a
+    /// folder laid out like a Hugging Face repo or a .gguf file. Default:
+    /// mistral-7b-instruct-v0.3.
+    #[arg(short, long, env = "GREVE_MODEL", value_name = "MODEL")]
     pub model: Option<String>,
+
+    #[command(flatten)]
+    pub hub: HubArgs,
 
     /// Where to run: auto, cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]

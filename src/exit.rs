@@ -19,6 +19,10 @@ pub enum Failure {
     ModelInvalid,
     /// The forward pass or the sampler failed after loading.
     Generation,
+    /// The Hub could not be reached, or files are missing while offline.
+    Network,
+    /// The Hub refused access: a gated or private repo, or a bad token.
+    Access,
     /// The user pressed Ctrl-C.
     Interrupted,
 }
@@ -30,6 +34,8 @@ impl Failure {
             Failure::ModelNotFound => 3,
             Failure::ModelInvalid => 4,
             Failure::Generation => 5,
+            Failure::Network => 6,
+            Failure::Access => 7,
             // 128 + SIGINT, what shells report for a process killed by Ctrl-C.
             Failure::Interrupted => 130,
         }

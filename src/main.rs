@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         Some(Command::Ask(args)) => args.model.threads,
         Some(Command::Chat(args)) => args.model.threads,
         Some(Command::Bench(args)) => args.model.threads,
-        Some(Command::Tokenize(_)) | None => None,
+        Some(Command::Tokenize(_) | Command::Models | Command::Pull(_)) | None => None,
     };
     if let Some(n) = threads {
         // Read by candle and by rayon's global pool when they start.
@@ -53,6 +53,8 @@ fn main() -> ExitCode {
         Some(Command::Chat(args)) => greve::repl::run(args, &CANCEL),
         Some(Command::Bench(args)) => greve::bench::run(args, &CANCEL),
         Some(Command::Tokenize(args)) => greve::tokenize::run(args),
+        Some(Command::Models) => greve::models::list(),
+        Some(Command::Pull(args)) => greve::models::pull(args),
         None => Ok(()),
     };
     match result {

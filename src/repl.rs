@@ -31,7 +31,8 @@ pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     let transcript = args.load.as_deref().map(Transcript::load).transpose()?;
     let device = settings::device(&args.model.device)?;
     let model = model::open(
-        settings::model_spec(args.model.model.as_deref())?,
+        settings::model_spec(args.model.model.as_deref()),
+        &settings::hub_options(&args.model.hub),
         &device,
         settings::dtype(args.model.dtype),
     )?;

@@ -1,8 +1,9 @@
 //! From what the user typed after `--model` to the files of a model.
 //!
-//! Local paths only for now: a folder laid out like a Hugging Face repo, or a
-//! `.gguf` file. The result names files and nothing else, so a Hub download
-//! that fills a cache folder can hand over the same [`ModelFiles`].
+//! A local path (a folder laid out like a Hugging Face repo, or a `.gguf`
+//! file) is read as it is; anything else that names a Hub repo or a preset
+//! is fetched into the Hub cache by `hub.rs`, and its snapshot is then read
+//! as a local folder. The result names files and nothing else.
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
@@ -10,6 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 
 use crate::exit::{Classify, Failure};
+use crate::hub::{self, Hub, HubOptions};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelFiles {
@@ -32,11 +34,26 @@ pub enum WeightFiles {
 
 const INDEX: &str = "model.safetensors.index.json";
 
+/// A local path, a Hub repo id (`org/name[@revision]`) or a preset name.
+pub fn resolve_any(spec: &str, opts: &HubOptions) -> anyhow::Result<ModelFiles> {
+    if Path::new(spec).exists() {
+        return resolve(spec);
+    }
+    let Some(wanted) = hub::parse(spec, opts) else {
+        return resolve(spec);
+    };
+    let local = Hub::from_env(opts.offline).fetch(&wanted, opts)?;
+    let mut files = resolve(&local.to_string_lossy())?;
+    files.name = spec.to_string();
+    Ok(files)
+}
+
+/// A local model folder or GGUF file.
 pub fn resolve(spec: &str) -> anyhow::Result<ModelFiles> {
     let path = Path::new(spec);
     let meta = std::fs::metadata(path).classify(Failure::ModelNotFound, || {
         format!(
-            "model {spec:?} not found: --model takes a folder with config.json and *.safetensors, or a .gguf file"
+            "model {spec:?} not found: --model takes a folder with config.json and *.safetensors, a .gguf file, a Hub repo (org/name) or a preset (`greve models` lists them)"
         )
     })?;
     let files = if meta.is_dir() {

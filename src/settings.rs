@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 
-use crate::cli::{DtypeArg, PersonaArgs, SamplingArgs, SystemArgs};
+use crate::cli::{DtypeArg, HubArgs, PersonaArgs, SamplingArgs, SystemArgs};
 use crate::exit::{Classify, Failure};
 use crate::model::GenerationDefaults;
 use crate::persona::Mode;
@@ -56,13 +56,18 @@ pub fn max_tokens(
         .map_or(room, |n| n.min(room))
 }
 
-/// The model to load; every command that runs one needs it.
-pub fn model_spec(model: Option<&str>) -> anyhow::Result<&str> {
-    model.ok_or_else(|| {
-        Failure::Usage.err(
-            "no model given: pass --model with a model folder or a .gguf file, or set GREVE_MODEL",
-        )
-    })
+/// The model to load: `--model` (or GREVE_MODEL), else the default preset.
+pub fn model_spec(model: Option<&str>) -> &str {
+    model.unwrap_or(crate::hub::DEFAULT_MODEL)
+}
+
+pub fn hub_options(args: &HubArgs) -> crate::hub::HubOptions {
+    crate::hub::HubOptions {
+        quant: args.quant.clone(),
+        revision: args.revision.clone(),
+        offline: args.offline,
+        quiet: false,
+    }
 }
 
 /// `--no-strike` wins over `--strike` and `GREVE_STRIKE`; off by default.

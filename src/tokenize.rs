@@ -15,7 +15,10 @@ use crate::tokenizer::Tokenizer;
 use crate::transcript::Transcript;
 
 pub fn run(args: &TokenizeArgs) -> anyhow::Result<()> {
-    let tokenizer = model::open_tokenizer(settings::model_spec(args.model.as_deref())?)?;
+    let tokenizer = model::open_tokenizer(
+        settings::model_spec(args.model.as_deref()),
+        &settings::hub_options(&args.hub),
+    )?;
     let mut out = std::io::stdout().lock();
     if args.decode {
         let ids = parse_ids(&args.text, tokenizer.vocab_size())?;

@@ -73,13 +73,21 @@ fn the_environment_sets_the_default_and_no_strike_wins() {
         "{}",
         err(&o)
     );
-    // Back to work: now a model is needed, and none was given.
-    let o = greve(
-        &["ask", "--no-strike", "question"],
-        &[("GREVE_STRIKE", "totale")],
+    // Back to work: now the (default) model is needed, and this empty
+    // cache does not have it.
+    let home = tempfile::tempdir().unwrap();
+    let env = [
+        ("GREVE_STRIKE", "totale"),
+        ("HF_HOME", home.path().to_str().unwrap()),
+        ("HF_HUB_OFFLINE", "1"),
+    ];
+    let o = greve(&["ask", "--no-strike", "question"], &env);
+    assert_eq!(o.status.code(), Some(6));
+    assert!(
+        err(&o).contains("greve pull mistral-7b-instruct-v0.3"),
+        "{}",
+        err(&o)
     );
-    assert_eq!(o.status.code(), Some(2));
-    assert!(err(&o).contains("no model given"), "{}", err(&o));
 }
 
 #[test]

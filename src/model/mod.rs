@@ -17,6 +17,7 @@ use candle_core::{DType, Device};
 use serde::Deserialize;
 
 use crate::exit::{Classify, Failure};
+use crate::hub::HubOptions;
 use crate::resolve::{ModelFiles, WeightFiles};
 use crate::tokenizer::{SpecialTokens, Tokenizer};
 use config::Config;
@@ -76,8 +77,13 @@ pub fn compute_dtype(files: &ModelFiles, device: &Device, requested: Option<DTyp
 
 /// Resolves and loads the model `spec` names, with a note on stderr when
 /// it is a terminal (loading 4 GB takes a few seconds).
-pub fn open(spec: &str, device: &Device, requested: Option<DType>) -> anyhow::Result<Model> {
-    let files = crate::resolve::resolve(spec)?;
+pub fn open(
+    spec: &str,
+    hub: &HubOptions,
+    device: &Device,
+    requested: Option<DType>,
+) -> anyhow::Result<Model> {
+    let files = crate::resolve::resolve_any(spec, hub)?;
     let dtype = compute_dtype(&files, device, requested);
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!("greve: loading {} ({dtype:?} on {device:?})", files.name);
@@ -165,7 +171,7 @@ fn load_tokenizer_json(files: &ModelFiles) -> anyhow::Result<Tokenizer> {
 /// The tokenizer alone, without weights, for `greve tokenize`: from a model
 /// folder or a tokenizer.json (with the tokenizer_config.json beside it), or
 /// from a GGUF file's metadata (a vocabulary-only GGUF will do).
-pub fn open_tokenizer(spec: &str) -> anyhow::Result<Tokenizer> {
+pub fn open_tokenizer(spec: &str, hub: &HubOptions) -> anyhow::Result<Tokenizer> {
     let path = Path::new(spec);
     let (json, folder) = if path.is_dir() {
         (path.join("tokenizer.json"), path)
@@ -177,7 +183,7 @@ pub fn open_tokenizer(spec: &str) -> anyhow::Result<Tokenizer> {
         let config = Some(folder.join("tokenizer_config.json")).filter(|p| p.is_file());
         return tokenizer_from_json(&json, config.as_deref());
     }
-    let files = crate::resolve::resolve(spec)?;
+    let files = crate::resolve::resolve_any(spec, hub)?;
     match &files.weights {
         WeightFiles::Safetensors { .. } => load_tokenizer_json(&files),
         WeightFiles::Gguf(path) => {

@@ -1,0 +1,262 @@
+//! Hub models through the real resolution code: a cache laid out as hf-hub
+//! and huggingface_hub lay it out, offline or with the network unreachable,
+//! and a stub Hub on 127.0.0.1 for refusals.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{goldens, write_tiny_model};
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// Puts `files` (name, source) in `hf_home`'s cache as `repo` at `main`:
+/// blobs, a snapshot of relative symlinks, refs/main.
+fn cache_repo(hf_home: &Path, repo: &str, files: &[(String, PathBuf)]) -> PathBuf {
+    let dir = hf_home
+        .join("hub")
+        .join(format!("models--{}", repo.replace('/', "--")));
+    let snapshot = dir.join("snapshots").join(COMMIT);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(dir.join("blobs")).unwrap();
+    std::fs::create_dir_all(dir.join("refs")).unwrap();
+    std::fs::write(dir.join("refs/main"), COMMIT).unwrap();
+    for (i, (name, source)) in files.iter().enumerate() {
+        let blob = format!("{i:064x}");
+        std::fs::copy(source, dir.join("blobs").join(&blob)).unwrap();
+        symlink(format!("../../blobs/{blob}"), snapshot.join(name)).unwrap();
+    }
+    dir
+}
+
+fn greve(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_greve"));
+    cmd.args(args)
+        .env_remove("GREVE_MODEL")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_TOKEN")
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HUGGINGFACE_HUB_CACHE")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tiny_safetensors_cache(hf_home: &Path) -> (tempfile::TempDir, PathBuf) {
+    let model = tempfile::tempdir().unwrap();
+    write_tiny_model(model.path(), "v1");
+    let files: Vec<(String, PathBuf)> = std::fs::read_dir(model.path())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().into_string().unwrap(), e.path()))
+        .collect();
+    let dir = cache_repo(hf_home, "test-org/tiny-v1", &files);
+    (model, dir)
+}
+
+#[test]
+fn a_cached_repo_answers_offline_and_with_the_network_down() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    let (local, _) = tiny_safetensors_cache(home.path());
+    let args = ["ask", "--temperature", "0", "-n", "5", "Salut !"];
+    let want = greve(
+        &[&args[..], &["-m", local.path().to_str().unwrap()][..]].concat(),
+        &[],
+    );
+    assert_eq!(want.status.code(), Some(0), "{}", err(&want));
+
+    let offline = greve(
+        &[&args[..], &["-m", "test-org/tiny-v1", "--offline"][..]].concat(),
+        &[("HF_HOME", h)],
+    );
+    assert_eq!(out(&offline), out(&want), "{}", err(&offline));
+    let env_offline = greve(
+        &[&args[..], &["-m", "test-org/tiny-v1"][..]].concat(),
+        &[("HF_HOME", h), ("HF_HUB_OFFLINE", "1")],
+    );
+    assert_eq!(out(&env_offline), out(&want), "{}", err(&env_offline));
+    // Online but unreachable: everything is cached, so no request is made.
+    let down = greve(
+        &[&args[..], &["-m", "test-org/tiny-v1"][..]].concat(),
+        &[("HF_HOME", h), ("HF_ENDPOINT", "http://127.0.0.1:9")],
+    );
+    assert_eq!(out(&down), out(&want), "{}", err(&down));
+    // HF_HUB_CACHE wins over HF_HOME.
+    let moved = greve(
+        &[&args[..], &["-m", "test-org/tiny-v1", "--offline"][..]].concat(),
+        &[
+            ("HF_HOME", "/nonexistent"),
+            ("HF_HUB_CACHE", &format!("{h}/hub")),
+        ],
+    );
+    assert_eq!(out(&moved), out(&want), "{}", err(&moved));
+}
+
+#[test]
+fn the_default_preset_comes_from_the_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    let gguf = (
+        "Mistral-7B-Instruct-v0.3-Q4_K_M.gguf".to_string(),
+        goldens().join("tiny-v3-f16.gguf"),
+    );
+    cache_repo(
+        home.path(),
+        "bartowski/Mistral-7B-Instruct-v0.3-GGUF",
+        &[gguf],
+    );
+    let o = greve(&["ask", "--offline", "-n", "3", "Salut"], &[("HF_HOME", h)]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let o = greve(&["tokenize", "--offline", "Salut"], &[("HF_HOME", h)]);
+    assert!(out(&o).starts_with("1 "), "{}{}", out(&o), err(&o));
+    let o = greve(&["pull", "--offline"], &[("HF_HOME", h)]);
+    assert!(
+        out(&o)
+            .trim_end()
+            .ends_with("Mistral-7B-Instruct-v0.3-Q4_K_M.gguf"),
+        "{}",
+        err(&o)
+    );
+    // Another quantisation is not there.
+    let o = greve(
+        &["ask", "--offline", "--quant", "Q8_0", "Salut"],
+        &[("HF_HOME", h)],
+    );
+    assert_eq!(o.status.code(), Some(6), "{}", err(&o));
+    assert!(
+        err(&o).contains("greve pull mistral-7b-instruct-v0.3 --quant Q8_0"),
+        "{}",
+        err(&o)
+    );
+}
+
+#[test]
+fn missing_and_broken_cache_entries_are_named() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    let (_local, dir) = tiny_safetensors_cache(home.path());
+    // A blob gone: its snapshot link dangles.
+    let link = dir
+        .join("snapshots")
+        .join(COMMIT)
+        .join("model-00002-of-00002.safetensors");
+    std::fs::remove_file(std::fs::canonicalize(&link).unwrap()).unwrap();
+    let o = greve(
+        &["ask", "-m", "test-org/tiny-v1", "--offline", "hi"],
+        &[("HF_HOME", h)],
+    );
+    assert_eq!(o.status.code(), Some(6), "{}", err(&o));
+    assert!(
+        err(&o).contains("model-00002-of-00002.safetensors"),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(err(&o).lines().count(), 1);
+
+    let o = greve(
+        &["ask", "-m", "test-org/absent", "hi"],
+        &[("HF_HOME", h), ("HF_HUB_OFFLINE", "yes")],
+    );
+    assert_eq!(o.status.code(), Some(6), "{}", err(&o));
+    assert!(
+        err(&o).contains("greve pull test-org/absent"),
+        "{}",
+        err(&o)
+    );
+}
+
+/// A stub Hub answering every request with `status` and `headers`.
+fn stub_hub(status: &'static str, headers: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(20) {
+            let Ok(mut stream) = stream else { break };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let response = format!(
+                "HTTP/1.1 {status}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    address
+}
+
+#[test]
+fn refusals_from_the_hub_get_their_own_errors() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+
+    let gated = stub_hub("401 Unauthorized", "X-Error-Code: GatedRepo\r\n");
+    let o = greve(
+        &["ask", "-m", "mistralai/Gated-7B", "hi"],
+        &[("HF_HOME", h), ("HF_ENDPOINT", &gated)],
+    );
+    assert_eq!(o.status.code(), Some(7), "{}", err(&o));
+    let e = err(&o);
+    assert!(
+        e.contains("mistralai/Gated-7B is gated") && e.contains("HF_TOKEN"),
+        "{e}"
+    );
+
+    let with_token = greve(
+        &["ask", "-m", "mistralai/Gated-7B", "hi"],
+        &[
+            ("HF_HOME", h),
+            ("HF_ENDPOINT", &gated),
+            ("HF_TOKEN", "hf_secret_value"),
+        ],
+    );
+    assert_eq!(with_token.status.code(), Some(7));
+    assert!(
+        !err(&with_token).contains("hf_secret_value"),
+        "the token is never printed"
+    );
+
+    let missing = stub_hub("404 Not Found", "");
+    let o = greve(
+        &["ask", "-m", "nobody/nothing", "hi"],
+        &[("HF_HOME", h), ("HF_ENDPOINT", &missing)],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", err(&o));
+    assert!(
+        err(&o).contains("nobody/nothing@main does not exist"),
+        "{}",
+        err(&o)
+    );
+    let o = greve(
+        &[
+            "ask",
+            "-m",
+            "nobody/nothing",
+            "--quant",
+            "safetensors",
+            "hi",
+        ],
+        &[("HF_HOME", h), ("HF_ENDPOINT", &missing)],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", err(&o));
+    assert!(err(&o).contains("has no file config.json"), "{}", err(&o));
+}
