@@ -239,8 +239,13 @@ fn handle(
     let Some(slash) = parse_slash(line) else {
         let turn = speak(chat, out, |chat, on_token| {
             chat.send(line.to_string(), cancel, on_token)
-        })?;
-        report(&turn);
+        });
+        match turn {
+            Ok(turn) => report(&turn),
+            Err(e) if crate::exit::is_broken_pipe(&e) => return Err(e),
+            // The message was taken back; the conversation goes on.
+            Err(e) => eprintln!("greve: {e:#}"),
+        }
         return Ok(Flow::Continue);
     };
     match command(chat, slash, out, cancel) {

@@ -332,3 +332,36 @@ fn ask_continues_a_saved_conversation_like_chat() {
         format!("{}\n{}\n", text(&first.stdout), text(&second.stdout))
     );
 }
+
+#[test]
+fn a_message_longer_than_the_context_is_refused_and_the_chat_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), "v1");
+    let config = dir.path().join("config.json");
+    let cfg = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, cfg.replace("32768", "64")).unwrap();
+    let long = "grève ".repeat(100);
+    let o = greve(
+        &[
+            "chat",
+            "-m",
+            dir.path().to_str().unwrap(),
+            "-n",
+            "2",
+            "--temperature",
+            "0",
+        ],
+        &format!("{long}\nSalut\n/show\n"),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("more than the model's context"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(
+        text(&o.stdout).contains("messages     2"),
+        "{}",
+        text(&o.stdout)
+    );
+}
