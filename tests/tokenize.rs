@@ -185,3 +185,16 @@ fn bad_input_is_a_clear_error() {
         assert!(err.contains(needle), "{needle:?} not in {err}");
     }
 }
+
+#[test]
+fn gguf_vocabulary_encodes_like_llama_cpp() {
+    let golden = golden_json("llamacpp.json");
+    let file = path(golden["tokenize"]["file"].as_str().unwrap());
+    let cases = golden["tokenize"]["texts"].as_array().unwrap();
+    assert!(cases.len() >= 20);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let o = greve(&["tokenize", "-m", &file, "--no-bos"], text.as_bytes());
+        assert_eq!(line_ids(&o), ids(&case["ids"]), "{text:?}");
+    }
+}

@@ -65,6 +65,13 @@ def main():
             llm = llama_cpp.Llama(os.path.join(HERE, name), n_ctx=512, n_threads=1, verbose=False, seed=0,
                                   type_k=0, type_v=0, logits_all=True)
             result["files"][name] = [greedy(llm, c["prompt"], n) for c in golden["continuations"]]
+    # llama.cpp's own tokenizer on the vocabulary-only GGUF, for the corpus of tokens-v1.json.
+    vocab = llama_cpp.Llama(os.path.join(HERE, "vocab-v1.gguf"), vocab_only=True, verbose=False)
+    texts = [case["text"] for case in json.load(open(os.path.join(HERE, "tokens-v1.json")))["texts"]]
+    result["tokenize"] = {
+        "file": "vocab-v1.gguf",
+        "texts": [{"text": t, "ids": vocab.tokenize(t.encode(), add_bos=False, special=False)} for t in texts],
+    }
     json.dump(result, open(os.path.join(HERE, "llamacpp.json"), "w"), indent=1)
 
 
