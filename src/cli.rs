@@ -271,7 +271,7 @@ pub struct ModelArgs {
     pub device: String,
 
     /// Compute dtype for safetensors weights (GGUF always computes in f32).
-    /// Default: f32 on CPU, bf16 on GPU.
+    /// Default: bf16 on GPU; on CPU f32 when it fits in memory, else bf16.
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
 

@@ -188,3 +188,38 @@ fn quantized_gguf_matches_llama_cpp() {
         "only {compared} of {total} choices were clear enough to compare"
     );
 }
+
+/// bf16 and f16 compute (what GPUs use, and CPUs short of memory) stay
+/// close to f32 on the same safetensors weights.
+#[test]
+fn half_precision_compute_stays_close_to_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), "v3");
+    let files = resolve(dir.path().to_str().unwrap()).unwrap();
+    let golden = golden_json("tiny-v3.json");
+    let prompt = ids(&golden["continuations"][1]["prompt"]);
+    let mut logits = Vec::new();
+    for dtype in [
+        candle_core::DType::F32,
+        candle_core::DType::BF16,
+        candle_core::DType::F16,
+    ] {
+        let mut model = model::load(&files, &Device::Cpu, dtype).unwrap();
+        logits.push(
+            model
+                .transformer
+                .forward(&prompt)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+    }
+    for half in &logits[1..] {
+        let worst = logits[0]
+            .iter()
+            .zip(half)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 0.25, "{worst}");
+    }
+}
