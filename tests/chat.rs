@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::Device;
@@ -134,22 +133,7 @@ fn retry_undo_and_reset() {
 }
 
 fn greve(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_greve"))
-        .args(args)
-        .env_remove("GREVE_STRIKE")
-        .env("XDG_CONFIG_HOME", "/nonexistent-greve-test-config")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    common::run(args, stdin.as_bytes(), &[])
 }
 
 fn text(bytes: &[u8]) -> String {

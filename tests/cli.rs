@@ -3,35 +3,14 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{golden_json, goldens, ids, until_eos, write_tiny_model};
+use common::{golden_json, goldens, ids, stderr, stdout, until_eos, write_tiny_model};
 use greve::tokenizer::{SpecialTokens, Tokenizer};
 
 fn greve(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_greve"))
-        .args(args)
-        // candle appends backtraces to its errors when this is set: errors
-        // must stay one line all the same.
-        .env("RUST_BACKTRACE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The child may exit before reading stdin; a broken pipe here is fine.
-    let _ = child.stdin.take().unwrap().write_all(stdin);
-    child.wait_with_output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
+    common::run(args, stdin, &[])
 }
 
 /// A failure: the expected exit code, one line on stderr that mentions

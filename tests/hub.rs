@@ -4,11 +4,13 @@
 
 mod common;
 
+use common::{stderr as err, stdout as out};
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use common::{goldens, write_tiny_model};
 
@@ -16,6 +18,10 @@ const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// Puts `files` (name, source) in `hf_home`'s cache as `repo` at `main`:
 /// blobs, a snapshot of relative symlinks, refs/main.
+fn greve(args: &[&str], env: &[(&str, &str)]) -> Output {
+    common::run(args, b"", env)
+}
+
 fn cache_repo(hf_home: &Path, repo: &str, files: &[(String, PathBuf)]) -> PathBuf {
     let dir = hf_home
         .join("hub")
@@ -31,29 +37,6 @@ fn cache_repo(hf_home: &Path, repo: &str, files: &[(String, PathBuf)]) -> PathBu
         symlink(format!("../../blobs/{blob}"), snapshot.join(name)).unwrap();
     }
     dir
-}
-
-fn greve(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_greve"));
-    cmd.args(args)
-        .env_remove("GREVE_MODEL")
-        .env_remove("HF_HUB_OFFLINE")
-        .env_remove("HF_TOKEN")
-        .env_remove("HF_HUB_CACHE")
-        .env_remove("HUGGINGFACE_HUB_CACHE")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn tiny_safetensors_cache(hf_home: &Path) -> (tempfile::TempDir, PathBuf) {

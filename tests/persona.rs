@@ -3,30 +3,14 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use common::{stderr as err, stdout as out};
+
+use std::process::Output;
 
 use common::goldens;
 
 fn greve(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_greve"));
-    cmd.args(args)
-        .env_remove("GREVE_MODEL")
-        .env_remove("GREVE_STRIKE")
-        // No user prompt folder leaks in from the machine running the tests.
-        .env("XDG_CONFIG_HOME", "/nonexistent-greve-test-config")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
+    common::run(args, b"", env)
 }
 
 fn builtin_lines(file: &str) -> Vec<String> {

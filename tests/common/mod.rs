@@ -3,10 +3,53 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
+
+/// Runs the greve binary with `stdin` and extra `env`, in an environment
+/// cleaned of the machine's own settings: no GREVE_* or HF_* variables, no
+/// user prompt folder. RUST_BACKTRACE is set: candle then appends
+/// backtraces to its errors, and greve's must stay one line all the same.
+pub fn run(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_greve"));
+    cmd.args(args)
+        .env("RUST_BACKTRACE", "1")
+        .env("XDG_CONFIG_HOME", "/nonexistent-greve-test-config");
+    for var in [
+        "GREVE_MODEL",
+        "GREVE_STRIKE",
+        "HF_HUB_OFFLINE",
+        "HF_TOKEN",
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The child may exit before reading stdin; a broken pipe here is fine.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().unwrap()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
 
 pub fn goldens() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/goldens")
