@@ -46,6 +46,10 @@ pub enum Command {
     /// Download a model into the Hub cache without chatting.
     Pull(PullArgs),
 
+    /// Show what a model resolves to: files, format, context, tokenizer,
+    /// device; no weights are loaded.
+    Info(InfoArgs),
+
     /// Measure load time, prompt and generation speed, and peak memory.
     ///
     /// Runs the model on random prompt tokens through the same generation
@@ -74,6 +78,12 @@ pub struct ChatArgs {
 
     #[command(flatten)]
     pub sampling: SamplingArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 #[derive(Args, Debug)]

@@ -42,7 +42,8 @@ fn main() -> ExitCode {
         Some(Command::Ask(args)) => args.model.threads,
         Some(Command::Chat(args)) => args.model.threads,
         Some(Command::Bench(args)) => args.model.threads,
-        Some(Command::Tokenize(_) | Command::Models | Command::Pull(_)) | None => None,
+        Some(Command::Tokenize(_) | Command::Models | Command::Pull(_) | Command::Info(_))
+        | None => None,
     };
     if let Some(n) = threads {
         // Read by candle and by rayon's global pool when they start.
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
         Some(Command::Tokenize(args)) => greve::tokenize::run(args),
         Some(Command::Models) => greve::models::list(),
         Some(Command::Pull(args)) => greve::models::pull(args),
+        Some(Command::Info(args)) => greve::models::info(args),
         None => Ok(()),
     };
     match result {

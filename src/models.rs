@@ -1,10 +1,11 @@
-//! `greve models` and `greve pull`: the presets, and fetching a model into
-//! the Hub cache without chatting.
+//! `greve models`, `greve pull` and `greve info`: the presets, fetching a
+//! model into the Hub cache without chatting, and what a model resolves to.
 
 use std::io::Write;
 
-use crate::cli::PullArgs;
+use crate::cli::{InfoArgs, PullArgs};
 use crate::hub::{self, DEFAULT_MODEL, DEFAULT_QUANT, PRESETS};
+use crate::model::{self, config::Config, gguf::GgufSource};
 use crate::resolve::{resolve_any, WeightFiles};
 use crate::settings;
 
@@ -65,5 +66,78 @@ pub fn pull(args: &PullArgs) -> anyhow::Result<()> {
     if hub::parse(spec, &settings::hub_options(&args.hub)).is_none() {
         eprintln!("greve: {spec} is a local model: nothing to download");
     }
+    Ok(())
+}
+
+/// What `--model` resolves to, without loading the weights.
+pub fn info(args: &InfoArgs) -> anyhow::Result<()> {
+    let spec = settings::model_spec(args.model.model.as_deref());
+    let hub_opts = settings::hub_options(&args.model.hub);
+    let files = resolve_any(spec, &hub_opts)?;
+    let device = settings::device(&args.model.device)?;
+    let dtype = model::compute_dtype(&files, &device, settings::dtype(args.model.dtype));
+    let tokenizer = model::open_tokenizer(spec, &hub_opts)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "model        {spec}")?;
+    let (config, format, paths, tokenizer_source) = match &files.weights {
+        WeightFiles::Gguf(path) => {
+            let src = GgufSource::open(path, &device)?;
+            let config = Config::from_gguf(src.metadata(), src.vocab_size()?)?;
+            let types: Vec<String> = src
+                .tensor_types()
+                .iter()
+                .map(|(t, n)| format!("{t}×{n}"))
+                .collect();
+            (
+                config,
+                format!("GGUF ({})", types.join(", ")),
+                vec![path.clone()],
+                "GGUF metadata".to_string(),
+            )
+        }
+        WeightFiles::Safetensors { config, shards } => {
+            let mut paths = vec![config.clone()];
+            paths.extend(shards.iter().cloned());
+            paths.extend(files.tokenizer.iter().cloned());
+            let source = files
+                .tokenizer
+                .as_ref()
+                .map_or("none".into(), |p| p.display().to_string());
+            (
+                Config::from_json_file(config)?,
+                format!("safetensors, {} shard(s)", shards.len()),
+                paths,
+                source,
+            )
+        }
+    };
+    writeln!(out, "format       {format}")?;
+    for path in &paths {
+        let size = path.metadata().map_or(0, |m| m.len());
+        writeln!(
+            out,
+            "file         {} ({:.2} GB)",
+            path.display(),
+            size as f64 / 1e9
+        )?;
+    }
+    writeln!(out, "context      {} tokens", config.context_length)?;
+    writeln!(
+        out,
+        "shape        {} layers, hidden {}, {} heads ({} for keys/values), rope θ {}, sliding window {}",
+        config.num_layers,
+        config.hidden_size,
+        config.num_heads,
+        config.num_kv_heads,
+        config.rope_theta,
+        config.sliding_window.map_or("none".into(), |w| w.to_string())
+    )?;
+    writeln!(
+        out,
+        "tokenizer    {tokenizer_source}: {} tokens, instruct format {:?}",
+        tokenizer.vocab_size(),
+        tokenizer.format()
+    )?;
+    writeln!(out, "compute      {dtype:?} on {device:?}")?;
     Ok(())
 }

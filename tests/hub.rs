@@ -115,6 +115,18 @@ fn the_default_preset_comes_from_the_cache() {
         "{}",
         err(&o)
     );
+    let o = greve(&["info", "--offline"], &[("HF_HOME", h)]);
+    let info = out(&o);
+    assert!(
+        info.contains("format       GGUF (F16×"),
+        "{info}{}",
+        err(&o)
+    );
+    assert!(
+        info.contains("models--bartowski--Mistral-7B-Instruct-v0.3-GGUF/snapshots/"),
+        "{info}"
+    );
+    assert!(info.contains("32768 tokens, instruct format V3"), "{info}");
     // Another quantisation is not there.
     let o = greve(
         &["ask", "--offline", "--quant", "Q8_0", "Salut"],

@@ -51,6 +51,17 @@ impl GgufSource {
         &self.content.metadata
     }
 
+    /// How many tensors of each type the file holds, most common first.
+    pub fn tensor_types(&self) -> Vec<(String, usize)> {
+        let mut counts = std::collections::BTreeMap::new();
+        for info in self.content.tensor_infos.values() {
+            *counts.entry(format!("{:?}", info.ggml_dtype)).or_insert(0) += 1;
+        }
+        let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
+        counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+        counts
+    }
+
     /// Rows of the embedding table: the vocabulary the weights were made for.
     pub fn vocab_size(&self) -> anyhow::Result<usize> {
         if self.content.tensor_infos.is_empty() {
