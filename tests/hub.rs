@@ -177,6 +177,10 @@ fn missing_and_broken_cache_entries_are_named() {
 
 /// A stub Hub answering every request with `status` and `headers`.
 fn stub_hub(status: &'static str, headers: &'static str) -> String {
+    stub_hub_with_body(status, headers, "")
+}
+
+fn stub_hub_with_body(status: &'static str, headers: &'static str, body: &'static str) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
@@ -191,7 +195,8 @@ fn stub_hub(status: &'static str, headers: &'static str) -> String {
                 }
             }
             let response = format!(
-                "HTTP/1.1 {status}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
             );
             let _ = stream.write_all(response.as_bytes());
         }
@@ -254,4 +259,27 @@ fn refusals_from_the_hub_get_their_own_errors() {
     );
     assert_eq!(o.status.code(), Some(3), "{}", err(&o));
     assert!(err(&o).contains("has no file config.json"), "{}", err(&o));
+}
+
+#[test]
+fn a_download_larger_than_the_disk_is_refused_before_it_starts() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    let listing = r#"{"sha": "0123456789abcdef0123456789abcdef01234567", "siblings": [
+        {"rfilename": "Mistral-7B-Instruct-v0.3-Q4_K_M.gguf", "size": 1000000000000000}]}"#;
+    let hub = stub_hub_with_body("200 OK", "Content-Type: application/json\r\n", listing);
+    let o = greve(&["ask", "hi"], &[("HF_HOME", h), ("HF_ENDPOINT", &hub)]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    let e = err(&o);
+    assert!(
+        e.contains("downloading 1000000.00 GB from bartowski/Mistral-7B-Instruct-v0.3-GGUF"),
+        "{e}"
+    );
+    assert!(e.contains("free some space or set HF_HOME"), "{e}");
+    assert!(!home
+        .path()
+        .join("hub")
+        .join("models--bartowski--Mistral-7B-Instruct-v0.3-GGUF")
+        .join("blobs")
+        .exists());
 }

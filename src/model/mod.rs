@@ -94,7 +94,7 @@ fn cpu_dtype(weights_on_disk: u64, available: Option<u64>) -> DType {
 }
 
 /// MemAvailable from /proc/meminfo, in bytes (None elsewhere).
-fn available_memory() -> Option<u64> {
+pub fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
