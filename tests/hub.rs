@@ -163,6 +163,14 @@ fn missing_and_broken_cache_entries_are_named() {
     );
     assert_eq!(err(&o).lines().count(), 1);
 
+    // Not a preset, not a repo id, not a path.
+    let o = greve(
+        &["ask", "-m", "mistral-7b-instruct-v9", "hi"],
+        &[("HF_HOME", h)],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", err(&o));
+    assert!(err(&o).contains("`greve models` lists them"), "{}", err(&o));
+
     let o = greve(
         &["ask", "-m", "test-org/absent", "hi"],
         &[("HF_HOME", h), ("HF_HUB_OFFLINE", "yes")],
