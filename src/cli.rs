@@ -263,6 +263,10 @@ pub struct HubArgs {
     /// Use only what is in the Hub cache; make no request (also HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,
+
+    /// No download progress bars or notes, only errors.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]

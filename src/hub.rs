@@ -243,7 +243,7 @@ impl Hub {
 
 /// File sizes from the Hub's repo listing with `blobs=true` (LFS files
 /// give theirs under `lfs.size`).
-fn sibling_sizes(listing: &serde_json::Value) -> std::collections::HashMap<&str, u64> {
+fn sibling_sizes(listing: &serde_json::Value) -> std::collections::HashMap<String, u64> {
     let siblings = listing["siblings"]
         .as_array()
         .map(Vec::as_slice)
@@ -253,7 +253,7 @@ fn sibling_sizes(listing: &serde_json::Value) -> std::collections::HashMap<&str,
         .filter_map(|s| {
             let name = s["rfilename"].as_str()?;
             let size = s["size"].as_u64().or_else(|| s["lfs"]["size"].as_u64())?;
-            Some((name, size))
+            Some((name.to_string(), size))
         })
         .collect()
 }
@@ -290,6 +290,9 @@ struct Session<'a> {
     api: Option<hf_hub::api::sync::ApiRepo>,
     missing: Vec<String>,
     opts_quant: Option<String>,
+    /// File sizes from the Hub's listing, once the pre-flight has read it.
+    sizes: std::collections::HashMap<String, u64>,
+    quiet: bool,
 }
 
 impl<'a> Session<'a> {
@@ -318,6 +321,8 @@ impl<'a> Session<'a> {
             api,
             missing: Vec::new(),
             opts_quant: opts.quant.clone(),
+            sizes: std::collections::HashMap::new(),
+            quiet: opts.quiet,
         })
     }
 
@@ -336,6 +341,20 @@ impl<'a> Session<'a> {
             return Err(self.offline_error());
         };
         let path = api.download(file).map_err(|e| self.explain(e, file))?;
+        // hf-hub resumes a broken download by appending to its partial file
+        // and does not check the result: a file of the wrong size is removed
+        // rather than trusted.
+        let got = path.metadata().map_or(0, |m| m.len());
+        if let Some(&want) = self.sizes.get(file).filter(|&&want| want != got) {
+            if let Ok(blob) = std::fs::canonicalize(&path) {
+                let _ = std::fs::remove_file(blob);
+            }
+            let _ = std::fs::remove_file(&path);
+            return Err(Failure::Network.err(format!(
+                "the download of {file} from {} is corrupt ({got} bytes instead of {want}) and was removed; run the command again",
+                self.wanted.repo
+            )));
+        }
         if self.snapshot.is_none() {
             self.snapshot = path.parent().map(Path::to_path_buf);
         }
@@ -345,7 +364,7 @@ impl<'a> Session<'a> {
     /// Before a download: the total size, the free disk and the memory the
     /// model will need, on one line; a disk too small is refused, too little
     /// memory is a warning. Nothing to say when everything is cached.
-    fn preflight(&self, files: &[String], ram_per_byte: f64) -> anyhow::Result<()> {
+    fn preflight(&mut self, files: &[String], ram_per_byte: f64) -> anyhow::Result<()> {
         let Some(api) = &self.api else { return Ok(()) };
         let missing: Vec<&String> = files
             .iter()
@@ -366,18 +385,23 @@ impl<'a> Session<'a> {
                     self.wanted.repo
                 ))
             })?;
-        let sizes = sibling_sizes(&listing);
-        let total: u64 = missing.iter().filter_map(|f| sizes.get(f.as_str())).sum();
+        self.sizes = sibling_sizes(&listing);
+        let total: u64 = missing
+            .iter()
+            .filter_map(|f| self.sizes.get(f.as_str()))
+            .sum();
         let folder = existing_ancestor(&self.hub.cache);
         let free = fs4::available_space(&folder).ok();
         let gb = |b: u64| b as f64 / 1e9;
-        eprintln!(
-            "greve: downloading {:.2} GB from {} into {} ({} free)",
-            gb(total),
-            self.wanted.repo,
-            self.hub.cache.display(),
-            free.map_or("? GB".into(), |f| format!("{:.1} GB", gb(f)))
-        );
+        if !self.quiet {
+            eprintln!(
+                "greve: downloading {:.2} GB from {} into {} ({} free)",
+                gb(total),
+                self.wanted.repo,
+                self.hub.cache.display(),
+                free.map_or("? GB".into(), |f| format!("{:.1} GB", gb(f)))
+            );
+        }
         let ram = (total as f64 * ram_per_byte) as u64;
         if let Some(available) = crate::model::available_memory().filter(|&a| a < ram) {
             eprintln!(

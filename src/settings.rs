@@ -66,7 +66,7 @@ pub fn hub_options(args: &HubArgs) -> crate::hub::HubOptions {
         quant: args.quant.clone(),
         revision: args.revision.clone(),
         offline: args.offline,
-        quiet: false,
+        quiet: args.quiet,
     }
 }
 
