@@ -50,6 +50,15 @@ pub enum Command {
     /// device; no weights are loaded.
     Info(InfoArgs),
 
+    /// Print a shell completion script: bash, zsh, fish, powershell or elvish.
+    ///
+    /// bash: `greve completions bash > ~/.local/share/bash-completion/completions/greve`;
+    /// zsh: into a folder of $fpath as `_greve`; fish: `~/.config/fish/completions/greve.fish`.
+    Completions(CompletionsArgs),
+
+    /// Print the man page (roff): `greve man > ~/.local/share/man/man1/greve.1`.
+    Man,
+
     /// Measure load time, prompt and generation speed, and peak memory.
     ///
     /// Runs the model on random prompt tokens through the same generation
@@ -78,6 +87,12 @@ pub struct ChatArgs {
 
     #[command(flatten)]
     pub sampling: SamplingArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Args, Debug)]

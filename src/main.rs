@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use greve::cli::{Cli, Command};
 use greve::exit::{self, Failure};
 
@@ -16,7 +16,13 @@ static CANCEL: AtomicBool = AtomicBool::new(false);
 static QUIT_ON_SECOND: AtomicBool = AtomicBool::new(true);
 
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
+    let matches = Cli::command()
+        .long_version(greve::docs::long_version())
+        .get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     if cli.command.is_none() {
         use std::io::IsTerminal;
         if !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
@@ -42,8 +48,7 @@ fn main() -> ExitCode {
         Some(Command::Ask(args)) => args.model.threads,
         Some(Command::Chat(args)) => args.model.threads,
         Some(Command::Bench(args)) => args.model.threads,
-        Some(Command::Tokenize(_) | Command::Models | Command::Pull(_) | Command::Info(_))
-        | None => None,
+        _ => None,
     };
     if let Some(n) = threads {
         // Read by candle and by rayon's global pool when they start.
@@ -57,6 +62,8 @@ fn main() -> ExitCode {
         Some(Command::Models) => greve::models::list(),
         Some(Command::Pull(args)) => greve::models::pull(args),
         Some(Command::Info(args)) => greve::models::info(args),
+        Some(Command::Completions(args)) => greve::docs::completions(args.shell),
+        Some(Command::Man) => greve::docs::man(),
         None => Ok(()),
     };
     match result {

@@ -361,3 +361,68 @@ fn ctrl_c_stops_generation_prints_the_partial_reply_and_exits_130() {
     );
     assert_eq!(stderr(&o), "greve: interrupted\n");
 }
+
+#[test]
+fn completions_man_page_and_version_come_from_the_clap_definitions() {
+    let subcommands = [
+        "ask",
+        "chat",
+        "tokenize",
+        "models",
+        "pull",
+        "info",
+        "bench",
+        "completions",
+        "man",
+    ];
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let o = greve(&["completions", shell], b"");
+        assert_eq!(o.status.code(), Some(0), "{shell}: {}", stderr(&o));
+        let script = stdout(&o);
+        for sub in subcommands {
+            assert!(script.contains(sub), "{shell} completions lack {sub}");
+        }
+    }
+    assert_eq!(greve(&["completions", "tcsh"], b"").status.code(), Some(2));
+    let man = stdout(&greve(&["man"], b""));
+    assert!(
+        man.contains(".TH greve 1") && man.contains("tokenize"),
+        "{man}"
+    );
+    let version = stdout(&greve(&["--version"], b""));
+    assert!(version.contains("CPU features:"), "{version}");
+}
+
+#[test]
+fn sigterm_stops_generation_like_ctrl_c() {
+    use std::io::Read;
+    let model = gguf("tiny-v1-f16.gguf");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_greve"))
+        .args([
+            "ask",
+            "-m",
+            &model,
+            "--temperature",
+            "1",
+            "--seed",
+            "1",
+            "Raconte une histoire",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    assert!(out.read(&mut first).unwrap() > 0);
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(rest.ends_with(b"\n"));
+}
