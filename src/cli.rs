@@ -50,6 +50,11 @@ pub enum Command {
     /// device; no weights are loaded.
     Info(InfoArgs),
 
+    /// Show the effective settings and where each comes from (flag,
+    /// environment, config file, default); `greve config path` prints the
+    /// config file's path.
+    Config(ConfigArgs),
+
     /// Print a shell completion script: bash, zsh, fish, powershell or elvish.
     ///
     /// bash: `greve completions bash > ~/.local/share/bash-completion/completions/greve`;
@@ -87,6 +92,22 @@ pub struct ChatArgs {
 
     #[command(flatten)]
     pub sampling: SamplingArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    /// `path`: print where the config file is.
+    #[arg(value_parser = ["path"])]
+    pub action: Option<String>,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+
+    #[command(flatten)]
+    pub persona: PersonaArgs,
 }
 
 #[derive(Args, Debug)]
@@ -256,7 +277,7 @@ pub struct PersonaArgs {
 
     /// A folder of prompt files that replace the built-in ones file by file
     /// (see prompts/README.md).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "GREVE_PROMPTS")]
     pub prompts: Option<PathBuf>,
 }
 
@@ -268,7 +289,7 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
 pub struct HubArgs {
     /// For presets and GGUF repos: the quantisation (Q4_K_M, Q5_K_M, Q8_0,
     /// …) or `safetensors` for the original weights.
-    #[arg(long, value_name = "QUANT")]
+    #[arg(long, value_name = "QUANT", env = "GREVE_QUANT")]
     pub quant: Option<String>,
 
     /// A branch, tag or commit of the Hub repo (also `org/name@rev`).
@@ -295,9 +316,9 @@ pub struct ModelArgs {
     #[command(flatten)]
     pub hub: HubArgs,
 
-    /// Where to run: auto, cpu, cuda, cuda:N or metal.
-    #[arg(long, default_value = "auto", value_name = "DEVICE")]
-    pub device: String,
+    /// Where to run: auto (the default), cpu, cuda, cuda:N or metal.
+    #[arg(long, env = "GREVE_DEVICE", value_name = "DEVICE")]
+    pub device: Option<String>,
 
     /// Compute dtype for safetensors weights (GGUF always computes in f32).
     /// Default: bf16 on GPU; on CPU f32 when it fits in memory, else bf16.
@@ -305,7 +326,7 @@ pub struct ModelArgs {
     pub dtype: Option<DtypeArg>,
 
     /// CPU threads (default: all cores).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "N", env = "GREVE_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
 }
 
@@ -319,31 +340,31 @@ pub enum DtypeArg {
 #[derive(Args, Debug)]
 pub struct SamplingArgs {
     /// Sampling temperature; 0 is greedy (always the most likely token).
-    #[arg(long, value_name = "T", value_parser = non_negative)]
+    #[arg(long, value_name = "T", env = "GREVE_TEMPERATURE", value_parser = non_negative)]
     pub temperature: Option<f32>,
 
     /// Nucleus sampling: keep the most likely tokens up to this total probability.
-    #[arg(long, value_name = "P", value_parser = probability)]
+    #[arg(long, value_name = "P", env = "GREVE_TOP_P", value_parser = probability)]
     pub top_p: Option<f32>,
 
     /// Keep only the K most likely tokens (0: all).
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", env = "GREVE_TOP_K")]
     pub top_k: Option<usize>,
 
     /// Penalise tokens seen recently (1: off; 1.1 is a mild penalty).
-    #[arg(long, value_name = "X", value_parser = positive)]
+    #[arg(long, value_name = "X", env = "GREVE_REPEAT_PENALTY", value_parser = positive)]
     pub repeat_penalty: Option<f32>,
 
-    /// How many recent tokens the repeat penalty looks at.
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    pub repeat_last_n: usize,
+    /// How many recent tokens the repeat penalty looks at (default 64).
+    #[arg(long, value_name = "N", env = "GREVE_REPEAT_LAST_N")]
+    pub repeat_last_n: Option<usize>,
 
     /// Seed for sampling, for reproducible replies (default: random).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "GREVE_SEED")]
     pub seed: Option<u64>,
 
     /// Most tokens to generate (default: until the model stops or the context is full).
-    #[arg(long, short = 'n', value_name = "N")]
+    #[arg(long, short = 'n', value_name = "N", env = "GREVE_MAX_TOKENS")]
     pub max_tokens: Option<usize>,
 }
 
@@ -357,33 +378,40 @@ fn number(s: &str) -> Result<f32, String> {
 }
 
 fn non_negative(s: &str) -> Result<f32, String> {
-    number(s).and_then(|x| {
-        if x >= 0.0 {
-            Ok(x)
-        } else {
-            Err("must be 0 or more".into())
-        }
-    })
+    number(s).and_then(check_non_negative)
 }
 
 fn positive(s: &str) -> Result<f32, String> {
-    number(s).and_then(|x| {
-        if x > 0.0 {
-            Ok(x)
-        } else {
-            Err("must be more than 0".into())
-        }
-    })
+    number(s).and_then(check_positive)
 }
 
 fn probability(s: &str) -> Result<f32, String> {
-    number(s).and_then(|x| {
-        if x > 0.0 && x <= 1.0 {
-            Ok(x)
-        } else {
-            Err("must be in (0, 1]".into())
-        }
-    })
+    number(s).and_then(check_probability)
+}
+
+/// The ranges of the sampling values, shared with the config file.
+pub fn check_non_negative(x: f32) -> Result<f32, String> {
+    if x >= 0.0 && x.is_finite() {
+        Ok(x)
+    } else {
+        Err("must be 0 or more".into())
+    }
+}
+
+pub fn check_positive(x: f32) -> Result<f32, String> {
+    if x > 0.0 && x.is_finite() {
+        Ok(x)
+    } else {
+        Err("must be more than 0".into())
+    }
+}
+
+pub fn check_probability(x: f32) -> Result<f32, String> {
+    if x > 0.0 && x <= 1.0 {
+        Ok(x)
+    } else {
+        Err("must be in (0, 1]".into())
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod ask;
 pub mod bench;
 pub mod chat;
 pub mod cli;
+pub mod config;
 pub mod docs;
 pub mod exit;
 pub mod generate;

@@ -23,6 +23,14 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    let config_path = greve::config::path();
+    let file_config = match greve::config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("greve: {}", one_line(&err));
+            return ExitCode::from(exit::code_for(&err));
+        }
+    };
     if cli.command.is_none() {
         use std::io::IsTerminal;
         if !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
@@ -31,6 +39,9 @@ fn main() -> ExitCode {
         }
         // Plain `greve` in a terminal is `greve chat`, flags from the environment.
         cli = Cli::parse_from(["greve", "chat"]);
+    }
+    if let Some(command) = &mut cli.command {
+        file_config.apply(command);
     }
     if matches!(cli.command, Some(Command::Chat(_))) {
         QUIT_ON_SECOND.store(false, Ordering::SeqCst);
@@ -64,6 +75,10 @@ fn main() -> ExitCode {
         Some(Command::Info(args)) => greve::models::info(args),
         Some(Command::Completions(args)) => greve::docs::completions(args.shell),
         Some(Command::Man) => greve::docs::man(),
+        Some(Command::Config(args)) => {
+            let sub = matches.subcommand_matches("config").unwrap_or(&matches);
+            greve::config::show(args, sub, &file_config, config_path.as_deref())
+        }
         None => Ok(()),
     };
     match result {

@@ -17,6 +17,8 @@ use crate::sampler::SamplingParams;
 /// top-k and no repeat penalty (as `mistral-inference` samples).
 pub const DEFAULT_TEMPERATURE: f32 = 0.7;
 pub const DEFAULT_TOP_P: f32 = 0.95;
+/// The repeat penalty's window, as llama.cpp's.
+pub const DEFAULT_REPEAT_LAST_N: usize = 64;
 
 pub fn sampling_params(args: &SamplingArgs, model: &GenerationDefaults) -> SamplingParams {
     SamplingParams {
@@ -27,7 +29,7 @@ pub fn sampling_params(args: &SamplingArgs, model: &GenerationDefaults) -> Sampl
         top_k: args.top_k.or(model.top_k).unwrap_or(0),
         top_p: args.top_p.or(model.top_p).unwrap_or(DEFAULT_TOP_P),
         repeat_penalty: args.repeat_penalty.or(model.repeat_penalty).unwrap_or(1.0),
-        repeat_last_n: args.repeat_last_n,
+        repeat_last_n: args.repeat_last_n.unwrap_or(DEFAULT_REPEAT_LAST_N),
     }
 }
 
@@ -184,7 +186,7 @@ mod tests {
             top_p: None,
             top_k: None,
             repeat_penalty: None,
-            repeat_last_n: 64,
+            repeat_last_n: None,
             seed: None,
             max_tokens: None,
         }

@@ -12,16 +12,18 @@ use serde_json::Value;
 
 /// Runs the greve binary with `stdin` and extra `env`, in an environment
 /// cleaned of the machine's own settings: no GREVE_* or HF_* variables, no
-/// user prompt folder. RUST_BACKTRACE is set: candle then appends
+/// user prompt folder or config file. RUST_BACKTRACE is set: candle then appends
 /// backtraces to its errors, and greve's must stay one line all the same.
 pub fn run(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_greve"));
     cmd.args(args)
         .env("RUST_BACKTRACE", "1")
         .env("XDG_CONFIG_HOME", "/nonexistent-greve-test-config");
+    for (var, _) in std::env::vars().filter(|(k, _)| k.starts_with("GREVE_")) {
+        cmd.env_remove(var);
+    }
+    cmd.env("GREVE_CONFIG", "/nonexistent-greve-test-config/config.toml");
     for var in [
-        "GREVE_MODEL",
-        "GREVE_STRIKE",
         "HF_HUB_OFFLINE",
         "HF_TOKEN",
         "HF_HUB_CACHE",
