@@ -349,3 +349,32 @@ fn a_message_longer_than_the_context_is_refused_and_the_chat_goes_on() {
         text(&o.stdout)
     );
 }
+
+#[test]
+fn unwritable_saves_and_malformed_loads_leave_the_conversation_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{ not json").unwrap();
+    let model = goldens().join("tiny-v1-q8_0.gguf");
+    let script = format!(
+        "Salut\n/save /nonexistent-dir/x.json\n/load {}\n/load /nonexistent-dir/y.json\n/show\n",
+        bad.display()
+    );
+    let o = greve(&["chat", "-m", model.to_str().unwrap(), "-n", "2"], &script);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("cannot save the transcript to /nonexistent-dir/x.json"),
+        "{err}"
+    );
+    assert!(err.contains("bad.json is not a greve transcript"), "{err}");
+    assert!(
+        err.contains("cannot read the transcript /nonexistent-dir/y.json"),
+        "{err}"
+    );
+    assert!(
+        text(&o.stdout).contains("messages     2"),
+        "{}",
+        text(&o.stdout)
+    );
+}
