@@ -75,7 +75,7 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
         .min(context / 2);
     let (first, ids) = fit_window(&messages, 0, context - reserve, measure)?;
     if first > 0 {
-        eprintln!("greve: the oldest {first} messages of the conversation do not fit the context and were left out");
+        crate::messages::warn(format!("the oldest {first} messages of the conversation do not fit the context and were left out"));
     }
     if args.verbose_prompt {
         eprintln!("{}", template::to_text(&render(&messages[first..])?));

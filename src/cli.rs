@@ -20,6 +20,21 @@ pub struct Cli {
     /// Without a command, greve chats when stdin and stdout are a terminal.
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    /// Colours in greve's messages: auto (on a terminal, unless NO_COLOR is
+    /// set), always or never.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        global = true,
+        value_name = "WHEN"
+    )]
+    pub color: crate::messages::Color,
+
+    /// Only the reply and errors: no notes, no download progress.
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -299,10 +314,6 @@ pub struct HubArgs {
     /// Use only what is in the Hub cache; make no request (also HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,
-
-    /// No download progress bars or notes, only errors.
-    #[arg(long, short = 'q')]
-    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]

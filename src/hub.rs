@@ -292,7 +292,6 @@ struct Session<'a> {
     opts_quant: Option<String>,
     /// File sizes from the Hub's listing, once the pre-flight has read it.
     sizes: std::collections::HashMap<String, u64>,
-    quiet: bool,
 }
 
 impl<'a> Session<'a> {
@@ -322,7 +321,6 @@ impl<'a> Session<'a> {
             missing: Vec::new(),
             opts_quant: opts.quant.clone(),
             sizes: std::collections::HashMap::new(),
-            quiet: opts.quiet,
         })
     }
 
@@ -393,22 +391,20 @@ impl<'a> Session<'a> {
         let folder = existing_ancestor(&self.hub.cache);
         let free = fs4::available_space(&folder).ok();
         let gb = |b: u64| b as f64 / 1e9;
-        if !self.quiet {
-            eprintln!(
-                "greve: downloading {:.2} GB from {} into {} ({} free)",
-                gb(total),
-                self.wanted.repo,
-                self.hub.cache.display(),
-                free.map_or("? GB".into(), |f| format!("{:.1} GB", gb(f)))
-            );
-        }
+        crate::messages::note(format!(
+            "downloading {:.2} GB from {} into {} ({} free)",
+            gb(total),
+            self.wanted.repo,
+            self.hub.cache.display(),
+            free.map_or("? GB".into(), |f| format!("{:.1} GB", gb(f)))
+        ));
         let ram = (total as f64 * ram_per_byte) as u64;
         if let Some(available) = crate::model::available_memory().filter(|&a| a < ram) {
-            eprintln!(
-                "greve: warning: this model needs about {:.1} GB of memory and {:.1} GB are available; it may swap or fail",
+            crate::messages::warn(format!(
+                "this model needs about {:.1} GB of memory and {:.1} GB are available; it may swap or fail",
                 gb(ram),
                 gb(available)
-            );
+            ));
         }
         if let Some(free) = free.filter(|&f| f < total) {
             return Err(Failure::Usage.err(format!(

@@ -13,6 +13,7 @@ pub mod docs;
 pub mod exit;
 pub mod generate;
 pub mod hub;
+pub mod messages;
 pub mod model;
 pub mod models;
 pub mod persona;

@@ -23,18 +23,21 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    greve::messages::configure(cli.color, cli.quiet);
     let config_path = greve::config::path();
     let file_config = match greve::config::load(config_path.as_deref()) {
         Ok(c) => c,
         Err(err) => {
-            eprintln!("greve: {}", one_line(&err));
+            greve::messages::error(one_line(&err));
             return ExitCode::from(exit::code_for(&err));
         }
     };
     if cli.command.is_none() {
         use std::io::IsTerminal;
         if !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
-            eprintln!("greve: no command; try `greve ask PROMPT`, `greve chat` or `greve --help`");
+            greve::messages::error(
+                "no command; try `greve ask PROMPT`, `greve chat` or `greve --help`",
+            );
             return ExitCode::from(Failure::Usage.code());
         }
         // Plain `greve` in a terminal is `greve chat`, flags from the environment.
@@ -53,7 +56,7 @@ fn main() -> ExitCode {
         }
     });
     if let Err(e) = handler {
-        eprintln!("greve: warning: Ctrl-C will not stop generation cleanly: {e}");
+        greve::messages::warn(format!("Ctrl-C will not stop generation cleanly: {e}"));
     }
     let threads = match &cli.command {
         Some(Command::Ask(args)) => args.model.threads,
@@ -85,7 +88,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if exit::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("greve: {}", one_line(&err));
+            greve::messages::error(one_line(&err));
             ExitCode::from(exit::code_for(&err))
         }
     }

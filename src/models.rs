@@ -64,7 +64,7 @@ pub fn pull(args: &PullArgs) -> anyhow::Result<()> {
     };
     writeln!(std::io::stdout().lock(), "{}", path.display())?;
     if hub::parse(spec, &settings::hub_options(&args.hub)).is_none() {
-        eprintln!("greve: {spec} is a local model: nothing to download");
+        crate::messages::note(format!("{spec} is a local model: nothing to download"));
     }
     Ok(())
 }

@@ -85,10 +85,10 @@ fn interactive(chat: &mut Chat, cancel: &AtomicBool, keep_history: bool) -> anyh
         // A missing history file is the first run, not an error.
         let _ = editor.load_history(path);
     }
-    eprintln!(
-        "greve: chatting with {}. /help for commands, /bye or Ctrl-D to quit.",
+    crate::messages::note(format!(
+        "chatting with {}. /help for commands, /bye or Ctrl-D to quit.",
         chat.model.name
-    );
+    ));
     let mut out = std::io::stdout();
     loop {
         let marker = match chat.config.mode {
@@ -111,10 +111,10 @@ fn interactive(chat: &mut Chat, cancel: &AtomicBool, keep_history: bool) -> anyh
         let _ = editor.add_history_entry(message.as_str());
         if let Some(path) = &history {
             if let Err(e) = editor.history_mut().save(path) {
-                eprintln!(
-                    "greve: warning: cannot save the history to {}: {e}",
+                crate::messages::warn(format!(
+                    "cannot save the history to {}: {e}",
                     path.display()
-                );
+                ));
             }
         }
         if handle(chat, &message, &mut out, cancel)? == Flow::Quit {
@@ -244,7 +244,7 @@ fn handle(
             Ok(turn) => report(&turn),
             Err(e) if crate::exit::is_broken_pipe(&e) => return Err(e),
             // The message was taken back; the conversation goes on.
-            Err(e) => eprintln!("greve: {e:#}"),
+            Err(e) => crate::messages::error(format!("{e:#}")),
         }
         return Ok(Flow::Continue);
     };
@@ -254,7 +254,7 @@ fn handle(
         Err(e) if crate::exit::is_broken_pipe(&e) => Err(e),
         // A bad command is a note, not the end of the conversation.
         Err(e) => {
-            eprintln!("greve: {e:#}");
+            crate::messages::error(format!("{e:#}"));
             Ok(Flow::Continue)
         }
     }
@@ -275,11 +275,11 @@ fn command(
         },
         Slash::System(Some(text)) => {
             chat.config.system = Some(text).filter(|t| t != "-");
-            eprintln!("greve: system prompt {}", if chat.config.system.is_some() { "set" } else { "removed" });
+            crate::messages::note(format!("system prompt {}", if chat.config.system.is_some() { "set" } else { "removed" }));
         }
         Slash::Reset => {
             chat.reset();
-            eprintln!("greve: new conversation");
+            crate::messages::note("new conversation");
         }
         Slash::Retry => {
             let turn = speak(chat, out, |chat, on_token| chat.retry(cancel, on_token))?;
@@ -287,11 +287,11 @@ fn command(
         }
         Slash::Undo => {
             let undone = chat.undo();
-            eprintln!("greve: {}", if undone { "last exchange removed" } else { "nothing to undo" });
+            crate::messages::note(if undone { "last exchange removed" } else { "nothing to undo" });
         }
         Slash::Set(key, value) => {
             set(chat, &key, &value)?;
-            eprintln!("greve: {key} = {value}");
+            crate::messages::note(format!("{key} = {value}"));
         }
         Slash::Show => show(chat, out)?,
         Slash::Stats => match &chat.last {
@@ -310,11 +310,11 @@ fn command(
         },
         Slash::Save(path) => {
             chat.transcript().save(&path)?;
-            eprintln!("greve: saved to {}", path.display());
+            crate::messages::note(format!("saved to {}", path.display()));
         }
         Slash::Load(path) => {
             chat.load(Transcript::load(&path)?)?;
-            eprintln!("greve: loaded {} messages from {}", chat.messages().len(), path.display());
+            crate::messages::note(format!("loaded {} messages from {}", chat.messages().len(), path.display()));
         }
         Slash::Strike(arg) => {
             let mode: Mode = match arg.as_deref() {
@@ -322,7 +322,7 @@ fn command(
                 Some(a) => a.parse().map_err(|e: String| Failure::Usage.err(e))?,
             };
             chat.config.mode = mode;
-            eprintln!("greve: strike {}", mode.name());
+            crate::messages::note(format!("strike {}", mode.name()));
         }
         Slash::Bye => return Ok(true),
         Slash::Usage(usage) => return Err(Failure::Usage.err(format!("usage: {usage}"))),
@@ -436,15 +436,15 @@ fn speak(
 
 fn report(turn: &Turn) {
     if turn.dropped > 0 {
-        eprintln!(
-            "greve: the oldest {} messages left the model's context window (still in the transcript)",
+        crate::messages::warn(format!(
+            "the oldest {} messages left the model's context window (still in the transcript)",
             turn.dropped
-        );
+        ));
     }
     if turn.finish == Finish::Interrupted {
-        eprintln!("greve: reply interrupted; it stays in the conversation");
+        crate::messages::warn("reply interrupted; it stays in the conversation");
     } else if turn.text.trim().is_empty() {
-        eprintln!("greve: the model gave an empty reply; /retry or write again");
+        crate::messages::warn("the model gave an empty reply; /retry or write again");
     }
 }
 

@@ -68,7 +68,7 @@ pub fn hub_options(args: &HubArgs) -> crate::hub::HubOptions {
         quant: args.quant.clone(),
         revision: args.revision.clone(),
         offline: args.offline,
-        quiet: args.quiet,
+        quiet: crate::messages::quiet(),
     }
 }
 

@@ -426,3 +426,53 @@ fn sigterm_stops_generation_like_ctrl_c() {
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
     assert!(rest.ends_with(b"\n"));
 }
+
+#[test]
+fn colours_only_where_asked_or_on_a_terminal() {
+    let missing = ["ask", "-m", "/nonexistent/model", "hi"];
+    // Not a terminal: plain.
+    let plain = stderr(&greve(&missing, b""));
+    assert!(!plain.contains('\x1b'), "{plain:?}");
+    let forced = common::run(&[&["--color", "always"], &missing[..]].concat(), b"", &[]);
+    assert!(
+        stderr(&forced).starts_with("\x1b["),
+        "{:?}",
+        stderr(&forced)
+    );
+    let env_forced = common::run(&missing, b"", &[("CLICOLOR_FORCE", "1")]);
+    assert!(
+        stderr(&env_forced).contains('\x1b'),
+        "{:?}",
+        stderr(&env_forced)
+    );
+    let no_color = common::run(
+        &[&["--color", "never"], &missing[..]].concat(),
+        b"",
+        &[("CLICOLOR_FORCE", "1")],
+    );
+    assert!(!stderr(&no_color).contains('\x1b'));
+    // The error text itself is the same, colours aside.
+    assert_eq!(plain.trim_end().lines().count(), 1);
+}
+
+#[test]
+fn quiet_leaves_only_the_reply_and_errors() {
+    let model = gguf("tiny-v1-f16.gguf");
+    let chat = |quiet: &[&str]| {
+        greve(
+            &[&["chat", "-m", &model, "-n", "2"], quiet].concat(),
+            b"Salut\n/reset\n/frob\n",
+        )
+    };
+    assert!(stderr(&chat(&[])).contains("new conversation"));
+    let quiet = chat(&["--quiet"]);
+    assert_eq!(quiet.status.code(), Some(0));
+    // The note is gone, the error stays; the reply is still there.
+    assert!(
+        !stderr(&quiet).contains("new conversation"),
+        "{}",
+        stderr(&quiet)
+    );
+    assert!(stderr(&quiet).contains("unknown command /frob"));
+    assert!(!stdout(&quiet).trim().is_empty());
+}

@@ -112,7 +112,7 @@ pub fn open(
     let files = crate::resolve::resolve_any(spec, hub)?;
     let dtype = compute_dtype(&files, device, requested);
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        eprintln!("greve: loading {} ({dtype:?} on {device:?})", files.name);
+        crate::messages::note(format!("loading {} ({dtype:?} on {device:?})", files.name));
     }
     load(&files, device, dtype)
 }

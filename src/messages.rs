@@ -1,0 +1,50 @@
+//! greve's own lines on stderr: errors, warnings and notes, each with the
+//! `greve:` prefix, coloured only where it helps. `anstream` drops the
+//! colours when stderr is not a terminal and honours `NO_COLOR` and
+//! `CLICOLOR_FORCE`; `--color` overrides. `--quiet` silences the notes.
+
+use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anstyle::{AnsiColor, Style};
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+pub fn configure(color: Color, quiet: bool) {
+    let choice = match color {
+        Color::Auto => anstream::ColorChoice::Auto,
+        Color::Always => anstream::ColorChoice::Always,
+        Color::Never => anstream::ColorChoice::Never,
+    };
+    choice.write_global();
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+pub fn error(message: impl Display) {
+    let style = Style::new().bold().fg_color(Some(AnsiColor::Red.into()));
+    anstream::eprintln!("{style}greve:{style:#} {message}");
+}
+
+pub fn warn(message: impl Display) {
+    let style = Style::new().bold().fg_color(Some(AnsiColor::Yellow.into()));
+    anstream::eprintln!("{style}greve: warning:{style:#} {message}");
+}
+
+/// Progress and context; silenced by `--quiet`.
+pub fn note(message: impl Display) {
+    if !quiet() {
+        let style = Style::new().dimmed();
+        anstream::eprintln!("{style}greve:{style:#} {message}");
+    }
+}
