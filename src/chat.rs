@@ -184,6 +184,11 @@ impl Chat {
         }
         let (ids, dropped) = self.fit()?;
         let reuse = common_prefix(&self.cached, &ids);
+        log::debug!(
+            "turn {}: {} prompt tokens, {reuse} in the KV cache",
+            self.turns,
+            ids.len()
+        );
         let context = self.model.transformer.config.context_length;
         let max_tokens = self
             .config

@@ -35,6 +35,12 @@ pub struct Cli {
     /// Only the reply and errors: no notes, no download progress.
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
+
+    /// Diagnostic logs on stderr for bug reports: -v for the main steps
+    /// (load times, dtype, device, cache hits), -vv for more. RUST_LOG
+    /// works too (RUST_LOG=debug includes candle and hf-hub).
+    #[arg(long, short = 'v', action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
 }
 
 #[derive(Subcommand, Debug)]

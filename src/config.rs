@@ -94,8 +94,13 @@ pub fn path() -> Option<PathBuf> {
 /// The config file's settings; none when there is no file.
 pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
     let Some(path) = path.filter(|p| p.exists()) else {
+        log::debug!(
+            "no config file ({})",
+            path.map_or("no config folder".into(), |p| p.display().to_string())
+        );
         return Ok(FileConfig::default());
     };
+    log::info!("config file {}", path.display());
     let text = std::fs::read_to_string(path).map_err(|e| {
         Failure::Usage.err(format!(
             "cannot read the config file {}: {e}",

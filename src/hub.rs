@@ -332,8 +332,14 @@ impl<'a> Session<'a> {
             .map(|s| s.join(file))
             .filter(|p| p.is_file())
         {
+            log::info!(
+                "{}: {file} from the cache ({})",
+                self.wanted.repo,
+                path.display()
+            );
             return Ok(path);
         }
+        log::info!("{}: {file} is not in the cache", self.wanted.repo);
         let Some(api) = &self.api else {
             self.missing.push(file.to_string());
             return Err(self.offline_error());

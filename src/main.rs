@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     greve::messages::configure(cli.color, cli.quiet);
+    greve::messages::init_logs(cli.verbose);
     let config_path = greve::config::path();
     let file_config = match greve::config::load(config_path.as_deref()) {
         Ok(c) => c,

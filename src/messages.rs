@@ -27,6 +27,33 @@ pub fn configure(color: Color, quiet: bool) {
     QUIET.store(quiet, Ordering::Relaxed);
 }
 
+/// Diagnostic logs: `RUST_LOG` as usual, `-v` (info) and `-vv` (debug)
+/// for greve's own.
+pub fn init_logs(verbose: u8) {
+    let mut logs =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off"));
+    match verbose {
+        0 => {}
+        1 => {
+            logs.filter_module("greve", log::LevelFilter::Info);
+        }
+        _ => {
+            logs.filter_module("greve", log::LevelFilter::Debug);
+        }
+    }
+    logs.format(|buf, record| {
+        use std::io::Write;
+        writeln!(
+            buf,
+            "greve: [{}] {}",
+            record.level().as_str().to_lowercase(),
+            record.args()
+        )
+    });
+    // A second initialisation (tests) is harmless.
+    let _ = logs.try_init();
+}
+
 pub fn quiet() -> bool {
     QUIET.load(Ordering::Relaxed)
 }

@@ -476,3 +476,39 @@ fn quiet_leaves_only_the_reply_and_errors() {
     assert!(stderr(&quiet).contains("unknown command /frob"));
     assert!(!stdout(&quiet).trim().is_empty());
 }
+
+#[test]
+fn verbose_logs_the_main_steps_on_stderr_only() {
+    let model = gguf("tiny-v1-q8_0.gguf");
+    let quiet = greve(
+        &["ask", "-m", &model, "--temperature", "0", "-n", "2", "hi"],
+        b"",
+    );
+    let loud = greve(
+        &[
+            "ask",
+            "-v",
+            "-m",
+            &model,
+            "--temperature",
+            "0",
+            "-n",
+            "2",
+            "hi",
+        ],
+        b"",
+    );
+    assert_eq!(stdout(&quiet), stdout(&loud), "logs never reach stdout");
+    assert!(stderr(&quiet).is_empty());
+    assert!(
+        stderr(&loud).contains("greve: [info] loaded"),
+        "{}",
+        stderr(&loud)
+    );
+    let debug = greve(&["ask", "-vv", "-m", &model, "-n", "1", "hi"], b"");
+    assert!(
+        stderr(&debug).contains("[debug] model config"),
+        "{}",
+        stderr(&debug)
+    );
+}

@@ -114,7 +114,19 @@ pub fn open(
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         crate::messages::note(format!("loading {} ({dtype:?} on {device:?})", files.name));
     }
-    load(&files, device, dtype)
+    let start = std::time::Instant::now();
+    let model = load(&files, device, dtype)?;
+    log::info!(
+        "loaded {} in {:.2} s: {:?} compute on {device:?}, context {}, vocabulary {} ({:?} format)",
+        files.name,
+        start.elapsed().as_secs_f64(),
+        dtype,
+        model.transformer.config.context_length,
+        model.tokenizer.vocab_size(),
+        model.tokenizer.format()
+    );
+    log::debug!("model config: {:?}", model.transformer.config);
+    Ok(model)
 }
 
 pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> anyhow::Result<Model> {
