@@ -76,6 +76,10 @@ pub enum Command {
     /// config file's path.
     Config(ConfigArgs),
 
+    /// Check the installation: build, CPU features, memory, GPU, Hub cache
+    /// and token, Hub reachability, and the instruct template.
+    Doctor(DoctorArgs),
+
     /// Print a shell completion script: bash, zsh, fish, powershell or elvish.
     ///
     /// bash: `greve completions bash > ~/.local/share/bash-completion/completions/greve`;
@@ -129,6 +133,12 @@ pub struct ConfigArgs {
 
     #[command(flatten)]
     pub persona: PersonaArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 #[derive(Args, Debug)]

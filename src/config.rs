@@ -163,6 +163,7 @@ impl FileConfig {
             }
             Command::Bench(a) => self.model_args(&mut a.model),
             Command::Info(a) => self.model_args(&mut a.model),
+            Command::Doctor(a) => self.model_args(&mut a.model),
             Command::Tokenize(a) => {
                 fill(&mut a.model, &self.model);
                 fill(&mut a.hub.quant, &self.quant);

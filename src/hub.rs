@@ -180,6 +180,11 @@ impl Hub {
         }
     }
 
+    /// Whether a token is configured (it is never shown).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
     /// The cache folder of a repo, as both hf-hub and Python lay it out.
     fn repo_dir(&self, repo: &str) -> PathBuf {
         self.cache

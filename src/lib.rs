@@ -10,6 +10,7 @@ pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod docs;
+pub mod doctor;
 pub mod exit;
 pub mod generate;
 pub mod hub;

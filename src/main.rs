@@ -79,6 +79,7 @@ fn main() -> ExitCode {
         Some(Command::Info(args)) => greve::models::info(args),
         Some(Command::Completions(args)) => greve::docs::completions(args.shell),
         Some(Command::Man) => greve::docs::man(),
+        Some(Command::Doctor(args)) => greve::doctor::run(args),
         Some(Command::Config(args)) => {
             let sub = matches.subcommand_matches("config").unwrap_or(&matches);
             greve::config::show(args, sub, &file_config, config_path.as_deref())

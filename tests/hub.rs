@@ -291,3 +291,44 @@ fn a_download_larger_than_the_disk_is_refused_before_it_starts() {
         .join("blobs")
         .exists());
 }
+
+#[test]
+fn doctor_checks_the_cache_and_the_template() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    let gguf = (
+        "Mistral-7B-Instruct-v0.3-Q4_K_M.gguf".to_string(),
+        goldens().join("tiny-v3-f16.gguf"),
+    );
+    let dir = cache_repo(
+        home.path(),
+        "bartowski/Mistral-7B-Instruct-v0.3-GGUF",
+        &[gguf],
+    );
+    let env = [("HF_HOME", h), ("HF_HUB_OFFLINE", "1")];
+    let o = greve(&["doctor"], &env);
+    let report = out(&o);
+    assert_eq!(o.status.code(), Some(0), "{report}{}", err(&o));
+    assert!(!report.contains("FAIL"), "{report}");
+    assert!(
+        report.contains("models: bartowski/Mistral-7B-Instruct-v0.3-GGUF"),
+        "{report}"
+    );
+    assert!(report.contains("OK    template     V3 ids"), "{report}");
+    assert!(report.contains("SKIP  hub"), "{report}");
+
+    // A blob gone: the snapshot link dangles.
+    let link = dir
+        .join("snapshots")
+        .join(COMMIT)
+        .join("Mistral-7B-Instruct-v0.3-Q4_K_M.gguf");
+    std::fs::remove_file(std::fs::canonicalize(&link).unwrap()).unwrap();
+    let o = greve(&["doctor"], &env);
+    let report = out(&o);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        report.contains("FAIL  cache")
+            && report.contains("greve pull bartowski/Mistral-7B-Instruct-v0.3-GGUF"),
+        "{report}"
+    );
+}
