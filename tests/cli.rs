@@ -512,3 +512,33 @@ fn verbose_logs_the_main_steps_on_stderr_only() {
         stderr(&debug)
     );
 }
+
+#[test]
+fn bash_completes_model_presets_and_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("greve.bash");
+    std::fs::write(&script, stdout(&greve(&["completions", "bash"], b""))).unwrap();
+    std::fs::write(dir.path().join("mistral-7b-instruct-v0.9.gguf"), b"").unwrap();
+    let complete = |word: &str| {
+        let program = format!(
+            "source {}; cd {}; COMP_WORDS=(greve ask --model {word}); COMP_CWORD=3; \
+             COMP_LINE=\"greve ask --model {word}\"; COMP_POINT=${{#COMP_LINE}}; \
+             _greve greve {word} --model; echo \"${{COMPREPLY[@]}}\"",
+            script.display(),
+            dir.path().display()
+        );
+        let o = Command::new("bash")
+            .args(["-c", &program])
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let found = complete("mistral-7b-instruct-v0.");
+    for name in [
+        "mistral-7b-instruct-v0.1",
+        "mistral-7b-instruct-v0.3",
+        "mistral-7b-instruct-v0.9.gguf",
+    ] {
+        assert!(found.contains(name), "{name} not offered: {found}");
+    }
+}
