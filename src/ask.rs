@@ -156,6 +156,8 @@ fn stream(
 ) -> anyhow::Result<Generation> {
     let mut out = std::io::stdout().lock();
     if let Some(letterhead) = &wrapping.letterhead {
+        let letterhead =
+            crate::messages::for_stdout(letterhead, crate::messages::letterhead_style());
         write!(out, "{letterhead}\n\n")?;
         out.flush()?;
     }
@@ -181,6 +183,7 @@ fn stream(
     }
     out.write_all(b"\n")?;
     if let Some(signoff) = &wrapping.signoff {
+        let signoff = crate::messages::for_stdout(signoff, crate::messages::signoff_style());
         write!(out, "\n{signoff}\n")?;
     }
     out.flush()?;

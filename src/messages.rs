@@ -75,3 +75,26 @@ pub fn note(message: impl Display) {
         anstream::eprintln!("{style}greve:{style:#} {message}");
     }
 }
+
+/// Text for stdout in `style` when stdout takes colours (a terminal, no
+/// NO_COLOR, or --color always), else as it is: the persona's letterhead
+/// stands out on a screen and stays plain in a pipe.
+pub fn for_stdout(text: &str, style: Style) -> String {
+    if anstream::AutoStream::choice(&std::io::stdout()) == anstream::ColorChoice::Never {
+        text.to_string()
+    } else {
+        format!("{style}{text}{style:#}")
+    }
+}
+
+pub fn letterhead_style() -> Style {
+    Style::new().bold().fg_color(Some(AnsiColor::Red.into()))
+}
+
+pub fn signoff_style() -> Style {
+    Style::new().italic()
+}
+
+pub fn prompt_style() -> Style {
+    Style::new().bold().fg_color(Some(AnsiColor::Cyan.into()))
+}

@@ -408,6 +408,8 @@ fn speak(
     let strikes = chat.config.mode.strikes(chat.turn_seed());
     let wrapping = persona::wrapping(chat.config.mode, chat.turn_seed(), &chat.config.prompts);
     if let (false, Some(letterhead)) = (strikes, &wrapping.letterhead) {
+        let letterhead =
+            crate::messages::for_stdout(letterhead, crate::messages::letterhead_style());
         write!(out, "{letterhead}\n\n")?;
         out.flush()?;
     }
@@ -428,6 +430,7 @@ fn speak(
     }
     writeln!(out)?;
     if let (false, Some(signoff)) = (turn.notice, &wrapping.signoff) {
+        let signoff = crate::messages::for_stdout(signoff, crate::messages::signoff_style());
         writeln!(out, "\n{signoff}")?;
     }
     out.flush()?;
@@ -490,7 +493,19 @@ impl Completer for SlashCompleter {
 impl Hinter for SlashCompleter {
     type Hint = String;
 }
-impl Highlighter for SlashCompleter {}
+impl Highlighter for SlashCompleter {
+    /// The prompt in colour, when stdout takes colours.
+    fn highlight_prompt<'b, 's: 'b, 'p: 'b>(
+        &'s self,
+        prompt: &'p str,
+        _default: bool,
+    ) -> std::borrow::Cow<'b, str> {
+        std::borrow::Cow::Owned(crate::messages::for_stdout(
+            prompt,
+            crate::messages::prompt_style(),
+        ))
+    }
+}
 impl Validator for SlashCompleter {}
 impl Helper for SlashCompleter {}
 

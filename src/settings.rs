@@ -93,7 +93,7 @@ pub fn prompt_folders(args: &PersonaArgs) -> anyhow::Result<Vec<PathBuf>> {
     if let Some(dir) = &args.prompts {
         if !dir.is_dir() {
             return Err(Failure::Usage.err(format!(
-                "--prompts {} is not a folder; give a folder of prompt files (see prompts/README.md)",
+                "the prompts folder {} (from --prompts, GREVE_PROMPTS or the config file) is not a folder; give a folder of prompt files (see prompts/README.md)",
                 dir.display()
             )));
         }
