@@ -322,38 +322,47 @@ fn closing_stdout_early_is_not_an_error() {
     assert!(stderr(&o).is_empty(), "{}", stderr(&o));
 }
 
-#[test]
-fn ctrl_c_stops_generation_prints_the_partial_reply_and_exits_130() {
+/// Starts a long generation, sends `signal` once output has come, and
+/// returns the run with what was printed after the signal.
+fn interrupted(signal: &str) -> (Output, Vec<u8>) {
     use std::io::Read;
     let model = gguf("tiny-v1-f16.gguf");
     // Long enough that it is still generating when the signal comes.
+    let args = [
+        "ask",
+        "-m",
+        &model,
+        "--temperature",
+        "1",
+        "--seed",
+        "1",
+        "Raconte une histoire",
+    ];
     let mut child = Command::new(env!("CARGO_BIN_EXE_greve"))
-        .args([
-            "ask",
-            "-m",
-            &model,
-            "--temperature",
-            "1",
-            "--seed",
-            "1",
-            "Raconte une histoire",
-        ])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut out = child.stdout.take().unwrap();
     let mut first = [0u8; 16];
-    let n = out.read(&mut first).unwrap();
-    assert!(n > 0, "no output before the signal");
+    assert!(
+        out.read(&mut first).unwrap() > 0,
+        "no output before the signal"
+    );
     let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
     let mut rest = Vec::new();
     out.read_to_end(&mut rest).unwrap();
-    let o = child.wait_with_output().unwrap();
+    (child.wait_with_output().unwrap(), rest)
+}
+
+#[test]
+fn ctrl_c_stops_generation_prints_the_partial_reply_and_exits_130() {
+    let (o, rest) = interrupted("-INT");
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
     assert!(
         rest.ends_with(b"\n"),
@@ -395,34 +404,7 @@ fn completions_man_page_and_version_come_from_the_clap_definitions() {
 
 #[test]
 fn sigterm_stops_generation_like_ctrl_c() {
-    use std::io::Read;
-    let model = gguf("tiny-v1-f16.gguf");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_greve"))
-        .args([
-            "ask",
-            "-m",
-            &model,
-            "--temperature",
-            "1",
-            "--seed",
-            "1",
-            "Raconte une histoire",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut first = [0u8; 16];
-    assert!(out.read(&mut first).unwrap() > 0);
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let mut rest = Vec::new();
-    out.read_to_end(&mut rest).unwrap();
-    let o = child.wait_with_output().unwrap();
+    let (o, rest) = interrupted("-TERM");
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
     assert!(rest.ends_with(b"\n"));
 }
