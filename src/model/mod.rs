@@ -7,6 +7,7 @@
 pub mod config;
 pub mod gguf;
 pub mod kv_cache;
+pub mod matvec;
 pub mod safetensors;
 pub mod transformer;
 

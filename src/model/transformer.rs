@@ -12,10 +12,11 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::config::Config;
 use super::kv_cache::KvCache;
+use super::matvec::project;
 
 /// A weight by role; each backend maps it to its file's tensor name.
 #[derive(Clone, Copy, Debug)]
@@ -202,7 +203,7 @@ impl Transformer {
             x = layer.forward(&x, &positions)?;
         }
         let last = x.narrow(1, n - 1, 1)?;
-        let logits = self.lm_head.forward(&self.norm.forward(&last)?)?; // (1, 1, vocab)
+        let logits = project(&self.lm_head, &self.norm.forward(&last)?)?; // (1, 1, vocab)
         logits.flatten_all()?.to_dtype(DType::F32)
     }
 }
@@ -246,9 +247,9 @@ impl Attention {
         let (b, n, _) = x.dims3()?;
         let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
         let split = |t: Tensor, heads| t.reshape((b, n, heads, hd))?.transpose(1, 2)?.contiguous();
-        let q = self.q.forward(x)?;
-        let k = self.k.forward(x)?;
-        let v = self.v.forward(x)?;
+        let q = project(&self.q, x)?;
+        let k = project(&self.k, x)?;
+        let v = project(&self.v, x)?;
         let q = self.rotate(&split(q, h)?, cos, sin)?; // (b, h, n, hd)
         let k = self.rotate(&split(k, kv)?, cos, sin)?; // (b, kv, n, hd)
         let (k, v) = self.cache.append(&k, &split(v, kv)?)?; // (b, kv, t, hd)
@@ -270,7 +271,7 @@ impl Attention {
             .reshape((b, h, n, hd))?
             .transpose(1, 2)?
             .reshape((b, n, h * hd))?;
-        self.o.forward(&y)
+        project(&self.o, &y)
     }
 
     fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
@@ -290,8 +291,8 @@ struct FeedForward {
 
 impl FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        self.down.forward(&(gate * self.up.forward(x)?)?)
+        let gate = candle_nn::ops::silu(&project(&self.gate, x)?)?;
+        project(&self.down, &(gate * project(&self.up, x)?)?)
     }
 }
 
