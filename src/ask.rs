@@ -54,7 +54,7 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     }
     messages.push(Message::user(prompt));
 
-    let device = settings::device(args.model.device.as_deref().unwrap_or("auto"))?;
+    let device = settings::device(args.model.device.as_deref())?;
     let loading = Instant::now();
     let mut model = model::open(
         settings::model_spec(args.model.model.as_deref()),

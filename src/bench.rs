@@ -24,7 +24,7 @@ pub fn run(args: &BenchArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
         settings::model_spec(args.model.model.as_deref()),
         &settings::hub_options(&args.model.hub),
     )?;
-    let device = settings::device(args.model.device.as_deref().unwrap_or("auto"))?;
+    let device = settings::device(args.model.device.as_deref())?;
     let dtype = model::compute_dtype(&files, &device, settings::dtype(args.model.dtype));
     let loading = Instant::now();
     let mut transformer = model::load_transformer(&files, &device, dtype)?;

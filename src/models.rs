@@ -74,7 +74,7 @@ pub fn info(args: &InfoArgs) -> anyhow::Result<()> {
     let spec = settings::model_spec(args.model.model.as_deref());
     let hub_opts = settings::hub_options(&args.model.hub);
     let files = resolve_any(spec, &hub_opts)?;
-    let device = settings::device(args.model.device.as_deref().unwrap_or("auto"))?;
+    let device = settings::device(args.model.device.as_deref())?;
     let dtype = model::compute_dtype(&files, &device, settings::dtype(args.model.dtype));
     let tokenizer = model::open_tokenizer(spec, &hub_opts)?;
     let mut out = std::io::stdout().lock();

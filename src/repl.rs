@@ -29,7 +29,7 @@ pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     let prompts = Prompts::load(&settings::prompt_folders(&args.persona)?)?;
     let system = settings::user_system(&args.system)?;
     let transcript = args.load.as_deref().map(Transcript::load).transpose()?;
-    let device = settings::device(args.model.device.as_deref().unwrap_or("auto"))?;
+    let device = settings::device(args.model.device.as_deref())?;
     let model = model::open(
         settings::model_spec(args.model.model.as_deref()),
         &settings::hub_options(&args.model.hub),

@@ -129,8 +129,10 @@ pub fn dtype(arg: Option<DtypeArg>) -> Option<DType> {
     })
 }
 
-/// `auto` takes the GPU this build supports when one is there, else the CPU.
-pub fn device(spec: &str) -> anyhow::Result<Device> {
+/// `auto` (also when no device is given) takes the GPU this build supports
+/// when one is there, else the CPU.
+pub fn device(spec: Option<&str>) -> anyhow::Result<Device> {
+    let spec = spec.unwrap_or("auto");
     let unknown = || {
         Failure::Usage.err(format!(
             "--device {spec:?} is not a device: use auto, cpu, cuda, cuda:N or metal"
@@ -223,12 +225,13 @@ mod tests {
 
     #[test]
     fn devices_are_parsed_and_missing_features_explained() {
-        assert!(device("cpu").unwrap().is_cpu());
-        assert!(device("auto").is_ok());
-        assert!(device("gpu").is_err());
-        assert!(device("cuda:x").is_err());
+        assert!(device(Some("cpu")).unwrap().is_cpu());
+        assert!(device(None).is_ok());
+        assert!(device(Some("auto")).is_ok());
+        assert!(device(Some("gpu")).is_err());
+        assert!(device(Some("cuda:x")).is_err());
         if !cfg!(feature = "cuda") {
-            let err = device("cuda:1").unwrap_err();
+            let err = device(Some("cuda:1")).unwrap_err();
             assert!(format!("{err}").contains("--features cuda"));
         }
     }

@@ -20,6 +20,17 @@ fn load(path: &std::path::Path) -> Model {
     model::load(&files, &Device::Cpu, dtype).unwrap()
 }
 
+/// Logits after `prompt` run on an empty KV cache.
+fn fresh_logits(model: &mut Model, prompt: &[u32]) -> Vec<f32> {
+    model.transformer.truncate(0);
+    model
+        .transformer
+        .forward(prompt)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
 fn greedy(model: &mut Model, prompt: &[u32], n: usize) -> Vec<u32> {
     let params = SamplingParams {
         temperature: 0.0,
@@ -58,13 +69,7 @@ fn check(model: &mut Model, version: &str, what: &str, logit_tolerance: f32) {
         let want = until_eos(ids(&case["greedy"]));
         assert_eq!(greedy(model, &prompt, n), want, "{what}, prompt {prompt:?}");
 
-        model.transformer.truncate(0);
-        let logits = model
-            .transformer
-            .forward(&prompt)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let logits = fresh_logits(model, &prompt);
         for (i, want) in case["first_logits"].as_array().unwrap().iter().enumerate() {
             let want = want.as_f64().unwrap() as f32;
             assert!(
@@ -101,13 +106,7 @@ fn generation_is_the_same_in_one_chunk_or_token_by_token() {
     let mut model = load(&goldens().join("tiny-v1-f16.gguf"));
     let golden = golden_json("tiny-v1.json");
     let prompt = ids(&golden["continuations"][2]["prompt"]);
-    model.transformer.truncate(0);
-    let full = model
-        .transformer
-        .forward(&prompt)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let full = fresh_logits(&mut model, &prompt);
     model.transformer.truncate(0);
     let mut last = Vec::new();
     for &t in &prompt {
@@ -148,13 +147,7 @@ fn quantized_gguf_matches_llama_cpp() {
         let mut model = load(&goldens().join(name));
         for case in cases.as_array().unwrap() {
             let prompt = ids(&case["prompt"]);
-            model.transformer.truncate(0);
-            let mut logits = model
-                .transformer
-                .forward(&prompt)
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let mut logits = fresh_logits(&mut model, &prompt);
             for (i, want) in case["first_logits"].as_array().unwrap().iter().enumerate() {
                 let want = want.as_f64().unwrap() as f32;
                 let got = logits[i];

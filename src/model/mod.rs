@@ -138,10 +138,7 @@ pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> anyhow::Result
         }
         WeightFiles::Gguf(path) => {
             let mut src = gguf::GgufSource::open(path, device)?;
-            let tokenizer = Tokenizer::from_gguf(src.metadata())
-                .classify(Failure::ModelInvalid, || {
-                    format!("the tokenizer in {}", path.display())
-                })?;
+            let tokenizer = gguf_tokenizer(&src, path)?;
             (tokenizer, gguf_transformer(&mut src, path, device, dtype)?)
         }
     };
@@ -186,6 +183,12 @@ pub fn load_transformer(
     }
 }
 
+fn gguf_tokenizer(src: &gguf::GgufSource, path: &Path) -> anyhow::Result<Tokenizer> {
+    Tokenizer::from_gguf(src.metadata()).classify(Failure::ModelInvalid, || {
+        format!("the tokenizer in {}", path.display())
+    })
+}
+
 fn gguf_transformer(
     src: &mut gguf::GgufSource,
     path: &Path,
@@ -227,9 +230,7 @@ pub fn open_tokenizer(spec: &str, hub: &HubOptions) -> anyhow::Result<Tokenizer>
         WeightFiles::Safetensors { .. } => load_tokenizer_json(&files),
         WeightFiles::Gguf(path) => {
             let src = gguf::GgufSource::open(path, &Device::Cpu)?;
-            Tokenizer::from_gguf(src.metadata()).classify(Failure::ModelInvalid, || {
-                format!("the tokenizer in {}", path.display())
-            })
+            gguf_tokenizer(&src, path)
         }
     }
 }
