@@ -2,18 +2,26 @@
 //! `llama` architecture, `blk.N.*` tensor names, Q and K rows permuted for
 //! interleaved rotary pairs, any of the quantisations candle implements
 //! (Q4_0 … Q8_0 and the k-quants).
+//!
+//! The file is memory-mapped: on a CPU the quantised matrices are used where
+//! they lie (see [`super::linear`]), so loading costs page cache, not a copy.
 
+use std::borrow::Cow;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
+use memmap2::{Mmap, MmapOptions};
 
+use super::linear::{Linear, MappedMatrix};
 use super::transformer::{Embedding, RopeLayout, Weight, WeightSource};
 use crate::exit::{Classify, Failure};
 
 pub struct GgufSource {
-    file: File,
+    map: Arc<Mmap>,
     path: PathBuf,
     content: gguf_file::Content,
     device: Device,
@@ -39,12 +47,28 @@ impl GgufSource {
                 )));
             }
         }
+        // SAFETY: the map is read-only; like llama.cpp, greve assumes nobody
+        // rewrites a model file while it runs.
+        let map = unsafe { MmapOptions::new().map(&file) }
+            .classify(Failure::ModelInvalid, || {
+                format!("cannot map {} into memory", path.display())
+            })?;
         Ok(GgufSource {
-            file,
+            map: Arc::new(map),
             path: path.to_path_buf(),
             content,
             device: device.clone(),
         })
+    }
+
+    /// Reads the whole file into the map now, at load, rather than page
+    /// fault by page fault during the first prompt. Best effort: an older
+    /// kernel without MADV_POPULATE_READ faults lazily instead.
+    pub fn prefault(&self) {
+        #[cfg(target_os = "linux")]
+        if let Err(e) = self.map.advise(memmap2::Advice::PopulateRead) {
+            log::debug!("cannot prefault {}: {e}", self.path.display());
+        }
     }
 
     pub fn metadata(&self) -> &std::collections::HashMap<String, gguf_file::Value> {
@@ -98,12 +122,12 @@ impl GgufSource {
         }
     }
 
-    fn load(&mut self, w: Weight, shape: &[usize]) -> anyhow::Result<QTensor> {
-        let device = self.device.clone();
-        self.load_on(w, shape, &device)
+    fn load(&self, w: Weight, shape: &[usize]) -> anyhow::Result<QTensor> {
+        self.load_on(w, shape, &self.device)
     }
 
-    fn load_on(&mut self, w: Weight, shape: &[usize], device: &Device) -> anyhow::Result<QTensor> {
+    /// The bytes of tensor `w` in the file and its type, once its shape is checked.
+    fn locate(&self, w: Weight, shape: &[usize]) -> anyhow::Result<(Range<usize>, GgmlDType)> {
         let name = Self::name(w);
         let Some(info) = self.content.tensor_infos.get(&name) else {
             return Err(Failure::ModelInvalid.err(format!(
@@ -118,12 +142,22 @@ impl GgufSource {
                 info.shape.dims()
             )));
         }
-        let path = &self.path;
-        self.content
-            .tensor(&mut self.file, &name, device)
-            .classify(Failure::ModelInvalid, || {
-                format!("cannot read tensor {name} from {}", path.display())
-            })
+        let dtype = info.ggml_dtype;
+        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        let len = info.shape.elem_count() / dtype.block_size() * dtype.type_size();
+        Ok((start..start + len, dtype))
+    }
+
+    fn load_on(&self, w: Weight, shape: &[usize], device: &Device) -> anyhow::Result<QTensor> {
+        let (range, dtype) = self.locate(w, shape)?;
+        let storage = QStorage::from_data(Cow::Borrowed(&self.map[range]), device, dtype)?;
+        Ok(QTensor::new(storage, shape)?)
+    }
+
+    /// Matrix `w` in place in the map, when the kernels take its format.
+    fn mapped(&self, w: Weight, shape: (usize, usize)) -> anyhow::Result<Option<MappedMatrix>> {
+        let (range, dtype) = self.locate(w, &[shape.0, shape.1])?;
+        Ok(MappedMatrix::new(self.map.clone(), range, dtype, shape))
     }
 }
 
@@ -137,8 +171,15 @@ fn read_header(file: &mut File, path: &Path) -> anyhow::Result<gguf_file::Conten
 }
 
 impl WeightSource for GgufSource {
-    fn matrix(&mut self, w: Weight, (rows, cols): (usize, usize)) -> anyhow::Result<QMatMul> {
-        Ok(QMatMul::from_qtensor(self.load(w, &[rows, cols])?)?)
+    fn matrix(&mut self, w: Weight, (rows, cols): (usize, usize)) -> anyhow::Result<Linear> {
+        if self.device.is_cpu() {
+            if let Some(m) = self.mapped(w, (rows, cols))? {
+                return Ok(Linear::Mapped(m));
+            }
+        }
+        Ok(Linear::Candle(QMatMul::from_qtensor(
+            self.load(w, &[rows, cols])?,
+        )?))
     }
 
     fn dense(&mut self, w: Weight, shape: &[usize]) -> anyhow::Result<Tensor> {
@@ -150,14 +191,11 @@ impl WeightSource for GgufSource {
     }
 
     fn embedding(&mut self, (vocab, d): (usize, usize)) -> anyhow::Result<Embedding> {
+        if let Some(table) = self.mapped(Weight::TokenEmbedding, (vocab, d))? {
+            return Ok(Embedding::Quantized(table));
+        }
         let table = self.load_on(Weight::TokenEmbedding, &[vocab, d], &Device::Cpu)?;
-        Ok(match table.dtype() {
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
-                let device = self.device.clone();
-                Embedding::Dense(table.dequantize(&device)?)
-            }
-            _ => Embedding::Quantized(std::sync::Arc::new(table)),
-        })
+        Ok(Embedding::Dense(table.dequantize(&self.device)?))
     }
 
     fn has(&self, w: Weight) -> bool {

@@ -7,7 +7,8 @@
 pub mod config;
 pub mod gguf;
 pub mod kv_cache;
-pub mod matvec;
+pub mod linear;
+pub mod quant;
 pub mod safetensors;
 pub mod transformer;
 
@@ -197,6 +198,9 @@ fn gguf_transformer(
 ) -> anyhow::Result<Transformer> {
     let config = Config::from_gguf(src.metadata(), src.vocab_size()?)
         .classify(Failure::ModelInvalid, || path.display().to_string())?;
+    if device.is_cpu() {
+        src.prefault();
+    }
     Transformer::load(config, src, dtype, device)
 }
 

@@ -8,6 +8,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
+use super::linear::Linear;
 use super::transformer::{Embedding, RopeLayout, Weight, WeightSource};
 use crate::exit::{Classify, Failure};
 
@@ -75,8 +76,10 @@ impl SafetensorsSource {
 }
 
 impl WeightSource for SafetensorsSource {
-    fn matrix(&mut self, w: Weight, (rows, cols): (usize, usize)) -> anyhow::Result<QMatMul> {
-        Ok(QMatMul::Tensor(self.load(w, &[rows, cols])?))
+    fn matrix(&mut self, w: Weight, (rows, cols): (usize, usize)) -> anyhow::Result<Linear> {
+        Ok(Linear::Candle(QMatMul::Tensor(
+            self.load(w, &[rows, cols])?,
+        )))
     }
 
     fn dense(&mut self, w: Weight, shape: &[usize]) -> anyhow::Result<Tensor> {

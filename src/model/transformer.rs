@@ -9,14 +9,13 @@
 //! `h`/`kv` query and key/value heads, `hd` head size, `f` feed-forward size.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::config::Config;
 use super::kv_cache::KvCache;
-use super::matvec::project;
+use super::linear::{Linear, MappedMatrix};
 
 /// A weight by role; each backend maps it to its file's tensor name.
 #[derive(Clone, Copy, Debug)]
@@ -48,7 +47,7 @@ pub enum RopeLayout {
 /// Where the weights come from: one small interface for every file format.
 pub trait WeightSource {
     /// A projection matrix, (out, in) as stored in the checkpoints.
-    fn matrix(&mut self, w: Weight, shape: (usize, usize)) -> anyhow::Result<QMatMul>;
+    fn matrix(&mut self, w: Weight, shape: (usize, usize)) -> anyhow::Result<Linear>;
     /// A tensor used whole, in the compute dtype: the norms.
     fn dense(&mut self, w: Weight, shape: &[usize]) -> anyhow::Result<Tensor>;
     /// The token embedding table, (vocab, d).
@@ -61,11 +60,10 @@ pub trait WeightSource {
 /// The token embedding table. GGUF files quantise it like the other
 /// matrices; dequantising it whole would cost vocab × d × 4 bytes (500 MB
 /// for Mistral 7B) for a table of which a prompt reads a few rows, so only
-/// the rows of the tokens at hand are dequantised. The quantised table stays
-/// in CPU memory: it is gathered from, never multiplied.
+/// the rows of the tokens at hand are dequantised, from the mapped file.
 pub enum Embedding {
     Dense(Tensor),
-    Quantized(Arc<QTensor>),
+    Quantized(MappedMatrix),
 }
 
 impl Embedding {
@@ -74,8 +72,8 @@ impl Embedding {
         match self {
             Embedding::Dense(table) => table.index_select(&Tensor::new(ids, device)?, 0),
             Embedding::Quantized(table) => {
-                let (vocab, d) = table.shape().dims2()?;
-                let data = table.data()?;
+                let (vocab, d) = table.shape;
+                let data = table.bytes();
                 let row_bytes = data.len() / vocab;
                 let rows = ids
                     .iter()
@@ -86,7 +84,7 @@ impl Embedding {
                         }
                         let bytes = &data[id * row_bytes..(id + 1) * row_bytes];
                         let storage =
-                            QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, table.dtype())?;
+                            QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, table.dtype)?;
                         QTensor::new(storage, (1, d))?.dequantize(&Device::Cpu)
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -96,10 +94,10 @@ impl Embedding {
     }
 
     /// The same table as a matmul, for models whose output projection is tied to it.
-    fn as_matmul(&self) -> Result<QMatMul> {
+    fn as_matmul(&self) -> Linear {
         match self {
-            Embedding::Dense(table) => Ok(QMatMul::Tensor(table.clone())),
-            Embedding::Quantized(table) => QMatMul::from_arc(table.clone()),
+            Embedding::Dense(table) => Linear::Candle(QMatMul::Tensor(table.clone())),
+            Embedding::Quantized(table) => Linear::Mapped(table.clone()),
         }
     }
 }
@@ -109,7 +107,7 @@ pub struct Transformer {
     embed_tokens: Embedding, // (vocab, d)
     layers: Vec<Block>,
     norm: RmsNorm,
-    lm_head: QMatMul, // (vocab, d)
+    lm_head: Linear, // (vocab, d)
     rope: Rope,
     dtype: DType,
     device: Device,
@@ -155,7 +153,7 @@ impl Transformer {
         let lm_head = if src.has(Weight::Output) {
             src.matrix(Weight::Output, (c.vocab_size, d))?
         } else {
-            embed_tokens.as_matmul()?
+            embed_tokens.as_matmul()
         };
         Ok(Transformer {
             embed_tokens,
@@ -203,7 +201,7 @@ impl Transformer {
             x = layer.forward(&x, &positions)?;
         }
         let last = x.narrow(1, n - 1, 1)?;
-        let logits = project(&self.lm_head, &self.norm.forward(&last)?)?; // (1, 1, vocab)
+        let logits = self.lm_head.forward(&self.norm.forward(&last)?)?; // (1, 1, vocab)
         logits.flatten_all()?.to_dtype(DType::F32)
     }
 }
@@ -230,10 +228,10 @@ impl Block {
 }
 
 struct Attention {
-    q: QMatMul, // (h·hd, d)
-    k: QMatMul, // (kv·hd, d)
-    v: QMatMul, // (kv·hd, d)
-    o: QMatMul, // (d, h·hd)
+    q: Linear, // (h·hd, d)
+    k: Linear, // (kv·hd, d)
+    v: Linear, // (kv·hd, d)
+    o: Linear, // (d, h·hd)
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -247,9 +245,9 @@ impl Attention {
         let (b, n, _) = x.dims3()?;
         let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
         let split = |t: Tensor, heads| t.reshape((b, n, heads, hd))?.transpose(1, 2)?.contiguous();
-        let q = project(&self.q, x)?;
-        let k = project(&self.k, x)?;
-        let v = project(&self.v, x)?;
+        let q = self.q.forward(x)?;
+        let k = self.k.forward(x)?;
+        let v = self.v.forward(x)?;
         let q = self.rotate(&split(q, h)?, cos, sin)?; // (b, h, n, hd)
         let k = self.rotate(&split(k, kv)?, cos, sin)?; // (b, kv, n, hd)
         let (k, v) = self.cache.append(&k, &split(v, kv)?)?; // (b, kv, t, hd)
@@ -271,7 +269,7 @@ impl Attention {
             .reshape((b, h, n, hd))?
             .transpose(1, 2)?
             .reshape((b, n, h * hd))?;
-        project(&self.o, &y)
+        self.o.forward(&y)
     }
 
     fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
@@ -284,15 +282,15 @@ impl Attention {
 
 /// SwiGLU: `down(silu(gate(x)) * up(x))`.
 struct FeedForward {
-    gate: QMatMul, // (f, d)
-    up: QMatMul,   // (f, d)
-    down: QMatMul, // (d, f)
+    gate: Linear, // (f, d)
+    up: Linear,   // (f, d)
+    down: Linear, // (d, f)
 }
 
 impl FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&project(&self.gate, x)?)?;
-        project(&self.down, &(gate * project(&self.up, x)?)?)
+        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        self.down.forward(&(gate * self.up.forward(x)?)?)
     }
 }
 

@@ -1,0 +1,306 @@
+//! Products of f32 activations with k-quantised weights, read in place from
+//! the GGUF file's own blocks (Q4_K and Q6_K: every matrix of a Q4_K_M file).
+//!
+//! The activations are quantised once per product to 8 bits in blocks of 256
+//! (ggml's Q8_K), so each block pair is an integer dot product scaled twice:
+//! the kernels in [`q4k`] and [`q6k`] do exactly that, with AVX2 (or AVX-512)
+//! chosen at run time and a scalar version everywhere else. Nothing is
+//! repacked: the file's bytes are the working copy, so a mapped file costs no
+//! memory beyond the page cache, and a token's decode reads each weight once.
+//!
+//! Prefill reuses each weight block for [`TOKENS`] tokens at a time while it
+//! sits in registers and L1, which is what makes a batch cheaper per token.
+
+pub mod q4k;
+pub mod q6k;
+
+use std::sync::OnceLock;
+
+/// Values per block, in the weights and in the quantised activations.
+pub const QK: usize = 256;
+
+/// Tokens that share one pass over a weight row during prefill.
+pub const TOKENS: usize = 4;
+
+/// Weight rows per unit of work handed to a thread: enough to amortise the
+/// hand-over, few enough that both cores finish together.
+const ROWS_PER_ITEM: usize = 16;
+
+/// 256 activations as i8 with one scale, and the sums of each 16 of them,
+/// which the weights' offsets (Q4_K mins, Q6_K's −32) multiply.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Q8Block {
+    pub d: f32,
+    pub sums: [i16; 16],
+    pub qs: [i8; QK],
+}
+
+impl Q8Block {
+    pub const ZERO: Q8Block = Q8Block {
+        d: 0.0,
+        sums: [0; 16],
+        qs: [0; QK],
+    };
+
+    /// Rounds `x` (256 values) to the nearest multiple of max|x| / 127.
+    pub fn quantize(x: &[f32]) -> Q8Block {
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let mut block = Q8Block::ZERO;
+        if amax == 0.0 || !amax.is_finite() {
+            return block;
+        }
+        let inv = 127.0 / amax;
+        for (q, v) in block.qs.iter_mut().zip(x) {
+            *q = (v * inv).round() as i8;
+        }
+        for (sum, qs) in block.sums.iter_mut().zip(block.qs.chunks_exact(16)) {
+            *sum = qs.iter().map(|&q| q as i16).sum();
+        }
+        block.d = amax / 127.0;
+        block
+    }
+}
+
+/// The weight formats with kernels of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Q4K,
+    Q6K,
+}
+
+impl Format {
+    /// Bytes per block of 256 weights.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            Format::Q4K => q4k::BLOCK_BYTES,
+            Format::Q6K => q6k::BLOCK_BYTES,
+        }
+    }
+}
+
+/// The instruction set the kernels use, chosen once from what the CPU
+/// running the program has (not what the build assumed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx2;
+        }
+        Isa::Scalar
+    })
+}
+
+/// Dot products of one weight row with `T` rows of quantised activations.
+fn dot<const T: usize>(isa: Isa, format: Format, row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+    match (isa, format) {
+        (Isa::Scalar, Format::Q4K) => acts.map(|a| q4k::dot_scalar(row, a)),
+        (Isa::Scalar, Format::Q6K) => acts.map(|a| q6k::dot_scalar(row, a)),
+        // SAFETY: `isa()` saw AVX2 and FMA on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, Format::Q4K) => unsafe { q4k::dot_avx2(row, acts) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, Format::Q6K) => unsafe { q6k::dot_avx2(row, acts) },
+    }
+}
+
+/// `out[t][r] = Σ_k x[t][k] · w[r][k]` for `m` tokens of `k` values against
+/// `n` rows of `format` blocks; `out` is (m, n), row-major like `x`.
+pub fn matmul(
+    format: Format,
+    w: &[u8],
+    (m, k, n): (usize, usize, usize),
+    x: &[f32],
+    out: &mut [f32],
+) {
+    assert!(
+        k.is_multiple_of(QK),
+        "{k} values per row is not a whole number of blocks"
+    );
+    let row_bytes = k / QK * format.block_bytes();
+    assert_eq!(w.len(), n * row_bytes, "weights of the wrong size");
+    assert_eq!(x.len(), m * k, "activations of the wrong size");
+    assert_eq!(out.len(), m * n, "output of the wrong size");
+    let acts = quantize(x, m, k);
+    let acts: Vec<&[Q8Block]> = acts.chunks_exact(k / QK).collect();
+    let isa = isa();
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let items = n.div_ceil(ROWS_PER_ITEM);
+    candle_core::utils::barrier_pool().execute_chunked(items, |range| {
+        let out_ptr = &out_ptr;
+        let rows = range.start * ROWS_PER_ITEM..(range.end * ROWS_PER_ITEM).min(n);
+        let write = |t: usize, r: usize, v: f32| {
+            // SAFETY: every (t, r) lies in `out` (asserted sizes) and is
+            // written by the one work item that owns row r.
+            unsafe { *out_ptr.0.add(t * n + r) = v }
+        };
+        let mut t = 0;
+        while t + TOKENS <= m {
+            for r in rows.clone() {
+                let row = &w[r * row_bytes..(r + 1) * row_bytes];
+                let a: [&[Q8Block]; TOKENS] = std::array::from_fn(|i| acts[t + i]);
+                for (i, v) in dot(isa, format, row, a).into_iter().enumerate() {
+                    write(t + i, r, v);
+                }
+            }
+            t += TOKENS;
+        }
+        for (t, a) in acts.iter().enumerate().skip(t) {
+            for r in rows.clone() {
+                let row = &w[r * row_bytes..(r + 1) * row_bytes];
+                write(t, r, dot(isa, format, row, [a])[0]);
+            }
+        }
+    });
+}
+
+/// The output pointer, shared by the work items that write disjoint parts of it.
+struct SharedOut(*mut f32);
+// SAFETY: the work items write disjoint elements (see `matmul`).
+unsafe impl Sync for SharedOut {}
+
+/// `m` rows of `k` activations as Q8 blocks, quantised on every core.
+fn quantize(x: &[f32], m: usize, k: usize) -> Vec<Q8Block> {
+    let mut blocks = vec![Q8Block::ZERO; m * k / QK];
+    let ptr = SharedBlocks(blocks.as_mut_ptr());
+    candle_core::utils::barrier_pool().execute_chunked(blocks.len(), |range| {
+        let ptr = &ptr;
+        for i in range {
+            // SAFETY: each block index is handed to exactly one work item.
+            unsafe { *ptr.0.add(i) = Q8Block::quantize(&x[i * QK..(i + 1) * QK]) }
+        }
+    });
+    blocks
+}
+
+struct SharedBlocks(*mut Q8Block);
+// SAFETY: the work items write disjoint blocks (see `quantize`).
+unsafe impl Sync for SharedBlocks {}
+
+/// An f16 stored little-endian at `bytes[at..at + 2]`.
+#[inline(always)]
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+    use candle_core::Device;
+    use rand::{Rng, SeedableRng};
+    use std::borrow::Cow;
+
+    /// Random blocks of `format` whose scales are sane f16 values (random
+    /// bytes there would make infinities and NaNs).
+    pub fn random_rows(format: Format, rows: usize, k: usize, seed: u64) -> Vec<u8> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut bytes = vec![0u8; rows * k / QK * format.block_bytes()];
+        rng.fill(&mut bytes[..]);
+        let f16 = |rng: &mut rand_chacha::ChaCha8Rng| {
+            half::f16::from_f32(rng.random_range(0.001..0.02)).to_le_bytes()
+        };
+        for block in bytes.chunks_exact_mut(format.block_bytes()) {
+            match format {
+                Format::Q4K => {
+                    block[0..2].copy_from_slice(&f16(&mut rng));
+                    block[2..4].copy_from_slice(&f16(&mut rng));
+                }
+                Format::Q6K => block[208..210].copy_from_slice(&f16(&mut rng)),
+            }
+        }
+        bytes
+    }
+
+    pub fn random_acts(m: usize, k: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..m * k).map(|_| rng.random_range(-2.0f32..2.0)).collect()
+    }
+
+    /// The same product through candle: dequantised weights, f32 matmul.
+    fn reference(
+        format: Format,
+        w: &[u8],
+        (m, k, n): (usize, usize, usize),
+        x: &[f32],
+    ) -> Vec<f32> {
+        let dtype = match format {
+            Format::Q4K => GgmlDType::Q4K,
+            Format::Q6K => GgmlDType::Q6K,
+        };
+        let storage = QStorage::from_data(Cow::Borrowed(w), &Device::Cpu, dtype).unwrap();
+        let w = QTensor::new(storage, (n, k))
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let x = candle_core::Tensor::from_slice(x, (m, k), &Device::Cpu).unwrap();
+        x.matmul(&w.t().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], tolerance: f32) {
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= tolerance * scale,
+                "element {i}: {g} vs {w} (scale {scale})"
+            );
+        }
+    }
+
+    #[test]
+    fn products_match_candle_on_dequantised_weights() {
+        // 7 tokens: one group of TOKENS and a remainder; 37 rows: a partial work item.
+        let (m, k, n) = (7, 512, 37);
+        for format in [Format::Q4K, Format::Q6K] {
+            let w = random_rows(format, n, k, 1);
+            let x = random_acts(m, k, 2);
+            let mut out = vec![0f32; m * n];
+            matmul(format, &w, (m, k, n), &x, &mut out);
+            // Only the 8-bit rounding of the activations separates the two.
+            assert_close(&out, &reference(format, &w, (m, k, n), &x), 0.01);
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_scalar_result() {
+        let k = 1024;
+        let x = random_acts(TOKENS, k, 3);
+        let acts: Vec<Q8Block> = x.chunks_exact(QK).map(Q8Block::quantize).collect();
+        let acts: [&[Q8Block]; TOKENS] = std::array::from_fn(|t| &acts[t * 4..(t + 1) * 4]);
+        for format in [Format::Q4K, Format::Q6K] {
+            let row = random_rows(format, 1, k, 4);
+            let scalar = dot(Isa::Scalar, format, &row, acts);
+            let simd = dot(isa(), format, &row, acts);
+            assert_close(&simd, &scalar, 1e-5);
+            assert_close(&dot(isa(), format, &row, [acts[2]]), &scalar[2..3], 1e-5);
+        }
+    }
+
+    #[test]
+    fn quantised_activations_keep_their_sums() {
+        let x = random_acts(1, QK, 5);
+        let b = Q8Block::quantize(&x);
+        assert_eq!(b.qs.iter().map(|&q| q.unsigned_abs()).max(), Some(127));
+        for (s, qs) in b.sums.iter().zip(b.qs.chunks_exact(16)) {
+            assert_eq!(*s, qs.iter().map(|&q| q as i16).sum::<i16>());
+        }
+        for (q, v) in b.qs.iter().zip(&x) {
+            assert!((*q as f32 * b.d - v).abs() <= b.d / 2.0 + 1e-6);
+        }
+        assert_eq!(Q8Block::quantize(&[0.0; QK]).d, 0.0);
+    }
+}

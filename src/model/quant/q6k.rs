@@ -1,0 +1,114 @@
+//! Q6_K: 256 weights in 210 bytes. Sixteen sub-blocks of 16 weights, each
+//! `w = d·sc·(q − 32)` with a 6-bit `q` and a signed 8-bit `sc`.
+//!
+//! Layout (llama.cpp's `block_q6_K`): 128 bytes of low nibbles at 0, 64 bytes
+//! of high bit pairs at 128, 16 scales at 192, `d` f16 at 208. Each half of
+//! 128 weights uses 64 low-nibble bytes `ql` and 32 high bytes `qh`: weight
+//! l, l + 32, l + 64, l + 96 (l < 32) take the low nibble of `ql[l]`, of
+//! `ql[l + 32]`, the high nibble of `ql[l]`, of `ql[l + 32]`, and bits 0–1,
+//! 2–3, 4–5, 6–7 of `qh[l]` on top.
+
+use super::{f16_at, Q8Block};
+
+pub const BLOCK_BYTES: usize = 210;
+const QH: usize = 128;
+const SCALES: usize = 192;
+const D: usize = 208;
+
+/// The reference. The −32 offset is taken out through the activation sums,
+/// as the SIMD versions do (their multiplies need unsigned weights).
+pub fn dot_scalar(row: &[u8], acts: &[Q8Block]) -> f32 {
+    let mut acc = 0f32;
+    for (block, a) in row.chunks_exact(BLOCK_BYTES).zip(acts) {
+        let scale = |s: usize| block[SCALES + s] as i8 as i32;
+        let mut sum = 0i32;
+        for half in 0..2 {
+            let (ql, qh) = (&block[64 * half..], &block[QH + 32 * half..]);
+            for l in 0..32 {
+                let q = [
+                    (ql[l] & 0x0F) | (qh[l] & 3) << 4,
+                    (ql[l + 32] & 0x0F) | (qh[l] >> 2 & 3) << 4,
+                    (ql[l] >> 4) | (qh[l] >> 4 & 3) << 4,
+                    (ql[l + 32] >> 4) | (qh[l] >> 6 & 3) << 4,
+                ];
+                for (i, q) in q.into_iter().enumerate() {
+                    let at = 128 * half + 32 * i + l;
+                    sum += scale(at / 16) * q as i32 * a.qs[at] as i32;
+                }
+            }
+        }
+        let offset: i32 = (0..16).map(|s| scale(s) * a.sums[s] as i32).sum();
+        acc += a.d * f16_at(block, D) * (sum - 32 * offset) as f32;
+    }
+    acc
+}
+
+/// One row against `T` activation rows (see [`super::q4k::dot_avx2`]; the
+/// 6-bit weights keep maddubs' i16 pairs within 2·63·127).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+    use std::arch::x86_64::*;
+    let nibble = _mm256_set1_epi8(0x0F);
+    let pair = _mm256_set1_epi8(0x30);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+        let p = block.as_ptr();
+        let scales = _mm_loadu_si128(p.add(SCALES).cast());
+        let all_scales = _mm256_cvtepi8_epi16(scales);
+        let mut sums = [_mm256_setzero_si256(); T];
+        for half in 0..2 {
+            let ql0 = _mm256_loadu_si256(p.add(64 * half).cast());
+            let ql1 = _mm256_loadu_si256(p.add(64 * half + 32).cast());
+            let qh = _mm256_loadu_si256(p.add(QH + 32 * half).cast());
+            let q = [
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, nibble),
+                    _mm256_and_si256(_mm256_slli_epi16(qh, 4), pair),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, nibble),
+                    _mm256_and_si256(_mm256_slli_epi16(qh, 2), pair),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), nibble),
+                    _mm256_and_si256(qh, pair),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), nibble),
+                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), pair),
+                ),
+            ];
+            for (i, q) in q.into_iter().enumerate() {
+                // 32 weights are two sub-blocks: their two scales, eight i16 lanes each.
+                let s = 8 * half + 2 * i;
+                let sc = _mm256_set_m128i(
+                    _mm_set1_epi16(block[SCALES + s + 1] as i8 as i16),
+                    _mm_set1_epi16(block[SCALES + s] as i8 as i16),
+                );
+                for t in 0..T {
+                    let a =
+                        _mm256_loadu_si256(acts[t][b].qs.as_ptr().add(128 * half + 32 * i).cast());
+                    let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), sc);
+                    sums[t] = _mm256_add_epi32(sums[t], prod);
+                }
+            }
+        }
+        let d = f16_at(block, D);
+        for t in 0..T {
+            let a = &acts[t][b];
+            let a_sums = _mm256_loadu_si256(a.sums.as_ptr().cast());
+            let offset = _mm256_slli_epi32(_mm256_madd_epi16(a_sums, all_scales), 5);
+            let sum = _mm256_sub_epi32(sums[t], offset);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d * a.d), acc[t]);
+        }
+    }
+    let mut out = [0f32; T];
+    for t in 0..T {
+        out[t] = super::q4k::hsum(acc[t]);
+    }
+    out
+}
