@@ -11,6 +11,7 @@
 //! Prefill reuses each weight block for [`TOKENS`] tokens at a time while it
 //! sits in registers and L1, which is what makes a batch cheaper per token.
 
+pub mod packed;
 pub mod q4k;
 pub mod q6k;
 
@@ -86,6 +87,9 @@ pub enum Isa {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX2 for single rows, and [`packed`] tiles for prefill.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
 }
 
 pub fn isa() -> Isa {
@@ -94,7 +98,11 @@ pub fn isa() -> Isa {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            return Isa::Avx2;
+            return if packed::available() {
+                Isa::Avx512Vnni
+            } else {
+                Isa::Avx2
+            };
         }
         Isa::Scalar
     })
@@ -107,9 +115,9 @@ fn dot<const T: usize>(isa: Isa, format: Format, row: &[u8], acts: [&[Q8Block]; 
         (Isa::Scalar, Format::Q6K) => acts.map(|a| q6k::dot_scalar(row, a)),
         // SAFETY: `isa()` saw AVX2 and FMA on this CPU.
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, Format::Q4K) => unsafe { q4k::dot_avx2(row, acts) },
+        (Isa::Avx2 | Isa::Avx512Vnni, Format::Q4K) => unsafe { q4k::dot_avx2(row, acts) },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, Format::Q6K) => unsafe { q6k::dot_avx2(row, acts) },
+        (Isa::Avx2 | Isa::Avx512Vnni, Format::Q6K) => unsafe { q6k::dot_avx2(row, acts) },
     }
 }
 
@@ -134,6 +142,12 @@ pub fn matmul(
     let acts: Vec<&[Q8Block]> = acts.chunks_exact(k / QK).collect();
     let isa = isa();
     let out_ptr = SharedOut(out.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && m >= packed::MIN_TOKENS && n.is_multiple_of(packed::ROWS) {
+        // SAFETY: `isa()` saw AVX-512 VNNI on this CPU.
+        unsafe { matmul_packed(format, w, row_bytes, (m, n), &acts, &out_ptr) };
+        return;
+    }
     let items = n.div_ceil(ROWS_PER_ITEM);
     candle_core::utils::barrier_pool().execute_chunked(items, |range| {
         let out_ptr = &out_ptr;
@@ -160,6 +174,56 @@ pub fn matmul(
                 write(t, r, dot(isa, format, row, [a])[0]);
             }
         }
+    });
+}
+
+/// Prefill through [`packed`] tiles, one tile of rows per work item.
+///
+/// # Safety
+/// The CPU must have AVX-512 VNNI; `out` must hold (m, n) values.
+#[cfg(target_arch = "x86_64")]
+unsafe fn matmul_packed(
+    format: Format,
+    w: &[u8],
+    row_bytes: usize,
+    (m, n): (usize, usize),
+    acts: &[&[Q8Block]],
+    out: &SharedOut,
+) {
+    use std::cell::RefCell;
+    thread_local! {
+        static TILE: RefCell<packed::Tile> = RefCell::default();
+    }
+    const ROWS: usize = packed::ROWS;
+    candle_core::utils::barrier_pool().execute_chunked(n / ROWS, |range| {
+        TILE.with_borrow_mut(|tile| {
+            for i in range {
+                let first = i * ROWS;
+                tile.pack(
+                    format,
+                    &w[first * row_bytes..(first + ROWS) * row_bytes],
+                    row_bytes,
+                );
+                let write = |t: usize, sums: &[f32; ROWS]| {
+                    // SAFETY: rows first..first + 16 of token t lie in `out`
+                    // and belong to this work item alone.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(sums.as_ptr(), out.0.add(t * n + first), ROWS)
+                    }
+                };
+                let mut t = 0;
+                while t + packed::TOKENS <= m {
+                    let a: [&[Q8Block]; packed::TOKENS] = std::array::from_fn(|i| acts[t + i]);
+                    for (i, sums) in packed::products(format, tile, a).iter().enumerate() {
+                        write(t + i, sums);
+                    }
+                    t += packed::TOKENS;
+                }
+                for (t, a) in acts.iter().enumerate().skip(t) {
+                    write(t, &packed::products(format, tile, [*a])[0]);
+                }
+            }
+        })
     });
 }
 
@@ -263,9 +327,14 @@ pub(crate) mod tests {
 
     #[test]
     fn products_match_candle_on_dequantised_weights() {
-        // 7 tokens: one group of TOKENS and a remainder; 37 rows: a partial work item.
-        let (m, k, n) = (7, 512, 37);
-        for format in [Format::Q4K, Format::Q6K] {
+        // 7 tokens: one group of TOKENS and a remainder; 37 rows: a partial
+        // work item; 35 tokens and 32 rows: repacked tiles, where the CPU has them.
+        for (format, (m, k, n)) in [
+            (Format::Q4K, (7, 512, 37)),
+            (Format::Q6K, (7, 512, 37)),
+            (Format::Q4K, (35, 512, 32)),
+            (Format::Q6K, (35, 256, 32)),
+        ] {
             let w = random_rows(format, n, k, 1);
             let x = random_acts(m, k, 2);
             let mut out = vec![0f32; m * n];
@@ -287,6 +356,30 @@ pub(crate) mod tests {
             let simd = dot(isa(), format, &row, acts);
             assert_close(&simd, &scalar, 1e-5);
             assert_close(&dot(isa(), format, &row, [acts[2]]), &scalar[2..3], 1e-5);
+        }
+    }
+
+    #[test]
+    fn packed_tiles_give_the_scalar_result() {
+        if !packed::available() {
+            return;
+        }
+        let k = 512;
+        let x = random_acts(TOKENS, k, 6);
+        let acts: Vec<Q8Block> = x.chunks_exact(QK).map(Q8Block::quantize).collect();
+        let acts: [&[Q8Block]; TOKENS] = std::array::from_fn(|t| &acts[t * 2..(t + 1) * 2]);
+        for format in [Format::Q4K, Format::Q6K] {
+            let rows = random_rows(format, packed::ROWS, k, 7);
+            let row_bytes = k / QK * format.block_bytes();
+            let mut tile = packed::Tile::default();
+            tile.pack(format, &rows, row_bytes);
+            // SAFETY: checked just above.
+            let sums = unsafe { packed::products(format, &tile, acts) };
+            for (r, row) in rows.chunks_exact(row_bytes).enumerate() {
+                let scalar = dot(Isa::Scalar, format, row, acts);
+                let got: Vec<f32> = sums.iter().map(|s| s[r]).collect();
+                assert_close(&got, &scalar, 1e-5);
+            }
         }
     }
 

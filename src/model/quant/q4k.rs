@@ -28,24 +28,36 @@ fn scales_and_mins(block: &[u8]) -> ([u8; 8], [u8; 8]) {
     (sc, mn)
 }
 
+/// The 256 quants of `block` in order (0–15 each), with `d·sc` and `dmin·m`
+/// of its eight sub-blocks: what a weight is, `scale·q − min`.
+pub fn unpack(block: &[u8], quants: &mut [u8; 256]) -> ([f32; 8], [f32; 8]) {
+    for (j, chunk) in block[QS..BLOCK_BYTES].chunks_exact(32).enumerate() {
+        for (l, q) in chunk.iter().enumerate() {
+            quants[64 * j + l] = q & 0x0F;
+            quants[64 * j + 32 + l] = q >> 4;
+        }
+    }
+    let (sc, mn) = scales_and_mins(block);
+    let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+    (sc.map(|s| d * s as f32), mn.map(|m| dmin * m as f32))
+}
+
 /// The reference: integer sums per sub-block, as the SIMD versions compute them.
 pub fn dot_scalar(row: &[u8], acts: &[Q8Block]) -> f32 {
     let mut acc = 0f32;
+    let mut quants = [0u8; 256];
     for (block, a) in row.chunks_exact(BLOCK_BYTES).zip(acts) {
+        unpack(block, &mut quants);
         let (sc, mn) = scales_and_mins(block);
         let mut sum = 0i32;
-        for j in 0..4 {
-            let (mut lo, mut hi) = (0i32, 0i32);
-            for l in 0..32 {
-                let q = block[QS + 32 * j + l];
-                lo += (q & 0x0F) as i32 * a.qs[64 * j + l] as i32;
-                hi += (q >> 4) as i32 * a.qs[64 * j + 32 + l] as i32;
-            }
-            sum += sc[2 * j] as i32 * lo + sc[2 * j + 1] as i32 * hi;
+        let mut mins = 0i32;
+        for s in 0..8 {
+            let dot: i32 = (32 * s..32 * s + 32)
+                .map(|e| quants[e] as i32 * a.qs[e] as i32)
+                .sum();
+            sum += sc[s] as i32 * dot;
+            mins += mn[s] as i32 * (a.sums[2 * s] as i32 + a.sums[2 * s + 1] as i32);
         }
-        let mins: i32 = (0..8)
-            .map(|s| mn[s] as i32 * (a.sums[2 * s] as i32 + a.sums[2 * s + 1] as i32))
-            .sum();
         acc += a.d * (f16_at(block, 0) * sum as f32 - f16_at(block, 2) * mins as f32);
     }
     acc

@@ -15,30 +15,42 @@ const QH: usize = 128;
 const SCALES: usize = 192;
 const D: usize = 208;
 
+/// The 256 quants of `block` in order (0–63 each; the weight is
+/// `scale·(q − 32)`), with `d·sc` of its sixteen sub-blocks.
+pub fn unpack(block: &[u8], quants: &mut [u8; 256]) -> [f32; 16] {
+    for half in 0..2 {
+        let (ql, qh) = (&block[64 * half..], &block[QH + 32 * half..]);
+        for l in 0..32 {
+            let at = 128 * half + l;
+            quants[at] = (ql[l] & 0x0F) | (qh[l] & 3) << 4;
+            quants[at + 32] = (ql[l + 32] & 0x0F) | (qh[l] >> 2 & 3) << 4;
+            quants[at + 64] = (ql[l] >> 4) | (qh[l] >> 4 & 3) << 4;
+            quants[at + 96] = (ql[l + 32] >> 4) | (qh[l] >> 6 & 3) << 4;
+        }
+    }
+    let d = f16_at(block, D);
+    std::array::from_fn(|s| d * scale(block, s) as f32)
+}
+
+fn scale(block: &[u8], s: usize) -> i32 {
+    block[SCALES + s] as i8 as i32
+}
+
 /// The reference. The −32 offset is taken out through the activation sums,
 /// as the SIMD versions do (their multiplies need unsigned weights).
 pub fn dot_scalar(row: &[u8], acts: &[Q8Block]) -> f32 {
     let mut acc = 0f32;
+    let mut quants = [0u8; 256];
     for (block, a) in row.chunks_exact(BLOCK_BYTES).zip(acts) {
-        let scale = |s: usize| block[SCALES + s] as i8 as i32;
+        unpack(block, &mut quants);
         let mut sum = 0i32;
-        for half in 0..2 {
-            let (ql, qh) = (&block[64 * half..], &block[QH + 32 * half..]);
-            for l in 0..32 {
-                let q = [
-                    (ql[l] & 0x0F) | (qh[l] & 3) << 4,
-                    (ql[l + 32] & 0x0F) | (qh[l] >> 2 & 3) << 4,
-                    (ql[l] >> 4) | (qh[l] >> 4 & 3) << 4,
-                    (ql[l + 32] >> 4) | (qh[l] >> 6 & 3) << 4,
-                ];
-                for (i, q) in q.into_iter().enumerate() {
-                    let at = 128 * half + 32 * i + l;
-                    sum += scale(at / 16) * q as i32 * a.qs[at] as i32;
-                }
-            }
+        for s in 0..16 {
+            let dot: i32 = (16 * s..16 * s + 16)
+                .map(|e| quants[e] as i32 * a.qs[e] as i32)
+                .sum();
+            sum += scale(block, s) * (dot - 32 * a.sums[s] as i32);
         }
-        let offset: i32 = (0..16).map(|s| scale(s) * a.sums[s] as i32).sum();
-        acc += a.d * f16_at(block, D) * (sum - 32 * offset) as f32;
+        acc += a.d * f16_at(block, D) * sum as f32;
     }
     acc
 }

@@ -1,0 +1,180 @@
+//! Prefill on CPUs with AVX-512 VNNI: weight rows repacked on the fly, a
+//! tile of 16 rows at a time, into the order `vpdpbusd` wants (4 consecutive
+//! values of each of 16 rows per 64 bytes), then used for every token of
+//! the prompt. One instruction then does 64 multiply-adds into 16 row sums,
+//! and the sub-block scales apply once per 32 (Q4_K) or 16 (Q6_K) values
+//! for all 16 rows at once, where the compact kernels spend two multiplies
+//! per 32 values and row. The tile lives in a per-thread scratch buffer, so
+//! memory use does not grow: the file's blocks stay the only copy.
+//!
+//! Repacking costs about as much as a few dozen tokens' worth of products,
+//! so only batches of [`MIN_TOKENS`] or more come here.
+
+use super::{q4k, q6k, Format, Q8Block, QK};
+
+/// Rows per tile: one 512-bit register of i32 sums.
+pub const ROWS: usize = 16;
+
+/// The smallest batch worth repacking for.
+pub const MIN_TOKENS: usize = 32;
+
+/// Tokens per pass over a tile: enough independent sums to keep the
+/// multiply-add units busy through their latency.
+pub const TOKENS: usize = 8;
+
+/// 16 rows of weights in `vpdpbusd` order, with their scales as f32.
+#[derive(Default)]
+pub struct Tile {
+    /// Per block: [64 groups of 4 values][16 rows][4 quants].
+    quants: Vec<u8>,
+    /// Per block and sub-block: `d·sc` of the 16 rows.
+    scales: Vec<f32>,
+    /// Q4_K only, per block and sub-block: `dmin·m` of the 16 rows.
+    mins: Vec<f32>,
+    blocks: usize,
+}
+
+impl Tile {
+    /// Repacks rows `rows[r * row_bytes..]` (16 of them) of `format`.
+    pub fn pack(&mut self, format: Format, rows: &[u8], row_bytes: usize) {
+        let blocks = row_bytes / format.block_bytes();
+        let sub = sub_blocks(format);
+        self.blocks = blocks;
+        self.quants.resize(blocks * QK * ROWS, 0);
+        self.scales.resize(blocks * sub * ROWS, 0.0);
+        self.mins.resize(
+            if format == Format::Q4K {
+                blocks * 8 * ROWS
+            } else {
+                0
+            },
+            0.0,
+        );
+        let mut quants = [0u8; QK];
+        for r in 0..ROWS {
+            let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+            for (b, block) in row.chunks_exact(format.block_bytes()).enumerate() {
+                match format {
+                    Format::Q4K => {
+                        let (scales, mins) = q4k::unpack(block, &mut quants);
+                        for s in 0..8 {
+                            self.scales[(b * 8 + s) * ROWS + r] = scales[s];
+                            self.mins[(b * 8 + s) * ROWS + r] = mins[s];
+                        }
+                    }
+                    Format::Q6K => {
+                        let scales = q6k::unpack(block, &mut quants);
+                        for (s, scale) in scales.into_iter().enumerate() {
+                            self.scales[(b * 16 + s) * ROWS + r] = scale;
+                        }
+                    }
+                }
+                let out = &mut self.quants[b * QK * ROWS..(b + 1) * QK * ROWS];
+                for (g, four) in quants.chunks_exact(4).enumerate() {
+                    out[(g * ROWS + r) * 4..(g * ROWS + r + 1) * 4].copy_from_slice(four);
+                }
+            }
+        }
+    }
+}
+
+fn sub_blocks(format: Format) -> usize {
+    match format {
+        Format::Q4K => 8,
+        Format::Q6K => 16,
+    }
+}
+
+/// Whether this CPU runs the tile kernels.
+#[cfg(target_arch = "x86_64")]
+pub fn available() -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    has!("avx512f") && has!("avx512bw") && has!("avx512vnni")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn available() -> bool {
+    false
+}
+
+/// The 16 row sums of `tile` for each of `T` tokens.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VNNI ([`available`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn products<const T: usize>(
+    format: Format,
+    tile: &Tile,
+    acts: [&[Q8Block]; T],
+) -> [[f32; ROWS]; T] {
+    match format {
+        Format::Q4K => products_of::<T, 8>(tile, acts),
+        Format::Q6K => products_of::<T, 16>(tile, acts),
+    }
+}
+
+/// [`products`] for `SUB` sub-blocks per block (8: Q4_K, 16: Q6_K).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn products_of<const T: usize, const SUB: usize>(
+    tile: &Tile,
+    acts: [&[Q8Block]; T],
+) -> [[f32; ROWS]; T] {
+    use std::arch::x86_64::*;
+    // Groups of 4 values per sub-block.
+    let groups = QK / SUB / 4;
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..tile.blocks {
+        let quants = tile.quants[b * QK * ROWS..(b + 1) * QK * ROWS].as_ptr();
+        let scales = &tile.scales[b * SUB * ROWS..(b + 1) * SUB * ROWS];
+        let mut block_acc = [_mm512_setzero_ps(); T];
+        for s in 0..SUB {
+            let mut sums = [_mm512_setzero_si512(); T];
+            for g in s * groups..(s + 1) * groups {
+                let w = _mm512_loadu_si512(quants.add(g * 4 * ROWS).cast());
+                for t in 0..T {
+                    let a = acts[t][b]
+                        .qs
+                        .as_ptr()
+                        .add(4 * g)
+                        .cast::<i32>()
+                        .read_unaligned();
+                    sums[t] = _mm512_dpbusd_epi32(sums[t], w, _mm512_set1_epi32(a));
+                }
+            }
+            let scale = _mm512_loadu_ps(scales.as_ptr().add(s * ROWS));
+            for t in 0..T {
+                block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), scale, block_acc[t]);
+            }
+        }
+        // The offsets through the activation sums: Q4_K's mins per 32
+        // values, Q6_K's −32 per 16.
+        for t in 0..T {
+            let a = &acts[t][b];
+            let mut offset = _mm512_setzero_ps();
+            if SUB == 8 {
+                let mins = &tile.mins[b * 8 * ROWS..(b + 1) * 8 * ROWS];
+                for s in 0..8 {
+                    let min = _mm512_loadu_ps(mins.as_ptr().add(s * ROWS));
+                    let sum = (a.sums[2 * s] as i32 + a.sums[2 * s + 1] as i32) as f32;
+                    offset = _mm512_fmadd_ps(min, _mm512_set1_ps(sum), offset);
+                }
+            } else {
+                for s in 0..16 {
+                    let scale = _mm512_loadu_ps(scales.as_ptr().add(s * ROWS));
+                    let sum = 32.0 * a.sums[s] as f32;
+                    offset = _mm512_fmadd_ps(scale, _mm512_set1_ps(sum), offset);
+                }
+            }
+            let block = _mm512_sub_ps(block_acc[t], offset);
+            acc[t] = _mm512_fmadd_ps(block, _mm512_set1_ps(a.d), acc[t]);
+        }
+    }
+    let mut out = [[0f32; ROWS]; T];
+    for t in 0..T {
+        _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+    }
+    out
+}
