@@ -4,6 +4,7 @@
 //! Both file formats end in the same [`Transformer`]; the only difference
 //! past this file is the [`transformer::WeightSource`] that fed it.
 
+pub mod attention;
 pub mod config;
 pub mod gguf;
 pub mod kv_cache;

@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::attention::{self, HostKvCache};
 use super::config::Config;
 use super::kv_cache::KvCache;
 use super::linear::{Linear, MappedMatrix};
@@ -139,7 +140,12 @@ impl Transformer {
                     kv_heads: c.num_kv_heads,
                     head_dim: c.head_dim,
                     rope: src.rope_layout(),
-                    cache: KvCache::default(),
+                    window: c.sliding_window,
+                    cache: if device.is_cpu() {
+                        Cache::Host(HostKvCache::new(c.num_kv_heads, c.head_dim))
+                    } else {
+                        Cache::Device(KvCache::default())
+                    },
                 },
                 ffn_norm: RmsNorm::new(src.dense(Weight::FfnNorm(l), &[d])?, c.rms_norm_eps),
                 ffn: FeedForward {
@@ -195,7 +201,13 @@ impl Transformer {
         let positions = Positions {
             cos,
             sin,
-            mask: attention_mask(pos, n, self.config.sliding_window, self.dtype, &self.device)?,
+            // The CPU attention applies the mask as ranges of positions.
+            mask: match self.device.is_cpu() {
+                true => None,
+                false => {
+                    attention_mask(pos, n, self.config.sliding_window, self.dtype, &self.device)?
+                }
+            },
         };
         for layer in &mut self.layers {
             x = layer.forward(&x, &positions)?;
@@ -236,7 +248,31 @@ struct Attention {
     kv_heads: usize,
     head_dim: usize,
     rope: RopeLayout,
-    cache: KvCache,
+    window: Option<usize>,
+    cache: Cache,
+}
+
+/// Keys and values: in f16 host memory for the CPU kernels, as candle
+/// tensors on a GPU.
+enum Cache {
+    Host(HostKvCache),
+    Device(KvCache),
+}
+
+impl Cache {
+    fn positions(&self) -> usize {
+        match self {
+            Cache::Host(c) => c.positions(),
+            Cache::Device(c) => c.positions(),
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Cache::Host(c) => c.truncate(len),
+            Cache::Device(c) => c.truncate(len),
+        }
+    }
 }
 
 impl Attention {
@@ -250,7 +286,18 @@ impl Attention {
         let v = self.v.forward(x)?;
         let q = self.rotate(&split(q, h)?, cos, sin)?; // (b, h, n, hd)
         let k = self.rotate(&split(k, kv)?, cos, sin)?; // (b, kv, n, hd)
-        let (k, v) = self.cache.append(&k, &split(v, kv)?)?; // (b, kv, t, hd)
+        let v = split(v, kv)?;
+        let cache = match &mut self.cache {
+            Cache::Host(cache) => {
+                let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
+                cache.append(&flat(&k)?, &flat(&v)?, n);
+                let y = attention::attend(&flat(&q)?, h, n, cache, self.window);
+                let y = Tensor::from_vec(y, (b, n, h * hd), x.device())?.to_dtype(x.dtype())?;
+                return self.o.forward(&y);
+            }
+            Cache::Device(cache) => cache,
+        };
+        let (k, v) = cache.append(&k, &v)?; // (b, kv, t, hd)
         let t = k.dim(2)?;
 
         // Grouped-query attention without copying K and V per query head:

@@ -116,6 +116,7 @@ pub unsafe fn products<const T: usize>(
 
 /// [`products`] for `SUB` sub-blocks per block (8: Q4_K, 16: Q6_K).
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // `b` indexes the tile and every token's blocks
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
 unsafe fn products_of<const T: usize, const SUB: usize>(
