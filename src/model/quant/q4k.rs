@@ -76,26 +76,12 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
     let nibble = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); T];
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
-        let (sc, mn) = scales_and_mins(block);
+        let words = scales_and_mins_words(block);
+        let [w0, w1, w2, w3] = words.map(|w| w as i32);
+        let sm = _mm_set_epi32(w3, w2, w1, w0);
         // Each min repeated for the two 16-value sums of its sub-block.
-        let mins = _mm256_cvtepu8_epi16(_mm_set_epi8(
-            mn[7] as i8,
-            mn[7] as i8,
-            mn[6] as i8,
-            mn[6] as i8,
-            mn[5] as i8,
-            mn[5] as i8,
-            mn[4] as i8,
-            mn[4] as i8,
-            mn[3] as i8,
-            mn[3] as i8,
-            mn[2] as i8,
-            mn[2] as i8,
-            mn[1] as i8,
-            mn[1] as i8,
-            mn[0] as i8,
-            mn[0] as i8,
-        ));
+        let mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm));
+        let sc = (words[0] as u64 | (words[1] as u64) << 32).to_le_bytes();
         let mut sums = [_mm256_setzero_si256(); T];
         for j in 0..4 {
             let q = _mm256_loadu_si256(block.as_ptr().add(QS + 32 * j).cast());
@@ -138,4 +124,89 @@ pub(super) unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
     let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
     let v = _mm_add_ss(v, _mm_movehdup_ps(v));
     _mm_cvtss_f32(v)
+}
+
+/// The sixteen 6-bit numbers as bytes, the eight scales then the eight
+/// mins, in four words: [`scales_and_mins`] on whole words, so that SIMD
+/// code gets them in a register without a trip through memory.
+#[inline(always)]
+fn scales_and_mins_words(block: &[u8]) -> [u32; 4] {
+    let word = |i: usize| u32::from_le_bytes(block[SCALES + 4 * i..SCALES + 4 * i + 4].try_into().unwrap());
+    let (s0, s4, s8) = (word(0), word(1), word(2));
+    const LOW6: u32 = 0x3F3F_3F3F;
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const TOP2: u32 = 0x0303_0303;
+    [
+        s0 & LOW6,
+        (s8 & LOW4) | ((s0 >> 6) & TOP2) << 4,
+        s4 & LOW6,
+        ((s8 >> 4) & LOW4) | ((s4 >> 6) & TOP2) << 4,
+    ]
+}
+
+/// [`dot_avx2`] with 512-bit registers: 64 weights (two sub-blocks, each
+/// with its scale in its half of the lanes) per multiply, and VNNI's
+/// multiply-accumulate for the scales.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+    use std::arch::x86_64::*;
+    let nibble = _mm512_set1_epi8(0x0F);
+    // Byte shuffles that spread scale 2p over the i16 lanes of the low
+    // 256 bits and scale 2p + 1 over the high ones (0x80 bytes make zeros).
+    let spread: [__m512i; 4] = std::array::from_fn(|p| {
+        let bytes: [u8; 64] = std::array::from_fn(|i| match (i % 2, i < 32) {
+            (1, _) => 0x80,
+            (_, true) => 2 * p as u8,
+            (_, false) => 2 * p as u8 + 1,
+        });
+        _mm512_loadu_si512(bytes.as_ptr().cast())
+    });
+    let mut acc = [_mm512_setzero_ps(); T];
+    let mut acc_mins = [_mm_setzero_ps(); T];
+    for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+        let [w0, w1, w2, w3] = scales_and_mins_words(block).map(|w| w as i32);
+        let bytes = _mm_set_epi32(w3, w2, w1, w0);
+        let all = _mm512_broadcast_i32x4(bytes);
+        let scales: [__m512i; 4] = std::array::from_fn(|p| _mm512_shuffle_epi8(all, spread[p]));
+        let mins = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(bytes, bytes));
+        let (mins_lo, mins_hi) = (_mm_unpacklo_epi16(mins, mins), _mm_unpackhi_epi16(mins, mins));
+        let mut sums = [_mm512_setzero_si512(); T];
+        for half in 0..2 {
+            let q = _mm512_loadu_si512(block.as_ptr().add(QS + 64 * half).cast());
+            let lo = _mm512_and_si512(q, nibble);
+            let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), nibble);
+            // Chunk 2·half: its low then high nibbles; the same for chunk 2·half + 1.
+            let w = [_mm512_shuffle_i64x2(lo, hi, 0x44), _mm512_shuffle_i64x2(lo, hi, 0xEE)];
+            for (c, w) in w.into_iter().enumerate() {
+                let scale = scales[2 * half + c];
+                for t in 0..T {
+                    let a = _mm512_loadu_si512(acts[t][b].qs.as_ptr().add(128 * half + 64 * c).cast());
+                    sums[t] = _mm512_dpwssd_epi32(sums[t], _mm512_maddubs_epi16(w, a), scale);
+                }
+            }
+        }
+        let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+        for t in 0..T {
+            let a = &acts[t][b];
+            let s = a.sums.as_ptr();
+            let m = _mm_add_epi32(
+                _mm_madd_epi16(_mm_loadu_si128(s.cast()), mins_lo),
+                _mm_madd_epi16(_mm_loadu_si128(s.add(8).cast()), mins_hi),
+            );
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), _mm512_set1_ps(d * a.d), acc[t]);
+            acc_mins[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(m), _mm_set1_ps(-dmin * a.d), acc_mins[t]);
+        }
+    }
+    let mut out = [0f32; T];
+    for t in 0..T {
+        let m = acc_mins[t];
+        let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        out[t] = _mm512_reduce_add_ps(acc[t]) + _mm_cvtss_f32(m);
+    }
+    out
 }

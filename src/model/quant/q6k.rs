@@ -124,3 +124,74 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
     }
     out
 }
+
+/// [`dot_avx2`] with 512-bit registers: 64 weights (four sub-blocks, each
+/// with its scale in a quarter of the lanes) per multiply, and VNNI's
+/// multiply-accumulate for the scales.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+    use std::arch::x86_64::*;
+    let nibble = _mm512_set1_epi8(0x0F);
+    let pair = _mm512_set1_epi8(0x30);
+    // The same 32 high-bit bytes feed both 256-bit halves, shifted differently.
+    let (four, two, zero) = (4i16, 2i16, 0i16);
+    let shift_a = _mm512_set_epi16(
+        two, two, two, two, two, two, two, two, two, two, two, two, two, two, two, two, four, four,
+        four, four, four, four, four, four, four, four, four, four, four, four, four, four,
+    );
+    let shift_b = _mm512_set_epi16(
+        two, two, two, two, two, two, two, two, two, two, two, two, two, two, two, two, zero, zero,
+        zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero,
+    );
+    // Sub-blocks 4p … 4p + 3, eight i16 lanes each.
+    let spread: [__m512i; 4] = std::array::from_fn(|p| {
+        let s: [i16; 32] = std::array::from_fn(|lane| (4 * p + lane / 8) as i16);
+        _mm512_loadu_si512(s.as_ptr().cast())
+    });
+    let mut acc = [_mm512_setzero_ps(); T];
+    for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+        let p = block.as_ptr();
+        let all_scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(SCALES).cast()));
+        let scales: [__m512i; 4] =
+            std::array::from_fn(|i| _mm512_permutexvar_epi16(spread[i], _mm512_castsi256_si512(all_scales)));
+        let mut sums = [_mm512_setzero_si512(); T];
+        for half in 0..2 {
+            let ql = _mm512_loadu_si512(p.add(64 * half).cast());
+            let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(QH + 32 * half).cast()));
+            let w = [
+                _mm512_or_si512(
+                    _mm512_and_si512(ql, nibble),
+                    _mm512_and_si512(_mm512_sllv_epi16(qh, shift_a), pair),
+                ),
+                _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16(ql, 4), nibble),
+                    _mm512_and_si512(_mm512_srlv_epi16(qh, shift_b), pair),
+                ),
+            ];
+            for (c, w) in w.into_iter().enumerate() {
+                let scale = scales[2 * half + c];
+                for t in 0..T {
+                    let a = _mm512_loadu_si512(acts[t][b].qs.as_ptr().add(128 * half + 64 * c).cast());
+                    sums[t] = _mm512_dpwssd_epi32(sums[t], _mm512_maddubs_epi16(w, a), scale);
+                }
+            }
+        }
+        let d = f16_at(block, D);
+        for t in 0..T {
+            let a = &acts[t][b];
+            let a_sums = _mm256_loadu_si256(a.sums.as_ptr().cast());
+            let offset = _mm256_slli_epi32(_mm256_madd_epi16(a_sums, all_scales), 5);
+            let sum = _mm512_sub_epi32(sums[t], _mm512_zextsi256_si512(offset));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * a.d), acc[t]);
+        }
+    }
+    let mut out = [0f32; T];
+    for t in 0..T {
+        out[t] = _mm512_reduce_add_ps(acc[t]);
+    }
+    out
+}
