@@ -82,7 +82,8 @@ impl Format {
 
 /// The instruction set the kernels use, chosen once from what the CPU
 /// running the program has (not what the build assumed).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Ordered: each one's CPUs run the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     Scalar,
     #[cfg(target_arch = "x86_64")]
@@ -108,17 +109,42 @@ pub fn isa() -> Isa {
     })
 }
 
-/// Dot products of one weight row with `T` rows of quantised activations.
-fn dot<const T: usize>(isa: Isa, format: Format, row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+/// Every instruction set this CPU can run the kernels with, from the
+/// plainest to the one [`isa`] picks.
+pub fn isas() -> Vec<Isa> {
+    let mut isas = vec![Isa::Scalar];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa() != Isa::Scalar {
+            isas.push(Isa::Avx2);
+        }
+        if isa() == Isa::Avx512Vnni {
+            isas.push(Isa::Avx512Vnni);
+        }
+    }
+    isas
+}
+
+/// Dot products of one weight row with `T` rows of quantised activations,
+/// with the kernels of `isa` (one of [`isas`]).
+pub fn dot<const T: usize>(
+    isa: Isa,
+    format: Format,
+    row: &[u8],
+    acts: [&[Q8Block]; T],
+) -> [f32; T] {
+    assert!(
+        isa <= self::isa(),
+        "this CPU cannot run the {isa:?} kernels"
+    );
     match (isa, format) {
         (Isa::Scalar, Format::Q4K) => acts.map(|a| q4k::dot_scalar(row, a)),
         (Isa::Scalar, Format::Q6K) => acts.map(|a| q6k::dot_scalar(row, a)),
-        // SAFETY: `isa()` saw AVX2 and FMA on this CPU.
+        // SAFETY (all the arms below): asserted above, this CPU runs `isa`.
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, Format::Q4K) => unsafe { q4k::dot_avx2(row, acts) },
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, Format::Q6K) => unsafe { q6k::dot_avx2(row, acts) },
-        // SAFETY: `isa()` saw AVX-512 F, BW and VNNI on this CPU.
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx512Vnni, Format::Q4K) => unsafe { q4k::dot_avx512(row, acts) },
         #[cfg(target_arch = "x86_64")]
@@ -349,21 +375,6 @@ pub(crate) mod tests {
         }
     }
 
-    /// Every instruction set this CPU can run, not only the best one.
-    fn available_isas() -> Vec<Isa> {
-        let mut isas = vec![Isa::Scalar];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if isa() != Isa::Scalar {
-                isas.push(Isa::Avx2);
-            }
-            if isa() == Isa::Avx512Vnni {
-                isas.push(Isa::Avx512Vnni);
-            }
-        }
-        isas
-    }
-
     #[test]
     fn every_instruction_set_gives_the_scalar_result() {
         let k = 1024;
@@ -373,7 +384,7 @@ pub(crate) mod tests {
         for format in [Format::Q4K, Format::Q6K] {
             let row = random_rows(format, 1, k, 4);
             let scalar = dot(Isa::Scalar, format, &row, acts);
-            for isa in available_isas() {
+            for isa in isas() {
                 assert_close(&dot(isa, format, &row, acts), &scalar, 1e-5);
                 assert_close(&dot(isa, format, &row, [acts[2]]), &scalar[2..3], 1e-5);
             }

@@ -131,7 +131,13 @@ pub(super) unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
 /// code gets them in a register without a trip through memory.
 #[inline(always)]
 fn scales_and_mins_words(block: &[u8]) -> [u32; 4] {
-    let word = |i: usize| u32::from_le_bytes(block[SCALES + 4 * i..SCALES + 4 * i + 4].try_into().unwrap());
+    let word = |i: usize| {
+        u32::from_le_bytes(
+            block[SCALES + 4 * i..SCALES + 4 * i + 4]
+                .try_into()
+                .unwrap(),
+        )
+    };
     let (s0, s4, s8) = (word(0), word(1), word(2));
     const LOW6: u32 = 0x3F3F_3F3F;
     const LOW4: u32 = 0x0F0F_0F0F;
@@ -173,18 +179,25 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
         let all = _mm512_broadcast_i32x4(bytes);
         let scales: [__m512i; 4] = std::array::from_fn(|p| _mm512_shuffle_epi8(all, spread[p]));
         let mins = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(bytes, bytes));
-        let (mins_lo, mins_hi) = (_mm_unpacklo_epi16(mins, mins), _mm_unpackhi_epi16(mins, mins));
+        let (mins_lo, mins_hi) = (
+            _mm_unpacklo_epi16(mins, mins),
+            _mm_unpackhi_epi16(mins, mins),
+        );
         let mut sums = [_mm512_setzero_si512(); T];
         for half in 0..2 {
             let q = _mm512_loadu_si512(block.as_ptr().add(QS + 64 * half).cast());
             let lo = _mm512_and_si512(q, nibble);
             let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), nibble);
             // Chunk 2·half: its low then high nibbles; the same for chunk 2·half + 1.
-            let w = [_mm512_shuffle_i64x2(lo, hi, 0x44), _mm512_shuffle_i64x2(lo, hi, 0xEE)];
+            let w = [
+                _mm512_shuffle_i64x2(lo, hi, 0x44),
+                _mm512_shuffle_i64x2(lo, hi, 0xEE),
+            ];
             for (c, w) in w.into_iter().enumerate() {
                 let scale = scales[2 * half + c];
                 for t in 0..T {
-                    let a = _mm512_loadu_si512(acts[t][b].qs.as_ptr().add(128 * half + 64 * c).cast());
+                    let a =
+                        _mm512_loadu_si512(acts[t][b].qs.as_ptr().add(128 * half + 64 * c).cast());
                     sums[t] = _mm512_dpwssd_epi32(sums[t], _mm512_maddubs_epi16(w, a), scale);
                 }
             }

@@ -156,8 +156,9 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
         let p = block.as_ptr();
         let all_scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(SCALES).cast()));
-        let scales: [__m512i; 4] =
-            std::array::from_fn(|i| _mm512_permutexvar_epi16(spread[i], _mm512_castsi256_si512(all_scales)));
+        let scales: [__m512i; 4] = std::array::from_fn(|i| {
+            _mm512_permutexvar_epi16(spread[i], _mm512_castsi256_si512(all_scales))
+        });
         let mut sums = [_mm512_setzero_si512(); T];
         for half in 0..2 {
             let ql = _mm512_loadu_si512(p.add(64 * half).cast());
@@ -175,7 +176,8 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
             for (c, w) in w.into_iter().enumerate() {
                 let scale = scales[2 * half + c];
                 for t in 0..T {
-                    let a = _mm512_loadu_si512(acts[t][b].qs.as_ptr().add(128 * half + 64 * c).cast());
+                    let a =
+                        _mm512_loadu_si512(acts[t][b].qs.as_ptr().add(128 * half + 64 * c).cast());
                     sums[t] = _mm512_dpwssd_epi32(sums[t], _mm512_maddubs_epi16(w, a), scale);
                 }
             }
