@@ -92,6 +92,18 @@ pub fn attend(
     cache: &HostKvCache,
     window: Option<usize>,
 ) -> Vec<f32> {
+    attend_with(kernels::best(), q, heads, n, cache, window)
+}
+
+/// [`attend`] with the kernels of `level`.
+fn attend_with(
+    level: kernels::Level,
+    q: &[f32],
+    heads: usize,
+    n: usize,
+    cache: &HostKvCache,
+    window: Option<usize>,
+) -> Vec<f32> {
     let (kv_heads, hd, t) = (cache.kv_heads, cache.head_dim, cache.len);
     assert_eq!(q.len(), heads * n * hd, "queries of the wrong size");
     let group = heads / kv_heads;
@@ -124,11 +136,11 @@ pub fn attend(
 
             scores.clear();
             scores.resize(group * span, 0f32);
-            kernels::scores(queries, keys, hd, &mut scores);
+            kernels::scores(level, queries, keys, hd, &mut scores);
             for head in scores.chunks_exact_mut(span) {
                 softmax(head, scale);
             }
-            kernels::mix(&scores, values, hd, &mut acc);
+            kernels::mix(level, &scores, values, hd, &mut acc);
             let at = (i * heads + g * group) * hd;
             // SAFETY: (position i, heads g·group …) belong to this item
             // alone, and lie in `out`, (n, heads, hd).
@@ -147,15 +159,62 @@ mod kernels {
     use half::f16;
     use half::slice::HalfFloatSliceExt;
 
+    /// The instruction sets of the kernels, each one's CPUs running the ones before.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+    pub enum Level {
+        Portable,
+        /// AVX2, FMA and F16C.
+        F16c,
+        /// AVX-512 F.
+        Avx512,
+    }
+
+    /// Every level this CPU runs, the best last.
+    pub fn levels() -> Vec<Level> {
+        let mut levels = vec![Level::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                levels.push(Level::F16c);
+                if has!("avx512f") {
+                    levels.push(Level::Avx512);
+                }
+            }
+        }
+        levels
+    }
+
+    pub fn best() -> Level {
+        static BEST: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| *levels().last().unwrap_or(&Level::Portable))
+    }
+
     /// `scores[j][s] = queries[j] · keys[s]` for the `group` queries (rows
     /// of `hd`) and every key.
-    pub fn scores(queries: &[f32], keys: &[f16], hd: usize, scores: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if hd.is_multiple_of(8) && has_f16c() {
-            // SAFETY: the CPU has AVX2, FMA and F16C.
-            return unsafe { scores_f16c(queries, keys, hd, scores) };
-        }
+    pub fn scores(level: Level, queries: &[f32], keys: &[f16], hd: usize, scores: &mut [f32]) {
         let span = keys.len() / hd;
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (avx512, f16c) = (
+                level == Level::Avx512 && hd.is_multiple_of(16),
+                level >= Level::F16c && hd.is_multiple_of(8),
+            );
+            if avx512 || f16c {
+                return by_groups(queries.len() / hd, |first, g| {
+                    let (q, out) = (&queries[first * hd..], &mut scores[first * span..]);
+                    // SAFETY: the CPU has the features each kernel needs.
+                    unsafe {
+                        match (avx512, g) {
+                            (true, HEADS) => scores_512::<HEADS>(q, keys, hd, out),
+                            (true, _) => scores_512::<1>(q, keys, hd, out),
+                            (false, HEADS) => scores_of::<HEADS>(q, keys, hd, out),
+                            (false, _) => scores_of::<1>(q, keys, hd, out),
+                        }
+                    }
+                });
+            }
+        }
         let mut row = vec![0f32; hd];
         for (s, key) in keys.chunks_exact(hd).enumerate() {
             key.convert_to_f32_slice(&mut row);
@@ -166,14 +225,30 @@ mod kernels {
     }
 
     /// `out[j] = Σ_s weights[j][s] · values[s]` for the `group` heads.
-    pub fn mix(weights: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
+    pub fn mix(level: Level, weights: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
         out.fill(0.0);
-        #[cfg(target_arch = "x86_64")]
-        if hd.is_multiple_of(32) && has_f16c() {
-            // SAFETY: the CPU has AVX2, FMA and F16C.
-            return unsafe { mix_f16c(weights, values, hd, out) };
-        }
         let span = values.len() / hd;
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (avx512, f16c) = (
+                level == Level::Avx512 && hd.is_multiple_of(64),
+                level >= Level::F16c && hd.is_multiple_of(32),
+            );
+            if avx512 || f16c {
+                return by_groups(out.len() / hd, |first, g| {
+                    let (w, o) = (&weights[first * span..], &mut out[first * hd..]);
+                    // SAFETY: the CPU has the features each kernel needs.
+                    unsafe {
+                        match (avx512, g) {
+                            (true, HEADS) => mix_512::<HEADS>(w, values, hd, o),
+                            (true, _) => mix_512::<1>(w, values, hd, o),
+                            (false, HEADS) => mix_of::<HEADS>(w, values, hd, o),
+                            (false, _) => mix_of::<1>(w, values, hd, o),
+                        }
+                    }
+                });
+            }
+        }
         let mut row = vec![0f32; hd];
         for (s, value) in values.chunks_exact(hd).enumerate() {
             value.convert_to_f32_slice(&mut row);
@@ -186,10 +261,69 @@ mod kernels {
         }
     }
 
+    /// Runs `f(first, count)` over the group's heads, [`HEADS`] at a time
+    /// and then one by one.
     #[cfg(target_arch = "x86_64")]
-    fn has_f16c() -> bool {
-        use std::arch::is_x86_feature_detected as has;
-        has!("avx2") && has!("fma") && has!("f16c")
+    fn by_groups(group: usize, mut f: impl FnMut(usize, usize)) {
+        let mut first = 0;
+        while first < group {
+            let count = if group - first >= HEADS { HEADS } else { 1 };
+            f(first, count);
+            first += count;
+        }
+    }
+
+    /// [`scores_of`] 16 values at a time.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scores_512<const G: usize>(
+        queries: &[f32],
+        keys: &[f16],
+        hd: usize,
+        scores: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        let span = keys.len() / hd;
+        for (s, key) in keys.chunks_exact(hd).enumerate() {
+            let mut acc = [_mm512_setzero_ps(); G];
+            for c in (0..hd).step_by(16) {
+                let k = _mm512_cvtph_ps(_mm256_loadu_si256(key.as_ptr().add(c).cast()));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(queries.as_ptr().add(j * hd + c)), k, *a);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                *scores.get_unchecked_mut(j * span + s) = _mm512_reduce_add_ps(*a);
+            }
+        }
+    }
+
+    /// [`mix_of`] 64 dimensions (two cache lines of f16) at a time.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn mix_512<const G: usize>(weights: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let span = values.len() / hd;
+        for c in (0..hd).step_by(64) {
+            let mut acc = [[_mm512_setzero_ps(); 4]; G];
+            for s in 0..span {
+                let row = values.as_ptr().add(s * hd + c);
+                let v: [__m512; 4] = std::array::from_fn(|l| {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16 * l).cast()))
+                });
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let w = _mm512_set1_ps(*weights.get_unchecked(j * span + s));
+                    for l in 0..4 {
+                        acc[l] = _mm512_fmadd_ps(w, v[l], acc[l]);
+                    }
+                }
+            }
+            for (j, acc) in acc.iter().enumerate() {
+                for (l, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(out.as_mut_ptr().add(j * hd + c + 16 * l), *a);
+                }
+            }
+        }
     }
 
     /// Query heads handled per pass over the cache.
@@ -197,25 +331,7 @@ mod kernels {
     const HEADS: usize = 4;
 
     /// Each key row is converted 8 values at a time and multiplied into one
-    /// accumulator per query head, four heads per pass (Mistral's group).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn scores_f16c(queries: &[f32], keys: &[f16], hd: usize, scores: &mut [f32]) {
-        let group = queries.len() / hd;
-        let span = keys.len() / hd;
-        let mut first = 0;
-        while first < group {
-            let (q, out) = (&queries[first * hd..], &mut scores[first * span..]);
-            if group - first >= HEADS {
-                scores_of::<HEADS>(q, keys, hd, out);
-                first += HEADS;
-            } else {
-                scores_of::<1>(q, keys, hd, out);
-                first += 1;
-            }
-        }
-    }
-
+    /// accumulator per query head.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
@@ -243,25 +359,7 @@ mod kernels {
     }
 
     /// Values are read 32 dimensions (one cache line) at a time, with the
-    /// sums of four heads for those dimensions in registers over all rows.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn mix_f16c(weights: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
-        let group = out.len() / hd;
-        let span = values.len() / hd;
-        let mut first = 0;
-        while first < group {
-            let (w, o) = (&weights[first * span..], &mut out[first * hd..]);
-            if group - first >= HEADS {
-                mix_of::<HEADS>(w, values, hd, o);
-                first += HEADS;
-            } else {
-                mix_of::<1>(w, values, hd, o);
-                first += 1;
-            }
-        }
-    }
-
+    /// sums of the heads for those dimensions in registers over all rows.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
@@ -305,23 +403,33 @@ mod kernels {
 /// softmax(scale · x), in place; eight lanes at a time, so that the
 /// compiler may vectorise the reductions.
 fn softmax(x: &mut [f32], scale: f32) {
+    let larger = |a: f32, b: f32| if b > a { b } else { a };
     let mut lanes = [f32::NEG_INFINITY; 8];
-    for chunk in x.chunks(8) {
-        for (l, v) in lanes.iter_mut().zip(chunk) {
-            *l = if *v > *l { *v } else { *l };
+    let mut chunks = x.chunks_exact(8);
+    for chunk in &mut chunks {
+        for l in 0..8 {
+            lanes[l] = larger(lanes[l], chunk[l]);
         }
     }
-    let max = lanes
+    let max = chunks
+        .remainder()
         .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| larger(m, v));
     let mut sums = [0f32; 8];
-    for chunk in x.chunks_mut(8) {
-        for (s, v) in sums.iter_mut().zip(chunk) {
-            *v = exp((*v - max) * scale);
-            *s += *v;
+    let mut chunks = x.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        for l in 0..8 {
+            chunk[l] = exp((chunk[l] - max) * scale);
+            sums[l] += chunk[l];
         }
     }
-    let inv = 1.0 / sums.iter().sum::<f32>();
+    let mut total: f32 = sums.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp((*v - max) * scale);
+        total += *v;
+    }
+    let inv = 1.0 / total;
     for v in x.iter_mut() {
         *v *= inv;
     }
@@ -418,7 +526,7 @@ mod tests {
 
     #[test]
     fn matches_the_textbook_with_groups_windows_and_growth() {
-        let (heads, kv, hd) = (8, 2, 16);
+        let (heads, kv, hd) = (12, 2, 128);
         for (t, n, window, sizes) in [
             (300, 1, usize::MAX, vec![200, 99, 1]),
             (300, 5, usize::MAX, vec![295, 5]),
