@@ -76,7 +76,14 @@ impl Linear {
     /// `self` applied to `x`: (…, in) → (…, out).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Linear::Candle(w) => w.forward(x),
+            Linear::Candle(w) => {
+                if let QMatMul::Tensor(dense) = w {
+                    if let Some(y) = super::dense::matvec(dense, x)? {
+                        return Ok(y);
+                    }
+                }
+                w.forward(x)
+            }
             Linear::Mapped(w) => w.forward(x),
         }
     }

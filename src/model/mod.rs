@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod dense;
 pub mod gguf;
 pub mod kv_cache;
 pub mod linear;
