@@ -93,20 +93,42 @@ pub enum Isa {
     Avx512Vnni,
 }
 
+///
+/// `GREVE_KERNELS=scalar|avx2` caps it, to measure what a CPU without the
+/// newer instructions gets (`greve bench`), or to rule the SIMD kernels out
+/// when chasing a bug.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return if packed::available() {
-                Isa::Avx512Vnni
-            } else {
-                Isa::Avx2
-            };
-        }
-        Isa::Scalar
+        let cap = match std::env::var("GREVE_KERNELS").as_deref() {
+            Ok("scalar") => Isa::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Ok("avx2") => Isa::Avx2,
+            _ => Isa::max_value(),
+        };
+        detected().min(cap)
     })
+}
+
+fn detected() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        return if packed::available() {
+            Isa::Avx512Vnni
+        } else {
+            Isa::Avx2
+        };
+    }
+    Isa::Scalar
+}
+
+impl Isa {
+    const fn max_value() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        return Isa::Avx512Vnni;
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Scalar
+    }
 }
 
 /// Every instruction set this CPU can run the kernels with, from the
@@ -174,9 +196,9 @@ pub fn matmul(
     let isa = isa();
     let out_ptr = SharedOut(out.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && m >= packed::MIN_TOKENS && n.is_multiple_of(packed::ROWS) {
-        // SAFETY: `isa()` saw AVX-512 VNNI on this CPU.
-        unsafe { matmul_packed(format, w, row_bytes, (m, n), &acts, &out_ptr) };
+    if isa >= Isa::Avx2 && m >= packed::MIN_TOKENS && n.is_multiple_of(packed::ROWS) {
+        // SAFETY: `isa()` saw (at least) AVX2 and FMA on this CPU.
+        unsafe { matmul_packed(isa, format, w, row_bytes, n, &acts, &out_ptr) };
         return;
     }
     let items = n.div_ceil(ROWS_PER_ITEM);
@@ -211,13 +233,14 @@ pub fn matmul(
 /// Prefill through [`packed`] tiles, one tile of rows per work item.
 ///
 /// # Safety
-/// The CPU must have AVX-512 VNNI; `out` must hold (m, n) values.
+/// The CPU must run `isa` (AVX2 at least); `out` must hold (tokens, n) values.
 #[cfg(target_arch = "x86_64")]
 unsafe fn matmul_packed(
+    isa: Isa,
     format: Format,
     w: &[u8],
     row_bytes: usize,
-    (m, n): (usize, usize),
+    n: usize,
     acts: &[&[Q8Block]],
     out: &SharedOut,
 ) {
@@ -242,20 +265,51 @@ unsafe fn matmul_packed(
                         std::ptr::copy_nonoverlapping(sums.as_ptr(), out.0.add(t * n + first), ROWS)
                     }
                 };
-                let mut t = 0;
-                while t + packed::TOKENS <= m {
-                    let a: [&[Q8Block]; packed::TOKENS] = std::array::from_fn(|i| acts[t + i]);
-                    for (i, sums) in packed::products(format, tile, a).iter().enumerate() {
-                        write(t + i, sums);
+                match isa {
+                    Isa::Avx512Vnni => {
+                        by_tokens::<{ packed::TOKENS }>(isa, format, tile, acts, &write)
                     }
-                    t += packed::TOKENS;
-                }
-                for (t, a) in acts.iter().enumerate().skip(t) {
-                    write(t, &packed::products(format, tile, [*a])[0]);
+                    _ => by_tokens::<{ packed::TOKENS_AVX2 }>(isa, format, tile, acts, &write),
                 }
             }
         })
     });
+}
+
+/// The tile's products with every token, `T` tokens at a time and then one
+/// by one, each token's sums handed to `write`.
+///
+/// # Safety
+/// As [`matmul_packed`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn by_tokens<const T: usize>(
+    isa: Isa,
+    format: Format,
+    tile: &packed::Tile,
+    acts: &[&[Q8Block]],
+    write: &dyn Fn(usize, &[f32; packed::ROWS]),
+) {
+    let products = |a: [&[Q8Block]; T]| match isa {
+        Isa::Avx512Vnni => packed::products(format, tile, a),
+        _ => packed::products_avx2(format, tile, a),
+    };
+    let mut t = 0;
+    while t + T <= acts.len() {
+        for (i, sums) in products(std::array::from_fn(|i| acts[t + i]))
+            .iter()
+            .enumerate()
+        {
+            write(t + i, sums);
+        }
+        t += T;
+    }
+    for (t, a) in acts.iter().enumerate().skip(t) {
+        let sums = match isa {
+            Isa::Avx512Vnni => packed::products(format, tile, [*a]),
+            _ => packed::products_avx2(format, tile, [*a]),
+        };
+        write(t, &sums[0]);
+    }
 }
 
 /// The output pointer, shared by the work items that write disjoint parts of it.
@@ -393,7 +447,7 @@ pub(crate) mod tests {
 
     #[test]
     fn packed_tiles_give_the_scalar_result() {
-        if !packed::available() {
+        if isa() < Isa::Avx2 {
             return;
         }
         let k = 512;
@@ -405,12 +459,17 @@ pub(crate) mod tests {
             let row_bytes = k / QK * format.block_bytes();
             let mut tile = packed::Tile::default();
             tile.pack(format, &rows, row_bytes);
-            // SAFETY: checked just above.
-            let sums = unsafe { packed::products(format, &tile, acts) };
-            for (r, row) in rows.chunks_exact(row_bytes).enumerate() {
-                let scalar = dot(Isa::Scalar, format, row, acts);
-                let got: Vec<f32> = sums.iter().map(|s| s[r]).collect();
-                assert_close(&got, &scalar, 1e-5);
+            // SAFETY: AVX2 checked just above, AVX-512 VNNI just below.
+            let mut results = vec![unsafe { packed::products_avx2(format, &tile, acts) }];
+            if isa() == Isa::Avx512Vnni {
+                results.push(unsafe { packed::products(format, &tile, acts) });
+            }
+            for sums in results {
+                for (r, row) in rows.chunks_exact(row_bytes).enumerate() {
+                    let scalar = dot(Isa::Scalar, format, row, acts);
+                    let got: Vec<f32> = sums.iter().map(|s| s[r]).collect();
+                    assert_close(&got, &scalar, 1e-5);
+                }
             }
         }
     }

@@ -1,10 +1,10 @@
-//! Prefill on CPUs with AVX-512 VNNI: weight rows repacked on the fly, a
-//! tile of 16 rows at a time, into the order `vpdpbusd` wants (4 consecutive
-//! values of each of 16 rows per 64 bytes), then used for every token of
-//! the prompt. One instruction then does 64 multiply-adds into 16 row sums,
-//! and the sub-block scales apply once per 32 (Q4_K) or 16 (Q6_K) values
-//! for all 16 rows at once, where the compact kernels spend two multiplies
-//! per 32 values and row. The tile lives in a per-thread scratch buffer, so
+//! Prefill: weight rows repacked on the fly, a tile of 16 rows at a time,
+//! into the order `vpdpbusd` wants (4 consecutive values of each of 16 rows
+//! per 64 bytes), then used for every token of the prompt. With AVX-512 VNNI
+//! one instruction then does 64 multiply-adds into 16 row sums, and the
+//! sub-block scales apply once per 32 (Q4_K) or 16 (Q6_K) values for all 16
+//! rows at once, where the compact kernels spend two multiplies per 32
+//! values and row; AVX2 does the same 8 rows at a time ([`products_avx2`]). The tile lives in a per-thread scratch buffer, so
 //! memory use does not grow: the file's blocks stay the only copy.
 //!
 //! Repacking costs about as much as a few dozen tokens' worth of products,
@@ -21,6 +21,9 @@ pub const MIN_TOKENS: usize = 32;
 /// Tokens per pass over a tile: enough independent sums to keep the
 /// multiply-add units busy through their latency.
 pub const TOKENS: usize = 8;
+
+/// The same for [`products_avx2`], which has half the registers.
+pub const TOKENS_AVX2: usize = 4;
 
 /// 16 rows of weights in `vpdpbusd` order, with their scales as f32.
 #[derive(Default)]
@@ -176,6 +179,119 @@ unsafe fn products_of<const T: usize, const SUB: usize>(
     let mut out = [[0f32; ROWS]; T];
     for t in 0..T {
         _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+    }
+    out
+}
+
+/// [`products`] for CPUs with AVX2 but no AVX-512 VNNI, eight rows (one
+/// half of the tile) per register. Without VNNI each 4-value product is
+/// maddubs' i16 pair sums; several groups are added in i16 before one widening
+/// multiply (Q4_K: 8 groups stay within 8·2·15·127 < 2¹⁵; Q6_K: 2 groups,
+/// 2·2·63·127), so a sub-block costs one multiply per group rather than two.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn products_avx2<const T: usize>(
+    format: Format,
+    tile: &Tile,
+    acts: [&[Q8Block]; T],
+) -> [[f32; ROWS]; T] {
+    let mut out = [[0f32; ROWS]; T];
+    for half in 0..2 {
+        let sums = match format {
+            Format::Q4K => half_products::<T, 8, 8>(tile, acts, half),
+            Format::Q6K => half_products::<T, 16, 2>(tile, acts, half),
+        };
+        for t in 0..T {
+            out[t][8 * half..8 * half + 8].copy_from_slice(&sums[t]);
+        }
+    }
+    out
+}
+
+/// Rows 8·half … 8·half + 7 of the tile; `SUB` sub-blocks per block, and
+/// `WIDEN` groups added in i16 before widening.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::needless_range_loop)] // `b` indexes the tile and every token's blocks
+unsafe fn half_products<const T: usize, const SUB: usize, const WIDEN: usize>(
+    tile: &Tile,
+    acts: [&[Q8Block]; T],
+    half: usize,
+) -> [[f32; 8]; T] {
+    use std::arch::x86_64::*;
+    let groups = QK / SUB / 4;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..tile.blocks {
+        let quants = tile.quants[b * QK * ROWS..(b + 1) * QK * ROWS]
+            .as_ptr()
+            .add(32 * half);
+        let scales = tile.scales[b * SUB * ROWS..(b + 1) * SUB * ROWS]
+            .as_ptr()
+            .add(8 * half);
+        let mut block_acc = [_mm256_setzero_ps(); T];
+        for s in 0..SUB {
+            let mut sums = [_mm256_setzero_si256(); T];
+            for first in (s * groups..(s + 1) * groups).step_by(WIDEN) {
+                let mut narrow = [_mm256_setzero_si256(); T];
+                for g in first..first + WIDEN {
+                    let w = _mm256_loadu_si256(quants.add(g * 4 * ROWS).cast());
+                    for t in 0..T {
+                        let a = acts[t][b]
+                            .qs
+                            .as_ptr()
+                            .add(4 * g)
+                            .cast::<i32>()
+                            .read_unaligned();
+                        let p = _mm256_maddubs_epi16(w, _mm256_set1_epi32(a));
+                        narrow[t] = _mm256_add_epi16(narrow[t], p);
+                    }
+                }
+                for t in 0..T {
+                    sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(narrow[t], ones));
+                }
+            }
+            let scale = _mm256_loadu_ps(scales.add(s * ROWS));
+            for t in 0..T {
+                block_acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), scale, block_acc[t]);
+            }
+        }
+        for t in 0..T {
+            let a = &acts[t][b];
+            let mut offset = _mm256_setzero_ps();
+            if SUB == 8 {
+                let mins = tile.mins[b * 8 * ROWS..(b + 1) * 8 * ROWS]
+                    .as_ptr()
+                    .add(8 * half);
+                for s in 0..8 {
+                    let sum = (a.sums[2 * s] as i32 + a.sums[2 * s + 1] as i32) as f32;
+                    offset = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(mins.add(s * ROWS)),
+                        _mm256_set1_ps(sum),
+                        offset,
+                    );
+                }
+            } else {
+                for s in 0..16 {
+                    let sum = 32.0 * a.sums[s] as f32;
+                    offset = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(scales.add(s * ROWS)),
+                        _mm256_set1_ps(sum),
+                        offset,
+                    );
+                }
+            }
+            let block = _mm256_sub_ps(block_acc[t], offset);
+            acc[t] = _mm256_fmadd_ps(block, _mm256_set1_ps(a.d), acc[t]);
+        }
+    }
+    let mut out = [[0f32; 8]; T];
+    for t in 0..T {
+        _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
     }
     out
 }
