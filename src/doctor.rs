@@ -71,6 +71,18 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<()> {
         crate::docs::long_version().replace('\n', "; "),
     )?;
     cpu_features(&mut r)?;
+    let capped = match std::env::var("GREVE_KERNELS") {
+        Ok(cap) => format!(", capped by GREVE_KERNELS={cap}"),
+        Err(_) => String::new(),
+    };
+    r.line(
+        Status::Ok,
+        "kernels",
+        format!(
+            "Q4_K/Q6_K products with {:?} instructions (chosen at run time{capped})",
+            crate::model::quant::isa()
+        ),
+    )?;
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args.model.threads.map_or(cores, usize::from);

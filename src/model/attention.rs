@@ -13,7 +13,8 @@ use half::slice::HalfFloatSliceExt;
 
 /// Keys and values of the positions seen so far, (kv_heads, capacity,
 /// head_dim) each in f16; the first `len` positions are valid. Storage grows
-/// by doubling, so memory follows the conversation, not the model's context.
+/// by half as needed, so memory follows the conversation, not the model's
+/// context.
 #[derive(Default)]
 pub struct HostKvCache {
     k: Vec<f16>,
@@ -51,7 +52,11 @@ impl HostKvCache {
         assert_eq!(v.len(), heads * n * hd, "values of the wrong size");
         let needed = self.len + n;
         if needed > self.capacity {
-            let capacity = needed.max(2 * self.capacity).max(INITIAL_CAPACITY);
+            // Growing by half wastes at most a third of the storage, and
+            // copies each position about three times over a long conversation.
+            let capacity = needed
+                .max(self.capacity + self.capacity / 2)
+                .max(INITIAL_CAPACITY);
             let grow = |old: &[f16]| {
                 let mut fresh = vec![f16::ZERO; heads * capacity * hd];
                 for h in 0..heads {

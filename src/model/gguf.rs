@@ -143,6 +143,14 @@ impl GgufSource {
             )));
         }
         let dtype = info.ggml_dtype;
+        let cols = shape.last().copied().unwrap_or(0);
+        if !cols.is_multiple_of(dtype.block_size()) {
+            return Err(Failure::ModelInvalid.err(format!(
+                "tensor {name} in {} has rows of {cols} values, not whole {dtype:?} blocks of {}; the file is corrupt",
+                self.path.display(),
+                dtype.block_size()
+            )));
+        }
         let start = (self.content.tensor_data_offset + info.offset) as usize;
         let len = info.shape.elem_count() / dtype.block_size() * dtype.type_size();
         Ok((start..start + len, dtype))

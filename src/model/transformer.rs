@@ -191,6 +191,17 @@ impl Transformer {
     /// Runs `tokens`, which follow the cached positions, and returns the
     /// logits for the token after the last one: (vocab) in f32.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        // A long prompt goes through in batches, so the activations of one
+        // batch, not of the whole prompt (1.4 GB for 8k tokens), are what
+        // memory holds; the cache makes the result the same.
+        let mut logits = None;
+        for batch in tokens.chunks(BATCH) {
+            logits = Some(self.forward_batch(batch)?);
+        }
+        logits.ok_or_else(|| candle_core::Error::Msg("no tokens to run".into()))
+    }
+
+    fn forward_batch(&mut self, tokens: &[u32]) -> Result<Tensor> {
         let pos = self.cached();
         let n = tokens.len();
         let mut x = self
@@ -217,6 +228,10 @@ impl Transformer {
         logits.flatten_all()?.to_dtype(DType::F32)
     }
 }
+
+/// Tokens per forward pass over the layers: enough to keep the repacked
+/// prefill tiles busy, few enough that activations stay around 100 MB.
+const BATCH: usize = 512;
 
 /// Where the new tokens sit: their rotary angles and the attention mask.
 struct Positions {
