@@ -10,6 +10,7 @@
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use half::vec::HalfBitsVecExt;
 
 /// Keys and values of the positions seen so far, (kv_heads, capacity,
 /// head_dim) each in f16; the first `len` positions are valid. Storage grows
@@ -58,7 +59,9 @@ impl HostKvCache {
                 .max(self.capacity + self.capacity / 2)
                 .max(INITIAL_CAPACITY);
             let grow = |old: &[f16]| {
-                let mut fresh = vec![f16::ZERO; heads * capacity * hd];
+                // Zeroed by the allocator (calloc), so the room not yet used
+                // costs address space, not memory.
+                let mut fresh: Vec<f16> = vec![0u16; heads * capacity * hd].reinterpret_into();
                 for h in 0..heads {
                     let kept = &old[h * self.capacity * hd..][..self.len * hd];
                     fresh[h * capacity * hd..][..self.len * hd].copy_from_slice(kept);
@@ -309,27 +312,39 @@ mod kernels {
     unsafe fn mix_512<const G: usize>(weights: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
         use std::arch::x86_64::*;
         let span = values.len() / hd;
-        for c in (0..hd).step_by(64) {
-            let mut acc = [[_mm512_setzero_ps(); 4]; G];
-            for s in 0..span {
-                let row = values.as_ptr().add(s * hd + c);
-                let v: [__m512; 4] = std::array::from_fn(|l| {
-                    _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16 * l).cast()))
-                });
-                for (j, acc) in acc.iter_mut().enumerate() {
-                    let w = _mm512_set1_ps(*weights.get_unchecked(j * span + s));
-                    for l in 0..4 {
-                        acc[l] = _mm512_fmadd_ps(w, v[l], acc[l]);
+        let base = out.as_mut_ptr();
+        for start in (0..span).step_by(ROWS_PER_PASS) {
+            let rows = start..span.min(start + ROWS_PER_PASS);
+            for c in (0..hd).step_by(64) {
+                let sums = |j: usize, l: usize| base.add(j * hd + c + 16 * l);
+                let mut acc: [[__m512; 4]; G] =
+                    std::array::from_fn(|j| std::array::from_fn(|l| _mm512_loadu_ps(sums(j, l))));
+                for s in rows.clone() {
+                    let row = values.as_ptr().add(s * hd + c);
+                    let v: [__m512; 4] = std::array::from_fn(|l| {
+                        _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16 * l).cast()))
+                    });
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        let w = _mm512_set1_ps(*weights.get_unchecked(j * span + s));
+                        for l in 0..4 {
+                            acc[l] = _mm512_fmadd_ps(w, v[l], acc[l]);
+                        }
                     }
                 }
-            }
-            for (j, acc) in acc.iter().enumerate() {
-                for (l, a) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(out.as_mut_ptr().add(j * hd + c + 16 * l), *a);
+                for (j, acc) in acc.iter().enumerate() {
+                    for (l, a) in acc.iter().enumerate() {
+                        _mm512_storeu_ps(sums(j, l), *a);
+                    }
                 }
             }
         }
     }
+
+    /// Rows of values per pass of [`mix_of`]/[`mix_512`]: each pass covers a
+    /// slice of the dimensions, and this many rows (16 KB for Mistral) stay
+    /// in L1 from one slice to the next, so memory is read once.
+    #[cfg(target_arch = "x86_64")]
+    const ROWS_PER_PASS: usize = 64;
 
     /// Query heads handled per pass over the cache.
     #[cfg(target_arch = "x86_64")]
@@ -364,30 +379,37 @@ mod kernels {
     }
 
     /// Values are read 32 dimensions (one cache line) at a time, with the
-    /// sums of the heads for those dimensions in registers over all rows.
+    /// sums of the heads for those dimensions in registers over
+    /// [`ROWS_PER_PASS`] rows.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn mix_of<const G: usize>(weights: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
         use std::arch::x86_64::*;
         let span = values.len() / hd;
-        for c in (0..hd).step_by(32) {
-            let mut acc = [[_mm256_setzero_ps(); 4]; G];
-            for s in 0..span {
-                let row = values.as_ptr().add(s * hd + c);
-                let v: [__m256; 4] = std::array::from_fn(|l| {
-                    _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * l).cast()))
-                });
-                for (j, acc) in acc.iter_mut().enumerate() {
-                    let w = _mm256_set1_ps(*weights.get_unchecked(j * span + s));
-                    for l in 0..4 {
-                        acc[l] = _mm256_fmadd_ps(w, v[l], acc[l]);
+        let base = out.as_mut_ptr();
+        for start in (0..span).step_by(ROWS_PER_PASS) {
+            let rows = start..span.min(start + ROWS_PER_PASS);
+            for c in (0..hd).step_by(32) {
+                let sums = |j: usize, l: usize| base.add(j * hd + c + 8 * l);
+                let mut acc: [[__m256; 4]; G] =
+                    std::array::from_fn(|j| std::array::from_fn(|l| _mm256_loadu_ps(sums(j, l))));
+                for s in rows.clone() {
+                    let row = values.as_ptr().add(s * hd + c);
+                    let v: [__m256; 4] = std::array::from_fn(|l| {
+                        _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * l).cast()))
+                    });
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        let w = _mm256_set1_ps(*weights.get_unchecked(j * span + s));
+                        for l in 0..4 {
+                            acc[l] = _mm256_fmadd_ps(w, v[l], acc[l]);
+                        }
                     }
                 }
-            }
-            for (j, acc) in acc.iter().enumerate() {
-                for (l, a) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(out.as_mut_ptr().add(j * hd + c + 8 * l), *a);
+                for (j, acc) in acc.iter().enumerate() {
+                    for (l, a) in acc.iter().enumerate() {
+                        _mm256_storeu_ps(sums(j, l), *a);
+                    }
                 }
             }
         }
