@@ -216,3 +216,47 @@ fn half_precision_compute_stays_close_to_f32() {
         assert!(worst < 0.25, "{worst}");
     }
 }
+
+/// A prompt longer than one batch (512 tokens) gives the logits of the same
+/// prompt fed in other cuts: batches, the KV cache and the repacked prefill
+/// tiles (≥ 32 tokens) against the one-row kernels (a token at a time).
+#[test]
+fn long_prompts_give_the_same_logits_however_they_are_cut() {
+    let mut model = load(&goldens().join("tiny-k-q4_k_m.gguf"));
+    let vocab = model.transformer.config.vocab_size as u32;
+    let prompt: Vec<u32> = (0..700u32)
+        .map(|i| 3 + (i * 37 + i / 7) % (vocab - 3))
+        .collect();
+    let whole = fresh_logits(&mut model, &prompt);
+
+    model.transformer.truncate(0);
+    for cut in [0, 40, 41, 300, 699].windows(2) {
+        model.transformer.forward(&prompt[cut[0]..cut[1]]).unwrap();
+    }
+    let pieces = model
+        .transformer
+        .forward(&prompt[699..])
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+
+    model.transformer.truncate(0);
+    let mut one_by_one = Vec::new();
+    for &token in &prompt {
+        one_by_one = model
+            .transformer
+            .forward(&[token])
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+    }
+    assert_eq!(model.transformer.cached(), prompt.len());
+    for other in [&pieces, &one_by_one] {
+        let worst = whole
+            .iter()
+            .zip(other)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-3, "logits differ by {worst}");
+    }
+}
