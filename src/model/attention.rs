@@ -216,8 +216,8 @@ mod kernels {
                         match (avx512, g) {
                             (true, HEADS) => scores_512::<HEADS>(q, keys, hd, out),
                             (true, _) => scores_512::<1>(q, keys, hd, out),
-                            (false, HEADS) => scores_of::<HEADS>(q, keys, hd, out),
-                            (false, _) => scores_of::<1>(q, keys, hd, out),
+                            (false, HEADS) => scores_f16c::<HEADS>(q, keys, hd, out),
+                            (false, _) => scores_f16c::<1>(q, keys, hd, out),
                         }
                     }
                 });
@@ -250,8 +250,8 @@ mod kernels {
                         match (avx512, g) {
                             (true, HEADS) => mix_512::<HEADS>(w, values, hd, o),
                             (true, _) => mix_512::<1>(w, values, hd, o),
-                            (false, HEADS) => mix_of::<HEADS>(w, values, hd, o),
-                            (false, _) => mix_of::<1>(w, values, hd, o),
+                            (false, HEADS) => mix_f16c::<HEADS>(w, values, hd, o),
+                            (false, _) => mix_f16c::<1>(w, values, hd, o),
                         }
                     }
                 });
@@ -281,150 +281,193 @@ mod kernels {
         }
     }
 
-    /// [`scores_of`] 16 values at a time.
+    /// f32 vectors of one width, for kernels written once for AVX2 (8 lanes)
+    /// and AVX-512 (16 lanes). The methods inline into the callers below,
+    /// whose `target_feature` lets the intrinsics compile as single instructions.
+    #[cfg(target_arch = "x86_64")]
+    trait Lanes: Copy {
+        const N: usize;
+        unsafe fn zero() -> Self;
+        unsafe fn load(p: *const f32) -> Self;
+        unsafe fn store(self, p: *mut f32);
+        /// `N` f16 values, widened.
+        unsafe fn widen(p: *const f16) -> Self;
+        unsafe fn splat(x: f32) -> Self;
+        /// `a · b + self`.
+        unsafe fn fma(self, a: Self, b: Self) -> Self;
+        unsafe fn sum(self) -> f32;
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    impl Lanes for std::arch::x86_64::__m256 {
+        const N: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            std::arch::x86_64::_mm256_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            std::arch::x86_64::_mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            std::arch::x86_64::_mm256_storeu_ps(p, self)
+        }
+        #[inline(always)]
+        unsafe fn widen(p: *const f16) -> Self {
+            use std::arch::x86_64::*;
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            std::arch::x86_64::_mm256_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn fma(self, a: Self, b: Self) -> Self {
+            std::arch::x86_64::_mm256_fmadd_ps(a, b, self)
+        }
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            use std::arch::x86_64::*;
+            let v = _mm_add_ps(_mm256_castps256_ps128(self), _mm256_extractf128_ps(self, 1));
+            let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+            _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)))
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    impl Lanes for std::arch::x86_64::__m512 {
+        const N: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            std::arch::x86_64::_mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            std::arch::x86_64::_mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            std::arch::x86_64::_mm512_storeu_ps(p, self)
+        }
+        #[inline(always)]
+        unsafe fn widen(p: *const f16) -> Self {
+            use std::arch::x86_64::*;
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            std::arch::x86_64::_mm512_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn fma(self, a: Self, b: Self) -> Self {
+            std::arch::x86_64::_mm512_fmadd_ps(a, b, self)
+        }
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            std::arch::x86_64::_mm512_reduce_add_ps(self)
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores_f16c<const G: usize>(q: &[f32], keys: &[f16], hd: usize, scores: &mut [f32]) {
+        scores_with::<std::arch::x86_64::__m256, G>(q, keys, hd, scores)
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn scores_512<const G: usize>(
+    unsafe fn scores_512<const G: usize>(q: &[f32], keys: &[f16], hd: usize, scores: &mut [f32]) {
+        scores_with::<std::arch::x86_64::__m512, G>(q, keys, hd, scores)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn mix_f16c<const G: usize>(
+        weights: &[f32],
+        values: &[f16],
+        hd: usize,
+        out: &mut [f32],
+    ) {
+        mix_with::<std::arch::x86_64::__m256, G>(weights, values, hd, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn mix_512<const G: usize>(weights: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
+        mix_with::<std::arch::x86_64::__m512, G>(weights, values, hd, out)
+    }
+
+    /// Each key row is widened `V::N` values at a time and multiplied into
+    /// one accumulator per query head, `G` heads per pass.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn scores_with<V: Lanes, const G: usize>(
         queries: &[f32],
         keys: &[f16],
         hd: usize,
         scores: &mut [f32],
     ) {
-        use std::arch::x86_64::*;
         let span = keys.len() / hd;
         for (s, key) in keys.chunks_exact(hd).enumerate() {
-            let mut acc = [_mm512_setzero_ps(); G];
-            for c in (0..hd).step_by(16) {
-                let k = _mm512_cvtph_ps(_mm256_loadu_si256(key.as_ptr().add(c).cast()));
+            let mut acc = [V::zero(); G];
+            for c in (0..hd).step_by(V::N) {
+                let k = V::widen(key.as_ptr().add(c));
                 for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(queries.as_ptr().add(j * hd + c)), k, *a);
+                    *a = a.fma(V::load(queries.as_ptr().add(j * hd + c)), k);
                 }
             }
             for (j, a) in acc.iter().enumerate() {
-                *scores.get_unchecked_mut(j * span + s) = _mm512_reduce_add_ps(*a);
+                *scores.get_unchecked_mut(j * span + s) = a.sum();
             }
         }
     }
 
-    /// [`mix_of`] 64 dimensions (two cache lines of f16) at a time.
+    /// Values are read `4·V::N` dimensions (one or two cache lines) at a
+    /// time, with the sums of `G` heads for those dimensions in registers
+    /// over [`ROWS_PER_PASS`] rows, which stay in L1 for the next slice of
+    /// dimensions: memory is read once.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn mix_512<const G: usize>(weights: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
-        use std::arch::x86_64::*;
+    #[inline(always)]
+    unsafe fn mix_with<V: Lanes, const G: usize>(
+        weights: &[f32],
+        values: &[f16],
+        hd: usize,
+        out: &mut [f32],
+    ) {
         let span = values.len() / hd;
         let base = out.as_mut_ptr();
         for start in (0..span).step_by(ROWS_PER_PASS) {
             let rows = start..span.min(start + ROWS_PER_PASS);
-            for c in (0..hd).step_by(64) {
-                let sums = |j: usize, l: usize| base.add(j * hd + c + 16 * l);
-                let mut acc: [[__m512; 4]; G] =
-                    std::array::from_fn(|j| std::array::from_fn(|l| _mm512_loadu_ps(sums(j, l))));
+            for c in (0..hd).step_by(4 * V::N) {
+                let sums = |j: usize, l: usize| base.add(j * hd + c + l * V::N);
+                let mut acc: [[V; 4]; G] =
+                    std::array::from_fn(|j| std::array::from_fn(|l| V::load(sums(j, l))));
                 for s in rows.clone() {
                     let row = values.as_ptr().add(s * hd + c);
-                    let v: [__m512; 4] = std::array::from_fn(|l| {
-                        _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16 * l).cast()))
-                    });
+                    let v: [V; 4] = std::array::from_fn(|l| V::widen(row.add(l * V::N)));
                     for (j, acc) in acc.iter_mut().enumerate() {
-                        let w = _mm512_set1_ps(*weights.get_unchecked(j * span + s));
+                        let w = V::splat(*weights.get_unchecked(j * span + s));
                         for l in 0..4 {
-                            acc[l] = _mm512_fmadd_ps(w, v[l], acc[l]);
+                            acc[l] = acc[l].fma(w, v[l]);
                         }
                     }
                 }
                 for (j, acc) in acc.iter().enumerate() {
                     for (l, a) in acc.iter().enumerate() {
-                        _mm512_storeu_ps(sums(j, l), *a);
+                        a.store(sums(j, l));
                     }
                 }
             }
         }
     }
 
-    /// Rows of values per pass of [`mix_of`]/[`mix_512`]: each pass covers a
-    /// slice of the dimensions, and this many rows (16 KB for Mistral) stay
-    /// in L1 from one slice to the next, so memory is read once.
     #[cfg(target_arch = "x86_64")]
     const ROWS_PER_PASS: usize = 64;
 
     /// Query heads handled per pass over the cache.
     #[cfg(target_arch = "x86_64")]
     const HEADS: usize = 4;
-
-    /// Each key row is converted 8 values at a time and multiplied into one
-    /// accumulator per query head.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn scores_of<const G: usize>(
-        queries: &[f32],
-        keys: &[f16],
-        hd: usize,
-        scores: &mut [f32],
-    ) {
-        use std::arch::x86_64::*;
-        let span = keys.len() / hd;
-        for (s, key) in keys.chunks_exact(hd).enumerate() {
-            let mut acc = [_mm256_setzero_ps(); G];
-            for c in (0..hd).step_by(8) {
-                let k = _mm256_cvtph_ps(_mm_loadu_si128(key.as_ptr().add(c).cast()));
-                for (j, a) in acc.iter_mut().enumerate() {
-                    let q = _mm256_loadu_ps(queries.as_ptr().add(j * hd + c));
-                    *a = _mm256_fmadd_ps(q, k, *a);
-                }
-            }
-            for (j, a) in acc.iter().enumerate() {
-                *scores.get_unchecked_mut(j * span + s) = hsum(*a);
-            }
-        }
-    }
-
-    /// Values are read 32 dimensions (one cache line) at a time, with the
-    /// sums of the heads for those dimensions in registers over
-    /// [`ROWS_PER_PASS`] rows.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn mix_of<const G: usize>(weights: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
-        use std::arch::x86_64::*;
-        let span = values.len() / hd;
-        let base = out.as_mut_ptr();
-        for start in (0..span).step_by(ROWS_PER_PASS) {
-            let rows = start..span.min(start + ROWS_PER_PASS);
-            for c in (0..hd).step_by(32) {
-                let sums = |j: usize, l: usize| base.add(j * hd + c + 8 * l);
-                let mut acc: [[__m256; 4]; G] =
-                    std::array::from_fn(|j| std::array::from_fn(|l| _mm256_loadu_ps(sums(j, l))));
-                for s in rows.clone() {
-                    let row = values.as_ptr().add(s * hd + c);
-                    let v: [__m256; 4] = std::array::from_fn(|l| {
-                        _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * l).cast()))
-                    });
-                    for (j, acc) in acc.iter_mut().enumerate() {
-                        let w = _mm256_set1_ps(*weights.get_unchecked(j * span + s));
-                        for l in 0..4 {
-                            acc[l] = _mm256_fmadd_ps(w, v[l], acc[l]);
-                        }
-                    }
-                }
-                for (j, acc) in acc.iter().enumerate() {
-                    for (l, a) in acc.iter().enumerate() {
-                        _mm256_storeu_ps(sums(j, l), *a);
-                    }
-                }
-            }
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
-        use std::arch::x86_64::*;
-        let v = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-        let v = _mm_add_ss(v, _mm_movehdup_ps(v));
-        _mm_cvtss_f32(v)
-    }
 }
 
 /// softmax(scale · x), in place; eight lanes at a time, so that the
