@@ -524,3 +524,35 @@ fn bash_completes_model_presets_and_paths() {
         assert!(found.contains(name), "{name} not offered: {found}");
     }
 }
+
+/// Every instruction set of the quantised kernels (capped with
+/// GREVE_KERNELS) writes the same greedy reply, for a prompt long enough to
+/// go through the repacked prefill tiles too; a value it does not know is
+/// a warning, not a failure.
+#[test]
+fn every_kernel_level_gives_the_same_reply() {
+    let prompt = "Tell me about the strike in Paris and why the trains stop, ".repeat(3);
+    let args = [
+        "ask",
+        "-m",
+        &gguf("tiny-k-q4_k_m.gguf"),
+        "--temperature",
+        "0",
+        "-n",
+        "12",
+        &prompt,
+    ];
+    let reply = |kernels: &str| {
+        let out = common::run(&args, b"", &[("GREVE_KERNELS", kernels)]);
+        assert!(out.status.success(), "{kernels}: {}", stderr(&out));
+        (stdout(&out), stderr(&out))
+    };
+    let (best, _) = reply("");
+    assert!(!best.trim().is_empty());
+    for kernels in ["scalar", "avx2"] {
+        assert_eq!(reply(kernels).0, best, "GREVE_KERNELS={kernels}");
+    }
+    let (text, warning) = reply("avx9");
+    assert_eq!(text, best);
+    assert!(warning.contains("GREVE_KERNELS=avx9"), "{warning}");
+}

@@ -104,7 +104,13 @@ pub fn isa() -> Isa {
             Ok("scalar") => Isa::Scalar,
             #[cfg(target_arch = "x86_64")]
             Ok("avx2") => Isa::Avx2,
-            _ => Isa::max_value(),
+            Ok("") | Err(_) => Isa::max_value(),
+            Ok(other) => {
+                crate::messages::warn(format!(
+                    "GREVE_KERNELS={other} is not `scalar` or `avx2`; using the best kernels this CPU runs"
+                ));
+                Isa::max_value()
+            }
         };
         detected().min(cap)
     })
