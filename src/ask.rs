@@ -62,6 +62,9 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
         &device,
         settings::dtype(args.model.dtype),
     )?;
+    model
+        .transformer
+        .set_kv_type(settings::kv_type(args.model.kv_cache));
     let load_time = loading.elapsed();
 
     let context = model.transformer.config.context_length;

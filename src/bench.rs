@@ -28,6 +28,7 @@ pub fn run(args: &BenchArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     let dtype = model::compute_dtype(&files, &device, settings::dtype(args.model.dtype));
     let loading = Instant::now();
     let mut transformer = model::load_transformer(&files, &device, dtype)?;
+    transformer.set_kv_type(settings::kv_type(args.model.kv_cache));
     let load_s = loading.elapsed().as_secs_f64();
     let config = &transformer.config;
     if args.prompt_tokens + args.gen_tokens > config.context_length {

@@ -10,6 +10,7 @@
 //! quant = "Q5_K_M"
 //! device = "cpu"
 //! threads = 2
+//! kv_cache = "q8"
 //! strike = "râleuse"
 //! temperature = 0.5
 //! top_p = 0.9
@@ -34,6 +35,7 @@ pub struct FileConfig {
     pub device: Option<String>,
     #[serde(default, deserialize_with = "threads")]
     pub threads: Option<u16>,
+    pub kv_cache: Option<cli::KvCacheArg>,
     #[serde(default, deserialize_with = "mode")]
     pub strike: Option<Mode>,
     #[serde(default, deserialize_with = "temperature")]
@@ -181,6 +183,7 @@ impl FileConfig {
         fill(&mut m.hub.quant, &self.quant);
         fill(&mut m.device, &self.device);
         fill(&mut m.threads, &self.threads);
+        fill(&mut m.kv_cache, &self.kv_cache);
     }
 
     fn sampling(&self, s: &mut SamplingArgs) {
@@ -260,6 +263,14 @@ pub fn show(
             "threads",
             show(args.model.threads.map(|t| t.to_string()), "all cores"),
             source("threads", file.threads.is_some()),
+        ),
+        (
+            "kv_cache",
+            show(
+                args.model.kv_cache.map(|k| format!("{k:?}").to_lowercase()),
+                "f16",
+            ),
+            source("kv_cache", file.kv_cache.is_some()),
         ),
         (
             "strike",

@@ -30,12 +30,15 @@ pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     let system = settings::user_system(&args.system)?;
     let transcript = args.load.as_deref().map(Transcript::load).transpose()?;
     let device = settings::device(args.model.device.as_deref())?;
-    let model = model::open(
+    let mut model = model::open(
         settings::model_spec(args.model.model.as_deref()),
         &settings::hub_options(&args.model.hub),
         &device,
         settings::dtype(args.model.dtype),
     )?;
+    model
+        .transformer
+        .set_kv_type(settings::kv_type(args.model.kv_cache));
     let config = ChatConfig {
         system,
         mode: settings::strike_mode(&args.persona),

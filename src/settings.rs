@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 
-use crate::cli::{DtypeArg, HubArgs, PersonaArgs, SamplingArgs, SystemArgs};
+use crate::cli::{DtypeArg, HubArgs, KvCacheArg, PersonaArgs, SamplingArgs, SystemArgs};
 use crate::exit::{Classify, Failure};
+use crate::model::attention::KvType;
 use crate::model::GenerationDefaults;
 use crate::persona::Mode;
 use crate::sampler::SamplingParams;
@@ -118,6 +119,13 @@ pub fn user_system(args: &SystemArgs) -> anyhow::Result<Option<String>> {
             })
         }
         (None, None) => Ok(None),
+    }
+}
+
+pub fn kv_type(arg: Option<KvCacheArg>) -> KvType {
+    match arg {
+        None | Some(KvCacheArg::F16) => KvType::F16,
+        Some(KvCacheArg::Q8) => KvType::Q8,
     }
 }
 

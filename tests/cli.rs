@@ -556,3 +556,39 @@ fn every_kernel_level_gives_the_same_reply() {
     assert_eq!(text, best);
     assert!(warning.contains("GREVE_KERNELS=avx9"), "{warning}");
 }
+
+#[test]
+fn kv_cache_types_from_flag_and_env() {
+    let model = gguf("tiny-k-q4_k_m.gguf");
+    let out = greve(
+        &[
+            "ask",
+            "-m",
+            &model,
+            "--kv-cache",
+            "q8",
+            "-n",
+            "4",
+            "Salut !",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).trim().is_empty());
+    // clap's own message for a bad value, with the possible values.
+    let bad = greve(&["ask", "-m", &model, "--kv-cache", "q4", "hi"], b"");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("'q4'") && stderr(&bad).contains("f16, q8"),
+        "{}",
+        stderr(&bad)
+    );
+    let shown = common::run(&["config"], b"", &[("GREVE_KV_CACHE", "q8")]);
+    assert!(
+        stdout(&shown)
+            .lines()
+            .any(|l| l.starts_with("kv_cache") && l.contains("q8") && l.contains("(env)")),
+        "{}",
+        stdout(&shown)
+    );
+}

@@ -97,6 +97,7 @@ fn bad_config_files_are_one_line_errors_naming_file_line_and_key() {
         ("temperature = 0.3\ntemprature = 1\n", ":2: temprature"),
         ("\ntop_p = 3\n", ":2: top_p: must be in (0, 1]"),
         ("threads = \"many\"\n", ":1: threads"),
+        ("kv_cache = \"q4\"\n", ":1: kv_cache"),
         ("strike = \"lundi\"\n", "not a strike mode"),
         ("model = [\n", ":1"),
     ] {

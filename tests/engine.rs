@@ -260,3 +260,31 @@ fn long_prompts_give_the_same_logits_however_they_are_cut() {
         assert!(worst < 1e-3, "logits differ by {worst}");
     }
 }
+
+/// The 8-bit KV cache stays close to the f16 one: the same greedy choice
+/// after a long prompt, logits within a small fraction of their range.
+#[test]
+fn an_8_bit_kv_cache_stays_close_to_f16() {
+    let mut model = load(&goldens().join("tiny-k-q4_k_m.gguf"));
+    let vocab = model.transformer.config.vocab_size as u32;
+    let prompt: Vec<u32> = (0..300u32)
+        .map(|i| 3 + (i * 53 + i / 5) % (vocab - 3))
+        .collect();
+    let f16 = fresh_logits(&mut model, &prompt);
+    model
+        .transformer
+        .set_kv_type(greve::model::attention::KvType::Q8);
+    let q8 = fresh_logits(&mut model, &prompt);
+    let range = f16.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = f16
+        .iter()
+        .zip(&q8)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!("q8 vs f16: worst {worst}, range {range}");
+    assert!(
+        worst < 0.02 * range,
+        "q8 logits differ by {worst} (range {range})"
+    );
+    assert_eq!(argmax(&f16), argmax(&q8));
+}

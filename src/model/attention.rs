@@ -12,29 +12,81 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use half::vec::HalfBitsVecExt;
 
+/// How the CPU KV cache stores keys and values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvType {
+    /// 2 bytes a value, as llama.cpp's default.
+    #[default]
+    F16,
+    /// 1 byte a value and a scale per head and position (`max|x| / 127`):
+    /// half the reads per generated token at long contexts, at a small cost
+    /// in precision (as llama.cpp's `q8_0` cache).
+    Q8,
+}
+
 /// Keys and values of the positions seen so far, (kv_heads, capacity,
-/// head_dim) each in f16; the first `len` positions are valid. Storage grows
-/// by half as needed, so memory follows the conversation, not the model's
+/// head_dim) each; the first `len` positions are valid. Storage grows by
+/// half as needed, so memory follows the conversation, not the model's
 /// context.
 #[derive(Default)]
 pub struct HostKvCache {
-    k: Vec<f16>,
-    v: Vec<f16>,
+    store: Store,
     kv_heads: usize,
     head_dim: usize,
     capacity: usize,
     len: usize,
 }
 
+enum Store {
+    F16 {
+        k: Vec<f16>,
+        v: Vec<f16>,
+    },
+    /// Scales are (kv_heads, capacity).
+    Q8 {
+        k: Vec<i8>,
+        v: Vec<i8>,
+        k_scale: Vec<f32>,
+        v_scale: Vec<f32>,
+    },
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::F16 {
+            k: Vec::new(),
+            v: Vec::new(),
+        }
+    }
+}
+
 /// Room reserved on the first append.
 const INITIAL_CAPACITY: usize = 256;
 
 impl HostKvCache {
-    pub fn new(kv_heads: usize, head_dim: usize) -> Self {
+    pub fn new(kv_heads: usize, head_dim: usize, kind: KvType) -> Self {
+        let store = match kind {
+            KvType::F16 => Store::default(),
+            KvType::Q8 => Store::Q8 {
+                k: Vec::new(),
+                v: Vec::new(),
+                k_scale: Vec::new(),
+                v_scale: Vec::new(),
+            },
+        };
         HostKvCache {
+            store,
             kv_heads,
             head_dim,
-            ..Default::default()
+            capacity: 0,
+            len: 0,
+        }
+    }
+
+    pub fn kind(&self) -> KvType {
+        match self.store {
+            Store::F16 { .. } => KvType::F16,
+            Store::Q8 { .. } => KvType::Q8,
         }
     }
 
@@ -58,34 +110,113 @@ impl HostKvCache {
             let capacity = needed
                 .max(self.capacity + self.capacity / 2)
                 .max(INITIAL_CAPACITY);
-            let grow = |old: &[f16]| {
-                // Zeroed by the allocator (calloc), so the room not yet used
-                // costs address space, not memory.
-                let mut fresh: Vec<f16> = vec![0u16; heads * capacity * hd].reinterpret_into();
-                for h in 0..heads {
-                    let kept = &old[h * self.capacity * hd..][..self.len * hd];
-                    fresh[h * capacity * hd..][..self.len * hd].copy_from_slice(kept);
+            let (old, len) = (self.capacity, self.len);
+            match &mut self.store {
+                Store::F16 { k, v } => {
+                    // Zeroed by the allocator (calloc) like the others, so the
+                    // room not yet used costs address space, not memory.
+                    let zeroed = || vec![0u16; heads * capacity * hd].reinterpret_into();
+                    *k = regrow(k, zeroed(), heads, hd, (old, capacity), len);
+                    *v = regrow(v, zeroed(), heads, hd, (old, capacity), len);
                 }
-                fresh
-            };
-            self.k = grow(&self.k);
-            self.v = grow(&self.v);
+                Store::Q8 {
+                    k,
+                    v,
+                    k_scale,
+                    v_scale,
+                } => {
+                    *k = regrow(
+                        k,
+                        vec![0; heads * capacity * hd],
+                        heads,
+                        hd,
+                        (old, capacity),
+                        len,
+                    );
+                    *v = regrow(
+                        v,
+                        vec![0; heads * capacity * hd],
+                        heads,
+                        hd,
+                        (old, capacity),
+                        len,
+                    );
+                    *k_scale = regrow(
+                        k_scale,
+                        vec![0.0; heads * capacity],
+                        heads,
+                        1,
+                        (old, capacity),
+                        len,
+                    );
+                    *v_scale = regrow(
+                        v_scale,
+                        vec![0.0; heads * capacity],
+                        heads,
+                        1,
+                        (old, capacity),
+                        len,
+                    );
+                }
+            }
             self.capacity = capacity;
         }
         for h in 0..heads {
             let at = (h * self.capacity + self.len) * hd;
-            self.k[at..at + n * hd].convert_from_f32_slice(&k[h * n * hd..(h + 1) * n * hd]);
-            self.v[at..at + n * hd].convert_from_f32_slice(&v[h * n * hd..(h + 1) * n * hd]);
+            let (new_k, new_v) = (
+                &k[h * n * hd..(h + 1) * n * hd],
+                &v[h * n * hd..(h + 1) * n * hd],
+            );
+            match &mut self.store {
+                Store::F16 { k, v } => {
+                    k[at..at + n * hd].convert_from_f32_slice(new_k);
+                    v[at..at + n * hd].convert_from_f32_slice(new_v);
+                }
+                Store::Q8 {
+                    k,
+                    v,
+                    k_scale,
+                    v_scale,
+                } => {
+                    let row = h * self.capacity + self.len;
+                    quantize_rows(new_k, &mut k[at..at + n * hd], &mut k_scale[row..row + n]);
+                    quantize_rows(new_v, &mut v[at..at + n * hd], &mut v_scale[row..row + n]);
+                }
+            }
         }
         self.len = needed;
     }
+}
 
-    fn keys(&self, head: usize) -> &[f16] {
-        &self.k[head * self.capacity * self.head_dim..][..self.len * self.head_dim]
+/// New storage of `capacity.1` positions per head holding the first `len`
+/// of the old (`capacity.0` per head), `per` values a position.
+fn regrow<T: Copy>(
+    old: &[T],
+    mut fresh: Vec<T>,
+    heads: usize,
+    per: usize,
+    capacity: (usize, usize),
+    len: usize,
+) -> Vec<T> {
+    for h in 0..heads {
+        if len > 0 {
+            fresh[h * capacity.1 * per..][..len * per]
+                .copy_from_slice(&old[h * capacity.0 * per..][..len * per]);
+        }
     }
+    fresh
+}
 
-    fn values(&self, head: usize) -> &[f16] {
-        &self.v[head * self.capacity * self.head_dim..][..self.len * self.head_dim]
+/// Rows of `x` (one per scale) to i8 at `max|row| / 127`.
+fn quantize_rows(x: &[f32], q: &mut [i8], scales: &mut [f32]) {
+    let per = x.len() / scales.len();
+    for ((x, q), scale) in x.chunks_exact(per).zip(q.chunks_exact_mut(per)).zip(scales) {
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        *scale = if amax.is_finite() { amax / 127.0 } else { 0.0 };
+        let inv = if *scale > 0.0 { 1.0 / *scale } else { 0.0 };
+        for (q, x) in q.iter_mut().zip(x) {
+            *q = (x * inv).round() as i8;
+        }
     }
 }
 
@@ -138,17 +269,66 @@ fn attend_with(
             let pos = t - n + i;
             let first = (pos + 1).saturating_sub(window);
             let span = pos + 1 - first;
-            let keys = &cache.keys(g)[first * hd..(pos + 1) * hd];
-            let values = &cache.values(g)[first * hd..(pos + 1) * hd];
             let queries = &q_by_position[(g * n + i) * group * hd..][..group * hd];
-
+            let rows = first..pos + 1;
+            let base = g * cache.capacity;
             scores.clear();
             scores.resize(group * span, 0f32);
-            kernels::scores(level, queries, keys, hd, &mut scores);
-            for head in scores.chunks_exact_mut(span) {
-                softmax(head, scale);
+            match &cache.store {
+                Store::F16 { k, v } => {
+                    kernels::scores(
+                        level,
+                        queries,
+                        &k[(base + first) * hd..(base + pos + 1) * hd],
+                        hd,
+                        &mut scores,
+                    );
+                    for head in scores.chunks_exact_mut(span) {
+                        softmax(head, scale);
+                    }
+                    kernels::mix(
+                        level,
+                        &scores,
+                        &v[(base + first) * hd..(base + pos + 1) * hd],
+                        hd,
+                        &mut acc,
+                    );
+                }
+                Store::Q8 {
+                    k,
+                    v,
+                    k_scale,
+                    v_scale,
+                } => {
+                    let (ks, vs) = (
+                        &k_scale[base..][rows.clone()],
+                        &v_scale[base..][rows.clone()],
+                    );
+                    kernels::scores(
+                        level,
+                        queries,
+                        &k[(base + first) * hd..(base + pos + 1) * hd],
+                        hd,
+                        &mut scores,
+                    );
+                    for head in scores.chunks_exact_mut(span) {
+                        for (s, k) in head.iter_mut().zip(ks) {
+                            *s *= k;
+                        }
+                        softmax(head, scale);
+                        for (s, v) in head.iter_mut().zip(vs) {
+                            *s *= v;
+                        }
+                    }
+                    kernels::mix(
+                        level,
+                        &scores,
+                        &v[(base + first) * hd..(base + pos + 1) * hd],
+                        hd,
+                        &mut acc,
+                    );
+                }
             }
-            kernels::mix(level, &scores, values, hd, &mut acc);
             let at = (i * heads + g * group) * hd;
             // SAFETY: (position i, heads g·group …) belong to this item
             // alone, and lie in `out`, (n, heads, hd).
@@ -200,7 +380,13 @@ mod kernels {
 
     /// `scores[j][s] = queries[j] · keys[s]` for the `group` queries (rows
     /// of `hd`) and every key.
-    pub fn scores(level: Level, queries: &[f32], keys: &[f16], hd: usize, scores: &mut [f32]) {
+    pub fn scores<E: Elem>(
+        level: Level,
+        queries: &[f32],
+        keys: &[E],
+        hd: usize,
+        scores: &mut [f32],
+    ) {
         let span = keys.len() / hd;
         #[cfg(target_arch = "x86_64")]
         {
@@ -214,10 +400,10 @@ mod kernels {
                     // SAFETY: the CPU has the features each kernel needs.
                     unsafe {
                         match (avx512, g) {
-                            (true, HEADS) => scores_512::<HEADS>(q, keys, hd, out),
-                            (true, _) => scores_512::<1>(q, keys, hd, out),
-                            (false, HEADS) => scores_f16c::<HEADS>(q, keys, hd, out),
-                            (false, _) => scores_f16c::<1>(q, keys, hd, out),
+                            (true, HEADS) => scores_512::<E, HEADS>(q, keys, hd, out),
+                            (true, _) => scores_512::<E, 1>(q, keys, hd, out),
+                            (false, HEADS) => scores_f16c::<E, HEADS>(q, keys, hd, out),
+                            (false, _) => scores_f16c::<E, 1>(q, keys, hd, out),
                         }
                     }
                 });
@@ -225,7 +411,7 @@ mod kernels {
         }
         let mut row = vec![0f32; hd];
         for (s, key) in keys.chunks_exact(hd).enumerate() {
-            key.convert_to_f32_slice(&mut row);
+            E::widen_slice(key, &mut row);
             for (j, q) in queries.chunks_exact(hd).enumerate() {
                 scores[j * span + s] = q.iter().zip(&row).map(|(a, b)| a * b).sum();
             }
@@ -233,7 +419,7 @@ mod kernels {
     }
 
     /// `out[j] = Σ_s weights[j][s] · values[s]` for the `group` heads.
-    pub fn mix(level: Level, weights: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
+    pub fn mix<E: Elem>(level: Level, weights: &[f32], values: &[E], hd: usize, out: &mut [f32]) {
         out.fill(0.0);
         let span = values.len() / hd;
         #[cfg(target_arch = "x86_64")]
@@ -248,10 +434,10 @@ mod kernels {
                     // SAFETY: the CPU has the features each kernel needs.
                     unsafe {
                         match (avx512, g) {
-                            (true, HEADS) => mix_512::<HEADS>(w, values, hd, o),
-                            (true, _) => mix_512::<1>(w, values, hd, o),
-                            (false, HEADS) => mix_f16c::<HEADS>(w, values, hd, o),
-                            (false, _) => mix_f16c::<1>(w, values, hd, o),
+                            (true, HEADS) => mix_512::<E, HEADS>(w, values, hd, o),
+                            (true, _) => mix_512::<E, 1>(w, values, hd, o),
+                            (false, HEADS) => mix_f16c::<E, HEADS>(w, values, hd, o),
+                            (false, _) => mix_f16c::<E, 1>(w, values, hd, o),
                         }
                     }
                 });
@@ -259,7 +445,7 @@ mod kernels {
         }
         let mut row = vec![0f32; hd];
         for (s, value) in values.chunks_exact(hd).enumerate() {
-            value.convert_to_f32_slice(&mut row);
+            E::widen_slice(value, &mut row);
             for (j, out) in out.chunks_exact_mut(hd).enumerate() {
                 let w = weights[j * span + s];
                 for (o, v) in out.iter_mut().zip(&row) {
@@ -281,6 +467,42 @@ mod kernels {
         }
     }
 
+    /// What the cache holds a value as.
+    pub trait Elem: Copy + Sync {
+        /// A row of values as f32.
+        fn widen_slice(row: &[Self], out: &mut [f32]);
+        /// `V::N` values from `p`, widened.
+        #[cfg(target_arch = "x86_64")]
+        #[allow(private_bounds)]
+        unsafe fn widen<V: Lanes>(p: *const Self) -> V;
+    }
+
+    impl Elem for f16 {
+        fn widen_slice(row: &[Self], out: &mut [f32]) {
+            row.convert_to_f32_slice(out)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        #[allow(private_bounds)]
+        unsafe fn widen<V: Lanes>(p: *const Self) -> V {
+            V::widen(p)
+        }
+    }
+
+    impl Elem for i8 {
+        fn widen_slice(row: &[Self], out: &mut [f32]) {
+            for (o, &x) in out.iter_mut().zip(row) {
+                *o = x as f32;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[inline(always)]
+        #[allow(private_bounds)]
+        unsafe fn widen<V: Lanes>(p: *const Self) -> V {
+            V::widen_i8(p)
+        }
+    }
+
     /// f32 vectors of one width, for kernels written once for AVX2 (8 lanes)
     /// and AVX-512 (16 lanes). The methods inline into the callers below,
     /// whose `target_feature` lets the intrinsics compile as single instructions.
@@ -292,6 +514,8 @@ mod kernels {
         unsafe fn store(self, p: *mut f32);
         /// `N` f16 values, widened.
         unsafe fn widen(p: *const f16) -> Self;
+        /// `N` i8 values, widened.
+        unsafe fn widen_i8(p: *const i8) -> Self;
         unsafe fn splat(x: f32) -> Self;
         /// `a · b + self`.
         unsafe fn fma(self, a: Self, b: Self) -> Self;
@@ -317,6 +541,11 @@ mod kernels {
         unsafe fn widen(p: *const f16) -> Self {
             use std::arch::x86_64::*;
             _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        }
+        #[inline(always)]
+        unsafe fn widen_i8(p: *const i8) -> Self {
+            use std::arch::x86_64::*;
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast())))
         }
         #[inline(always)]
         unsafe fn splat(x: f32) -> Self {
@@ -356,6 +585,11 @@ mod kernels {
             _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
         }
         #[inline(always)]
+        unsafe fn widen_i8(p: *const i8) -> Self {
+            use std::arch::x86_64::*;
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())))
+        }
+        #[inline(always)]
         unsafe fn splat(x: f32) -> Self {
             std::arch::x86_64::_mm512_set1_ps(x)
         }
@@ -371,40 +605,55 @@ mod kernels {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn scores_f16c<const G: usize>(q: &[f32], keys: &[f16], hd: usize, scores: &mut [f32]) {
-        scores_with::<std::arch::x86_64::__m256, G>(q, keys, hd, scores)
+    unsafe fn scores_f16c<E: Elem, const G: usize>(
+        q: &[f32],
+        keys: &[E],
+        hd: usize,
+        scores: &mut [f32],
+    ) {
+        scores_with::<E, std::arch::x86_64::__m256, G>(q, keys, hd, scores)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn scores_512<const G: usize>(q: &[f32], keys: &[f16], hd: usize, scores: &mut [f32]) {
-        scores_with::<std::arch::x86_64::__m512, G>(q, keys, hd, scores)
+    unsafe fn scores_512<E: Elem, const G: usize>(
+        q: &[f32],
+        keys: &[E],
+        hd: usize,
+        scores: &mut [f32],
+    ) {
+        scores_with::<E, std::arch::x86_64::__m512, G>(q, keys, hd, scores)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn mix_f16c<const G: usize>(
+    unsafe fn mix_f16c<E: Elem, const G: usize>(
         weights: &[f32],
-        values: &[f16],
+        values: &[E],
         hd: usize,
         out: &mut [f32],
     ) {
-        mix_with::<std::arch::x86_64::__m256, G>(weights, values, hd, out)
+        mix_with::<E, std::arch::x86_64::__m256, G>(weights, values, hd, out)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn mix_512<const G: usize>(weights: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
-        mix_with::<std::arch::x86_64::__m512, G>(weights, values, hd, out)
+    unsafe fn mix_512<E: Elem, const G: usize>(
+        weights: &[f32],
+        values: &[E],
+        hd: usize,
+        out: &mut [f32],
+    ) {
+        mix_with::<E, std::arch::x86_64::__m512, G>(weights, values, hd, out)
     }
 
     /// Each key row is widened `V::N` values at a time and multiplied into
     /// one accumulator per query head, `G` heads per pass.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn scores_with<V: Lanes, const G: usize>(
+    unsafe fn scores_with<E: Elem, V: Lanes, const G: usize>(
         queries: &[f32],
-        keys: &[f16],
+        keys: &[E],
         hd: usize,
         scores: &mut [f32],
     ) {
@@ -412,7 +661,7 @@ mod kernels {
         for (s, key) in keys.chunks_exact(hd).enumerate() {
             let mut acc = [V::zero(); G];
             for c in (0..hd).step_by(V::N) {
-                let k = V::widen(key.as_ptr().add(c));
+                let k = E::widen::<V>(key.as_ptr().add(c));
                 for (j, a) in acc.iter_mut().enumerate() {
                     *a = a.fma(V::load(queries.as_ptr().add(j * hd + c)), k);
                 }
@@ -429,9 +678,9 @@ mod kernels {
     /// dimensions: memory is read once.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn mix_with<V: Lanes, const G: usize>(
+    unsafe fn mix_with<E: Elem, V: Lanes, const G: usize>(
         weights: &[f32],
-        values: &[f16],
+        values: &[E],
         hd: usize,
         out: &mut [f32],
     ) {
@@ -445,7 +694,7 @@ mod kernels {
                     std::array::from_fn(|j| std::array::from_fn(|l| V::load(sums(j, l))));
                 for s in rows.clone() {
                     let row = values.as_ptr().add(s * hd + c);
-                    let v: [V; 4] = std::array::from_fn(|l| V::widen(row.add(l * V::N)));
+                    let v: [V; 4] = std::array::from_fn(|l| E::widen::<V>(row.add(l * V::N)));
                     for (j, acc) in acc.iter_mut().enumerate() {
                         let w = V::splat(*weights.get_unchecked(j * span + s));
                         for l in 0..4 {
@@ -526,7 +775,21 @@ fn exp(x: f32) -> f32 {
 mod tests {
     use super::*;
 
-    /// Attention by the book, in f32, over the same (f16-rounded) keys and values.
+    /// Keys or values (kv, t, hd) rounded as the cache of `kind` stores them.
+    fn rounded(x: &[f32], hd: usize, kind: KvType) -> Vec<f32> {
+        match kind {
+            KvType::F16 => x.iter().map(|&x| f16::from_f32(x).to_f32()).collect(),
+            KvType::Q8 => x
+                .chunks_exact(hd)
+                .flat_map(|row| {
+                    let scale = row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                    row.iter().map(move |x| (x / scale).round() * scale)
+                })
+                .collect(),
+        }
+    }
+
+    /// Attention by the book, in f32, over keys and values as given.
     fn reference(
         q: &[f32],
         k: &[f32],
@@ -535,7 +798,6 @@ mod tests {
         window: usize,
     ) -> Vec<f32> {
         let group = heads / kv;
-        let round = |x: f32| f16::from_f32(x).to_f32();
         let mut out = vec![0f32; n * heads * hd];
         for h in 0..heads {
             let g = h / group;
@@ -548,7 +810,7 @@ mod tests {
                     .iter()
                     .map(|&j| {
                         (0..hd)
-                            .map(|d| qv[d] * round(k[(g * t + j) * hd + d]))
+                            .map(|d| qv[d] * k[(g * t + j) * hd + d])
                             .sum::<f32>()
                             / (hd as f32).sqrt()
                     })
@@ -558,7 +820,7 @@ mod tests {
                 w.iter_mut().for_each(|x| *x = (*x - max).exp() / total);
                 for (p, &j) in w.iter().zip(&visible) {
                     for d in 0..hd {
-                        out[(i * heads + h) * hd + d] += p * round(v[(g * t + j) * hd + d]);
+                        out[(i * heads + h) * hd + d] += p * v[(g * t + j) * hd + d];
                     }
                 }
             }
@@ -605,19 +867,22 @@ mod tests {
         ] {
             let (k, v) = (random(kv * t * hd, 1), random(kv * t * hd, 2));
             let q = random(heads * n * hd, 3);
-            let mut cache = HostKvCache::new(kv, hd);
-            fill(&mut cache, &k, &v, kv, t, hd, &sizes);
             let window = (window != usize::MAX).then_some(window);
-            let got = attend(&q, heads, n, &cache, window);
-            let want = reference(
-                &q,
-                &k,
-                &v,
-                (heads, kv, n, t, hd),
-                window.unwrap_or(usize::MAX),
-            );
-            for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() < 1e-4, "{g} vs {w} (t {t}, n {n})");
+            for kind in [KvType::F16, KvType::Q8] {
+                let mut cache = HostKvCache::new(kv, hd, kind);
+                fill(&mut cache, &k, &v, kv, t, hd, &sizes);
+                let (kr, vr) = (rounded(&k, hd, kind), rounded(&v, hd, kind));
+                let shape = (heads, kv, n, t, hd);
+                let want = reference(&q, &kr, &vr, shape, window.unwrap_or(usize::MAX));
+                for level in kernels::levels() {
+                    let got = attend_with(level, &q, heads, n, &cache, window);
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            (g - w).abs() < 1e-4,
+                            "{g} vs {w} ({kind:?}, {level:?}, t {t}, n {n})"
+                        );
+                    }
+                }
             }
         }
     }
@@ -637,12 +902,15 @@ mod tests {
     #[test]
     fn truncate_rewinds_and_new_positions_overwrite() {
         let (kv, hd) = (1, 8);
-        let mut cache = HostKvCache::new(kv, hd);
+        let mut cache = HostKvCache::new(kv, hd, KvType::F16);
         cache.append(&[1.0; 8 * 3], &[1.0; 8 * 3], 3);
         cache.truncate(1);
         cache.append(&[2.0; 8], &[2.0; 8], 1);
         assert_eq!(cache.positions(), 2);
-        assert_eq!(cache.keys(0)[8..16], [f16::from_f32(2.0); 8]);
+        let Store::F16 { k, .. } = &cache.store else {
+            panic!("an f16 cache")
+        };
+        assert_eq!(k[8..16], [f16::from_f32(2.0); 8]);
         cache.truncate(99);
         assert_eq!(cache.positions(), 2);
     }

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::attention::{self, HostKvCache};
+use super::attention::{self, HostKvCache, KvType};
 use super::config::Config;
 use super::kv_cache::KvCache;
 use super::linear::{Linear, MappedMatrix};
@@ -142,7 +142,11 @@ impl Transformer {
                     rope: src.rope_layout(),
                     window: c.sliding_window,
                     cache: if device.is_cpu() {
-                        Cache::Host(HostKvCache::new(c.num_kv_heads, c.head_dim))
+                        Cache::Host(HostKvCache::new(
+                            c.num_kv_heads,
+                            c.head_dim,
+                            KvType::default(),
+                        ))
                     } else {
                         Cache::Device(KvCache::default())
                     },
@@ -179,6 +183,17 @@ impl Transformer {
     /// Positions already in the KV cache.
     pub fn cached(&self) -> usize {
         self.layers.first().map_or(0, |l| l.attn.cache.positions())
+    }
+
+    /// Stores the CPU KV cache as `kind` from now on (a GPU keeps its own);
+    /// what was cached is forgotten.
+    pub fn set_kv_type(&mut self, kind: KvType) {
+        let (heads, hd) = (self.config.num_kv_heads, self.config.head_dim);
+        for layer in &mut self.layers {
+            if let Cache::Host(cache) = &mut layer.attn.cache {
+                *cache = HostKvCache::new(heads, hd, kind);
+            }
+        }
     }
 
     /// Forgets every cached position from `len` on.
