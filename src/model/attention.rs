@@ -304,7 +304,7 @@ fn attend_with(
                         &k_scale[base..][rows.clone()],
                         &v_scale[base..][rows.clone()],
                     );
-                    kernels::scores(
+                    kernels::scores_q8(
                         level,
                         queries,
                         &k[(base + first) * hd..(base + pos + 1) * hd],
@@ -414,6 +414,86 @@ mod kernels {
             E::widen_slice(key, &mut row);
             for (j, q) in queries.chunks_exact(hd).enumerate() {
                 scores[j * span + s] = q.iter().zip(&row).map(|(a, b)| a * b).sum();
+            }
+        }
+    }
+
+    /// [`scores`] over i8 keys. With AVX-512 VNNI the queries are rounded to
+    /// i8 too (a scale per head) and each key row is 64 integer products per
+    /// instruction, rather than widened to f32 first.
+    pub fn scores_q8(level: Level, queries: &[f32], keys: &[i8], hd: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if integer_scores(level, hd) {
+            let span = keys.len() / hd;
+            let mut q = vec![0i8; queries.len()];
+            let mut scale = vec![0f32; queries.len() / hd];
+            super::quantize_rows(queries, &mut q, &mut scale);
+            return by_groups(queries.len() / hd, |first, g| {
+                let (qs, sc, out) = (&q[first * hd..], &scale[first..], &mut out[first * span..]);
+                // SAFETY: the CPU has AVX-512 F, BW and VNNI.
+                unsafe {
+                    match g {
+                        HEADS => scores_vnni::<HEADS>(qs, sc, keys, hd, out),
+                        _ => scores_vnni::<1>(qs, sc, keys, hd, out),
+                    }
+                }
+            });
+        }
+        scores(level, queries, keys, hd, out)
+    }
+
+    /// Whether [`scores_q8`] takes the integer path (which rounds the queries).
+    pub fn integer_scores(level: Level, hd: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            level == Level::Avx512
+                && hd.is_multiple_of(64)
+                && has!("avx512bw")
+                && has!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (level, hd);
+            false
+        }
+    }
+
+    /// `vpdpbusd` multiplies unsigned by signed bytes: the keys are shifted
+    /// to unsigned (k + 128, a flip of the top bit) and 128·Σq taken back off.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn scores_vnni<const G: usize>(
+        q: &[i8],
+        scale: &[f32],
+        keys: &[i8],
+        hd: usize,
+        scores: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        let span = keys.len() / hd;
+        let flip = _mm512_set1_epi8(-128);
+        let offset: [i32; G] = std::array::from_fn(|j| {
+            128 * q[j * hd..(j + 1) * hd]
+                .iter()
+                .map(|&x| x as i32)
+                .sum::<i32>()
+        });
+        for (s, key) in keys.chunks_exact(hd).enumerate() {
+            let mut acc = [_mm512_setzero_si512(); G];
+            for c in (0..hd).step_by(64) {
+                let k = _mm512_xor_si512(_mm512_loadu_si512(key.as_ptr().add(c).cast()), flip);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_dpbusd_epi32(
+                        *a,
+                        k,
+                        _mm512_loadu_si512(q.as_ptr().add(j * hd + c).cast()),
+                    );
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                *scores.get_unchecked_mut(j * span + s) =
+                    (_mm512_reduce_add_epi32(*a) - offset[j]) as f32 * scale[j];
             }
         }
     }
@@ -873,8 +953,14 @@ mod tests {
                 fill(&mut cache, &k, &v, kv, t, hd, &sizes);
                 let (kr, vr) = (rounded(&k, hd, kind), rounded(&v, hd, kind));
                 let shape = (heads, kv, n, t, hd);
-                let want = reference(&q, &kr, &vr, shape, window.unwrap_or(usize::MAX));
+                let window_or_all = window.unwrap_or(usize::MAX);
                 for level in kernels::levels() {
+                    // Integer scores round the queries to i8 as well.
+                    let q_used = match kind == KvType::Q8 && kernels::integer_scores(level, hd) {
+                        true => rounded(&q, hd, kind),
+                        false => q.clone(),
+                    };
+                    let want = reference(&q_used, &kr, &vr, shape, window_or_all);
                     let got = attend_with(level, &q, heads, n, &cache, window);
                     for (g, w) in got.iter().zip(&want) {
                         assert!(
