@@ -9,7 +9,7 @@ use crate::chat::fit_window;
 use crate::cli::AskArgs;
 use crate::exit::{Classify, Failure};
 use crate::generate::{generate, Finish, Generation, Limits};
-use crate::model::{self, Model};
+use crate::model::Model;
 use crate::persona::{self, Mode, Prompts, Wrapping};
 use crate::sampler::Sampler;
 use crate::settings;
@@ -54,17 +54,8 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     }
     messages.push(Message::user(prompt));
 
-    let device = settings::device(args.model.device.as_deref())?;
     let loading = Instant::now();
-    let mut model = model::open(
-        settings::model_spec(args.model.model.as_deref()),
-        &settings::hub_options(&args.model.hub),
-        &device,
-        settings::dtype(args.model.dtype),
-    )?;
-    model
-        .transformer
-        .set_kv_type(settings::kv_type(args.model.kv_cache));
+    let mut model = settings::open_model(&args.model)?;
     let load_time = loading.elapsed();
 
     let context = model.transformer.config.context_length;

@@ -19,7 +19,6 @@ use crate::chat::{Chat, ChatConfig, Turn};
 use crate::cli::ChatArgs;
 use crate::exit::Failure;
 use crate::generate::Finish;
-use crate::model;
 use crate::persona::{self, Mode, Prompts};
 use crate::settings;
 use crate::tokenizer::StreamDecoder;
@@ -29,16 +28,7 @@ pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     let prompts = Prompts::load(&settings::prompt_folders(&args.persona)?)?;
     let system = settings::user_system(&args.system)?;
     let transcript = args.load.as_deref().map(Transcript::load).transpose()?;
-    let device = settings::device(args.model.device.as_deref())?;
-    let mut model = model::open(
-        settings::model_spec(args.model.model.as_deref()),
-        &settings::hub_options(&args.model.hub),
-        &device,
-        settings::dtype(args.model.dtype),
-    )?;
-    model
-        .transformer
-        .set_kv_type(settings::kv_type(args.model.kv_cache));
+    let model = settings::open_model(&args.model)?;
     let config = ChatConfig {
         system,
         mode: settings::strike_mode(&args.persona),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 
-use crate::cli::{DtypeArg, HubArgs, KvCacheArg, PersonaArgs, SamplingArgs, SystemArgs};
+use crate::cli::{DtypeArg, HubArgs, KvCacheArg, ModelArgs, PersonaArgs, SamplingArgs, SystemArgs};
 use crate::exit::{Classify, Failure};
 use crate::model::attention::KvType;
 use crate::model::GenerationDefaults;
@@ -120,6 +120,20 @@ pub fn user_system(args: &SystemArgs) -> anyhow::Result<Option<String>> {
         }
         (None, None) => Ok(None),
     }
+}
+
+/// The model `--model` and its companions name, on the device they ask for,
+/// with the KV cache type they ask for.
+pub fn open_model(args: &ModelArgs) -> anyhow::Result<crate::model::Model> {
+    let device = device(args.device.as_deref())?;
+    let mut model = crate::model::open(
+        model_spec(args.model.as_deref()),
+        &hub_options(&args.hub),
+        &device,
+        dtype(args.dtype),
+    )?;
+    model.transformer.set_kv_type(kv_type(args.kv_cache));
+    Ok(model)
 }
 
 pub fn kv_type(arg: Option<KvCacheArg>) -> KvType {

@@ -83,13 +83,6 @@ impl HostKvCache {
         }
     }
 
-    pub fn kind(&self) -> KvType {
-        match self.store {
-            Store::F16 { .. } => KvType::F16,
-            Store::Q8 { .. } => KvType::Q8,
-        }
-    }
-
     pub fn positions(&self) -> usize {
         self.len
     }
@@ -258,10 +251,9 @@ fn attend_with(
         }
     }
     let mut out = vec![0f32; n * heads * hd];
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let out_ptr = super::Disjoint::new(&mut out);
     // One item per (kv head, query position): the group's query heads share its reads.
     candle_core::utils::barrier_pool().execute_chunked(kv_heads * n, |items| {
-        let out_ptr = &out_ptr;
         let mut scores = Vec::new();
         let mut acc = vec![0f32; group * hd];
         for item in items {
@@ -332,15 +324,11 @@ fn attend_with(
             let at = (i * heads + g * group) * hd;
             // SAFETY: (position i, heads g·group …) belong to this item
             // alone, and lie in `out`, (n, heads, hd).
-            unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out_ptr.0.add(at), group * hd) }
+            unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out_ptr.at(at), group * hd) }
         }
     });
     out
 }
-
-struct SharedOut(*mut f32);
-// SAFETY: the work items write disjoint parts of the output (see `attend`).
-unsafe impl Sync for SharedOut {}
 
 /// The two loops over the cache, with F16C and FMA where the CPU has them.
 mod kernels {

@@ -59,19 +59,14 @@ pub fn matvec(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
 /// `out[r] = dot(w[r], x)` over all rows, on every core.
 fn rows<T: Sync>(w: &[T], k: usize, x: &[f32], out: &mut [f32], dot: fn(&[T], &[f32]) -> f32) {
     let n = out.len();
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let out_ptr = super::Disjoint::new(out);
     candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(ROWS_PER_ITEM), |items| {
-        let out_ptr = &out_ptr;
         for r in items.start * ROWS_PER_ITEM..(items.end * ROWS_PER_ITEM).min(n) {
             // SAFETY: row r lies in `out` and belongs to this work item alone.
-            unsafe { *out_ptr.0.add(r) = dot(&w[r * k..(r + 1) * k], x) }
+            unsafe { *out_ptr.at(r) = dot(&w[r * k..(r + 1) * k], x) }
         }
     });
 }
-
-struct SharedOut(*mut f32);
-// SAFETY: the work items write disjoint rows (see `rows`).
-unsafe impl Sync for SharedOut {}
 
 /// bf16 is the top half of an f32: widening is a shift, which the compiler
 /// vectorises with the multiply-adds (16 lanes).

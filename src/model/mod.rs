@@ -27,6 +27,25 @@ use crate::tokenizer::{SpecialTokens, Tokenizer};
 use config::Config;
 use transformer::Transformer;
 
+/// A buffer the work items of one parallel loop write in disjoint parts
+/// (each element by one item only), shared with all of them.
+pub(crate) struct Disjoint<T>(*mut T);
+
+impl<T> Disjoint<T> {
+    pub(crate) fn new(buffer: &mut [T]) -> Self {
+        Disjoint(buffer.as_mut_ptr())
+    }
+
+    /// Element `i`. The caller keeps `i` in the buffer and writes it from one item only.
+    pub(crate) fn at(&self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
+    }
+}
+
+// SAFETY: the work items write disjoint elements (see `at`), and the buffer
+// outlives the loop that shares it.
+unsafe impl<T: Send> Sync for Disjoint<T> {}
+
 pub struct Model {
     pub transformer: Transformer,
     /// Shared, so a front end can decode while the model generates.

@@ -17,6 +17,8 @@ pub mod q6k;
 
 use std::sync::OnceLock;
 
+use super::Disjoint;
+
 /// Values per block, in the weights and in the quantised activations.
 pub const QK: usize = 256;
 
@@ -200,7 +202,7 @@ pub fn matmul(
     let acts = quantize(x, m, k);
     let acts: Vec<&[Q8Block]> = acts.chunks_exact(k / QK).collect();
     let isa = isa();
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let out_ptr = Disjoint::new(out);
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 && m >= packed::MIN_TOKENS && n.is_multiple_of(packed::ROWS) {
         // SAFETY: `isa()` saw (at least) AVX2 and FMA on this CPU.
@@ -209,12 +211,11 @@ pub fn matmul(
     }
     let items = n.div_ceil(ROWS_PER_ITEM);
     candle_core::utils::barrier_pool().execute_chunked(items, |range| {
-        let out_ptr = &out_ptr;
         let rows = range.start * ROWS_PER_ITEM..(range.end * ROWS_PER_ITEM).min(n);
         let write = |t: usize, r: usize, v: f32| {
             // SAFETY: every (t, r) lies in `out` (asserted sizes) and is
             // written by the one work item that owns row r.
-            unsafe { *out_ptr.0.add(t * n + r) = v }
+            unsafe { *out_ptr.at(t * n + r) = v }
         };
         let mut t = 0;
         while t + TOKENS <= m {
@@ -248,7 +249,7 @@ unsafe fn matmul_packed(
     row_bytes: usize,
     n: usize,
     acts: &[&[Q8Block]],
-    out: &SharedOut,
+    out: &Disjoint<f32>,
 ) {
     use std::cell::RefCell;
     thread_local! {
@@ -268,7 +269,7 @@ unsafe fn matmul_packed(
                     // SAFETY: rows first..first + 16 of token t lie in `out`
                     // and belong to this work item alone.
                     unsafe {
-                        std::ptr::copy_nonoverlapping(sums.as_ptr(), out.0.add(t * n + first), ROWS)
+                        std::ptr::copy_nonoverlapping(sums.as_ptr(), out.at(t * n + first), ROWS)
                     }
                 };
                 match isa {
@@ -318,28 +319,18 @@ unsafe fn by_tokens<const T: usize>(
     }
 }
 
-/// The output pointer, shared by the work items that write disjoint parts of it.
-struct SharedOut(*mut f32);
-// SAFETY: the work items write disjoint elements (see `matmul`).
-unsafe impl Sync for SharedOut {}
-
 /// `m` rows of `k` activations as Q8 blocks, quantised on every core.
 fn quantize(x: &[f32], m: usize, k: usize) -> Vec<Q8Block> {
     let mut blocks = vec![Q8Block::ZERO; m * k / QK];
-    let ptr = SharedBlocks(blocks.as_mut_ptr());
+    let ptr = Disjoint::new(&mut blocks);
     candle_core::utils::barrier_pool().execute_chunked(blocks.len(), |range| {
-        let ptr = &ptr;
         for i in range {
             // SAFETY: each block index is handed to exactly one work item.
-            unsafe { *ptr.0.add(i) = Q8Block::quantize(&x[i * QK..(i + 1) * QK]) }
+            unsafe { *ptr.at(i) = Q8Block::quantize(&x[i * QK..(i + 1) * QK]) }
         }
     });
     blocks
 }
-
-struct SharedBlocks(*mut Q8Block);
-// SAFETY: the work items write disjoint blocks (see `quantize`).
-unsafe impl Sync for SharedBlocks {}
 
 /// An f16 stored little-endian at `bytes[at..at + 2]`.
 #[inline(always)]
@@ -348,7 +339,7 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use candle_core::quantized::{GgmlDType, QStorage, QTensor};
     use candle_core::Device;

@@ -11,21 +11,13 @@ pub const BLOCK_BYTES: usize = 144;
 const SCALES: usize = 4;
 const QS: usize = 16;
 
-/// The eight 6-bit scales and mins: the first four in the low six bits of
-/// bytes 0–3 and 4–7, the last four split over nibbles of bytes 8–11 and the
-/// top two bits of bytes 0–7.
+/// The eight 6-bit scales and the eight mins (see [`scales_and_mins_words`]).
 #[inline(always)]
 fn scales_and_mins(block: &[u8]) -> ([u8; 8], [u8; 8]) {
-    let s = &block[SCALES..SCALES + 12];
-    let mut sc = [0u8; 8];
-    let mut mn = [0u8; 8];
-    for j in 0..4 {
-        sc[j] = s[j] & 63;
-        mn[j] = s[j + 4] & 63;
-        sc[j + 4] = (s[j + 8] & 0x0F) | ((s[j] >> 6) << 4);
-        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
-    }
-    (sc, mn)
+    let [s0, s1, m0, m1] = scales_and_mins_words(block).map(u32::to_le_bytes);
+    let join =
+        |a: [u8; 4], b: [u8; 4]| std::array::from_fn(|i| if i < 4 { a[i] } else { b[i - 4] });
+    (join(s0, s1), join(m0, m1))
 }
 
 /// The 256 quants of `block` in order (0–15 each), with `d·sc` and `dmin·m`
@@ -127,8 +119,10 @@ pub(super) unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
 }
 
 /// The sixteen 6-bit numbers as bytes, the eight scales then the eight
-/// mins, in four words: [`scales_and_mins`] on whole words, so that SIMD
-/// code gets them in a register without a trip through memory.
+/// mins, in four words (so SIMD code gets them in a register without a trip
+/// through memory). The first four of each are the low six bits of bytes
+/// 0–3 and 4–7; the last four are split over the nibbles of bytes 8–11 and
+/// the top two bits of bytes 0–7.
 #[inline(always)]
 fn scales_and_mins_words(block: &[u8]) -> [u32; 4] {
     let word = |i: usize| {
