@@ -1,19 +1,24 @@
 //! Speed of the quantised mat-vec kernels, one core, per instruction set
 //! this CPU runs: nanoseconds per 256-weight block with the weights in cache
 //! (what the arithmetic costs) and streamed from memory (what decode sees),
-//! and the whole multi-threaded product at Mistral 7B's feed-forward shape.
+//! the whole multi-threaded product at Mistral 7B's feed-forward shape, and
+//! one token's attention over an 8k-position cache of all 32 layers.
 //!
 //! `cargo bench --bench kernels`. The end-to-end figures against llama.cpp
 //! come from `greve bench` (see the README).
 
 use std::time::Instant;
 
+use greve::model::attention::{self, HostKvCache, KvType};
 use greve::model::quant::{self, Format, Q8Block, QK};
 
 /// Columns of Mistral 7B's up/gate projections (the hidden size).
 const K: usize = 4096;
 
 fn main() {
+    if std::env::args().any(|a| a == "attention") {
+        return attention_decode();
+    }
     let x: Vec<f32> = (0..K).map(|i| (i as f32 * 0.37).sin()).collect();
     let acts: Vec<Q8Block> = x.chunks_exact(QK).map(Q8Block::quantize).collect();
     for format in [Format::Q4K, Format::Q6K] {
@@ -60,6 +65,49 @@ fn main() {
                 (m * K * n) as f64 / seconds / 1e9
             );
         }
+    }
+}
+
+/// Mistral 7B's attention for one new token at 8192 cached positions, every
+/// layer's cache its own (1 GiB in f16), so the reads come from memory.
+fn attention_decode() {
+    let layers = 32;
+    // 32 caches of 8192 positions are read from memory; one of 2048, 128
+    // times over, stays in L3 (what the arithmetic costs).
+    for (caches, t, passes) in [(layers, 8192, 10), (1, 2048, 128 * 10)] {
+        attention_over(caches, t, passes);
+    }
+}
+
+fn attention_over(layers: usize, t: usize, passes: usize) {
+    let (heads, kv, hd) = (32, 8, 128);
+    let values: Vec<f32> = (0..kv * t * hd).map(|i| (i as f32 * 0.013).sin()).collect();
+    let q: Vec<f32> = (0..heads * hd).map(|i| (i as f32 * 0.7).cos()).collect();
+    for kind in [KvType::F16, KvType::Q8] {
+        let caches: Vec<HostKvCache> = (0..layers)
+            .map(|_| {
+                let mut cache = HostKvCache::new(kv, hd, kind);
+                cache.append(&values, &values, t);
+                cache
+            })
+            .collect();
+        let bytes = match kind {
+            KvType::F16 => 2 * 2 * layers * kv * t * hd,
+            KvType::Q8 => 2 * layers * kv * t * (hd + 4),
+        };
+        let mut sink = 0f32;
+        let start = Instant::now();
+        for _ in 0..passes {
+            for cache in &caches {
+                sink += attention::attend(&q, heads, 1, cache, None)[0];
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64() / passes as f64;
+        println!(
+            "attention {kind:?}, 1 token over {t} positions, {layers} caches: {:.2} ns a position, {:.1} GB/s (checksum {sink:.0})",
+            seconds * 1e9 / (layers * t) as f64,
+            bytes as f64 / seconds / 1e9
+        );
     }
 }
 

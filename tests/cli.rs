@@ -528,7 +528,9 @@ fn bash_completes_model_presets_and_paths() {
 /// Every instruction set of the quantised kernels (capped with
 /// GREVE_KERNELS) writes the same greedy reply, for a prompt long enough to
 /// go through the repacked prefill tiles too; a value it does not know is
-/// a warning, not a failure.
+/// a warning, not a failure. The reply is short: this random model's logits
+/// are nearly flat, and a longer one meets near-ties (a few tokens further)
+/// that rounding differences between kernels decide either way.
 #[test]
 fn every_kernel_level_gives_the_same_reply() {
     let prompt = "Tell me about the strike in Paris and why the trains stop, ".repeat(3);
@@ -539,7 +541,7 @@ fn every_kernel_level_gives_the_same_reply() {
         "--temperature",
         "0",
         "-n",
-        "12",
+        "5",
         &prompt,
     ];
     let reply = |kernels: &str| {

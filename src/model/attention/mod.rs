@@ -1,0 +1,460 @@
+//! Scaled dot-product attention on the CPU, over a KV cache held in f16.
+//!
+//! Generating a token reads every cached key and value of every layer: at
+//! 8k positions that is 1 GB per token in f16 for Mistral 7B, 2 GB in f32,
+//! next to 4.3 GB of Q4_K_M weights. So the cache is f16 (as llama.cpp's),
+//! each key and value is read once for all the query heads that share it
+//! (grouped-query attention), and the work is spread over the cores by
+//! (key/value head, query position). The causal mask and the sliding window
+//! are ranges of positions, never materialised.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use half::vec::HalfBitsVecExt;
+
+mod kernels;
+
+/// How the CPU KV cache stores keys and values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvType {
+    /// 2 bytes a value, as llama.cpp's default.
+    #[default]
+    F16,
+    /// 1 byte a value and a scale per head and position (`max|x| / 127`):
+    /// half the reads per generated token at long contexts, at a small cost
+    /// in precision (as llama.cpp's `q8_0` cache).
+    Q8,
+}
+
+/// Keys and values of the positions seen so far; the first `len` positions
+/// are valid. Values are (kv_heads, capacity, head_dim); keys hold the same
+/// numbers in blocks of [`kernels::BLOCK`] positions (see [`kernels`]).
+/// Storage grows by half as needed, so memory follows the conversation, not
+/// the model's context.
+#[derive(Default)]
+pub struct HostKvCache {
+    store: Store,
+    kv_heads: usize,
+    head_dim: usize,
+    /// A multiple of [`kernels::BLOCK`].
+    capacity: usize,
+    len: usize,
+}
+
+enum Store {
+    F16 {
+        k: Vec<f16>,
+        v: Vec<f16>,
+    },
+    /// Scales are (kv_heads, capacity).
+    Q8 {
+        k: Vec<i8>,
+        v: Vec<i8>,
+        k_scale: Vec<f32>,
+        v_scale: Vec<f32>,
+    },
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::F16 {
+            k: Vec::new(),
+            v: Vec::new(),
+        }
+    }
+}
+
+/// Room reserved on the first append.
+const INITIAL_CAPACITY: usize = 256;
+
+impl HostKvCache {
+    pub fn new(kv_heads: usize, head_dim: usize, kind: KvType) -> Self {
+        let store = match kind {
+            KvType::F16 => Store::default(),
+            KvType::Q8 => Store::Q8 {
+                k: Vec::new(),
+                v: Vec::new(),
+                k_scale: Vec::new(),
+                v_scale: Vec::new(),
+            },
+        };
+        HostKvCache {
+            store,
+            kv_heads,
+            head_dim,
+            capacity: 0,
+            len: 0,
+        }
+    }
+
+    pub fn positions(&self) -> usize {
+        self.len
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Appends `n` positions of keys and values laid out (kv_heads, n, head_dim).
+    pub fn append(&mut self, k: &[f32], v: &[f32], n: usize) {
+        let (heads, hd) = (self.kv_heads, self.head_dim);
+        assert_eq!(k.len(), heads * n * hd, "keys of the wrong size");
+        assert_eq!(v.len(), heads * n * hd, "values of the wrong size");
+        if self.len + n > self.capacity {
+            self.grow(self.len + n);
+        }
+        let (cap, len) = (self.capacity, self.len);
+        for h in 0..heads {
+            let (new_k, new_v) = (&k[h * n * hd..][..n * hd], &v[h * n * hd..][..n * hd]);
+            let (row, at) = (h * cap + len, (h * cap + len) * hd);
+            match &mut self.store {
+                Store::F16 { k, v } => {
+                    let keys = &mut k[h * cap * hd..][..cap * hd];
+                    for (i, key) in new_k.chunks_exact(hd).enumerate() {
+                        for (d, &x) in key.iter().enumerate() {
+                            keys[kernels::f16_key_at(len + i, d, hd)] = f16::from_f32(x);
+                        }
+                    }
+                    v[at..at + n * hd].convert_from_f32_slice(new_v);
+                }
+                Store::Q8 {
+                    k,
+                    v,
+                    k_scale,
+                    v_scale,
+                } => {
+                    let mut rounded = vec![0i8; n * hd];
+                    quantize_rows(new_k, &mut rounded, &mut k_scale[row..row + n]);
+                    let keys = &mut k[h * cap * hd..][..cap * hd];
+                    for (i, key) in rounded.chunks_exact(hd).enumerate() {
+                        for (d, &x) in key.iter().enumerate() {
+                            keys[kernels::i8_key_at(len + i, d, hd)] = x;
+                        }
+                    }
+                    quantize_rows(new_v, &mut v[at..at + n * hd], &mut v_scale[row..row + n]);
+                }
+            }
+        }
+        self.len += n;
+    }
+
+    /// Room for at least `needed` positions. Growing by half wastes at most a
+    /// third of the storage, and copies each position about three times over
+    /// a long conversation.
+    fn grow(&mut self, needed: usize) {
+        let (heads, hd, len) = (self.kv_heads, self.head_dim, self.len);
+        let old = self.capacity;
+        let capacity = needed
+            .max(old + old / 2)
+            .max(INITIAL_CAPACITY)
+            .next_multiple_of(kernels::BLOCK);
+        // Whole key blocks keep their layout whatever the capacity.
+        let blocks = len.next_multiple_of(kernels::BLOCK);
+        match &mut self.store {
+            Store::F16 { k, v } => {
+                // Zeroed by the allocator (calloc) like the others, so the
+                // room not yet used costs address space, not memory.
+                let zeroed = || vec![0u16; heads * capacity * hd].reinterpret_into();
+                *k = regrow(k, zeroed(), heads, hd, (old, capacity), blocks);
+                *v = regrow(v, zeroed(), heads, hd, (old, capacity), len);
+            }
+            Store::Q8 {
+                k,
+                v,
+                k_scale,
+                v_scale,
+            } => {
+                let zeroed = || vec![0i8; heads * capacity * hd];
+                *k = regrow(k, zeroed(), heads, hd, (old, capacity), blocks);
+                *v = regrow(v, zeroed(), heads, hd, (old, capacity), len);
+                let zeroed = || vec![0f32; heads * capacity];
+                *k_scale = regrow(k_scale, zeroed(), heads, 1, (old, capacity), blocks);
+                *v_scale = regrow(v_scale, zeroed(), heads, 1, (old, capacity), len);
+            }
+        }
+        self.capacity = capacity;
+    }
+}
+
+/// New storage of `capacity.1` positions per head holding the first `len`
+/// of the old (`capacity.0` per head), `per` values a position.
+fn regrow<T: Copy>(
+    old: &[T],
+    mut fresh: Vec<T>,
+    heads: usize,
+    per: usize,
+    capacity: (usize, usize),
+    len: usize,
+) -> Vec<T> {
+    for h in 0..heads {
+        if len > 0 {
+            fresh[h * capacity.1 * per..][..len * per]
+                .copy_from_slice(&old[h * capacity.0 * per..][..len * per]);
+        }
+    }
+    fresh
+}
+
+/// Rows of `x` (one per scale) to i8 at `max|row| / 127`.
+fn quantize_rows(x: &[f32], q: &mut [i8], scales: &mut [f32]) {
+    let per = x.len() / scales.len();
+    for ((x, q), scale) in x.chunks_exact(per).zip(q.chunks_exact_mut(per)).zip(scales) {
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        *scale = if amax.is_finite() { amax / 127.0 } else { 0.0 };
+        let inv = if *scale > 0.0 { 1.0 / *scale } else { 0.0 };
+        for (q, x) in q.iter_mut().zip(x) {
+            *q = (x * inv).round() as i8;
+        }
+    }
+}
+
+/// Attention of the last `n` cached positions: `q` is (heads, n, head_dim),
+/// already rotated; returns (n, heads · head_dim), ready for the output
+/// projection. A position sees itself and the earlier ones, at most
+/// `window` of them.
+pub fn attend(
+    q: &[f32],
+    heads: usize,
+    n: usize,
+    cache: &HostKvCache,
+    window: Option<usize>,
+) -> Vec<f32> {
+    attend_with(kernels::best(), q, heads, n, cache, window)
+}
+
+/// [`attend`] with the kernels of `level`.
+fn attend_with(
+    level: kernels::Level,
+    q: &[f32],
+    heads: usize,
+    n: usize,
+    cache: &HostKvCache,
+    window: Option<usize>,
+) -> Vec<f32> {
+    let (kv_heads, hd, t, cap) = (cache.kv_heads, cache.head_dim, cache.len, cache.capacity);
+    assert_eq!(q.len(), heads * n * hd, "queries of the wrong size");
+    let group = heads / kv_heads;
+    let window = window.unwrap_or(usize::MAX);
+    let scale = 1.0 / (hd as f32).sqrt();
+    // The group's queries side by side for each position: (kv, n, group, hd).
+    let mut q_by_position = vec![0f32; q.len()];
+    for h in 0..heads {
+        let (g, j) = (h / group, h % group);
+        for i in 0..n {
+            q_by_position[((g * n + i) * group + j) * hd..][..hd]
+                .copy_from_slice(&q[(h * n + i) * hd..][..hd]);
+        }
+    }
+    let mut out = vec![0f32; n * heads * hd];
+    let out_ptr = super::Disjoint::new(&mut out);
+    // One item per (kv head, query position): the group's query heads share its reads.
+    candle_core::utils::barrier_pool().execute_chunked(kv_heads * n, |items| {
+        let mut scores = Vec::new();
+        let mut acc = vec![0f32; group * hd];
+        let (mut q8, mut q8_scale) = (vec![0i8; group * hd], vec![0f32; group]);
+        let mut totals = vec![0f32; group];
+        for item in items {
+            let (g, i) = (item / n, item % n);
+            let pos = t - n + i;
+            let first = (pos + 1).saturating_sub(window);
+            // Scores are computed for whole key blocks, the ones outside
+            // the window dropped.
+            let (b0, b1) = (first / kernels::BLOCK, pos / kernels::BLOCK + 1);
+            let stride = (b1 - b0) * kernels::BLOCK;
+            let visible = first % kernels::BLOCK..pos + 1 - b0 * kernels::BLOCK;
+            let queries = &q_by_position[(g * n + i) * group * hd..][..group * hd];
+            let (keys, values) = (
+                g * cap * hd + b0 * kernels::BLOCK * hd..g * cap * hd + b1 * kernels::BLOCK * hd,
+                (g * cap + first) * hd..(g * cap + pos + 1) * hd,
+            );
+            scores.clear();
+            scores.resize(group * stride, 0f32);
+            match &cache.store {
+                Store::F16 { k, v } => {
+                    kernels::scores(level, queries, &k[keys], hd, stride, &mut scores);
+                    for (head, total) in scores.chunks_exact_mut(stride).zip(&mut totals) {
+                        let head = &mut head[visible.clone()];
+                        *total = kernels::softmax_weights(level, head, scale, None);
+                    }
+                    let weights = &scores[visible.start..];
+                    kernels::mix(level, weights, stride, &v[values], hd, &mut acc);
+                }
+                Store::Q8 {
+                    k,
+                    v,
+                    k_scale,
+                    v_scale,
+                } => {
+                    quantize_rows(queries, &mut q8, &mut q8_scale);
+                    let key_scales = &k_scale[g * cap + b0 * kernels::BLOCK..][..stride];
+                    kernels::scores_i8(
+                        level,
+                        (&q8, &q8_scale),
+                        (&k[keys], key_scales),
+                        hd,
+                        stride,
+                        &mut scores,
+                    );
+                    let value_scales = &v_scale[g * cap + first..][..visible.len()];
+                    for (head, total) in scores.chunks_exact_mut(stride).zip(&mut totals) {
+                        let head = &mut head[visible.clone()];
+                        *total = kernels::softmax_weights(level, head, scale, Some(value_scales));
+                    }
+                    let weights = &scores[visible.start..];
+                    kernels::mix(level, weights, stride, &v[values], hd, &mut acc);
+                }
+            }
+            for (out, total) in acc.chunks_exact_mut(hd).zip(&totals) {
+                out.iter_mut().for_each(|x| *x /= total);
+            }
+            let at = (i * heads + g * group) * hd;
+            // SAFETY: (position i, heads g·group …) belong to this item
+            // alone, and lie in `out`, (n, heads, hd).
+            unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out_ptr.at(at), group * hd) }
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys or values (kv, t, hd) rounded as the cache of `kind` stores them.
+    fn rounded(x: &[f32], hd: usize, kind: KvType) -> Vec<f32> {
+        match kind {
+            KvType::F16 => x.iter().map(|&x| f16::from_f32(x).to_f32()).collect(),
+            KvType::Q8 => x
+                .chunks_exact(hd)
+                .flat_map(|row| {
+                    let scale = row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                    row.iter().map(move |x| (x / scale).round() * scale)
+                })
+                .collect(),
+        }
+    }
+
+    /// Attention by the book, in f32, over keys and values as given.
+    fn reference(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        (heads, kv, n, t, hd): (usize, usize, usize, usize, usize),
+        window: usize,
+    ) -> Vec<f32> {
+        let group = heads / kv;
+        let mut out = vec![0f32; n * heads * hd];
+        for h in 0..heads {
+            let g = h / group;
+            for i in 0..n {
+                let pos = t - n + i;
+                let qv = &q[(h * n + i) * hd..][..hd];
+                let visible: Vec<usize> =
+                    (0..t).filter(|&j| j <= pos && pos - j < window).collect();
+                let mut w: Vec<f32> = visible
+                    .iter()
+                    .map(|&j| {
+                        (0..hd)
+                            .map(|d| qv[d] * k[(g * t + j) * hd + d])
+                            .sum::<f32>()
+                            / (hd as f32).sqrt()
+                    })
+                    .collect();
+                let max = w.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let total: f32 = w.iter().map(|x| (x - max).exp()).sum();
+                w.iter_mut().for_each(|x| *x = (*x - max).exp() / total);
+                for (p, &j) in w.iter().zip(&visible) {
+                    for d in 0..hd {
+                        out[(i * heads + h) * hd + d] += p * v[(g * t + j) * hd + d];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    /// The keys of heads (kv, t, hd) split into appends of `sizes` positions.
+    fn fill(
+        cache: &mut HostKvCache,
+        k: &[f32],
+        v: &[f32],
+        kv: usize,
+        t: usize,
+        hd: usize,
+        sizes: &[usize],
+    ) {
+        let mut start = 0;
+        for &n in sizes {
+            let part = |x: &[f32]| -> Vec<f32> {
+                (0..kv)
+                    .flat_map(|h| x[(h * t + start) * hd..(h * t + start + n) * hd].to_vec())
+                    .collect()
+            };
+            cache.append(&part(k), &part(v), n);
+            start += n;
+        }
+    }
+
+    #[test]
+    fn matches_the_textbook_with_groups_windows_and_growth() {
+        let (heads, kv, hd) = (12, 2, 128);
+        for (t, n, window, sizes) in [
+            (300, 1, usize::MAX, vec![200, 99, 1]),
+            (300, 5, usize::MAX, vec![295, 5]),
+            (40, 40, 7, vec![40]),
+            (41, 1, 7, vec![40, 1]),
+        ] {
+            let (k, v) = (random(kv * t * hd, 1), random(kv * t * hd, 2));
+            let q = random(heads * n * hd, 3);
+            let window = (window != usize::MAX).then_some(window);
+            for kind in [KvType::F16, KvType::Q8] {
+                let mut cache = HostKvCache::new(kv, hd, kind);
+                fill(&mut cache, &k, &v, kv, t, hd, &sizes);
+                let (kr, vr) = (rounded(&k, hd, kind), rounded(&v, hd, kind));
+                let shape = (heads, kv, n, t, hd);
+                let window_or_all = window.unwrap_or(usize::MAX);
+                for level in kernels::levels() {
+                    // Over i8 keys, the queries are rounded to i8 as well.
+                    let q_used = match kind {
+                        KvType::Q8 => rounded(&q, hd, kind),
+                        KvType::F16 => q.clone(),
+                    };
+                    let want = reference(&q_used, &kr, &vr, shape, window_or_all);
+                    let got = attend_with(level, &q, heads, n, &cache, window);
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            (g - w).abs() < 1e-4,
+                            "{g} vs {w} ({kind:?}, {level:?}, t {t}, n {n})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn truncate_rewinds_and_new_positions_overwrite() {
+        let (kv, hd) = (1, 8);
+        let mut cache = HostKvCache::new(kv, hd, KvType::F16);
+        cache.append(&[1.0; 8 * 3], &[1.0; 8 * 3], 3);
+        cache.truncate(1);
+        cache.append(&[2.0; 8], &[2.0; 8], 1);
+        assert_eq!(cache.positions(), 2);
+        let Store::F16 { k, v } = &cache.store else {
+            panic!("an f16 cache")
+        };
+        assert_eq!(v[8..16], [f16::from_f32(2.0); 8]);
+        for d in 0..8 {
+            assert_eq!(k[kernels::f16_key_at(1, d, 8)], f16::from_f32(2.0));
+            assert_eq!(k[kernels::f16_key_at(0, d, 8)], f16::from_f32(1.0));
+        }
+        cache.truncate(99);
+        assert_eq!(cache.positions(), 2);
+    }
+}
