@@ -93,7 +93,7 @@ fn attention_over(layers: usize, t: usize, passes: usize) {
             .collect();
         let bytes = match kind {
             KvType::F16 => 2 * 2 * layers * kv * t * hd,
-            KvType::Q8 => 2 * layers * kv * t * (hd + 4),
+            KvType::Q8 => 2 * layers * kv * t * (hd + 4 * hd / 32),
         };
         let mut sink = 0f32;
         let start = Instant::now();

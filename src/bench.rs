@@ -28,22 +28,28 @@ pub fn run(args: &BenchArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     let dtype = model::compute_dtype(&files, &device, settings::dtype(args.model.dtype));
     let loading = Instant::now();
     let mut transformer = model::load_transformer(&files, &device, dtype)?;
-    transformer.set_kv_type(settings::kv_type(args.model.kv_cache));
+    let kv_type = settings::kv_type(args.model.kv_cache);
+    transformer.set_kv_type(kv_type);
     let load_s = loading.elapsed().as_secs_f64();
     let config = &transformer.config;
-    if args.prompt_tokens + args.gen_tokens > config.context_length {
+    if args.depth + args.prompt_tokens + args.gen_tokens > config.context_length {
         return Err(Failure::Usage.err(format!(
-            "{} + {} tokens do not fit the model's context of {}",
-            args.prompt_tokens, args.gen_tokens, config.context_length
+            "{} + {} + {} tokens (depth, prompt, generated) do not fit the model's context of {}",
+            args.depth, args.prompt_tokens, args.gen_tokens, config.context_length
         )));
     }
 
     // Random ids past the three SentencePiece specials, the same every run.
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let vocab = config.vocab_size as u32;
-    let prompt: Vec<u32> = (0..args.prompt_tokens)
-        .map(|_| rng.random_range(3.min(vocab - 1)..vocab))
-        .collect();
+    let mut random_tokens = |n| -> Vec<u32> {
+        (0..n)
+            .map(|_| rng.random_range(3.min(vocab - 1)..vocab))
+            .collect()
+    };
+    let prompt = random_tokens(args.prompt_tokens);
+    // At depth: the same prompt after `depth` other tokens, kept in the cache.
+    let deep = [random_tokens(args.depth), prompt.clone()].concat();
     let greedy = SamplingParams {
         temperature: 0.0,
         top_k: 0,
@@ -51,16 +57,19 @@ pub fn run(args: &BenchArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
         repeat_penalty: 1.0,
         repeat_last_n: 0,
     };
-    let mut run_once = |prompt: &[u32], gen: usize| {
+    let run_once = |transformer: &mut model::transformer::Transformer,
+                    prompt: &[u32],
+                    reuse: usize,
+                    gen: usize| {
         let limits = Limits {
             max_tokens: gen,
             stop: &[],
         };
         let mut sampler = Sampler::new(greedy.clone(), 0);
         generate(
-            &mut transformer,
+            transformer,
             prompt,
-            0,
+            reuse,
             &mut sampler,
             &limits,
             cancel,
@@ -70,13 +79,35 @@ pub fn run(args: &BenchArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     };
 
     // Warm-up: fault the weights in and start the thread pools.
-    run_once(&prompt[..prompt.len().min(8)], 2)?;
-    let mut runs = Vec::new();
+    run_once(&mut transformer, &prompt[..prompt.len().min(8)], 0, 2)?;
+    // The long context is filled once and kept aside between its runs.
+    let mut deep_context = transformer.new_context(kv_type);
+    if args.depth > 0 {
+        transformer.swap_context(&mut deep_context);
+        run_once(&mut transformer, &deep[..args.depth], 0, 0)?;
+        transformer.swap_context(&mut deep_context);
+    }
+    let (mut runs, mut deep_runs) = (Vec::new(), Vec::new());
     for _ in 0..args.repetitions.max(1) {
-        runs.push(run_once(&prompt, args.gen_tokens)?);
+        runs.push(run_once(&mut transformer, &prompt, 0, args.gen_tokens)?);
+        if args.depth > 0 {
+            transformer.swap_context(&mut deep_context);
+            let run = run_once(&mut transformer, &deep, args.depth, args.gen_tokens);
+            transformer.swap_context(&mut deep_context);
+            deep_runs.push(run?);
+        }
     }
     let pp: Vec<f64> = runs.iter().map(|s| s.prefill_tokens_per_second()).collect();
     let tg: Vec<f64> = runs.iter().map(|s| s.decode_tokens_per_second()).collect();
+    let deep_pp: Vec<f64> = deep_runs
+        .iter()
+        .map(|s| s.prefill_tokens_per_second())
+        .collect();
+    let deep_tg: Vec<f64> = deep_runs
+        .iter()
+        .map(|s| s.decode_tokens_per_second())
+        .collect();
+    let ratios: Vec<f64> = deep_tg.iter().zip(&tg).map(|(d, s)| d / s).collect();
     let ttft: Vec<f64> = runs
         .iter()
         .map(|s| s.time_to_first_token.as_secs_f64())
@@ -93,6 +124,15 @@ pub fn run(args: &BenchArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
         decode_tok_s: mean(&tg),
         decode_tok_s_sd: sd(&tg),
         ttft_s: mean(&ttft),
+        at_depth: (args.depth > 0).then(|| AtDepth {
+            depth: args.depth,
+            prefill_tok_s: mean(&deep_pp),
+            prefill_tok_s_sd: sd(&deep_pp),
+            decode_tok_s: mean(&deep_tg),
+            decode_tok_s_sd: sd(&deep_tg),
+            decode_ratio: mean(&ratios),
+            decode_ratio_sd: sd(&ratios),
+        }),
         peak_rss_mib: peak_rss_mib(),
     };
     if args.json {
@@ -116,7 +156,22 @@ struct Report {
     decode_tok_s: f64,
     decode_tok_s_sd: f64,
     ttft_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    at_depth: Option<AtDepth>,
     peak_rss_mib: Option<f64>,
+}
+
+/// The same prompt and generation after `depth` tokens of context.
+#[derive(serde::Serialize)]
+struct AtDepth {
+    depth: usize,
+    prefill_tok_s: f64,
+    prefill_tok_s_sd: f64,
+    decode_tok_s: f64,
+    decode_tok_s_sd: f64,
+    /// Decode speed at depth over the plain run's, run by run.
+    decode_ratio: f64,
+    decode_ratio_sd: f64,
 }
 
 impl Report {
@@ -136,6 +191,21 @@ impl Report {
             self.gen_tokens, self.decode_tok_s, self.decode_tok_s_sd
         );
         println!("ttft        {:.2} s", self.ttft_s);
+        if let Some(d) = &self.at_depth {
+            let at = format!("@ d{}", d.depth);
+            println!(
+                "pp{:<8} {:.2} ± {:.2} tokens/s {at}",
+                self.prompt_tokens, d.prefill_tok_s, d.prefill_tok_s_sd
+            );
+            println!(
+                "tg{:<8} {:.2} ± {:.2} tokens/s {at}: {:.2} ± {:.2} × the plain run's",
+                self.gen_tokens,
+                d.decode_tok_s,
+                d.decode_tok_s_sd,
+                d.decode_ratio,
+                d.decode_ratio_sd
+            );
+        }
         if let Some(rss) = self.peak_rss_mib {
             println!("peak RSS    {rss:.0} MiB");
         }

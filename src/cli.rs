@@ -226,6 +226,13 @@ pub struct BenchArgs {
     #[arg(long, short = 'r', value_name = "R", default_value_t = 3)]
     pub repetitions: usize,
 
+    /// Also measure with N tokens already in the context (as llama-bench's
+    /// -d): each repetition runs the plain measurement and then the same one
+    /// after N more tokens, back to back, so that their ratio is not
+    /// blurred by the machine's speed drifting between runs.
+    #[arg(long, short = 'd', value_name = "N", default_value_t = 0)]
+    pub depth: usize,
+
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,

@@ -594,3 +594,52 @@ fn kv_cache_types_from_flag_and_env() {
         stdout(&shown)
     );
 }
+
+/// `greve bench` on the tiny GGUF: the JSON report has one figure per
+/// measurement, and with --depth the same prompt's figures after more
+/// context, with their ratio to the plain run's.
+#[test]
+fn bench_reports_plain_and_deep_runs() {
+    let model = gguf("tiny-k-q4_k_m.gguf");
+    let args = [
+        "bench",
+        "-m",
+        &model,
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "4",
+        "-r",
+        "2",
+        "-d",
+        "40",
+    ];
+    let o = greve(&[&args[..], &["--json"]].concat(), b"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("one JSON object");
+    assert_eq!(report["repetitions"], 2);
+    assert_eq!(report["prompt_tokens"], 8);
+    for speed in [
+        &report["prefill_tok_s"],
+        &report["decode_tok_s"],
+        &report["at_depth"]["prefill_tok_s"],
+        &report["at_depth"]["decode_tok_s"],
+        &report["at_depth"]["decode_ratio"],
+    ] {
+        assert!(speed.as_f64().is_some_and(|s| s > 0.0), "{report}");
+    }
+    assert_eq!(report["at_depth"]["depth"], 40);
+
+    let table = stdout(&greve(&args, b""));
+    assert!(table.contains("tg4") && table.contains("@ d40"), "{table}");
+    let plain = stdout(&greve(&[&args[..8], &["--json"]].concat(), b""));
+    assert!(!plain.contains("at_depth"), "{plain}");
+
+    let o = greve(&[&args[..10], &["1000000"]].concat(), b"");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("do not fit the model's context"),
+        "{}",
+        stderr(&o)
+    );
+}

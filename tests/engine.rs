@@ -288,3 +288,42 @@ fn an_8_bit_kv_cache_stays_close_to_f16() {
     );
     assert_eq!(argmax(&f16), argmax(&q8));
 }
+
+/// A conversation set aside with its KV cache (`swap_context`, as `greve
+/// bench --depth` does) resumes where it was while another one ran.
+#[test]
+fn a_context_set_aside_resumes_where_it_was() {
+    let mut model = load(&goldens().join("tiny-k-q4_k_m.gguf"));
+    let vocab = model.transformer.config.vocab_size as u32;
+    let prompt: Vec<u32> = (0..120u32)
+        .map(|i| 3 + (i * 29 + 11) % (vocab - 3))
+        .collect();
+    let other: Vec<u32> = (0..50u32).map(|i| 3 + (i * 17 + 5) % (vocab - 3)).collect();
+    let uninterrupted = fresh_logits(&mut model, &prompt);
+
+    model.transformer.truncate(0);
+    model.transformer.forward(&prompt[..100]).unwrap();
+    let mut aside = model
+        .transformer
+        .new_context(greve::model::attention::KvType::F16);
+    model.transformer.swap_context(&mut aside);
+    assert_eq!(model.transformer.cached(), 0);
+    model.transformer.forward(&other).unwrap();
+    model.transformer.swap_context(&mut aside);
+    assert_eq!(model.transformer.cached(), 100);
+    let resumed = model
+        .transformer
+        .forward(&prompt[100..])
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let worst = uninterrupted
+        .iter()
+        .zip(&resumed)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-3, "logits differ by {worst}");
+    // The other conversation kept its positions too.
+    model.transformer.swap_context(&mut aside);
+    assert_eq!(model.transformer.cached(), 50);
+}

@@ -141,15 +141,7 @@ impl Transformer {
                     head_dim: c.head_dim,
                     rope: src.rope_layout(),
                     window: c.sliding_window,
-                    cache: if device.is_cpu() {
-                        Cache::Host(HostKvCache::new(
-                            c.num_kv_heads,
-                            c.head_dim,
-                            KvType::default(),
-                        ))
-                    } else {
-                        Cache::Device(KvCache::default())
-                    },
+                    cache: Cache::new(c, device, KvType::default()),
                 },
                 ffn_norm: RmsNorm::new(src.dense(Weight::FfnNorm(l), &[d])?, c.rms_norm_eps),
                 ffn: FeedForward {
@@ -188,11 +180,26 @@ impl Transformer {
     /// Stores the CPU KV cache as `kind` from now on (a GPU keeps its own);
     /// what was cached is forgotten.
     pub fn set_kv_type(&mut self, kind: KvType) {
-        let (heads, hd) = (self.config.num_kv_heads, self.config.head_dim);
-        for layer in &mut self.layers {
-            if let Cache::Host(cache) = &mut layer.attn.cache {
-                *cache = HostKvCache::new(heads, hd, kind);
-            }
+        let mut fresh = self.new_context(kind);
+        self.swap_context(&mut fresh);
+    }
+
+    /// Empty KV caches for every layer, to hold another conversation.
+    pub fn new_context(&self, kind: KvType) -> Context {
+        let caches = self.layers.iter();
+        Context(
+            caches
+                .map(|_| Cache::new(&self.config, &self.device, kind))
+                .collect(),
+        )
+    }
+
+    /// Puts `other`'s caches in use and sets this one's aside in it: a
+    /// conversation can wait, cached, while another runs (`greve bench`
+    /// alternates a short context with a long one without refilling it).
+    pub fn swap_context(&mut self, other: &mut Context) {
+        for (layer, cache) in self.layers.iter_mut().zip(&mut other.0) {
+            std::mem::swap(&mut layer.attn.cache, cache);
         }
     }
 
@@ -289,7 +296,17 @@ enum Cache {
     Device(KvCache),
 }
 
+/// The KV caches of every layer, set aside: see [`Transformer::swap_context`].
+pub struct Context(Vec<Cache>);
+
 impl Cache {
+    fn new(c: &Config, device: &Device, kind: KvType) -> Self {
+        match device.is_cpu() {
+            true => Cache::Host(HostKvCache::new(c.num_kv_heads, c.head_dim, kind)),
+            false => Cache::Device(KvCache::default()),
+        }
+    }
+
     fn positions(&self) -> usize {
         match self {
             Cache::Host(c) => c.positions(),

@@ -29,6 +29,18 @@ pub fn i8_key_at(s: usize, d: usize, hd: usize) -> usize {
     ((s / BLOCK * (hd / QUAD) + d / QUAD) * BLOCK + s % BLOCK) * QUAD + d % QUAD
 }
 
+/// Dimensions of a key, value or query that share one scale in i8, as in
+/// llama.cpp's `q8_0`: an outlier dimension costs the precision of its own
+/// 32, not of the whole head.
+pub const GROUP: usize = 32;
+
+/// Where the scale of (position `s`, group `group`) of a head's i8 keys
+/// lies, for `per_row` groups a key: each block is (per_row, 16 positions),
+/// one vector a group.
+pub fn key_scale_at(s: usize, group: usize, per_row: usize) -> usize {
+    (s / BLOCK * per_row + group) * BLOCK + s % BLOCK
+}
+
 /// The instruction sets of the kernels, each one's CPUs running the ones before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -100,9 +112,11 @@ pub fn scores(
     }
 }
 
-/// [`scores`] over i8 keys with a scale per position, for queries rounded to
-/// i8 with a scale per head: the products are exact integers, whatever the
-/// kernel, then scaled as `(Σ q·k) as f32 · key_scale · query_scale`.
+/// [`scores`] over i8 keys, for queries rounded to i8 too, both with a
+/// scale per [`GROUP`] dimensions (the keys' laid out by [`key_scale_at`],
+/// the queries' one row of `hd / GROUP` a head): the products of a group are
+/// exact integers, whatever the kernel, and the score is
+/// `Σ_group (Σ q·k) as f32 · key_scale · query_scale` in that order.
 pub fn scores_i8(
     level: Level,
     (queries, query_scales): (&[i8], &[f32]),
@@ -113,13 +127,15 @@ pub fn scores_i8(
 ) {
     let span = blocks.len() / hd;
     assert!(span <= stride && scores.len() >= (queries.len() / hd - 1) * stride + span);
-    assert!(key_scales.len() >= span && hd.is_multiple_of(QUAD));
+    let per_row = hd / GROUP;
+    assert!(hd.is_multiple_of(GROUP) && key_scales.len() >= span * per_row);
+    assert!(query_scales.len() * hd >= queries.len() * per_row);
     #[cfg(target_arch = "x86_64")]
     {
         let vnni = level == Level::Avx512 && has_vnni();
         if vnni || level >= Level::F16c {
             return by_groups(queries.len() / hd, |first, g| {
-                let q = (&queries[first * hd..], &query_scales[first..]);
+                let q = (&queries[first * hd..], &query_scales[first * per_row..]);
                 let out = &mut scores[first * stride..];
                 // SAFETY: the CPU has the features each kernel needs; the
                 // sizes were checked above.
@@ -141,10 +157,15 @@ pub fn scores_i8(
     let _ = level;
     for s in 0..span {
         for (j, q) in queries.chunks_exact(hd).enumerate() {
-            let dot: i32 = (0..hd)
-                .map(|d| q[d] as i32 * blocks[i8_key_at(s, d, hd)] as i32)
-                .sum();
-            scores[j * stride + s] = dot as f32 * key_scales[s] * query_scales[j];
+            let mut score = 0f32;
+            for group in 0..per_row {
+                let dot: i32 = (group * GROUP..(group + 1) * GROUP)
+                    .map(|d| q[d] as i32 * blocks[i8_key_at(s, d, hd)] as i32)
+                    .sum();
+                let key_scale = key_scales[key_scale_at(s, group, per_row)];
+                score += dot as f32 * key_scale * query_scales[j * per_row + group];
+            }
+            scores[j * stride + s] = score;
         }
     }
 }
@@ -156,18 +177,22 @@ fn has_vnni() -> bool {
 }
 
 /// `out[j] = Σ_s weights[j · stride + s] · values[s]` for the group's heads
-/// (rows of `hd` in `out`), over the value rows given.
+/// (rows of `hd` in `out`), over the value rows given, each [`GROUP`] of a
+/// row times its scale where there are scales (i8 values).
 pub fn mix<E: Elem>(
     level: Level,
     weights: &[f32],
     stride: usize,
-    values: &[E],
+    (values, scales): (&[E], Option<&[f32]>),
     hd: usize,
     out: &mut [f32],
 ) {
     out.fill(0.0);
     let span = values.len() / hd;
     assert!(span <= stride && weights.len() >= (out.len() / hd - 1) * stride + span);
+    if let Some(scales) = scales {
+        assert!(hd.is_multiple_of(GROUP) && scales.len() >= span * hd / GROUP);
+    }
     #[cfg(target_arch = "x86_64")]
     {
         let (avx512, f16c) = (
@@ -180,11 +205,12 @@ pub fn mix<E: Elem>(
                 // SAFETY: the CPU has the features each kernel needs; the
                 // sizes were checked above.
                 unsafe {
+                    let v = (values, scales);
                     match (avx512, g) {
-                        (true, HEADS) => mix_512::<E, HEADS>(w, stride, values, hd, o),
-                        (true, _) => mix_512::<E, 1>(w, stride, values, hd, o),
-                        (false, HEADS) => mix_f16c::<E, HEADS>(w, stride, values, hd, o),
-                        (false, _) => mix_f16c::<E, 1>(w, stride, values, hd, o),
+                        (true, HEADS) => mix_512::<E, HEADS>(w, stride, v, hd, o),
+                        (true, _) => mix_512::<E, 1>(w, stride, v, hd, o),
+                        (false, HEADS) => mix_f16c::<E, HEADS>(w, stride, v, hd, o),
+                        (false, _) => mix_f16c::<E, 1>(w, stride, v, hd, o),
                     }
                 }
             });
@@ -193,6 +219,12 @@ pub fn mix<E: Elem>(
     let mut row = vec![0f32; hd];
     for (s, value) in values.chunks_exact(hd).enumerate() {
         E::widen_slice(value, &mut row);
+        if let Some(scales) = scales {
+            let scales = &scales[s * hd / GROUP..];
+            for (part, scale) in row.chunks_exact_mut(GROUP).zip(scales) {
+                part.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
         for (j, out) in out.chunks_exact_mut(hd).enumerate() {
             let w = weights[j * stride + s];
             for (o, v) in out.iter_mut().zip(&row) {
@@ -203,38 +235,32 @@ pub fn mix<E: Elem>(
 }
 
 /// The weights of one head's softmax, unnormalised:
-/// `x[s] ← e^(scale·(x[s] − max x)) · factor[s]` (the factors are the value
-/// rows' scales of an i8 cache). Returns Σ e^(…), without the factors: what
-/// the weighted sum of values is to be divided by.
-pub fn softmax_weights(level: Level, x: &mut [f32], scale: f32, factors: Option<&[f32]>) -> f32 {
-    if let Some(f) = factors {
-        assert!(f.len() >= x.len());
-    }
+/// `x[s] ← e^(scale·(x[s] − max x))`. Returns their sum: what the weighted
+/// sum of values is to be divided by.
+pub fn softmax_weights(level: Level, x: &mut [f32], scale: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if level >= Level::F16c {
-        // SAFETY: the CPU has the features each kernel needs; the sizes were
-        // checked above.
+        // SAFETY: the CPU has the features each kernel needs.
         return unsafe {
             match level == Level::Avx512 {
-                true => softmax_512(x, scale, factors),
-                false => softmax_f16c(x, scale, factors),
+                true => softmax_512(x, scale),
+                false => softmax_f16c(x, scale),
             }
         };
     }
     let _ = level;
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    softmax_tail(x, 0, max, scale, factors)
+    softmax_tail(x, 0, max, scale)
 }
 
 /// [`softmax_weights`]' exponentials from `x[from..]` on, one at a time;
 /// returns their sum (in f64: one f32 sum over thousands of positions would
 /// drift).
-fn softmax_tail(x: &mut [f32], from: usize, max: f32, scale: f32, factors: Option<&[f32]>) -> f32 {
+fn softmax_tail(x: &mut [f32], from: usize, max: f32, scale: f32) -> f32 {
     let mut total = 0f64;
-    for (s, x) in x.iter_mut().enumerate().skip(from) {
-        let e = exp((*x - max) * scale);
-        total += e as f64;
-        *x = factors.map_or(e, |f| e * f[s]);
+    for x in &mut x[from..] {
+        *x = exp((*x - max) * scale);
+        total += *x as f64;
     }
     total as f32
 }
@@ -266,21 +292,21 @@ const TAYLOR: [f32; 7] = [
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn softmax_f16c(x: &mut [f32], scale: f32, factors: Option<&[f32]>) -> f32 {
-    softmax_with::<std::arch::x86_64::__m256>(x, scale, factors)
+unsafe fn softmax_f16c(x: &mut [f32], scale: f32) -> f32 {
+    softmax_with::<std::arch::x86_64::__m256>(x, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn softmax_512(x: &mut [f32], scale: f32, factors: Option<&[f32]>) -> f32 {
-    softmax_with::<std::arch::x86_64::__m512>(x, scale, factors)
+unsafe fn softmax_512(x: &mut [f32], scale: f32) -> f32 {
+    softmax_with::<std::arch::x86_64::__m512>(x, scale)
 }
 
 /// Two passes, `V::N` lanes at a time: the maximum, then the exponentials
 /// and their sum.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn softmax_with<V: Lanes>(x: &mut [f32], scale: f32, factors: Option<&[f32]>) -> f32 {
+unsafe fn softmax_with<V: Lanes>(x: &mut [f32], scale: f32) -> f32 {
     let whole = x.len() / V::N * V::N;
     let p = x.as_mut_ptr();
     let mut m = V::splat(f32::NEG_INFINITY);
@@ -293,12 +319,9 @@ unsafe fn softmax_with<V: Lanes>(x: &mut [f32], scale: f32, factors: Option<&[f3
     for i in (0..whole).step_by(V::N) {
         let e = V::load(p.add(i)).sub(top).mul(scale_v).exp();
         sum = sum.add(e);
-        match factors {
-            Some(f) => e.mul(V::load(f.as_ptr().add(i))).store(p.add(i)),
-            None => e.store(p.add(i)),
-        }
+        e.store(p.add(i));
     }
-    sum.hsum() + softmax_tail(x, whole, max, scale, factors)
+    sum.hsum() + softmax_tail(x, whole, max, scale)
 }
 
 /// Runs `f(first, count)` over the group's heads, [`HEADS`] at a time
@@ -619,34 +642,47 @@ unsafe fn scores_vnni<const G: usize>(
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
+    let per_row = hd / GROUP;
     let flip = _mm512_set1_epi8(-128);
-    let offset: [__m512i; G] = std::array::from_fn(|j| {
-        _mm512_set1_epi32(128 * q[j * hd..][..hd].iter().map(|&x| x as i32).sum::<i32>())
-    });
+    let offsets: Vec<i32> = q[..G * hd]
+        .chunks_exact(GROUP)
+        .map(|group| 128 * group.iter().map(|&x| x as i32).sum::<i32>())
+        .collect();
     let quads = q.as_ptr().cast::<[u8; QUAD]>();
     for (b, block) in blocks.chunks_exact(hd * BLOCK).enumerate() {
-        let mut acc = [[_mm512_setzero_si512(); G]; 2];
-        for c in (0..hd / QUAD).step_by(2) {
-            prefetch(
-                block
-                    .as_ptr()
-                    .wrapping_add(c * BLOCK * QUAD + AHEAD * hd * BLOCK),
-            );
-            for (e, acc) in acc.iter_mut().enumerate() {
-                let k = _mm512_loadu_si512(block.as_ptr().add((c + e) * BLOCK * QUAD).cast());
-                let k = _mm512_xor_si512(k, flip);
-                for (j, a) in acc.iter_mut().enumerate() {
-                    let quad = i32::from_ne_bytes(*quads.add(j * hd / QUAD + c + e));
-                    *a = _mm512_dpbusd_epi32(*a, k, _mm512_set1_epi32(quad));
+        let mut score = [_mm512_setzero_ps(); G];
+        for group in 0..per_row {
+            let mut acc = [[_mm512_setzero_si512(); G]; 2];
+            for c in (group * GROUP / QUAD..(group + 1) * GROUP / QUAD).step_by(2) {
+                prefetch(
+                    block
+                        .as_ptr()
+                        .wrapping_add(c * BLOCK * QUAD + AHEAD * hd * BLOCK),
+                );
+                for (e, acc) in acc.iter_mut().enumerate() {
+                    let k = _mm512_loadu_si512(block.as_ptr().add((c + e) * BLOCK * QUAD).cast());
+                    let k = _mm512_xor_si512(k, flip);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let quad = i32::from_ne_bytes(*quads.add(j * hd / QUAD + c + e));
+                        *a = _mm512_dpbusd_epi32(*a, k, _mm512_set1_epi32(quad));
+                    }
                 }
             }
+            let ks = _mm512_loadu_ps(
+                k_scale
+                    .as_ptr()
+                    .add(key_scale_at(b * BLOCK, group, per_row)),
+            );
+            for (j, score) in score.iter_mut().enumerate() {
+                let dot = _mm512_add_epi32(acc[0][j], acc[1][j]);
+                let dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(offsets[j * per_row + group]));
+                let s = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), ks);
+                let s = _mm512_mul_ps(s, _mm512_set1_ps(q_scale[j * per_row + group]));
+                *score = _mm512_add_ps(*score, s);
+            }
         }
-        let ks = _mm512_loadu_ps(k_scale.as_ptr().add(b * BLOCK));
-        for j in 0..G {
-            let dot = _mm512_sub_epi32(_mm512_add_epi32(acc[0][j], acc[1][j]), offset[j]);
-            let s = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), ks);
-            let s = _mm512_mul_ps(s, _mm512_set1_ps(q_scale[j]));
-            _mm512_storeu_ps(out.as_mut_ptr().add(j * stride + b * BLOCK), s);
+        for (j, score) in score.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(j * stride + b * BLOCK), *score);
         }
     }
 }
@@ -663,25 +699,35 @@ unsafe fn scores_avx2<const G: usize>(
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
+    let per_row = hd / GROUP;
     let ones = _mm256_set1_epi16(1);
     let quads = q.as_ptr().cast::<[u8; QUAD]>();
     for (b, block) in blocks.chunks_exact(hd * BLOCK).enumerate() {
         for part in (0..BLOCK).step_by(8) {
-            let mut acc = [_mm256_setzero_si256(); G];
-            for c in 0..hd / QUAD {
-                let k = _mm256_loadu_si256(block.as_ptr().add((c * BLOCK + part) * QUAD).cast());
-                let magnitude = _mm256_abs_epi8(k);
-                for (j, a) in acc.iter_mut().enumerate() {
-                    let quad = _mm256_set1_epi32(i32::from_ne_bytes(*quads.add(j * hd / QUAD + c)));
-                    let pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(quad, k));
-                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, ones));
+            let mut score = [_mm256_setzero_ps(); G];
+            for group in 0..per_row {
+                let mut acc = [_mm256_setzero_si256(); G];
+                for c in group * GROUP / QUAD..(group + 1) * GROUP / QUAD {
+                    let at = (c * BLOCK + part) * QUAD;
+                    let k = _mm256_loadu_si256(block.as_ptr().add(at).cast());
+                    let magnitude = _mm256_abs_epi8(k);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let quad = i32::from_ne_bytes(*quads.add(j * hd / QUAD + c));
+                        let signed = _mm256_sign_epi8(_mm256_set1_epi32(quad), k);
+                        let pairs = _mm256_maddubs_epi16(magnitude, signed);
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+                let at = key_scale_at(b * BLOCK + part, group, per_row);
+                let ks = _mm256_loadu_ps(k_scale.as_ptr().add(at));
+                for (j, (score, a)) in score.iter_mut().zip(&acc).enumerate() {
+                    let s = _mm256_mul_ps(_mm256_cvtepi32_ps(*a), ks);
+                    let s = _mm256_mul_ps(s, _mm256_set1_ps(q_scale[j * per_row + group]));
+                    *score = _mm256_add_ps(*score, s);
                 }
             }
-            let ks = _mm256_loadu_ps(k_scale.as_ptr().add(b * BLOCK + part));
-            for (j, a) in acc.iter().enumerate() {
-                let s = _mm256_mul_ps(_mm256_cvtepi32_ps(*a), ks);
-                let s = _mm256_mul_ps(s, _mm256_set1_ps(q_scale[j]));
-                _mm256_storeu_ps(out.as_mut_ptr().add(j * stride + b * BLOCK + part), s);
+            for (j, score) in score.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(j * stride + b * BLOCK + part), *score);
             }
         }
     }
@@ -692,7 +738,7 @@ unsafe fn scores_avx2<const G: usize>(
 unsafe fn mix_f16c<E: Elem, const G: usize>(
     weights: &[f32],
     stride: usize,
-    values: &[E],
+    values: (&[E], Option<&[f32]>),
     hd: usize,
     out: &mut [f32],
 ) {
@@ -704,7 +750,7 @@ unsafe fn mix_f16c<E: Elem, const G: usize>(
 unsafe fn mix_512<E: Elem, const G: usize>(
     weights: &[f32],
     stride: usize,
-    values: &[E],
+    values: (&[E], Option<&[f32]>),
     hd: usize,
     out: &mut [f32],
 ) {
@@ -720,7 +766,7 @@ unsafe fn mix_512<E: Elem, const G: usize>(
 unsafe fn mix_with<E: Elem, V: Lanes, const G: usize>(
     weights: &[f32],
     stride: usize,
-    values: &[E],
+    (values, scales): (&[E], Option<&[f32]>),
     hd: usize,
     out: &mut [f32],
 ) {
@@ -739,7 +785,13 @@ unsafe fn mix_with<E: Elem, V: Lanes, const G: usize>(
                 if size_of::<E>() * 4 * V::N > 64 {
                     prefetch(next.wrapping_add(64 / size_of::<E>()));
                 }
-                let v: [V; 4] = std::array::from_fn(|l| E::widen::<V>(row.add(l * V::N)));
+                let mut v: [V; 4] = std::array::from_fn(|l| E::widen::<V>(row.add(l * V::N)));
+                if let Some(scales) = scales {
+                    let scales = scales.as_ptr().add(s * hd / GROUP);
+                    for (l, v) in v.iter_mut().enumerate() {
+                        *v = v.mul(V::splat(*scales.add((c + l * V::N) / GROUP)));
+                    }
+                }
                 for (j, acc) in acc.iter_mut().enumerate() {
                     let w = V::splat(*weights.get_unchecked(j * stride + s));
                     for l in 0..4 {
@@ -795,7 +847,7 @@ mod tests {
         // The vector kernels, through the weights of a softmax whose maximum is 0.
         for level in levels() {
             let mut weights = xs.clone();
-            let total = softmax_weights(level, &mut weights, 1.0, None);
+            let total = softmax_weights(level, &mut weights, 1.0);
             for (&x, &w) in xs.iter().zip(&weights) {
                 check(x, w);
             }

@@ -1,18 +1,22 @@
-//! Scaled dot-product attention on the CPU, over a KV cache held in f16.
+//! Scaled dot-product attention on the CPU, over a KV cache held in f16 or
+//! in i8 with a scale per 32 values.
 //!
 //! Generating a token reads every cached key and value of every layer: at
-//! 8k positions that is 1 GB per token in f16 for Mistral 7B, 2 GB in f32,
-//! next to 4.3 GB of Q4_K_M weights. So the cache is f16 (as llama.cpp's),
-//! each key and value is read once for all the query heads that share it
+//! 8k positions that is 1 GB per token in f16 for Mistral 7B (0.56 GB in
+//! i8), 2 GB in f32, next to 4.3 GB of Q4_K_M weights. So the cache is f16
+//! or i8 (as llama.cpp's `f16` and `q8_0`), each key and value is read once
+//! for all the query heads that share it
 //! (grouped-query attention), and the work is spread over the cores by
 //! (key/value head, query position). The causal mask and the sliding window
 //! are ranges of positions, never materialised.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use half::vec::HalfBitsVecExt;
 
 mod kernels;
+mod zeroed;
+
+use zeroed::{Plain, Zeroed};
 
 /// How the CPU KV cache stores keys and values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -20,9 +24,10 @@ pub enum KvType {
     /// 2 bytes a value, as llama.cpp's default.
     #[default]
     F16,
-    /// 1 byte a value and a scale per head and position (`max|x| / 127`):
-    /// half the reads per generated token at long contexts, at a small cost
-    /// in precision (as llama.cpp's `q8_0` cache).
+    /// 1 byte a value and a scale per 32 (`max|x| / 127`), as llama.cpp's
+    /// `q8_0` cache: half the reads per generated token at long contexts,
+    /// at a small cost in precision. (Heads whose size is not a multiple of
+    /// 32 keep f16.)
     Q8,
 }
 
@@ -43,23 +48,25 @@ pub struct HostKvCache {
 
 enum Store {
     F16 {
-        k: Vec<f16>,
-        v: Vec<f16>,
+        k: Zeroed<f16>,
+        v: Zeroed<f16>,
     },
-    /// Scales are (kv_heads, capacity).
+    /// A scale per [`kernels::GROUP`] values: the keys' per head laid out
+    /// by [`kernels::key_scale_at`], the values' (kv_heads, capacity,
+    /// head_dim / GROUP).
     Q8 {
-        k: Vec<i8>,
-        v: Vec<i8>,
-        k_scale: Vec<f32>,
-        v_scale: Vec<f32>,
+        k: Zeroed<i8>,
+        v: Zeroed<i8>,
+        k_scale: Zeroed<f32>,
+        v_scale: Zeroed<f32>,
     },
 }
 
 impl Default for Store {
     fn default() -> Self {
         Store::F16 {
-            k: Vec::new(),
-            v: Vec::new(),
+            k: Zeroed::default(),
+            v: Zeroed::default(),
         }
     }
 }
@@ -70,13 +77,13 @@ const INITIAL_CAPACITY: usize = 256;
 impl HostKvCache {
     pub fn new(kv_heads: usize, head_dim: usize, kind: KvType) -> Self {
         let store = match kind {
-            KvType::F16 => Store::default(),
-            KvType::Q8 => Store::Q8 {
-                k: Vec::new(),
-                v: Vec::new(),
-                k_scale: Vec::new(),
-                v_scale: Vec::new(),
+            KvType::Q8 if head_dim.is_multiple_of(kernels::GROUP) => Store::Q8 {
+                k: Zeroed::default(),
+                v: Zeroed::default(),
+                k_scale: Zeroed::default(),
+                v_scale: Zeroed::default(),
             },
+            _ => Store::default(),
         };
         HostKvCache {
             store,
@@ -123,24 +130,31 @@ impl HostKvCache {
                     k_scale,
                     v_scale,
                 } => {
-                    let mut rounded = vec![0i8; n * hd];
-                    quantize_rows(new_k, &mut rounded, &mut k_scale[row..row + n]);
+                    let per_row = hd / kernels::GROUP;
+                    let (mut rounded, mut scales) = (vec![0i8; n * hd], vec![0f32; n * per_row]);
+                    quantize_rows(new_k, &mut rounded, &mut scales);
                     let keys = &mut k[h * cap * hd..][..cap * hd];
-                    for (i, key) in rounded.chunks_exact(hd).enumerate() {
+                    let key_scales = &mut k_scale[h * cap * per_row..][..cap * per_row];
+                    let rows = rounded.chunks_exact(hd).zip(scales.chunks_exact(per_row));
+                    for (i, (key, scales)) in rows.enumerate() {
                         for (d, &x) in key.iter().enumerate() {
                             keys[kernels::i8_key_at(len + i, d, hd)] = x;
                         }
+                        for (group, &scale) in scales.iter().enumerate() {
+                            key_scales[kernels::key_scale_at(len + i, group, per_row)] = scale;
+                        }
                     }
-                    quantize_rows(new_v, &mut v[at..at + n * hd], &mut v_scale[row..row + n]);
+                    let scales = &mut v_scale[row * per_row..(row + n) * per_row];
+                    quantize_rows(new_v, &mut v[at..at + n * hd], scales);
                 }
             }
         }
         self.len += n;
     }
 
-    /// Room for at least `needed` positions. Growing by half wastes at most a
-    /// third of the storage, and copies each position about three times over
-    /// a long conversation.
+    /// Room for at least `needed` positions. Growing by half copies each
+    /// position about three times over a long conversation; the room not yet
+    /// written is address space, not memory ([`Zeroed`]).
     fn grow(&mut self, needed: usize) {
         let (heads, hd, len) = (self.kv_heads, self.head_dim, self.len);
         let old = self.capacity;
@@ -152,9 +166,7 @@ impl HostKvCache {
         let blocks = len.next_multiple_of(kernels::BLOCK);
         match &mut self.store {
             Store::F16 { k, v } => {
-                // Zeroed by the allocator (calloc) like the others, so the
-                // room not yet used costs address space, not memory.
-                let zeroed = || vec![0u16; heads * capacity * hd].reinterpret_into();
+                let zeroed = || Zeroed::new(heads * capacity * hd);
                 *k = regrow(k, zeroed(), heads, hd, (old, capacity), blocks);
                 *v = regrow(v, zeroed(), heads, hd, (old, capacity), len);
             }
@@ -164,12 +176,13 @@ impl HostKvCache {
                 k_scale,
                 v_scale,
             } => {
-                let zeroed = || vec![0i8; heads * capacity * hd];
+                let zeroed = || Zeroed::new(heads * capacity * hd);
                 *k = regrow(k, zeroed(), heads, hd, (old, capacity), blocks);
                 *v = regrow(v, zeroed(), heads, hd, (old, capacity), len);
-                let zeroed = || vec![0f32; heads * capacity];
-                *k_scale = regrow(k_scale, zeroed(), heads, 1, (old, capacity), blocks);
-                *v_scale = regrow(v_scale, zeroed(), heads, 1, (old, capacity), len);
+                let per_row = hd / kernels::GROUP;
+                let zeroed = || Zeroed::new(heads * capacity * per_row);
+                *k_scale = regrow(k_scale, zeroed(), heads, per_row, (old, capacity), blocks);
+                *v_scale = regrow(v_scale, zeroed(), heads, per_row, (old, capacity), len);
             }
         }
         self.capacity = capacity;
@@ -178,14 +191,14 @@ impl HostKvCache {
 
 /// New storage of `capacity.1` positions per head holding the first `len`
 /// of the old (`capacity.0` per head), `per` values a position.
-fn regrow<T: Copy>(
+fn regrow<T: Plain>(
     old: &[T],
-    mut fresh: Vec<T>,
+    mut fresh: Zeroed<T>,
     heads: usize,
     per: usize,
     capacity: (usize, usize),
     len: usize,
-) -> Vec<T> {
+) -> Zeroed<T> {
     for h in 0..heads {
         if len > 0 {
             fresh[h * capacity.1 * per..][..len * per]
@@ -195,7 +208,7 @@ fn regrow<T: Copy>(
     fresh
 }
 
-/// Rows of `x` (one per scale) to i8 at `max|row| / 127`.
+/// Pieces of `x` (one per scale) to i8 at `max|piece| / 127`.
 fn quantize_rows(x: &[f32], q: &mut [i8], scales: &mut [f32]) {
     let per = x.len() / scales.len();
     for ((x, q), scale) in x.chunks_exact(per).zip(q.chunks_exact_mut(per)).zip(scales) {
@@ -251,7 +264,8 @@ fn attend_with(
     candle_core::utils::barrier_pool().execute_chunked(kv_heads * n, |items| {
         let mut scores = Vec::new();
         let mut acc = vec![0f32; group * hd];
-        let (mut q8, mut q8_scale) = (vec![0i8; group * hd], vec![0f32; group]);
+        let per_row = hd / kernels::GROUP;
+        let (mut q8, mut q8_scale) = (vec![0i8; group * hd], vec![0f32; group * per_row]);
         let mut totals = vec![0f32; group];
         for item in items {
             let (g, i) = (item / n, item % n);
@@ -274,10 +288,10 @@ fn attend_with(
                     kernels::scores(level, queries, &k[keys], hd, stride, &mut scores);
                     for (head, total) in scores.chunks_exact_mut(stride).zip(&mut totals) {
                         let head = &mut head[visible.clone()];
-                        *total = kernels::softmax_weights(level, head, scale, None);
+                        *total = kernels::softmax_weights(level, head, scale);
                     }
                     let weights = &scores[visible.start..];
-                    kernels::mix(level, weights, stride, &v[values], hd, &mut acc);
+                    kernels::mix(level, weights, stride, (&v[values], None), hd, &mut acc);
                 }
                 Store::Q8 {
                     k,
@@ -286,7 +300,8 @@ fn attend_with(
                     v_scale,
                 } => {
                     quantize_rows(queries, &mut q8, &mut q8_scale);
-                    let key_scales = &k_scale[g * cap + b0 * kernels::BLOCK..][..stride];
+                    let key_scales =
+                        &k_scale[(g * cap + b0 * kernels::BLOCK) * per_row..][..stride * per_row];
                     kernels::scores_i8(
                         level,
                         (&q8, &q8_scale),
@@ -295,13 +310,14 @@ fn attend_with(
                         stride,
                         &mut scores,
                     );
-                    let value_scales = &v_scale[g * cap + first..][..visible.len()];
                     for (head, total) in scores.chunks_exact_mut(stride).zip(&mut totals) {
                         let head = &mut head[visible.clone()];
-                        *total = kernels::softmax_weights(level, head, scale, Some(value_scales));
+                        *total = kernels::softmax_weights(level, head, scale);
                     }
                     let weights = &scores[visible.start..];
-                    kernels::mix(level, weights, stride, &v[values], hd, &mut acc);
+                    let value_scales = &v_scale[(g * cap + first) * per_row..];
+                    let values = (&v[values], Some(value_scales));
+                    kernels::mix(level, weights, stride, values, hd, &mut acc);
                 }
             }
             for (out, total) in acc.chunks_exact_mut(hd).zip(&totals) {
@@ -321,14 +337,16 @@ mod tests {
     use super::*;
 
     /// Keys or values (kv, t, hd) rounded as the cache of `kind` stores them.
-    fn rounded(x: &[f32], hd: usize, kind: KvType) -> Vec<f32> {
+    fn rounded(x: &[f32], kind: KvType) -> Vec<f32> {
         match kind {
             KvType::F16 => x.iter().map(|&x| f16::from_f32(x).to_f32()).collect(),
             KvType::Q8 => x
-                .chunks_exact(hd)
+                .chunks_exact(kernels::GROUP)
                 .flat_map(|row| {
                     let scale = row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-                    row.iter().map(move |x| (x / scale).round() * scale)
+                    // Times the inverse, as the cache: a division can round
+                    // the other way at a half.
+                    row.iter().map(move |x| (x * (1.0 / scale)).round() * scale)
                 })
                 .collect(),
         }
@@ -416,13 +434,13 @@ mod tests {
             for kind in [KvType::F16, KvType::Q8] {
                 let mut cache = HostKvCache::new(kv, hd, kind);
                 fill(&mut cache, &k, &v, kv, t, hd, &sizes);
-                let (kr, vr) = (rounded(&k, hd, kind), rounded(&v, hd, kind));
+                let (kr, vr) = (rounded(&k, kind), rounded(&v, kind));
                 let shape = (heads, kv, n, t, hd);
                 let window_or_all = window.unwrap_or(usize::MAX);
                 for level in kernels::levels() {
                     // Over i8 keys, the queries are rounded to i8 as well.
                     let q_used = match kind {
-                        KvType::Q8 => rounded(&q, hd, kind),
+                        KvType::Q8 => rounded(&q, kind),
                         KvType::F16 => q.clone(),
                     };
                     let want = reference(&q_used, &kr, &vr, shape, window_or_all);
