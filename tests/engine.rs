@@ -327,3 +327,49 @@ fn a_context_set_aside_resumes_where_it_was() {
     model.transformer.swap_context(&mut aside);
     assert_eq!(model.transformer.cached(), 50);
 }
+
+/// greve's KV caches against llama.cpp's after a 300-token prompt on the
+/// tiny Q4_K_M file (tests/goldens/llamacpp_kv_goldens.py): f16 against f16,
+/// and `--kv-cache q8` against llama.cpp's `q8_0` (blocks of 32, a scale
+/// each). Both pick llama.cpp's greedy tokens, and going from f16 to 8 bits
+/// costs greve no more precision than it costs llama.cpp: the logits move
+/// by as much (the rounding noise itself differs, as the two
+/// implementations' keys and values differ in their last bits).
+#[test]
+fn kv_caches_match_llama_cpp() {
+    use greve::model::attention::KvType;
+    const NEAR_TIE: f32 = 0.1;
+    let golden = golden_json("llamacpp-kv.json");
+    let mut model = load(&goldens().join(golden["file"].as_str().unwrap()));
+    let llama = |name: &str| -> Vec<f32> {
+        let values = golden["caches"][name]["logits"].as_array().unwrap();
+        values.iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    };
+    let mut greve = Vec::new();
+    for (name, kind) in [("f16", KvType::F16), ("q8_0", KvType::Q8)] {
+        let case = &golden["caches"][name];
+        let prompt = ids(&case["prompt"]);
+        model.transformer.set_kv_type(kind);
+        let mut logits = fresh_logits(&mut model, &prompt);
+        greve.push(logits.clone());
+        let margins = case["margins"].as_array().unwrap();
+        for (step, (&want, margin)) in ids(&case["greedy"]).iter().zip(margins).enumerate() {
+            if margin.as_f64().unwrap() as f32 >= NEAR_TIE {
+                assert_eq!(argmax(&logits), want, "{name} cache, step {step}");
+            }
+            let next = model.transformer.forward(&[want]).unwrap();
+            logits = next.to_vec1::<f32>().unwrap();
+        }
+    }
+    let moves = |from: &[f32], to: &[f32]| -> Vec<f32> {
+        to.iter().zip(from).map(|(a, b)| a - b).collect()
+    };
+    let rms = |v: &[f32]| (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+    let ours = rms(&moves(&greve[0], &greve[1]));
+    let theirs = rms(&moves(&llama("f16"), &llama("q8_0")));
+    eprintln!("8-bit cache moves the logits by {ours} (rms), llama.cpp's by {theirs}");
+    assert!(
+        ours > 0.0 && ours < 1.5 * theirs,
+        "greve's 8-bit cache moves the logits by {ours} (rms), llama.cpp's q8_0 by {theirs}"
+    );
+}

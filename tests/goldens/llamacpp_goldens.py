@@ -60,8 +60,9 @@ def main():
         n = golden["new_tokens"]
         for t in types:
             name = f"tiny-{version}-{t}.gguf"
-            # An f32 KV cache (type 0), as greve keeps on CPU: llama.cpp defaults to
-            # f16, whose rounding alone can flip a near-tie of a random model.
+            # An f32 KV cache (type 0): these goldens check the weights' kernels, and
+            # an f16 cache's rounding alone can flip a near-tie of a random model
+            # (llamacpp_kv_goldens.py compares the caches).
             llm = llama_cpp.Llama(os.path.join(HERE, name), n_ctx=512, n_threads=1, verbose=False, seed=0,
                                   type_k=0, type_v=0, logits_all=True)
             result["files"][name] = [greedy(llm, c["prompt"], n) for c in golden["continuations"]]
