@@ -72,15 +72,16 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<()> {
     )?;
     cpu_features(&mut r)?;
     let capped = match std::env::var("GREVE_KERNELS") {
-        Ok(cap) => format!(", capped by GREVE_KERNELS={cap}"),
-        Err(_) => String::new(),
+        Ok(cap) if !cap.is_empty() => format!(", capped by GREVE_KERNELS={cap}"),
+        _ => String::new(),
     };
     r.line(
         Status::Ok,
         "kernels",
         format!(
-            "Q4_K/Q6_K products with {:?} instructions (chosen at run time{capped})",
-            crate::model::quant::isa()
+            "Q4_K/Q6_K products with {:?} instructions, attention with {:?} (chosen at run time{capped})",
+            crate::model::quant::isa(),
+            crate::model::attention::level()
         ),
     )?;
 

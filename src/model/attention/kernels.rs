@@ -67,9 +67,23 @@ pub fn levels() -> Vec<Level> {
     levels
 }
 
+/// The best level this CPU runs, within what `GREVE_KERNELS` allows (see
+/// [`crate::model::quant::isa`]).
 pub fn best() -> Level {
+    use crate::model::quant::{cap, Isa};
     static BEST: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
-    *BEST.get_or_init(|| *levels().last().unwrap_or(&Level::Portable))
+    *BEST.get_or_init(|| {
+        let allowed = match cap() {
+            Isa::Scalar => Level::Portable,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Level::F16c,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => Level::Avx512,
+        };
+        levels()
+            .last()
+            .map_or(Level::Portable, |&best| best.min(allowed))
+    })
 }
 
 /// `scores[j · stride + s] = queries[j] · key[s]` for the group's queries

@@ -16,6 +16,8 @@ use half::slice::HalfFloatSliceExt;
 mod kernels;
 mod zeroed;
 
+pub use kernels::Level;
+
 use zeroed::{Plain, Zeroed};
 
 /// How the CPU KV cache stores keys and values.
@@ -233,6 +235,11 @@ pub fn attend(
     window: Option<usize>,
 ) -> Vec<f32> {
     attend_with(kernels::best(), q, heads, n, cache, window)
+}
+
+/// The instruction set [`attend`] uses on this CPU.
+pub fn level() -> Level {
+    kernels::best()
 }
 
 /// [`attend`] with the kernels of `level`.

@@ -96,25 +96,28 @@ pub enum Isa {
 }
 
 ///
-/// `GREVE_KERNELS=scalar|avx2` caps it, to measure what a CPU without the
-/// newer instructions gets (`greve bench`), or to rule the SIMD kernels out
-/// when chasing a bug.
+/// `GREVE_KERNELS=scalar|avx2` caps it (and the attention kernels), to
+/// measure what a CPU without the newer instructions gets (`greve bench`),
+/// or to rule the SIMD kernels out when chasing a bug.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        let cap = match std::env::var("GREVE_KERNELS").as_deref() {
-            Ok("scalar") => Isa::Scalar,
-            #[cfg(target_arch = "x86_64")]
-            Ok("avx2") => Isa::Avx2,
-            Ok("") | Err(_) => Isa::max_value(),
-            Ok(other) => {
-                crate::messages::warn(format!(
-                    "GREVE_KERNELS={other} is not `scalar` or `avx2`; using the best kernels this CPU runs"
-                ));
-                Isa::max_value()
-            }
-        };
-        detected().min(cap)
+    *ISA.get_or_init(|| detected().min(cap()))
+}
+
+/// The most `GREVE_KERNELS` allows (everything when it is not set).
+pub fn cap() -> Isa {
+    static CAP: OnceLock<Isa> = OnceLock::new();
+    *CAP.get_or_init(|| match std::env::var("GREVE_KERNELS").as_deref() {
+        Ok("scalar") => Isa::Scalar,
+        #[cfg(target_arch = "x86_64")]
+        Ok("avx2") => Isa::Avx2,
+        Ok("") | Err(_) => Isa::max_value(),
+        Ok(other) => {
+            crate::messages::warn(format!(
+                "GREVE_KERNELS={other} is not `scalar` or `avx2`; using the best kernels this CPU runs"
+            ));
+            Isa::max_value()
+        }
     })
 }
 
