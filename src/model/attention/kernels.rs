@@ -843,6 +843,35 @@ fn prefetch<T>(p: *const T) {
 mod tests {
     use super::*;
 
+    /// Integer products, then the same float operations in the same order:
+    /// every level gives the portable code's numbers exactly, for groups of
+    /// four heads and single ones.
+    #[test]
+    fn i8_scores_are_the_same_numbers_at_every_level() {
+        let (hd, span, heads) = (128, 48, 6);
+        let per_row = hd / GROUP;
+        // In [-127, 127], as the cache rounds: AVX2's sign trick needs no -128.
+        let bytes = |n: usize, seed: usize| -> Vec<i8> {
+            (0..n)
+                .map(|i| (((i * 37 + seed) % 255) as i32 - 127) as i8)
+                .collect()
+        };
+        let scales =
+            |n: usize| -> Vec<f32> { (0..n).map(|i| 0.01 + (i % 7) as f32 * 0.003).collect() };
+        let (keys, key_scales) = (bytes(span * hd, 11), scales(span * per_row));
+        let (queries, query_scales) = (bytes(heads * hd, 5), scales(heads * per_row));
+        let run = |level| {
+            let mut out = vec![0f32; heads * span];
+            let q = (&queries[..], &query_scales[..]);
+            scores_i8(level, q, (&keys, &key_scales), hd, span, &mut out);
+            out
+        };
+        let want = run(Level::Portable);
+        for level in levels() {
+            assert_eq!(run(level), want, "{level:?}");
+        }
+    }
+
     #[test]
     fn exp_is_accurate_over_the_softmax_range() {
         let xs: Vec<f32> = (0..=100_000)
