@@ -211,7 +211,7 @@ pub fn mix<E: Elem>(
     {
         let (avx512, f16c) = (
             level == Level::Avx512 && hd.is_multiple_of(64),
-            level >= Level::F16c && hd.is_multiple_of(32),
+            level >= Level::F16c && hd.is_multiple_of(16),
         );
         if avx512 || f16c {
             return by_groups(out.len() / hd, |first, g| {
@@ -756,7 +756,7 @@ unsafe fn mix_f16c<E: Elem, const G: usize>(
     hd: usize,
     out: &mut [f32],
 ) {
-    mix_with::<E, std::arch::x86_64::__m256, G>(weights, stride, values, hd, out)
+    mix_with::<E, std::arch::x86_64::__m256, G, 2>(weights, stride, values, hd, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -768,16 +768,17 @@ unsafe fn mix_512<E: Elem, const G: usize>(
     hd: usize,
     out: &mut [f32],
 ) {
-    mix_with::<E, std::arch::x86_64::__m512, G>(weights, stride, values, hd, out)
+    mix_with::<E, std::arch::x86_64::__m512, G, 4>(weights, stride, values, hd, out)
 }
 
-/// Values are read `4·V::N` dimensions (one or two cache lines) at a
-/// time, with the sums of `G` heads for those dimensions in registers
-/// over [`ROWS_PER_PASS`] rows, which stay in L1 for the next slice of
-/// dimensions: memory is read once.
+/// Values are read `L·V::N` dimensions at a time, with the sums of `G`
+/// heads for those dimensions in registers over [`ROWS_PER_PASS`] rows,
+/// which stay in L1 for the next slice of dimensions: memory is read once.
+/// `G·L` sums, `L` values and a weight must fit the registers: AVX-512 has
+/// 32 (L = 4), AVX2 16 (L = 2).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn mix_with<E: Elem, V: Lanes, const G: usize>(
+unsafe fn mix_with<E: Elem, V: Lanes, const G: usize, const L: usize>(
     weights: &[f32],
     stride: usize,
     (values, scales): (&[E], Option<&[f32]>),
@@ -788,18 +789,18 @@ unsafe fn mix_with<E: Elem, V: Lanes, const G: usize>(
     let base = out.as_mut_ptr();
     for start in (0..span).step_by(ROWS_PER_PASS) {
         let rows = start..span.min(start + ROWS_PER_PASS);
-        for c in (0..hd).step_by(4 * V::N) {
+        for c in (0..hd).step_by(L * V::N) {
             let sums = |j: usize, l: usize| base.add(j * hd + c + l * V::N);
-            let mut acc: [[V; 4]; G] =
+            let mut acc: [[V; L]; G] =
                 std::array::from_fn(|j| std::array::from_fn(|l| V::load(sums(j, l))));
             for s in rows.clone() {
                 let row = values.as_ptr().add(s * hd + c);
                 let next = row.wrapping_add(ROWS_PER_PASS * hd);
                 prefetch(next);
-                if size_of::<E>() * 4 * V::N > 64 {
+                if size_of::<E>() * L * V::N > 64 {
                     prefetch(next.wrapping_add(64 / size_of::<E>()));
                 }
-                let mut v: [V; 4] = std::array::from_fn(|l| E::widen::<V>(row.add(l * V::N)));
+                let mut v: [V; L] = std::array::from_fn(|l| E::widen::<V>(row.add(l * V::N)));
                 if let Some(scales) = scales {
                     let scales = scales.as_ptr().add(s * hd / GROUP);
                     for (l, v) in v.iter_mut().enumerate() {
@@ -808,7 +809,7 @@ unsafe fn mix_with<E: Elem, V: Lanes, const G: usize>(
                 }
                 for (j, acc) in acc.iter_mut().enumerate() {
                     let w = V::splat(*weights.get_unchecked(j * stride + s));
-                    for l in 0..4 {
+                    for l in 0..L {
                         acc[l] = acc[l].fma(w, v[l]);
                     }
                 }
