@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::cli::BenchArgs;
 use crate::exit::Failure;
-use crate::generate::{generate, Limits};
+use crate::generate::{generate, Limits, Stats};
 use crate::model;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::settings;
@@ -97,21 +97,19 @@ pub fn run(args: &BenchArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
             deep_runs.push(run?);
         }
     }
-    let pp: Vec<f64> = runs.iter().map(|s| s.prefill_tokens_per_second()).collect();
-    let tg: Vec<f64> = runs.iter().map(|s| s.decode_tokens_per_second()).collect();
-    let deep_pp: Vec<f64> = deep_runs
-        .iter()
-        .map(|s| s.prefill_tokens_per_second())
-        .collect();
-    let deep_tg: Vec<f64> = deep_runs
-        .iter()
-        .map(|s| s.decode_tokens_per_second())
-        .collect();
+    let each = |runs: &[Stats], figure: fn(&Stats) -> f64| -> Vec<f64> {
+        runs.iter().map(figure).collect()
+    };
+    let (pp, tg) = (
+        each(&runs, Stats::prefill_tokens_per_second),
+        each(&runs, Stats::decode_tokens_per_second),
+    );
+    let (deep_pp, deep_tg) = (
+        each(&deep_runs, Stats::prefill_tokens_per_second),
+        each(&deep_runs, Stats::decode_tokens_per_second),
+    );
     let ratios: Vec<f64> = deep_tg.iter().zip(&tg).map(|(d, s)| d / s).collect();
-    let ttft: Vec<f64> = runs
-        .iter()
-        .map(|s| s.time_to_first_token.as_secs_f64())
-        .collect();
+    let ttft = each(&runs, |s| s.time_to_first_token.as_secs_f64());
     let report = Report {
         model: files.name.clone(),
         threads: threads(),

@@ -8,12 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::exit::{Classify, Failure};
-use crate::model::transformer::Transformer;
+use crate::model::transformer::{self, Transformer};
 use crate::sampler::Sampler;
-
-/// Long prompts are prefilled in chunks so that the attention scores of one
-/// chunk (heads × chunk × context floats) stay small.
-const PREFILL_CHUNK: usize = 512;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -114,7 +110,8 @@ pub fn generate(
 
     model.truncate(reuse);
     let mut logits = None;
-    for chunk in prompt[reuse..].chunks(PREFILL_CHUNK) {
+    // Batch by batch, as the transformer would anyway, to hear Ctrl-C between them.
+    for chunk in prompt[reuse..].chunks(transformer::BATCH) {
         if cancel.load(Ordering::Relaxed) {
             return finished(tokens, Finish::Interrupted, stats);
         }

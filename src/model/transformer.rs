@@ -252,8 +252,9 @@ impl Transformer {
 }
 
 /// Tokens per forward pass over the layers: enough to keep the repacked
-/// prefill tiles busy, few enough that activations stay around 100 MB.
-const BATCH: usize = 512;
+/// prefill tiles busy, few enough that activations (and a GPU's attention
+/// scores, heads × batch × context) stay small.
+pub const BATCH: usize = 512;
 
 /// Where the new tokens sit: their rotary angles and the attention mask.
 struct Positions {
@@ -289,8 +290,8 @@ struct Attention {
     cache: Cache,
 }
 
-/// Keys and values: in f16 host memory for the CPU kernels, as candle
-/// tensors on a GPU.
+/// Keys and values: in host memory (f16 or i8) for the CPU kernels, as
+/// candle tensors on a GPU.
 enum Cache {
     Host(HostKvCache),
     Device(KvCache),

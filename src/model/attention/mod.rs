@@ -202,10 +202,8 @@ fn regrow<T: Plain>(
     len: usize,
 ) -> Zeroed<T> {
     for h in 0..heads {
-        if len > 0 {
-            fresh[h * capacity.1 * per..][..len * per]
-                .copy_from_slice(&old[h * capacity.0 * per..][..len * per]);
-        }
+        fresh[h * capacity.1 * per..][..len * per]
+            .copy_from_slice(&old[h * capacity.0 * per..][..len * per]);
     }
     fresh
 }
@@ -291,40 +289,29 @@ fn attend_with(
             scores.clear();
             scores.resize(group * stride, 0f32);
             match &cache.store {
-                Store::F16 { k, v } => {
-                    kernels::scores(level, queries, &k[keys], hd, stride, &mut scores);
-                    for (head, total) in scores.chunks_exact_mut(stride).zip(&mut totals) {
-                        let head = &mut head[visible.clone()];
-                        *total = kernels::softmax_weights(level, head, scale);
-                    }
-                    let weights = &scores[visible.start..];
-                    kernels::mix(level, weights, stride, (&v[values], None), hd, &mut acc);
+                Store::F16 { k, .. } => {
+                    kernels::scores(level, queries, &k[keys], hd, stride, &mut scores)
                 }
-                Store::Q8 {
-                    k,
-                    v,
-                    k_scale,
-                    v_scale,
-                } => {
+                Store::Q8 { k, k_scale, .. } => {
                     quantize_rows(queries, &mut q8, &mut q8_scale);
                     let key_scales =
                         &k_scale[(g * cap + b0 * kernels::BLOCK) * per_row..][..stride * per_row];
-                    kernels::scores_i8(
-                        level,
-                        (&q8, &q8_scale),
-                        (&k[keys], key_scales),
-                        hd,
-                        stride,
-                        &mut scores,
-                    );
-                    for (head, total) in scores.chunks_exact_mut(stride).zip(&mut totals) {
-                        let head = &mut head[visible.clone()];
-                        *total = kernels::softmax_weights(level, head, scale);
-                    }
-                    let weights = &scores[visible.start..];
+                    let keys = (&k[keys], key_scales);
+                    kernels::scores_i8(level, (&q8, &q8_scale), keys, hd, stride, &mut scores)
+                }
+            }
+            for (head, total) in scores.chunks_exact_mut(stride).zip(&mut totals) {
+                *total = kernels::softmax_weights(level, &mut head[visible.clone()], scale);
+            }
+            let weights = &scores[visible.start..];
+            match &cache.store {
+                Store::F16 { v, .. } => {
+                    kernels::mix(level, weights, stride, (&v[values], None), hd, &mut acc)
+                }
+                Store::Q8 { v, v_scale, .. } => {
                     let value_scales = &v_scale[(g * cap + first) * per_row..];
                     let values = (&v[values], Some(value_scales));
-                    kernels::mix(level, weights, stride, values, hd, &mut acc);
+                    kernels::mix(level, weights, stride, values, hd, &mut acc)
                 }
             }
             for (out, total) in acc.chunks_exact_mut(hd).zip(&totals) {
