@@ -8,8 +8,8 @@ use clap::CommandFactory;
 use crate::cli::Cli;
 
 /// The version line and how this binary was built: its GPU backends and
-/// the CPU features compiled in (candle picks its kernels by them at build
-/// time, so a binary built without AVX2/FMA is several times slower).
+/// the CPU features compiled in. greve's own kernels choose AVX2 or
+/// AVX-512 at run time whatever the build; candle's follow the build.
 pub fn long_version() -> String {
     let compiled = [
         ("avx", cfg!(target_feature = "avx")),
@@ -33,7 +33,7 @@ pub fn long_version() -> String {
         env!("CARGO_PKG_VERSION"),
         std::env::consts::ARCH,
         if cpu.is_empty() {
-            "none (slow: rebuild with RUSTFLAGS=\"-C target-cpu=native\")".to_string()
+            "baseline (greve's kernels choose at run time)".to_string()
         } else {
             cpu.join(" ")
         },

@@ -220,6 +220,13 @@ fn half_precision_compute_stays_close_to_f32() {
 /// A prompt longer than one batch (512 tokens) gives the logits of the same
 /// prompt fed in other cuts: batches, the KV cache and the repacked prefill
 /// tiles (≥ 32 tokens) against the one-row kernels (a token at a time).
+///
+/// Not bit for bit: the tiles and the one-row kernels add the same products
+/// in another order, and every product's activations are rounded to 8 bits,
+/// so a last-bit difference can move a value across a rounding step and on
+/// through the layers (how often depends on the build: a portable build
+/// rounds differently from one for this CPU). The same greedy choice, and
+/// logits within half a percent of their spread, is what the kernels owe.
 #[test]
 fn long_prompts_give_the_same_logits_however_they_are_cut() {
     let mut model = load(&goldens().join("tiny-k-q4_k_m.gguf"));
@@ -251,13 +258,29 @@ fn long_prompts_give_the_same_logits_however_they_are_cut() {
             .unwrap();
     }
     assert_eq!(model.transformer.cached(), prompt.len());
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0
+    };
+    let spread = whole.iter().fold(f32::MIN, |m, x| m.max(*x))
+        - whole.iter().fold(f32::MAX, |m, x| m.min(*x));
     for other in [&pieces, &one_by_one] {
         let worst = whole
             .iter()
             .zip(other)
             .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-3, "logits differ by {worst}");
+            .fold(
+                0f32,
+                |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+            );
+        assert!(
+            worst < 0.005 * spread,
+            "logits differ by {worst} (spread {spread})"
+        );
+        assert_eq!(argmax(other), argmax(&whole));
     }
 }
 
