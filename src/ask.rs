@@ -67,7 +67,7 @@ pub fn run(args: &AskArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
         .max_tokens
         .unwrap_or(context / 8)
         .min(context / 2);
-    let (first, ids) = fit_window(&messages, 0, context - reserve, measure)?;
+    let (first, ids) = fit_window(&messages, 0, context - reserve, measure, cancel)?;
     if first > 0 {
         crate::messages::warn(format!("the oldest {first} messages of the conversation do not fit the context and were left out"));
     }

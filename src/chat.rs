@@ -9,7 +9,7 @@
 //! oldest whole exchanges leave the model's window (they stay in the
 //! transcript).
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::exit::Failure;
 use crate::generate::{generate, Finish, Limits, Stats};
@@ -182,7 +182,7 @@ impl Chat {
                 dropped: 0,
             });
         }
-        let (ids, dropped) = self.fit()?;
+        let (ids, dropped) = self.fit(cancel)?;
         let reuse = common_prefix(&self.cached, &ids);
         log::debug!(
             "turn {}: {} prompt tokens, {reuse} in the KV cache",
@@ -231,7 +231,7 @@ impl Chat {
 
     /// The prompt for the conversation so far, moving the window past the
     /// oldest exchanges until it leaves room for a reply.
-    fn fit(&mut self) -> anyhow::Result<(Vec<u32>, usize)> {
+    fn fit(&mut self, cancel: &AtomicBool) -> anyhow::Result<(Vec<u32>, usize)> {
         let context = self.model.transformer.config.context_length;
         let c = &self.config;
         let reserve = c.max_tokens.unwrap_or(context / 8).min(context / 2).max(1);
@@ -241,7 +241,13 @@ impl Chat {
         let measure = |window: &[Message]| -> anyhow::Result<Vec<u32>> {
             tokenizer.encode_pieces(&template::render(format, system.as_deref(), window)?)
         };
-        let (first, ids) = fit_window(&self.messages, self.first, context - reserve, measure)?;
+        let (first, ids) = fit_window(
+            &self.messages,
+            self.first,
+            context - reserve,
+            measure,
+            cancel,
+        )?;
         if ids.len() >= context {
             return Err(Failure::Usage.err(format!(
                 "this message needs {} tokens with the system prompt, more than the model's context of {context}; shorten it",
@@ -257,19 +263,49 @@ impl Chat {
 /// The first message index from `first` on whose rendering fits `budget`
 /// tokens, moving by whole exchanges and never past the last user message,
 /// with that rendering.
+///
+/// A rendering only shrinks as its window starts later, so the start is
+/// found by bisection, and no window longer than `budget` messages is ever
+/// rendered (each message takes at least one token): a handful of
+/// renderings of at most a context's worth, however long the saved
+/// conversation. `cancel` (Ctrl-C, SIGTERM) is honoured between them.
 pub fn fit_window(
     messages: &[Message],
-    mut first: usize,
+    first: usize,
     budget: usize,
     render: impl Fn(&[Message]) -> anyhow::Result<Vec<u32>>,
+    cancel: &AtomicBool,
 ) -> anyhow::Result<(usize, Vec<u32>)> {
-    loop {
-        let ids = render(&messages[first..])?;
-        if ids.len() <= budget || first + 1 >= messages.len() {
-            return Ok((first, ids));
+    // Start k is messages[first + 2k..]; the last start holds only the
+    // last user message (and maybe its reply), which is always kept.
+    let start = |k: usize| first + 2 * k;
+    let last = messages.len().saturating_sub(first + 1).div_ceil(2);
+    let too_many = messages.len().saturating_sub(first + budget);
+    let (mut lo, mut hi) = (too_many.div_ceil(2).min(last), last);
+    let mut fitting: Option<(usize, Vec<u32>)> = None;
+    let measure = |k: usize| -> anyhow::Result<Vec<u32>> {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(
+                Failure::Interrupted.err("stopped while fitting the conversation into the context")
+            );
         }
-        first += 2;
+        render(&messages[start(k).min(messages.len())..])
+    };
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        let ids = measure(mid)?;
+        if ids.len() <= budget {
+            hi = mid;
+            fitting = Some((mid, ids));
+        } else {
+            lo = mid + 1;
+        }
     }
+    let ids = match fitting {
+        Some((k, ids)) if k == lo => ids,
+        _ => measure(lo)?,
+    };
+    Ok((start(lo), ids))
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
@@ -297,16 +333,67 @@ mod tests {
         Ok(vec![0; 1 + 10 * window.len()])
     }
 
+    fn fit(m: &[Message], first: usize, budget: usize) -> usize {
+        fit_window(m, first, budget, tokens, &AtomicBool::new(false))
+            .unwrap()
+            .0
+    }
+
     #[test]
     fn the_window_drops_whole_exchanges_from_the_start() {
         let m = conversation(7);
-        assert_eq!(fit_window(&m, 0, 71, tokens).unwrap().0, 0);
-        assert_eq!(fit_window(&m, 0, 70, tokens).unwrap().0, 2);
-        assert_eq!(fit_window(&m, 0, 30, tokens).unwrap().0, 6);
+        assert_eq!(fit(&m, 0, 71), 0);
+        assert_eq!(fit(&m, 0, 70), 2);
+        assert_eq!(fit(&m, 0, 30), 6);
         // The last user message always stays, even when it alone is too long.
-        assert_eq!(fit_window(&m, 0, 5, tokens).unwrap().0, 6);
+        assert_eq!(fit(&m, 0, 5), 6);
         // The window never moves back.
-        assert_eq!(fit_window(&m, 4, 1000, tokens).unwrap().0, 4);
+        assert_eq!(fit(&m, 4, 1000), 4);
+    }
+
+    /// The bisection gives the first fitting start that the plain walk
+    /// (try each exchange in turn) gives, for every size and budget.
+    #[test]
+    fn the_window_is_the_one_a_plain_walk_finds() {
+        let walk = |m: &[Message], mut first: usize, budget: usize| loop {
+            if tokens(&m[first..]).unwrap().len() <= budget || first + 1 >= m.len() {
+                return first;
+            }
+            first += 2;
+        };
+        for n in 0..12 {
+            let m = conversation(n);
+            for first in (0..n.max(1)).step_by(2) {
+                for budget in 0..130 {
+                    assert_eq!(
+                        fit(&m, first, budget),
+                        walk(&m, first, budget),
+                        "{n} {first} {budget}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A saved conversation of 20,000 messages is fitted with a handful of
+    /// renderings, none longer than the budget allows, and Ctrl-C stops it.
+    #[test]
+    fn long_conversations_fit_in_few_small_renderings() {
+        let m = conversation(20_001);
+        let rendered = std::cell::Cell::new(0);
+        let counting = |w: &[Message]| {
+            rendered.set(rendered.get() + w.len());
+            tokens(w)
+        };
+        let (first, ids) = fit_window(&m, 0, 4096, counting, &AtomicBool::new(false)).unwrap();
+        assert_eq!((first, ids.len()), (20_001 - 409, 4091));
+        assert!(
+            rendered.get() < 20 * 4096,
+            "{} messages rendered",
+            rendered.get()
+        );
+        let stopped = fit_window(&m, 0, 4096, tokens, &AtomicBool::new(true)).unwrap_err();
+        assert_eq!(crate::exit::code_for(&stopped), 130);
     }
 
     #[test]

@@ -360,7 +360,7 @@ pub struct ModelArgs {
     pub dtype: Option<DtypeArg>,
 
     /// CPU threads (default: all cores).
-    #[arg(long, value_name = "N", env = "GREVE_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "N", env = "GREVE_THREADS", value_parser = threads)]
     pub threads: Option<u16>,
 
     /// How the CPU keeps past keys and values: f16 (the default), or q8,
@@ -434,6 +434,25 @@ fn positive(s: &str) -> Result<f32, String> {
 
 fn probability(s: &str) -> Result<f32, String> {
     number(s).and_then(check_probability)
+}
+
+fn threads(s: &str) -> Result<u16, String> {
+    s.parse::<u64>()
+        .map_err(|_| format!("{s} is not a whole number"))
+        .and_then(check_threads)
+}
+
+/// Threads: 1 to 4 per core. More only slows a run down, and tens of
+/// thousands make the thread pools fail to start.
+pub fn check_threads(n: u64) -> Result<u16, String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let most = 4 * cores.max(1);
+    match u16::try_from(n) {
+        Ok(t) if t >= 1 && usize::from(t) <= most => Ok(t),
+        _ => Err(format!(
+            "must be between 1 and {most} (4 per core; this machine has {cores})"
+        )),
+    }
 }
 
 /// The ranges of the sampling values, shared with the config file.

@@ -74,10 +74,10 @@ fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
 }
 
 fn threads<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
-    match u16::deserialize(d)? {
-        0 => Err(serde::de::Error::custom("must be at least 1")),
-        n => Ok(Some(n)),
-    }
+    let n = u64::deserialize(d)?;
+    cli::check_threads(n)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mode>, D::Error> {

@@ -98,3 +98,14 @@ pub fn signoff_style() -> Style {
 pub fn prompt_style() -> Style {
     Style::new().bold().fg_color(Some(AnsiColor::Cyan.into()))
 }
+
+/// User data quoted in a message: escaped, in quotes, and cut after 48
+/// characters with `…`, so that a forged 100 KB name or an escape sequence
+/// in a file can neither flood nor drive the user's terminal.
+pub fn short(s: &str) -> String {
+    const MAX: usize = 48;
+    match s.char_indices().nth(MAX) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}…", &s[..cut]),
+    }
+}

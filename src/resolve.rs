@@ -126,9 +126,7 @@ fn safetensors_shards(dir: &Path, spec: &str) -> anyhow::Result<Vec<PathBuf>> {
         struct Index {
             weight_map: std::collections::HashMap<String, String>,
         }
-        let text = std::fs::read_to_string(&index).classify(Failure::ModelNotFound, || {
-            format!("cannot read {}", index.display())
-        })?;
+        let text = crate::model::read_text(&index)?;
         let parsed: Index = serde_json::from_str(&text).classify(Failure::ModelInvalid, || {
             format!("{} is not a valid index", index.display())
         })?;
@@ -141,15 +139,17 @@ fn safetensors_shards(dir: &Path, spec: &str) -> anyhow::Result<Vec<PathBuf>> {
             .map(|name| {
                 if !is_plain_file_name(&name) {
                     return Err(Failure::ModelInvalid.err(format!(
-                        "{} names shard {name:?}, which is not a file in the model folder; the index is corrupt or hostile",
-                        index.display()
+                        "{} names shard {}, which is not a file in the model folder; the index is corrupt or hostile",
+                        index.display(),
+                        crate::messages::short(&name)
                     )));
                 }
                 let shard = dir.join(&name);
                 if !shard.is_file() {
                     return Err(Failure::ModelInvalid.err(format!(
-                        "{} names shard {name}, which is missing from {spec}; download it again",
-                        index.display()
+                        "{} names shard {}, which is missing from {spec}; download it again",
+                        index.display(),
+                        crate::messages::short(&name)
                     )));
                 }
                 Ok(shard)

@@ -41,7 +41,7 @@ impl Tokenizer {
     /// Loads a Hugging Face `tokenizer.json`.
     pub fn from_json_file(path: &Path, special: &SpecialTokens) -> anyhow::Result<Self> {
         let invalid = || format!("cannot read the tokenizer {}", path.display());
-        let text = std::fs::read_to_string(path).classify(Failure::ModelNotFound, invalid)?;
+        let text = crate::model::read_text(path)?;
         let mut json: serde_json::Value =
             serde_json::from_str(&text).classify(Failure::ModelInvalid, invalid)?;
         use_sentencepiece_spacing(&mut json);
@@ -54,8 +54,9 @@ impl Tokenizer {
             let name = name.as_deref().unwrap_or(default);
             inner.token_to_id(name).ok_or_else(|| {
                 Failure::ModelInvalid.err(format!(
-                    "the tokenizer {} has no token {name:?}; is it a Mistral tokenizer?",
-                    path.display()
+                    "the tokenizer {} has no token {}; is it a Mistral tokenizer?",
+                    path.display(),
+                    crate::messages::short(name)
                 ))
             })
         };
@@ -281,7 +282,8 @@ impl GgufVocab {
             .map_err(|e| Failure::ModelInvalid.err(format!("tokenizer.ggml.model: {e}")))?;
         if model != "llama" {
             return Err(Failure::ModelInvalid.err(format!(
-                "the GGUF tokenizer is of kind {model:?}; greve supports SentencePiece vocabularies (\"llama\"), as Mistral 7B uses"
+                "the GGUF tokenizer is of kind {}; greve supports SentencePiece vocabularies (\"llama\"), as Mistral 7B uses",
+                crate::messages::short(model)
             )));
         }
         let array = |key: &str| -> anyhow::Result<&Vec<Value>> {

@@ -62,9 +62,7 @@ fn default_theta() -> f32 {
 
 impl Config {
     pub fn from_json_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).classify(Failure::ModelNotFound, || {
-            format!("cannot read {}", path.display())
-        })?;
+        let text = super::read_text(path)?;
         let hf: HfConfig = serde_json::from_str(&text).classify(Failure::ModelInvalid, || {
             format!("{} is not a valid model config", path.display())
         })?;
@@ -173,19 +171,37 @@ impl Config {
         Ok(config)
     }
 
+    /// Each size positive and within bounds far above any real model, so
+    /// that no product of them overflows and nothing is sized from a forged
+    /// number before the weights' own shapes are compared with them.
     fn validate(&self) -> anyhow::Result<()> {
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_layers),
-            ("num_attention_heads", self.num_heads),
-            ("num_key_value_heads", self.num_kv_heads),
-            ("head_dim", self.head_dim),
-            ("max_position_embeddings", self.context_length),
+        let sizes = [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_layers, 1 << 10),
+            ("num_attention_heads", self.num_heads, 1 << 10),
+            ("num_key_value_heads", self.num_kv_heads, 1 << 10),
+            ("head_dim", self.head_dim, 1 << 12),
+            ("max_position_embeddings", self.context_length, 1 << 24),
+            ("sliding_window", self.sliding_window.unwrap_or(1), 1 << 24),
         ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            anyhow::bail!("{name} is 0");
+        for (name, value, most) in sizes {
+            if value == 0 || value > most {
+                anyhow::bail!("{name} is {value}; it must be between 1 and {most}");
+            }
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            anyhow::bail!(
+                "rope_theta is {}; it must be a positive number",
+                self.rope_theta
+            );
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            anyhow::bail!(
+                "rms_norm_eps is {}; it must be a number >= 0",
+                self.rms_norm_eps
+            );
         }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             anyhow::bail!(
@@ -199,9 +215,6 @@ impl Config {
                 "head_dim {} is odd; rotary embeddings need pairs",
                 self.head_dim
             );
-        }
-        if self.sliding_window == Some(0) {
-            anyhow::bail!("sliding_window is 0");
         }
         Ok(())
     }

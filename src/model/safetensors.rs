@@ -58,6 +58,16 @@ impl SafetensorsSource {
 
     fn load(&self, w: Weight, shape: &[usize]) -> anyhow::Result<Tensor> {
         let name = Self::name(w);
+        if let Ok(view) = self.files.get(&name) {
+            let dtype = DType::try_from(view.dtype()).ok();
+            if !matches!(dtype, Some(DType::F32 | DType::F16 | DType::BF16)) {
+                return Err(Failure::ModelInvalid.err(format!(
+                    "tensor {name} in {} is stored as {:?}; greve reads f32, f16 and bf16 safetensors (or a GGUF file)",
+                    self.folder.display(),
+                    view.dtype()
+                )));
+            }
+        }
         let tensor = self
             .files
             .load(&name, &self.device)
@@ -92,8 +102,17 @@ impl WeightSource for SafetensorsSource {
         ))
     }
 
-    fn has(&self, w: Weight) -> bool {
-        self.files.get(&Self::name(w)).is_ok()
+    fn shape(&self, w: Weight) -> Option<Vec<usize>> {
+        Some(self.files.get(&Self::name(w)).ok()?.shape().to_vec())
+    }
+
+    fn tensor_name(&self, w: Weight) -> String {
+        Self::name(w)
+    }
+
+    fn layers(&self) -> usize {
+        let names: Vec<String> = self.files.tensors().into_iter().map(|(n, _)| n).collect();
+        super::transformer::layer_count(names.iter(), "model.layers.")
     }
 
     fn rope_layout(&self) -> RopeLayout {

@@ -17,6 +17,7 @@ use super::attention::{self, HostKvCache, KvType};
 use super::config::Config;
 use super::kv_cache::KvCache;
 use super::linear::{Linear, MappedMatrix};
+use crate::exit::{Classify, Failure};
 
 /// A weight by role; each backend maps it to its file's tensor name.
 #[derive(Clone, Copy, Debug)]
@@ -53,9 +54,101 @@ pub trait WeightSource {
     fn dense(&mut self, w: Weight, shape: &[usize]) -> anyhow::Result<Tensor>;
     /// The token embedding table, (vocab, d).
     fn embedding(&mut self, shape: (usize, usize)) -> anyhow::Result<Embedding>;
-    /// Whether the file has a separate output matrix (else it is tied to the embedding).
-    fn has(&self, w: Weight) -> bool;
+    /// The shape of `w` in the file, outermost first, or None when the
+    /// file lacks it (a missing output matrix is tied to the embedding).
+    fn shape(&self, w: Weight) -> Option<Vec<usize>>;
+    /// The tensor's name in the file, for messages.
+    fn tensor_name(&self, w: Weight) -> String;
+    /// How many layers the file holds tensors for: one past the highest
+    /// layer number in its tensor names.
+    fn layers(&self) -> usize;
     fn rope_layout(&self) -> RopeLayout;
+}
+
+impl Weight {
+    /// The nine weights of layer `l`.
+    fn of_layer(l: usize) -> [Weight; 9] {
+        use Weight::*;
+        [
+            AttnNorm(l),
+            Q(l),
+            K(l),
+            V(l),
+            O(l),
+            FfnNorm(l),
+            Gate(l),
+            Up(l),
+            Down(l),
+        ]
+    }
+
+    /// The shape the config gives this weight: (out, in) for matrices.
+    fn shape(self, c: &Config) -> Vec<usize> {
+        use Weight::*;
+        let (d, f) = (c.hidden_size, c.intermediate_size);
+        let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        match self {
+            TokenEmbedding | Output => vec![c.vocab_size, d],
+            OutputNorm | AttnNorm(_) | FfnNorm(_) => vec![d],
+            Q(_) => vec![q, d],
+            K(_) | V(_) => vec![kv, d],
+            O(_) => vec![d, q],
+            Gate(_) | Up(_) => vec![f, d],
+            Down(_) => vec![d, f],
+        }
+    }
+
+    fn matrix_shape(self, c: &Config) -> (usize, usize) {
+        match self.shape(c)[..] {
+            [rows, cols] => (rows, cols),
+            _ => unreachable!("{self:?} is not a matrix"),
+        }
+    }
+}
+
+/// One past the highest layer number in tensor names `{prefix}N.…`.
+pub(crate) fn layer_count<'a>(names: impl Iterator<Item = &'a String>, prefix: &str) -> usize {
+    names
+        .filter_map(|n| {
+            n.strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .map(|l| l.saturating_add(1))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Checks every weight the config implies against the file before any is
+/// loaded: the layer count, each tensor's presence and shape. A file that
+/// disagrees with its own metadata (or config.json with its weights) is
+/// refused here, naming the tensor, instead of running on part of it.
+fn check_weights(c: &Config, src: &dyn WeightSource) -> anyhow::Result<()> {
+    let present = src.layers();
+    if present != c.num_layers {
+        anyhow::bail!(
+            "the config declares {} layers but the weights hold {present}",
+            c.num_layers
+        );
+    }
+    let output = src.shape(Weight::Output).map(|_| Weight::Output);
+    let globals = [Weight::TokenEmbedding, Weight::OutputNorm]
+        .into_iter()
+        .chain(output);
+    for w in globals.chain((0..c.num_layers).flat_map(Weight::of_layer)) {
+        let want = w.shape(c);
+        match src.shape(w) {
+            None => anyhow::bail!("tensor {} is missing", src.tensor_name(w)),
+            Some(got) if got != want => anyhow::bail!(
+                "tensor {} has shape {got:?}, but the config implies {want:?}",
+                src.tensor_name(w)
+            ),
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// The token embedding table. GGUF files quantise it like the other
@@ -122,20 +215,20 @@ impl Transformer {
         device: &Device,
     ) -> anyhow::Result<Self> {
         let c = &config;
-        let (d, q_dim, kv_dim) = (
-            c.hidden_size,
-            c.num_heads * c.head_dim,
-            c.num_kv_heads * c.head_dim,
-        );
+        check_weights(c, src).classify(Failure::ModelInvalid, || {
+            "the weights do not match the model's config".into()
+        })?;
+        let d = c.hidden_size;
+        let matrix = |src: &mut dyn WeightSource, w: Weight| src.matrix(w, w.matrix_shape(c));
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
             layers.push(Block {
                 attn_norm: RmsNorm::new(src.dense(Weight::AttnNorm(l), &[d])?, c.rms_norm_eps),
                 attn: Attention {
-                    q: src.matrix(Weight::Q(l), (q_dim, d))?,
-                    k: src.matrix(Weight::K(l), (kv_dim, d))?,
-                    v: src.matrix(Weight::V(l), (kv_dim, d))?,
-                    o: src.matrix(Weight::O(l), (d, q_dim))?,
+                    q: matrix(src, Weight::Q(l))?,
+                    k: matrix(src, Weight::K(l))?,
+                    v: matrix(src, Weight::V(l))?,
+                    o: matrix(src, Weight::O(l))?,
                     heads: c.num_heads,
                     kv_heads: c.num_kv_heads,
                     head_dim: c.head_dim,
@@ -145,17 +238,16 @@ impl Transformer {
                 },
                 ffn_norm: RmsNorm::new(src.dense(Weight::FfnNorm(l), &[d])?, c.rms_norm_eps),
                 ffn: FeedForward {
-                    gate: src.matrix(Weight::Gate(l), (c.intermediate_size, d))?,
-                    up: src.matrix(Weight::Up(l), (c.intermediate_size, d))?,
-                    down: src.matrix(Weight::Down(l), (d, c.intermediate_size))?,
+                    gate: matrix(src, Weight::Gate(l))?,
+                    up: matrix(src, Weight::Up(l))?,
+                    down: matrix(src, Weight::Down(l))?,
                 },
             });
         }
-        let embed_tokens = src.embedding((c.vocab_size, d))?;
-        let lm_head = if src.has(Weight::Output) {
-            src.matrix(Weight::Output, (c.vocab_size, d))?
-        } else {
-            embed_tokens.as_matmul()
+        let embed_tokens = src.embedding(Weight::TokenEmbedding.matrix_shape(c))?;
+        let lm_head = match src.shape(Weight::Output) {
+            Some(_) => matrix(src, Weight::Output)?,
+            None => embed_tokens.as_matmul(),
         };
         Ok(Transformer {
             embed_tokens,

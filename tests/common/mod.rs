@@ -7,6 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub mod gguf;
+
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 

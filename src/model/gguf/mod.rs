@@ -21,9 +21,9 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use memmap2::{Mmap, MmapOptions};
 
+use crate::exit::{Classify, Failure};
 use crate::model::linear::{Linear, MappedMatrix};
 use crate::model::transformer::{Embedding, RopeLayout, Weight, WeightSource};
-use crate::exit::{Classify, Failure};
 
 pub struct GgufSource {
     map: Arc<Mmap>,
@@ -41,10 +41,8 @@ impl GgufSource {
         })?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len == 0 {
-            return Err(Failure::ModelInvalid.err(format!(
-                "{} is empty; download it again",
-                path.display()
-            )));
+            return Err(Failure::ModelInvalid
+                .err(format!("{} is empty; download it again", path.display())));
         }
         // SAFETY: the map is read-only; like llama.cpp, greve assumes nobody
         // rewrites a model file while it runs.
