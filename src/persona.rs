@@ -36,7 +36,8 @@ impl FromStr for Mode {
             "totale" | "total" | "illimitée" | "illimitee" => Ok(Mode::Totale),
             "perlée" | "perlee" => Ok(Mode::Perlee),
             other => Err(format!(
-                "{other:?} is not a strike mode: use râleuse (raleuse), totale (total), perlée (perlee) or off"
+                "{} is not a strike mode: use râleuse (raleuse), totale (total), perlée (perlee) or off",
+                crate::messages::short(other)
             )),
         }
     }

@@ -142,9 +142,10 @@ fn read_chat(path: &Path) -> anyhow::Result<(Option<String>, Vec<Message>)> {
             "assistant" => Role::Assistant,
             other => {
                 return Err(Failure::Usage.err(format!(
-                    "{}: message {} has role {other:?}; use system, user or assistant",
+                    "{}: message {} has role {}; use system, user or assistant",
                     path.display(),
-                    i + 1
+                    i + 1,
+                    crate::messages::short(other)
                 )))
             }
         };

@@ -59,9 +59,9 @@ impl Transcript {
         })?;
         if file.format != FORMAT || file.version != VERSION {
             return Err(Failure::Usage.err(format!(
-                "{} is a {:?} file of version {}; greve reads {FORMAT:?} version {VERSION}",
+                "{} is a {} file of version {}; greve reads {FORMAT:?} version {VERSION}",
                 path.display(),
-                file.format,
+                crate::messages::short(&file.format),
                 file.version
             )));
         }

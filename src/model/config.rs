@@ -73,8 +73,9 @@ impl Config {
             .find(|a| !supported.contains(&a.as_str()))
         {
             return Err(Failure::ModelInvalid.err(format!(
-                "{}: architecture {arch} is not supported; greve runs MistralForCausalLM models",
-                path.display()
+                "{}: architecture {} is not supported; greve runs MistralForCausalLM models",
+                path.display(),
+                crate::messages::short(arch)
             )));
         }
         if hf.tie_word_embeddings {
@@ -115,7 +116,8 @@ impl Config {
             .unwrap_or("(none)");
         if arch != "llama" {
             return Err(Failure::ModelInvalid.err(format!(
-                "the GGUF architecture is {arch:?}; greve runs Mistral 7B files, whose architecture is \"llama\""
+                "the GGUF architecture is {}; greve runs Mistral 7B files, whose architecture is \"llama\"",
+                crate::messages::short(arch)
             )));
         }
         let get = |key: &str| -> anyhow::Result<&Value> {
