@@ -179,8 +179,14 @@ fn cpu_features(r: &mut Report) -> std::io::Result<()> {
             .collect();
         // greve's own kernels (the Q4_K/Q6_K products and attention) choose
         // at run time; only candle's code is fixed when greve is built.
-        if missing.is_empty() {
-            let have: Vec<&str> = features.iter().filter(|f| f.1).map(|f| f.0).collect();
+        let have: Vec<&str> = features.iter().filter(|f| f.1).map(|f| f.0).collect();
+        if have.is_empty() {
+            r.line(
+                Status::Ok,
+                "cpu",
+                "no AVX2, FMA or F16C: every kernel runs its portable version",
+            )
+        } else if missing.is_empty() {
             r.line(
                 Status::Ok,
                 "cpu",
