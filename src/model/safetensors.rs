@@ -30,6 +30,19 @@ impl SafetensorsSource {
                 folder_of(shards).display()
             )
         })?;
+        // Every tensor's type, before any is used: candle cannot convert
+        // the 8-, 6- and 4-bit float types to the compute dtype.
+        for (name, view) in files.tensors() {
+            let dtype = DType::try_from(view.dtype()).ok();
+            if !matches!(dtype, Some(DType::F32 | DType::F16 | DType::BF16)) {
+                return Err(Failure::ModelInvalid.err(format!(
+                    "tensor {} in {} is stored as {:?}; greve reads f32, f16 and bf16 safetensors (or a GGUF file)",
+                    crate::messages::short(&name),
+                    folder_of(shards).display(),
+                    view.dtype()
+                )));
+            }
+        }
         Ok(SafetensorsSource {
             files,
             folder: folder_of(shards).to_path_buf(),
@@ -58,16 +71,6 @@ impl SafetensorsSource {
 
     fn load(&self, w: Weight, shape: &[usize]) -> anyhow::Result<Tensor> {
         let name = Self::name(w);
-        if let Ok(view) = self.files.get(&name) {
-            let dtype = DType::try_from(view.dtype()).ok();
-            if !matches!(dtype, Some(DType::F32 | DType::F16 | DType::BF16)) {
-                return Err(Failure::ModelInvalid.err(format!(
-                    "tensor {name} in {} is stored as {:?}; greve reads f32, f16 and bf16 safetensors (or a GGUF file)",
-                    self.folder.display(),
-                    view.dtype()
-                )));
-            }
-        }
         let tensor = self
             .files
             .load(&name, &self.device)

@@ -52,6 +52,8 @@ pub enum Level {
 }
 
 /// Every level this CPU runs, the best last.
+// Only x86 has levels above the portable one (yet).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
 pub fn levels() -> Vec<Level> {
     let mut levels = vec![Level::Portable];
     #[cfg(target_arch = "x86_64")]
@@ -207,6 +209,8 @@ pub fn mix<E: Elem>(
     if let Some(scales) = scales {
         assert!(hd.is_multiple_of(GROUP) && scales.len() >= span * hd / GROUP);
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = level;
     #[cfg(target_arch = "x86_64")]
     {
         let (avx512, f16c) = (

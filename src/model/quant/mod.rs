@@ -144,6 +144,7 @@ impl Isa {
 
 /// Every instruction set this CPU can run the kernels with, from the
 /// plainest to the one [`isa`] picks.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
 pub fn isas() -> Vec<Isa> {
     let mut isas = vec![Isa::Scalar];
     #[cfg(target_arch = "x86_64")]
@@ -445,6 +446,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn packed_tiles_give_the_scalar_result() {
         if isa() < Isa::Avx2 {

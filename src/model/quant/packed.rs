@@ -10,7 +10,9 @@
 //! Repacking costs about as much as a few dozen tokens' worth of products,
 //! so only batches of [`MIN_TOKENS`] or more come here.
 
-use super::{q4k, q6k, Format, Q8Block, QK};
+#[cfg(target_arch = "x86_64")]
+use super::Q8Block;
+use super::{q4k, q6k, Format, QK};
 
 /// Rows per tile: one 512-bit register of i32 sums.
 pub const ROWS: usize = 16;
