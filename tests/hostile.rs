@@ -259,7 +259,30 @@ fn safetensors_in_f8_exit_4_naming_the_dtype() {
     let norm = tensors.get_mut("model.norm.weight").unwrap();
     *norm = norm.to_dtype(DType::F8E4M3).unwrap();
     candle_core::safetensors::save(&tensors, &shard).unwrap();
-    assert_refused(&ask(dir.path()), 4, "stored as F8_E4M3");
+    assert_refused(&ask(dir.path()), 4, "\"model.norm.weight\" in");
+    assert_refused(&ask(dir.path()), 4, "is stored as F8_E4M3");
+}
+
+/// A dtype candle cannot even name (4-bit floats): the header is edited so
+/// that the norm's 512 bytes read as 1024 F4 values.
+#[test]
+fn safetensors_in_f4_exit_4() {
+    let dir = tiny_folder();
+    let shard = dir.path().join("model-00001-of-00002.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let norm = &mut header["model.norm.weight"];
+    assert_eq!(norm["dtype"], "BF16");
+    norm["dtype"] = "F4".into();
+    norm["shape"] = serde_json::json!([1024]);
+    let mut text = header.to_string().into_bytes();
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend(&bytes[8 + len..]);
+    std::fs::write(&shard, out).unwrap();
+    assert_refused(&ask(dir.path()), 4, "is stored as F4");
 }
 
 #[test]
