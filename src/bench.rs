@@ -131,7 +131,7 @@ pub fn run(args: &BenchArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
             decode_ratio: mean(&ratios),
             decode_ratio_sd: sd(&ratios),
         }),
-        peak_rss_mib: peak_rss_mib(),
+        peak_rss_mib: crate::system::peak_rss().map(|b| b as f64 / (1 << 20) as f64),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -229,15 +229,7 @@ fn threads() -> usize {
     std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// The process's peak resident memory (Linux's VmHWM).
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+        .unwrap_or_else(crate::system::cores)
 }
 
 #[cfg(test)]

@@ -445,7 +445,7 @@ fn threads(s: &str) -> Result<u16, String> {
 /// Threads: 1 to 4 per core. More only slows a run down, and tens of
 /// thousands make the thread pools fail to start.
 pub fn check_threads(n: u64) -> Result<u16, String> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::system::cores();
     let most = 4 * cores.max(1);
     match u16::try_from(n) {
         Ok(t) if t >= 1 && usize::from(t) <= most => Ok(t),

@@ -85,10 +85,10 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<()> {
         ),
     )?;
 
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::system::cores();
     let threads = args.model.threads.map_or(cores, usize::from);
     r.line(Status::Ok, "threads", format!("{threads} of {cores} cores"))?;
-    match model::available_memory() {
+    match crate::system::available_memory() {
         Some(m) if m < 10_000_000_000 => r.line(
             Status::Warn,
             "memory",

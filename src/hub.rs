@@ -410,7 +410,7 @@ impl<'a> Session<'a> {
             free.map_or("? GB".into(), |f| format!("{:.1} GB", gb(f)))
         ));
         let ram = (total as f64 * ram_per_byte) as u64;
-        if let Some(available) = crate::model::available_memory().filter(|&a| a < ram) {
+        if let Some(available) = crate::system::available_memory().filter(|&a| a < ram) {
             crate::messages::warn(format!(
                 "this model needs about {:.1} GB of memory and {:.1} GB are available; it may swap or fail",
                 gb(ram),

@@ -22,6 +22,7 @@ pub mod repl;
 pub mod resolve;
 pub mod sampler;
 pub mod settings;
+pub mod system;
 pub mod template;
 pub mod tokenize;
 pub mod tokenizer;

@@ -101,7 +101,7 @@ pub fn compute_dtype(files: &ModelFiles, device: &Device, requested: Option<DTyp
                 .filter_map(|p| p.metadata().ok())
                 .map(|m| m.len())
                 .sum();
-            cpu_dtype(on_disk, available_memory())
+            cpu_dtype(on_disk, crate::system::available_memory())
         }
         _ => DType::BF16,
     }
@@ -114,14 +114,6 @@ fn cpu_dtype(weights_on_disk: u64, available: Option<u64>) -> DType {
         Some(free) if weights_on_disk.saturating_mul(2) > free / 5 * 4 => DType::BF16,
         _ => DType::F32,
     }
-}
-
-/// MemAvailable from /proc/meminfo, in bytes (None elsewhere).
-pub fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Resolves and loads the model `spec` names, with a note on stderr when
