@@ -88,11 +88,17 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<()> {
     let cores = crate::system::cores();
     let threads = args.model.threads.map_or(cores, usize::from);
     r.line(Status::Ok, "threads", format!("{threads} of {cores} cores"))?;
+    let needed = model::memory_needed(crate::models::Q4_K_M_BYTES, model::PLANNED_CONTEXT);
     match crate::system::available_memory() {
-        Some(m) if m < 10_000_000_000 => r.line(
+        Some(m) if m < needed => r.line(
             Status::Warn,
             "memory",
-            format!("{:.1} GB available; Mistral 7B Q4_K_M needs about 10 GB with greve today: close programs or use a smaller quantisation (--quant Q3_K_M)", m as f64 / 1e9),
+            format!(
+                "{:.1} GB available; Mistral 7B Q4_K_M needs about {:.1} GB with a {}-token conversation: close programs or use a smaller quantisation (--quant Q3_K_M)",
+                m as f64 / 1e9,
+                needed as f64 / 1e9,
+                model::PLANNED_CONTEXT
+            ),
         )?,
         Some(m) => r.line(Status::Ok, "memory", format!("{:.1} GB available", m as f64 / 1e9))?,
         None => r.line(Status::Skip, "memory", "not readable on this system")?,

@@ -218,9 +218,7 @@ impl Hub {
         match layout {
             Layout::Gguf(pattern) => {
                 let name = session.pick_gguf(&pattern)?;
-                // candle keeps the file's blocks and a repacked copy for its
-                // AVX2 kernels: measured peak ≈ 2.3 × the file (README).
-                session.preflight(std::slice::from_ref(&name), 2.3)?;
+                session.preflight(std::slice::from_ref(&name))?;
                 session.get(&name)
             }
             _ => {
@@ -373,7 +371,7 @@ impl<'a> Session<'a> {
     /// Before a download: the total size, the free disk and the memory the
     /// model will need, on one line; a disk too small is refused, too little
     /// memory is a warning. Nothing to say when everything is cached.
-    fn preflight(&mut self, files: &[String], ram_per_byte: f64) -> anyhow::Result<()> {
+    fn preflight(&mut self, files: &[String]) -> anyhow::Result<()> {
         let Some(api) = &self.api else { return Ok(()) };
         let missing: Vec<&String> = files
             .iter()
@@ -409,7 +407,7 @@ impl<'a> Session<'a> {
             self.hub.cache.display(),
             free.map_or("? GB".into(), |f| format!("{:.1} GB", gb(f)))
         ));
-        let ram = (total as f64 * ram_per_byte) as u64;
+        let ram = crate::model::memory_needed(total, crate::model::PLANNED_CONTEXT);
         if let Some(available) = crate::system::available_memory().filter(|&a| a < ram) {
             crate::messages::warn(format!(
                 "this model needs about {:.1} GB of memory and {:.1} GB are available; it may swap or fail",

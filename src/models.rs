@@ -9,7 +9,14 @@ use crate::model::{self, config::Config, gguf::GgufSource};
 use crate::resolve::{resolve_any, WeightFiles};
 use crate::settings;
 
-/// Lists the presets; sizes are those of the Hub files.
+/// The presets' file sizes on the Hub: every Mistral 7B release has the same
+/// shapes, so the same sizes.
+pub const Q4_K_M_BYTES: u64 = 4_370_000_000;
+const BF16_BYTES: u64 = 14_500_000_000;
+
+/// Lists the presets; sizes are those of the Hub files, memory what
+/// [`model::memory_needed`] says for a conversation of
+/// [`model::PLANNED_CONTEXT`] tokens.
 pub fn list() -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -31,16 +38,25 @@ pub fn list() -> anyhow::Result<()> {
         } else {
             "no account".to_string()
         };
-        // Measured: greve holds a Q4_K_M file twice today (see the README).
+        let needs = |bytes: u64| {
+            let gb = model::memory_needed(bytes, model::PLANNED_CONTEXT) as f64 / 1e9;
+            format!("{gb:.1} GB")
+        };
         writeln!(
             out,
             "{:<26} {:<12} {:>8} {:>10}  no account{default}",
-            p.name, "GGUF Q4_K_M", "4.4 GB", "~10 GB"
+            p.name,
+            "GGUF Q4_K_M",
+            "4.4 GB",
+            needs(Q4_K_M_BYTES)
         )?;
         writeln!(
             out,
             "{:<26} {:<12} {:>8} {:>10}  {token}",
-            "", "safetensors", "14.5 GB", "~16 GB"
+            "",
+            "safetensors",
+            "14.5 GB",
+            needs(BF16_BYTES)
         )?;
     }
     writeln!(out)?;

@@ -116,6 +116,23 @@ fn cpu_dtype(weights_on_disk: u64, available: Option<u64>) -> DType {
     }
 }
 
+/// The context `memory_needed` plans for when the user has not said: a
+/// long conversation, well short of the 32k the models allow.
+pub const PLANNED_CONTEXT: usize = 4096;
+
+/// What running Mistral 7B takes in memory, in bytes: the weights as they
+/// are on disk (a GGUF file is used where it is mapped; safetensors are
+/// copied into bf16, or into f32 only where twice that fits), the f16 KV
+/// cache for `context` tokens (128 KiB a token: 32 layers × 8 KV heads × 128
+/// × K and V × 2 bytes) and about 300 MB of activations and runtime. The one
+/// place this figure is computed: the download pre-flight, `greve models`
+/// and `greve doctor` use it, and the README quotes it.
+pub fn memory_needed(weights_on_disk: u64, context: usize) -> u64 {
+    const KV_PER_TOKEN: u64 = 32 * 8 * 128 * 2 * 2;
+    const RUNTIME: u64 = 300_000_000;
+    weights_on_disk + KV_PER_TOKEN * context as u64 + RUNTIME
+}
+
 /// Resolves and loads the model `spec` names, with a note on stderr when
 /// it is a terminal (loading 4 GB takes a few seconds).
 pub fn open(
@@ -319,6 +336,22 @@ pub(crate) fn read_text(path: &Path) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_needed_is_the_weights_the_kv_cache_and_the_runtime() {
+        // The 7B Q4_K_M file (4.37 GB) with 4096 tokens: 512 MiB of KV cache.
+        assert_eq!(
+            memory_needed(4_370_000_000, 4096),
+            4_370_000_000 + (512 << 20) + 300_000_000
+        );
+        // Measured (README, Performance): peak RSS 4364 MiB at 640 tokens.
+        let measured = 4364u64 << 20;
+        let planned = memory_needed(4_368_000_000, 640);
+        assert!(
+            planned.abs_diff(measured) < measured / 20,
+            "{planned} vs {measured}"
+        );
+    }
 
     #[test]
     fn cpu_dtype_falls_back_to_bf16_when_f32_does_not_fit() {
