@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A Mistral-7B-Instruct-v0.2-shaped safetensors folder with random bf16 weights.
 
-Like ../shared/tools/make-synthetic-gguf.py for GGUF: the cost of running a
+Like make-synthetic-gguf.py beside it for GGUF: the cost of running a
 model does not depend on its weight values, so `greve bench` on this folder
 measures what the real 14.5 GB download would cost on this machine's CPU.
 `--layers N` makes a smaller file (the per-layer cost is the same).

@@ -1,7 +1,7 @@
 //! `greve bench`: how fast this machine runs a model, measured through the
 //! same generation loop as `ask`, on random prompt tokens (so a GGUF file
 //! needs no tokenizer). Prints a small table, or JSON for scripts such as
-//! `../shared/tools/bench-vs-llamacpp.py`.
+//! `benches/bench-vs-llamacpp.py`.
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
