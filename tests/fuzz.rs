@@ -427,14 +427,13 @@ fn fuzz_config_file() {
     });
 }
 
-/// Replays a saved input: `GREVE_FUZZ_REPLAY=FILE GREVE_FUZZ_TARGET=gguf
-/// cargo test --test fuzz replay -- --nocapture` (targets: gguf, transcript,
-/// config-file), printing the outcome.
+/// Not a test: replays a saved input, `GREVE_FUZZ_REPLAY=FILE
+/// GREVE_FUZZ_TARGET=gguf cargo test --test fuzz replay -- --ignored
+/// --nocapture` (targets: gguf, transcript, config-file), printing the outcome.
 #[test]
+#[ignore = "a tool: replays GREVE_FUZZ_REPLAY"]
 fn replay() {
-    let Ok(file) = std::env::var("GREVE_FUZZ_REPLAY") else {
-        return;
-    };
+    let file = std::env::var("GREVE_FUZZ_REPLAY").expect("GREVE_FUZZ_REPLAY names the input");
     let target = std::env::var("GREVE_FUZZ_TARGET").unwrap_or_else(|_| "gguf".into());
     let dir = tempfile::tempdir().unwrap();
     let ext = if target == "gguf" { "gguf" } else { "json" };
