@@ -114,8 +114,8 @@ impl WeightSource for SafetensorsSource {
     }
 
     fn layers(&self) -> usize {
-        let names: Vec<String> = self.files.tensors().into_iter().map(|(n, _)| n).collect();
-        super::transformer::layer_count(names.iter(), "model.layers.")
+        let names = self.files.tensors().into_iter().map(|(name, _)| name);
+        super::transformer::layer_count(names, "model.layers.")
     }
 
     fn rope_layout(&self) -> RopeLayout {

@@ -107,10 +107,15 @@ impl Weight {
 }
 
 /// One past the highest layer number in tensor names `{prefix}N.…`.
-pub(crate) fn layer_count<'a>(names: impl Iterator<Item = &'a String>, prefix: &str) -> usize {
+pub(crate) fn layer_count<S: AsRef<str>>(
+    names: impl IntoIterator<Item = S>,
+    prefix: &str,
+) -> usize {
     names
+        .into_iter()
         .filter_map(|n| {
-            n.strip_prefix(prefix)?
+            n.as_ref()
+                .strip_prefix(prefix)?
                 .split('.')
                 .next()?
                 .parse::<usize>()

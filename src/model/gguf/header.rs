@@ -93,8 +93,7 @@ pub fn parse(file: &[u8]) -> Result<Header, String> {
         }
     }
 
-    let mut tensors = HashMap::new();
-    let mut raw = Vec::new();
+    let mut entries = Vec::new();
     for i in 0..n_tensors {
         let name = r.string(|| format!("the name of tensor {i}"))?;
         let what = || format!("tensor {}", short(&name));
@@ -117,64 +116,59 @@ pub fn parse(file: &[u8]) -> Result<Header, String> {
         let ty = r.u32(what)?;
         let dtype = dtype(ty).map_err(|e| format!("{}: {e}", what()))?;
         let offset = r.u64(what)?;
-        if tensors.contains_key(&name) {
-            return Err(format!("{} appears twice", what()));
-        }
-        raw.push((name.clone(), offset));
-        tensors.insert(
-            name,
-            TensorInfo {
-                dims,
-                dtype,
-                bytes: 0..0,
-            },
-        );
+        entries.push((name, dims, dtype, offset));
     }
 
     let alignment = alignment(&metadata)?;
-    if tensors.is_empty() {
-        return Ok(Header { metadata, tensors });
-    }
+    // Where the data starts depends on the header's length, known only now.
     let data_start = (r.pos as u64).next_multiple_of(alignment);
-    for (name, offset) in &raw {
-        let info = tensors.get_mut(name).expect("every raw entry was inserted");
-        info.bytes = place(name, info, *offset, data_start, alignment, file.len())?;
+    let mut tensors = HashMap::with_capacity(entries.len());
+    for (name, dims, dtype, offset) in entries {
+        let bytes = place(
+            &name,
+            &dims,
+            dtype,
+            offset,
+            data_start,
+            alignment,
+            file.len(),
+        )?;
+        if tensors.contains_key(&name) {
+            return Err(format!("tensor {} appears twice", short(&name)));
+        }
+        tensors.insert(name, TensorInfo { dims, dtype, bytes });
     }
-    check_tiling(&tensors, data_start, alignment, file.len())?;
+    if !tensors.is_empty() {
+        check_tiling(&tensors, data_start, alignment, file.len())?;
+    }
     Ok(Header { metadata, tensors })
 }
 
 /// The bytes of one tensor in the file, in bounds and aligned.
 fn place(
     name: &str,
-    info: &TensorInfo,
+    dims: &[usize],
+    dtype: GgmlDType,
     offset: u64,
     data_start: u64,
     alignment: u64,
     file_len: usize,
 ) -> Result<Range<usize>, String> {
     let what = || format!("tensor {}", short(name));
-    let (block, size) = (info.dtype.block_size(), info.dtype.type_size());
-    let columns = *info.dims.last().expect("at least one dimension");
+    let (block, size) = (dtype.block_size(), dtype.type_size());
+    let columns = *dims.last().expect("at least one dimension");
     if !columns.is_multiple_of(block) {
         return Err(format!(
             "{} has rows of {columns} values, not whole {:?} blocks of {block}",
             what(),
-            info.dtype
+            dtype
         ));
     }
-    let len = info
-        .dims
+    let len = dims
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .and_then(|n| (n / block).checked_mul(size))
-        .ok_or_else(|| {
-            format!(
-                "{} has dimensions {:?} too large to exist",
-                what(),
-                info.dims
-            )
-        })?;
+        .ok_or_else(|| format!("{} has dimensions {:?} too large to exist", what(), dims))?;
     if !offset.is_multiple_of(alignment) {
         return Err(format!(
             "{} starts at offset {offset}, not a multiple of the alignment {alignment}",
@@ -243,11 +237,12 @@ fn check_tiling(
         expected = (range.end as u64).next_multiple_of(alignment) as usize;
         previous = Some(name);
     }
-    let end = tensors.values().map(|t| t.bytes.end).max().unwrap_or(0);
-    if file_len > expected.max(end) {
+    // `expected` is now the last tensor's end, padded: the file may stop
+    // at either.
+    if file_len > expected {
         return Err(format!(
             "{} bytes follow the last tensor's data: a tensor's type or shape does not match its data",
-            file_len - expected.max(end)
+            file_len - expected
         ));
     }
     Ok(())
