@@ -4,9 +4,10 @@
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::{CommandFactory, FromArgMatches, Parser};
-use greve::cli::{Cli, Command};
+use greve::cli::Job;
+use greve::commands;
 use greve::exit::{self, Failure};
+use greve::settings::Settings;
 
 /// Set by the first Ctrl-C: generation stops after the current token.
 static CANCEL: AtomicBool = AtomicBool::new(false);
@@ -16,38 +17,28 @@ static CANCEL: AtomicBool = AtomicBool::new(false);
 static QUIT_ON_SECOND: AtomicBool = AtomicBool::new(true);
 
 fn main() -> ExitCode {
-    let matches = Cli::command()
-        .long_version(greve::docs::long_version())
-        .get_matches();
-    let mut cli = match Cli::from_arg_matches(&matches) {
-        Ok(cli) => cli,
-        Err(e) => e.exit(),
-    };
-    greve::messages::configure(cli.color, cli.quiet);
-    greve::messages::init_logs(cli.verbose);
-    let config_path = greve::config::path();
-    let file_config = match greve::config::load(config_path.as_deref()) {
-        Ok(c) => c,
+    let invocation = greve::cli::parse();
+    greve::messages::configure(invocation.color, invocation.quiet);
+    greve::messages::init_logs(invocation.verbose);
+    match run(invocation) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if exit::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             greve::messages::error(one_line(&err));
-            return ExitCode::from(exit::code_for(&err));
+            ExitCode::from(exit::code_for(&err))
         }
+    }
+}
+
+fn run(invocation: greve::cli::Invocation) -> anyhow::Result<()> {
+    let Some((job, flags, env)) = invocation.job()? else {
+        return Err(Failure::Usage
+            .err("no command; try `greve ask PROMPT`, `greve chat` or `greve --help`"));
     };
-    if cli.command.is_none() {
-        use std::io::IsTerminal;
-        if !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
-            greve::messages::error(
-                "no command; try `greve ask PROMPT`, `greve chat` or `greve --help`",
-            );
-            return ExitCode::from(Failure::Usage.code());
-        }
-        // Plain `greve` in a terminal is `greve chat`, flags from the environment.
-        cli = Cli::parse_from(["greve", "chat"]);
-    }
-    if let Some(command) = &mut cli.command {
-        file_config.apply(command);
-    }
-    if matches!(cli.command, Some(Command::Chat(_))) {
+    let config_path = greve::config_file::path();
+    let file = greve::config_file::load(config_path.as_deref())?;
+    let settings = Settings::resolve(&flags, &env, &file);
+    if matches!(job, Job::Chat) {
         QUIT_ON_SECOND.store(false, Ordering::SeqCst);
     }
     // A second Ctrl-C while the first is being honoured quits at once.
@@ -59,39 +50,23 @@ fn main() -> ExitCode {
     if let Err(e) = handler {
         greve::messages::warn(format!("Ctrl-C will not stop generation cleanly: {e}"));
     }
-    let threads = match &cli.command {
-        Some(Command::Ask(args)) => args.model.threads,
-        Some(Command::Chat(args)) => args.model.threads,
-        Some(Command::Bench(args)) => args.model.threads,
-        _ => None,
-    };
-    if let Some(n) = threads {
+    if let Some(n) = settings.threads.value {
         // Read by candle and by rayon's global pool when they start.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    let result = match &cli.command {
-        Some(Command::Ask(args)) => greve::ask::run(args, &CANCEL),
-        Some(Command::Chat(args)) => greve::repl::run(args, &CANCEL),
-        Some(Command::Bench(args)) => greve::bench::run(args, &CANCEL),
-        Some(Command::Tokenize(args)) => greve::tokenize::run(args),
-        Some(Command::Models) => greve::models::list(),
-        Some(Command::Pull(args)) => greve::models::pull(args),
-        Some(Command::Info(args)) => greve::models::info(args),
-        Some(Command::Completions(args)) => greve::docs::completions(args.shell),
-        Some(Command::Man) => greve::docs::man(),
-        Some(Command::Doctor(args)) => greve::doctor::run(args),
-        Some(Command::Config(args)) => {
-            let sub = matches.subcommand_matches("config").unwrap_or(&matches);
-            greve::config::show(args, sub, &file_config, config_path.as_deref())
-        }
-        None => Ok(()),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) if exit::is_broken_pipe(&err) => ExitCode::SUCCESS,
-        Err(err) => {
-            greve::messages::error(one_line(&err));
-            ExitCode::from(exit::code_for(&err))
+    match job {
+        Job::Ask(request) => commands::ask::run(settings, &request, &CANCEL),
+        Job::Chat => commands::chat::run(settings, &CANCEL),
+        Job::Bench(plan) => commands::bench::run(&settings, &plan, &CANCEL),
+        Job::Tokenize(request) => commands::tokenize::run(&settings, &request),
+        Job::Models => commands::models::list(),
+        Job::Pull => commands::models::pull(&settings),
+        Job::Info => commands::models::info(&settings),
+        Job::Completions(shell) => commands::docs::completions(shell),
+        Job::Man => commands::docs::man(),
+        Job::Doctor => commands::doctor::run(&settings),
+        Job::Config { path_only } => {
+            commands::config::show(&settings, config_path.as_deref(), path_only)
         }
     }
 }

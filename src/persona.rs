@@ -206,6 +206,13 @@ pub fn wrapping(mode: Mode, seed: u64, prompts: &Prompts) -> Wrapping {
     }
 }
 
+/// The strike notice that answers `request` when `mode` strikes this turn
+/// (chosen by `seed`), dated today; `None` when the model answers.
+pub fn strike_notice(mode: Mode, prompts: &Prompts, request: &str, seed: u64) -> Option<String> {
+    mode.strikes(seed)
+        .then(|| notice(prompts, request, &french_date(today()), seed))
+}
+
 /// How many demands a notice lists.
 const NOTICE_DEMANDS: usize = 3;
 

@@ -1,17 +1,31 @@
-//! From parsed flags to the values the work uses: defaults filled in from
-//! the model's `generation_config.json` or greve's own, device and dtype
-//! resolved. Plain functions over plain data.
+//! What a run does, resolved once from everywhere a user can say it, each
+//! value with where it came from (`greve config` prints both).
+//!
+//! Precedence, highest first, applied here and nowhere else:
+//! 1. a flag;
+//! 2. an environment variable (`GREVE_MODEL`, `GREVE_TEMPERATURE`, …);
+//! 3. with `--load`, the saved conversation (its persona and system prompt);
+//! 4. the config file;
+//! 5. the model's `generation_config.json` (sampling and the reply limit);
+//! 6. greve's default.
+//!
+//! Flags and environment arrive as [`Layer`]s from `cli.rs`, the config file
+//! as one from `config_file.rs`; the transcript and the model's defaults are
+//! applied once they have been read. Plain data: no clap type leaves this
+//! module and `cli.rs`.
 
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
+use serde::{Deserialize, Deserializer};
 
-use crate::cli::{DtypeArg, HubArgs, KvCacheArg, ModelArgs, PersonaArgs, SamplingArgs, SystemArgs};
-use crate::exit::{Classify, Failure};
+use crate::exit::Failure;
+use crate::hub::{HubOptions, DEFAULT_MODEL, DEFAULT_QUANT};
 use crate::model::attention::KvType;
 use crate::model::GenerationDefaults;
 use crate::persona::Mode;
 use crate::sampler::SamplingParams;
+use crate::transcript::Transcript;
 
 /// greve's defaults where the model ships none: Mistral's recommended
 /// temperature for its 7B instruct models, nucleus sampling at 0.95, no
@@ -21,140 +35,425 @@ pub const DEFAULT_TOP_P: f32 = 0.95;
 /// The repeat penalty's window, as llama.cpp's.
 pub const DEFAULT_REPEAT_LAST_N: usize = 64;
 
-pub fn sampling_params(args: &SamplingArgs, model: &GenerationDefaults) -> SamplingParams {
-    SamplingParams {
-        temperature: args
-            .temperature
-            .or(model.temperature)
-            .unwrap_or(DEFAULT_TEMPERATURE),
-        top_k: args.top_k.or(model.top_k).unwrap_or(0),
-        top_p: args.top_p.or(model.top_p).unwrap_or(DEFAULT_TOP_P),
-        repeat_penalty: args.repeat_penalty.or(model.repeat_penalty).unwrap_or(1.0),
-        repeat_last_n: args.repeat_last_n.unwrap_or(DEFAULT_REPEAT_LAST_N),
+/// Where a value came from, in decreasing priority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    Flag,
+    Env,
+    Transcript,
+    File,
+    Model,
+    Default,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Flag => "flag",
+            Source::Env => "env",
+            Source::Transcript => "transcript",
+            Source::File => "file",
+            Source::Model => "model",
+            Source::Default => "default",
+        }
     }
 }
 
-/// The sampling seed: `--seed`, else a new one each run (shown by `--stats`
-/// and `--json`, so a reply can be reproduced).
-pub fn seed(args: &SamplingArgs) -> u64 {
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub from: Source,
+}
+
+/// What one place (the flags, the environment, the config file) says; what
+/// it leaves unsaid is `None`. The config file's keys are these fields,
+/// less the flag-only ones.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    pub model: Option<String>,
+    pub quant: Option<String>,
+    #[serde(skip)]
+    pub revision: Option<String>,
+    #[serde(skip)]
+    pub offline: Option<bool>,
+    pub device: Option<String>,
+    #[serde(skip)]
+    pub dtype: Option<DType>,
+    #[serde(default, deserialize_with = "de::threads")]
+    pub threads: Option<u16>,
+    #[serde(default, deserialize_with = "de::kv_cache")]
+    pub kv_cache: Option<KvType>,
+    #[serde(default, deserialize_with = "de::temperature")]
+    pub temperature: Option<f32>,
+    #[serde(default, deserialize_with = "de::probability")]
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    #[serde(default, deserialize_with = "de::positive")]
+    pub repeat_penalty: Option<f32>,
+    pub repeat_last_n: Option<usize>,
+    pub seed: Option<u64>,
+    pub max_tokens: Option<usize>,
+    #[serde(default, deserialize_with = "de::mode")]
+    pub strike: Option<Mode>,
+    pub safe: Option<bool>,
+    pub system: Option<String>,
+    pub prompts: Option<PathBuf>,
+    pub history: Option<bool>,
+    /// A saved conversation to go on from.
+    #[serde(skip)]
+    pub load: Option<PathBuf>,
+    /// Where to save the conversation after the reply (`greve ask`).
+    #[serde(skip)]
+    pub save: Option<PathBuf>,
+}
+
+/// Everything a command needs to know, resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub model: Sourced<String>,
+    /// A GGUF quantisation or `safetensors`; `None`: the preset's default.
+    pub quant: Sourced<Option<String>>,
+    pub revision: Option<String>,
+    pub offline: bool,
+    /// `auto`, `cpu`, `cuda`, `cuda:N` or `metal`; parsed by [`device`].
+    pub device: Sourced<String>,
+    /// `None`: chosen from the device and the memory at load time.
+    pub dtype: Option<DType>,
+    /// `None`: all cores.
+    pub threads: Sourced<Option<u16>>,
+    pub kv_cache: Sourced<KvType>,
+    /// Sampling values left `None` come from the model, else greve.
+    pub temperature: Sourced<Option<f32>>,
+    pub top_p: Sourced<Option<f32>>,
+    pub top_k: Sourced<Option<usize>>,
+    pub repeat_penalty: Sourced<Option<f32>>,
+    pub repeat_last_n: Sourced<usize>,
+    /// Chosen at random when no one gives it (shown by `--stats`, `--json`
+    /// and `/show`, so a reply can be reproduced).
+    pub seed: Sourced<u64>,
+    /// `None`: the model's `max_new_tokens`, else until the context is full.
+    pub max_tokens: Sourced<Option<usize>>,
+    pub strike: Sourced<Mode>,
+    /// The guardrail system prompt (prompts/safe-system.txt).
+    pub safe: Sourced<bool>,
+    /// The user's own system prompt (the persona's is added to it).
+    pub system: Sourced<Option<String>>,
+    /// A folder of prompt files overriding the built-in ones.
+    pub prompts: Sourced<Option<PathBuf>>,
+    /// Whether `greve chat` keeps its input history on disk.
+    pub history: Sourced<bool>,
+    pub load: Option<PathBuf>,
+    pub save: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Flags over environment over the config file over greve's defaults.
+    pub fn resolve(flags: &Layer, env: &Layer, file: &Layer) -> Settings {
+        let layers = Layers([
+            (flags, Source::Flag),
+            (env, Source::Env),
+            (file, Source::File),
+        ]);
+        Settings {
+            model: layers.or(|l| &l.model, DEFAULT_MODEL.to_string()),
+            quant: layers.maybe(|l| &l.quant),
+            revision: flags.revision.clone(),
+            offline: flags.offline.unwrap_or(false),
+            device: layers.or(|l| &l.device, "auto".to_string()),
+            dtype: flags.dtype,
+            threads: layers.maybe(|l| &l.threads),
+            kv_cache: layers.or(|l| &l.kv_cache, KvType::F16),
+            temperature: layers.maybe(|l| &l.temperature),
+            top_p: layers.maybe(|l| &l.top_p),
+            top_k: layers.maybe(|l| &l.top_k),
+            repeat_penalty: layers.maybe(|l| &l.repeat_penalty),
+            repeat_last_n: layers.or(|l| &l.repeat_last_n, DEFAULT_REPEAT_LAST_N),
+            seed: layers.or(|l| &l.seed, random_seed()),
+            max_tokens: layers.maybe(|l| &l.max_tokens),
+            strike: layers.or(|l| &l.strike, Mode::Off),
+            safe: layers.or(|l| &l.safe, false),
+            system: layers.maybe(|l| &l.system),
+            prompts: layers.maybe(|l| &l.prompts),
+            history: layers.or(|l| &l.history, true),
+            load: flags.load.clone(),
+            save: flags.save.clone(),
+        }
+    }
+
+    /// A saved conversation's persona and system prompt, where neither a
+    /// flag nor the environment chose them.
+    pub fn follow(&mut self, transcript: &Transcript) -> anyhow::Result<()> {
+        if self.strike.from > Source::Transcript {
+            self.strike = Sourced {
+                value: transcript.mode()?,
+                from: Source::Transcript,
+            };
+        }
+        if self.system.from > Source::Transcript {
+            self.system = Sourced {
+                value: transcript.system.clone(),
+                from: Source::Transcript,
+            };
+        }
+        Ok(())
+    }
+
+    /// The sampling values, the model's filling what no one set.
+    pub fn sampling(&self, model: &GenerationDefaults) -> SamplingParams {
+        SamplingParams {
+            temperature: self
+                .temperature
+                .value
+                .or(model.temperature)
+                .unwrap_or(DEFAULT_TEMPERATURE),
+            top_k: self.top_k.value.or(model.top_k).unwrap_or(0),
+            top_p: self.top_p.value.or(model.top_p).unwrap_or(DEFAULT_TOP_P),
+            repeat_penalty: self
+                .repeat_penalty
+                .value
+                .or(model.repeat_penalty)
+                .unwrap_or(1.0),
+            repeat_last_n: self.repeat_last_n.value,
+        }
+    }
+
+    /// The most tokens a reply may have (the context caps it further).
+    pub fn reply_limit(&self, model: &GenerationDefaults) -> Option<usize> {
+        self.max_tokens.value.or(model.max_tokens)
+    }
+
+    pub fn hub_options(&self) -> HubOptions {
+        HubOptions {
+            quant: self.quant.value.clone(),
+            revision: self.revision.clone(),
+            offline: self.offline,
+            quiet: crate::messages::quiet(),
+        }
+    }
+
+    /// Where prompt files may override the built-in ones, in increasing
+    /// priority: `prompts/` in greve's config folder (when it exists), then
+    /// the `prompts` setting (which must be a folder).
+    pub fn prompt_folders(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let mut folders: Vec<PathBuf> = directories::ProjectDirs::from("", "", "greve")
+            .map(|d| d.config_dir().join("prompts"))
+            .filter(|d| d.is_dir())
+            .into_iter()
+            .collect();
+        if let Some(dir) = &self.prompts.value {
+            if !dir.is_dir() {
+                return Err(Failure::Usage.err(format!(
+                    "the prompts folder {} (from --prompts, GREVE_PROMPTS or the config file) is not a folder; give a folder of prompt files (see prompts/README.md)",
+                    dir.display()
+                )));
+            }
+            folders.push(dir.clone());
+        }
+        Ok(folders)
+    }
+
+    /// The model these settings name, on their device, with their KV cache.
+    pub fn open_model(&self) -> anyhow::Result<crate::model::Model> {
+        let device = device(&self.device.value)?;
+        let mut model =
+            crate::model::open(&self.model.value, &self.hub_options(), &device, self.dtype)?;
+        model.transformer.set_kv_type(self.kv_cache.value);
+        Ok(model)
+    }
+
+    /// Each setting as `greve config` shows it: key, value, source. A value
+    /// left to the model or to the machine says so.
+    pub fn rows(&self) -> Vec<(&'static str, String, Source)> {
+        fn row<T>(
+            key: &'static str,
+            s: &Sourced<T>,
+            show: impl Fn(&T) -> String,
+        ) -> (&'static str, String, Source) {
+            (key, show(&s.value), s.from)
+        }
+        fn or_else<T: ToString>(fallback: String) -> impl Fn(&Option<T>) -> String {
+            move |v| v.as_ref().map_or_else(|| fallback.clone(), T::to_string)
+        }
+        fn model_or<T: ToString>(greve: impl std::fmt::Display) -> impl Fn(&Option<T>) -> String {
+            or_else(format!("the model's, else {greve}"))
+        }
+        vec![
+            row("model", &self.model, String::clone),
+            row("quant", &self.quant, or_else(DEFAULT_QUANT.into())),
+            row("device", &self.device, String::clone),
+            row("threads", &self.threads, or_else("all cores".into())),
+            row("kv_cache", &self.kv_cache, |k| k.name().into()),
+            row("strike", &self.strike, |m| m.name().into()),
+            row("safe", &self.safe, bool::to_string),
+            row("system", &self.system, |s| {
+                s.as_deref().map_or("none".into(), crate::messages::short)
+            }),
+            row("prompts", &self.prompts, |p| {
+                p.as_ref()
+                    .map_or("built in".into(), |p| p.display().to_string())
+            }),
+            row(
+                "temperature",
+                &self.temperature,
+                model_or(DEFAULT_TEMPERATURE),
+            ),
+            row("top_p", &self.top_p, model_or(DEFAULT_TOP_P)),
+            row("top_k", &self.top_k, model_or("0 (off)")),
+            row("repeat_penalty", &self.repeat_penalty, model_or("1 (off)")),
+            row("repeat_last_n", &self.repeat_last_n, usize::to_string),
+            row(
+                "max_tokens",
+                &self.max_tokens,
+                model_or("up to the context"),
+            ),
+            row("seed", &self.seed, |s| {
+                if self.seed.from == Source::Default {
+                    "random".into()
+                } else {
+                    s.to_string()
+                }
+            }),
+            row("history", &self.history, bool::to_string),
+        ]
+    }
+}
+
+/// The layers in priority order.
+struct Layers<'a>([(&'a Layer, Source); 3]);
+
+impl Layers<'_> {
+    fn pick<T: Clone>(&self, get: impl Fn(&Layer) -> &Option<T>) -> Option<Sourced<T>> {
+        self.0
+            .iter()
+            .find_map(|&(layer, from)| get(layer).clone().map(|value| Sourced { value, from }))
+    }
+
+    fn or<T: Clone>(&self, get: impl Fn(&Layer) -> &Option<T>, default: T) -> Sourced<T> {
+        self.pick(get).unwrap_or(Sourced {
+            value: default,
+            from: Source::Default,
+        })
+    }
+
+    fn maybe<T: Clone>(&self, get: impl Fn(&Layer) -> &Option<T>) -> Sourced<Option<T>> {
+        match self.pick(get) {
+            Some(Sourced { value, from }) => Sourced {
+                value: Some(value),
+                from,
+            },
+            None => Sourced {
+                value: None,
+                from: Source::Default,
+            },
+        }
+    }
+}
+
+fn random_seed() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    args.seed.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-    })
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// How many tokens may be generated: the user's limit (else the model's),
-/// never past the end of the context window.
-pub fn max_tokens(
-    args: &SamplingArgs,
-    model: &GenerationDefaults,
-    prompt: usize,
-    context: usize,
-) -> usize {
-    let room = context.saturating_sub(prompt);
-    args.max_tokens
-        .or(model.max_tokens)
-        .map_or(room, |n| n.min(room))
-}
-
-/// The model to load: `--model` (or GREVE_MODEL), else the default preset.
-pub fn model_spec(model: Option<&str>) -> &str {
-    model.unwrap_or(crate::hub::DEFAULT_MODEL)
-}
-
-pub fn hub_options(args: &HubArgs) -> crate::hub::HubOptions {
-    crate::hub::HubOptions {
-        quant: args.quant.clone(),
-        revision: args.revision.clone(),
-        offline: args.offline,
-        quiet: crate::messages::quiet(),
-    }
-}
-
-/// `--no-strike` wins over `--strike` and `GREVE_STRIKE`; off by default.
-pub fn strike_mode(args: &PersonaArgs) -> Mode {
-    if args.no_strike {
-        Mode::Off
-    } else {
-        args.strike.unwrap_or(Mode::Off)
-    }
-}
-
-/// Where prompt files may override the built-in ones, in increasing
-/// priority: `prompts/` in greve's config folder (when it exists), then
-/// `--prompts DIR` (which must exist).
-pub fn prompt_folders(args: &PersonaArgs) -> anyhow::Result<Vec<PathBuf>> {
-    let mut folders: Vec<PathBuf> = directories::ProjectDirs::from("", "", "greve")
-        .map(|d| d.config_dir().join("prompts"))
-        .filter(|d| d.is_dir())
-        .into_iter()
-        .collect();
-    if let Some(dir) = &args.prompts {
-        if !dir.is_dir() {
-            return Err(Failure::Usage.err(format!(
-                "the prompts folder {} (from --prompts, GREVE_PROMPTS or the config file) is not a folder; give a folder of prompt files (see prompts/README.md)",
-                dir.display()
-            )));
+/// The ranges of values, for flags, environment and the config file alike.
+pub mod check {
+    /// Threads: 1 to 4 per core. More only slows a run down, and tens of
+    /// thousands make the thread pools fail to start.
+    pub fn threads(n: u64) -> Result<u16, String> {
+        let cores = crate::system::cores();
+        let most = 4 * cores.max(1);
+        match u16::try_from(n) {
+            Ok(t) if t >= 1 && usize::from(t) <= most => Ok(t),
+            _ => Err(format!(
+                "must be between 1 and {most} (4 per core; this machine has {cores})"
+            )),
         }
-        folders.push(dir.clone());
     }
-    Ok(folders)
-}
 
-/// The user's own system prompt, from `--system` or `--system-file`.
-pub fn user_system(args: &SystemArgs) -> anyhow::Result<Option<String>> {
-    match (args.system.as_deref(), args.system_file.as_deref()) {
-        (Some(text), _) => Ok(Some(text.to_string())),
-        (None, Some(path)) => {
-            let bytes = std::fs::read(path).classify(Failure::Usage, || {
-                format!("cannot read --system-file {}", path.display())
-            })?;
-            String::from_utf8(bytes).map(Some).map_err(|_| {
-                Failure::Usage.err(format!(
-                    "--system-file {} is not valid UTF-8",
-                    path.display()
-                ))
-            })
+    pub fn non_negative(x: f32) -> Result<f32, String> {
+        if x >= 0.0 && x.is_finite() {
+            Ok(x)
+        } else {
+            Err("must be 0 or more".into())
         }
-        (None, None) => Ok(None),
+    }
+
+    pub fn positive(x: f32) -> Result<f32, String> {
+        if x > 0.0 && x.is_finite() {
+            Ok(x)
+        } else {
+            Err("must be more than 0".into())
+        }
+    }
+
+    pub fn probability(x: f32) -> Result<f32, String> {
+        if x > 0.0 && x <= 1.0 {
+            Ok(x)
+        } else {
+            Err("must be in (0, 1]".into())
+        }
+    }
+
+    pub fn kv_cache(name: &str) -> Result<super::KvType, String> {
+        match name {
+            "f16" => Ok(super::KvType::F16),
+            "q8" => Ok(super::KvType::Q8),
+            _ => Err(format!(
+                "{} is not a KV cache type: use f16 or q8",
+                crate::messages::short(name)
+            )),
+        }
     }
 }
 
-/// The model `--model` and its companions name, on the device they ask for,
-/// with the KV cache type they ask for.
-pub fn open_model(args: &ModelArgs) -> anyhow::Result<crate::model::Model> {
-    let device = device(args.device.as_deref())?;
-    let mut model = crate::model::open(
-        model_spec(args.model.as_deref()),
-        &hub_options(&args.hub),
-        &device,
-        dtype(args.dtype),
-    )?;
-    model.transformer.set_kv_type(kv_type(args.kv_cache));
-    Ok(model)
-}
+/// The config file's values, checked as the flags' are.
+mod de {
+    use super::*;
 
-pub fn kv_type(arg: Option<KvCacheArg>) -> KvType {
-    match arg {
-        None | Some(KvCacheArg::F16) => KvType::F16,
-        Some(KvCacheArg::Q8) => KvType::Q8,
+    fn checked<'de, D: Deserializer<'de>>(
+        d: D,
+        check: fn(f32) -> Result<f32, String>,
+    ) -> Result<Option<f32>, D::Error> {
+        let x = f32::deserialize(d)?;
+        check(x).map(Some).map_err(serde::de::Error::custom)
+    }
+
+    pub fn temperature<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
+        checked(d, check::non_negative)
+    }
+
+    pub fn probability<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
+        checked(d, check::probability)
+    }
+
+    pub fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
+        checked(d, check::positive)
+    }
+
+    pub fn threads<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+        let n = u64::deserialize(d)?;
+        check::threads(n)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+
+    pub fn kv_cache<'de, D: Deserializer<'de>>(d: D) -> Result<Option<KvType>, D::Error> {
+        let name = String::deserialize(d)?;
+        check::kv_cache(&name)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+
+    pub fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mode>, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map(Some).map_err(serde::de::Error::custom)
     }
 }
 
-pub fn dtype(arg: Option<DtypeArg>) -> Option<DType> {
-    arg.map(|d| match d {
-        DtypeArg::F32 => DType::F32,
-        DtypeArg::F16 => DType::F16,
-        DtypeArg::Bf16 => DType::BF16,
-    })
-}
-
-/// `auto` (also when no device is given) takes the GPU this build supports
-/// when one is there, else the CPU.
-pub fn device(spec: Option<&str>) -> anyhow::Result<Device> {
-    let spec = spec.unwrap_or("auto");
+/// `auto` takes the GPU this build supports when one is there, else the CPU.
+pub fn device(spec: &str) -> anyhow::Result<Device> {
     let unknown = || {
         Failure::Usage.err(format!(
             "--device {spec:?} is not a device: use auto, cpu, cuda, cuda:N or metal"
@@ -204,56 +503,152 @@ fn gpu(
 mod tests {
     use super::*;
 
-    fn args() -> SamplingArgs {
-        SamplingArgs {
-            temperature: None,
-            top_p: None,
-            top_k: None,
-            repeat_penalty: None,
-            repeat_last_n: None,
-            seed: None,
-            max_tokens: None,
-        }
+    fn resolve(flags: Layer, env: Layer, file: Layer) -> Settings {
+        Settings::resolve(&flags, &env, &file)
     }
 
     #[test]
-    fn flags_beat_the_model_which_beats_greve() {
+    fn flags_beat_the_environment_which_beats_the_file() {
+        let flags = Layer {
+            temperature: Some(0.1),
+            ..Layer::default()
+        };
+        let env = Layer {
+            temperature: Some(0.2),
+            top_p: Some(0.2),
+            ..Layer::default()
+        };
+        let file = Layer {
+            temperature: Some(0.3),
+            top_p: Some(0.3),
+            top_k: Some(3),
+            ..Layer::default()
+        };
+        let s = resolve(flags, env, file);
+        assert_eq!(
+            (s.temperature.clone(), s.top_p.clone(), s.top_k.clone()),
+            (
+                Sourced {
+                    value: Some(0.1),
+                    from: Source::Flag
+                },
+                Sourced {
+                    value: Some(0.2),
+                    from: Source::Env
+                },
+                Sourced {
+                    value: Some(3),
+                    from: Source::File
+                }
+            )
+        );
+        assert_eq!(s.repeat_penalty.from, Source::Default);
+        assert_eq!(s.model.value, DEFAULT_MODEL);
+    }
+
+    #[test]
+    fn settings_beat_the_model_which_beats_greve() {
         let model = GenerationDefaults {
             temperature: Some(0.3),
             top_p: Some(0.5),
+            max_tokens: Some(7),
             ..Default::default()
         };
-        let mut a = args();
-        a.top_p = Some(0.9);
-        let p = sampling_params(&a, &model);
+        let file = Layer {
+            top_p: Some(0.9),
+            ..Layer::default()
+        };
+        let s = resolve(Layer::default(), Layer::default(), file);
+        let p = s.sampling(&model);
         assert_eq!(
             (p.temperature, p.top_p, p.top_k, p.repeat_penalty),
             (0.3, 0.9, 0, 1.0)
         );
-        let p = sampling_params(&args(), &GenerationDefaults::default());
+        assert_eq!(s.reply_limit(&model), Some(7));
+        let p = s.sampling(&GenerationDefaults::default());
         assert_eq!(p.temperature, DEFAULT_TEMPERATURE);
+        assert_eq!(s.reply_limit(&GenerationDefaults::default()), None);
     }
 
     #[test]
-    fn max_tokens_stays_inside_the_context() {
-        let mut a = args();
-        let none = GenerationDefaults::default();
-        assert_eq!(max_tokens(&a, &none, 10, 100), 90);
-        a.max_tokens = Some(5);
-        assert_eq!(max_tokens(&a, &none, 10, 100), 5);
-        a.max_tokens = Some(500);
-        assert_eq!(max_tokens(&a, &none, 10, 100), 90);
+    fn a_transcript_beats_the_file_but_not_flags_or_environment() {
+        let t = Transcript {
+            system: Some("saved".into()),
+            persona: Some("totale".into()),
+            messages: Vec::new(),
+        };
+        let file = Layer {
+            system: Some("file".into()),
+            strike: Some(Mode::Raleuse),
+            ..Layer::default()
+        };
+        let mut s = resolve(Layer::default(), Layer::default(), file.clone());
+        s.follow(&t).unwrap();
+        assert_eq!(s.system.value.as_deref(), Some("saved"));
+        assert_eq!(
+            (s.strike.value, s.strike.from),
+            (Mode::Totale, Source::Transcript)
+        );
+
+        let flags = Layer {
+            strike: Some(Mode::Off),
+            ..Layer::default()
+        };
+        let env = Layer {
+            system: Some("env".into()),
+            ..Layer::default()
+        };
+        let mut s = resolve(flags, env, file);
+        s.follow(&t).unwrap();
+        assert_eq!(s.system.value.as_deref(), Some("env"));
+        assert_eq!((s.strike.value, s.strike.from), (Mode::Off, Source::Flag));
+
+        let bad = Transcript {
+            persona: Some("lundi".into()),
+            ..t
+        };
+        assert!(
+            resolve(Layer::default(), Layer::default(), Layer::default())
+                .follow(&bad)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn every_row_names_its_source() {
+        let env = Layer {
+            kv_cache: Some(KvType::Q8),
+            seed: Some(5),
+            ..Layer::default()
+        };
+        let s = resolve(Layer::default(), env, Layer::default());
+        let rows = s.rows();
+        let find = |k: &str| rows.iter().find(|r| r.0 == k).unwrap().clone();
+        assert_eq!(find("kv_cache"), ("kv_cache", "q8".into(), Source::Env));
+        assert_eq!(find("seed"), ("seed", "5".into(), Source::Env));
+        assert_eq!(
+            find("temperature"),
+            (
+                "temperature",
+                "the model's, else 0.7".into(),
+                Source::Default
+            )
+        );
+        let random = resolve(Layer::default(), Layer::default(), Layer::default());
+        assert_eq!(
+            random.rows().iter().find(|r| r.0 == "seed").unwrap().1,
+            "random"
+        );
     }
 
     #[test]
     fn devices_are_parsed_and_missing_features_explained() {
-        assert!(device(Some("cpu")).unwrap().is_cpu());
-        assert!(device(None).is_ok());
-        assert!(device(Some("auto")).is_ok());
-        assert!(device(Some("gpu")).is_err());
-        assert!(device(Some("cuda:x")).is_err());
+        assert!(device("cpu").unwrap().is_cpu());
+        assert!(device("auto").is_ok());
+        assert!(device("gpu").is_err());
+        assert!(device("cuda:x").is_err());
         if !cfg!(feature = "cuda") {
-            let err = device(Some("cuda:1")).unwrap_err();
+            let err = device("cuda:1").unwrap_err();
             assert!(format!("{err}").contains("--features cuda"));
         }
     }

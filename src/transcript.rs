@@ -16,6 +16,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::exit::{Classify, Failure};
+use crate::persona::Mode;
 use crate::template::Message;
 
 const FORMAT: &str = "greve-transcript";
@@ -39,6 +40,14 @@ struct File {
 }
 
 impl Transcript {
+    /// The strike mode the conversation was saved with.
+    pub fn mode(&self) -> anyhow::Result<Mode> {
+        match &self.persona {
+            Some(name) => name.parse().map_err(|e: String| Failure::Usage.err(e)),
+            None => Ok(Mode::Off),
+        }
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         // Far above a lifetime of chat; what is loaded is held in memory.
         const MOST: u64 = 256 << 20;

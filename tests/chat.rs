@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::Device;
 use common::{goldens, write_tiny_model};
-use greve::chat::{Chat, ChatConfig};
+use greve::conversation::{Conversation, Options};
 use greve::generate::{generate, Limits};
 use greve::model::{self, Model};
 use greve::persona::{Mode, Prompts};
@@ -31,12 +31,12 @@ fn load(name: &str) -> Model {
     model::load(&files, &Device::Cpu, candle_core::DType::F32).unwrap()
 }
 
-fn chat(name: &str, max_tokens: usize) -> Chat {
+fn chat(name: &str, max_tokens: usize) -> Conversation {
     chat_with(name, max_tokens, Some("Réponds brièvement."))
 }
 
-fn chat_with(name: &str, max_tokens: usize, system: Option<&str>) -> Chat {
-    let config = ChatConfig {
+fn chat_with(name: &str, max_tokens: usize, system: Option<&str>) -> Conversation {
+    let config = Options {
         system: system.map(String::from),
         mode: Mode::Off,
         safe: false,
@@ -45,7 +45,7 @@ fn chat_with(name: &str, max_tokens: usize, system: Option<&str>) -> Chat {
         seed: 0,
         max_tokens: Some(max_tokens),
     };
-    Chat::new(load(name), config)
+    Conversation::new(load(name), config)
 }
 
 /// The reply a model with an empty cache gives to the whole conversation.
@@ -229,7 +229,10 @@ fn strike_toggles_mid_chat_and_bad_commands_do_not_end_it() {
     assert!(out.contains("messages     4"), "{out}");
     let err = text(&o.stderr);
     assert!(err.contains("unknown command /frobnicate"), "{err}");
-    assert!(err.contains("not a valid temperature"), "{err}");
+    assert!(
+        err.contains("temperature \"-1\": must be 0 or more"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -376,5 +379,112 @@ fn unwritable_saves_and_malformed_loads_leave_the_conversation_intact() {
         text(&o.stdout).contains("messages     2"),
         "{}",
         text(&o.stdout)
+    );
+}
+
+/// `--load` brings the saved persona and system prompt, but a flag or a
+/// variable wins over them, in `ask` as in `chat` (they used to disagree).
+#[test]
+fn flags_and_environment_beat_a_loaded_transcript_in_ask_and_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("saved.json");
+    let saved = serde_json::json!({
+        "format": "greve-transcript", "version": 1, "system": "Sauvé.", "persona": "totale",
+        "messages": [{"role": "user", "content": "Salut"}, {"role": "assistant", "content": "Non."}],
+    });
+    std::fs::write(&path, saved.to_string()).unwrap();
+    let p = path.to_str().unwrap();
+    let model = goldens().join("tiny-v1-f16.gguf");
+    let m = model.to_str().unwrap();
+
+    // Without flags, the transcript's persona: totale answers with the notice.
+    let chat = greve(&["chat", "-m", m, "--load", p], "/show\n/system\n");
+    let out = text(&chat.stdout);
+    assert!(
+        out.contains("strike       totale") && out.contains("Sauvé."),
+        "{out}"
+    );
+    let ask = greve(&["ask", "-m", m, "--load", p, "Encore"], "");
+    assert!(text(&ask.stdout).contains("grève"), "{}", text(&ask.stdout));
+
+    // Flags win, in both commands.
+    let flags = [
+        "--strike=off",
+        "--system",
+        "Drapeau.",
+        "-n",
+        "2",
+        "--temperature",
+        "0",
+    ];
+    let chat = greve(
+        &[&["chat", "-m", m, "--load", p][..], &flags].concat(),
+        "/show\n/system\n",
+    );
+    let out = text(&chat.stdout);
+    assert!(
+        out.contains("strike       off") && out.contains("Drapeau."),
+        "{out}"
+    );
+    let ask = greve(
+        &[
+            &["ask", "--verbose-prompt", "-m", m, "--load", p][..],
+            &flags,
+            &["Encore"],
+        ]
+        .concat(),
+        "",
+    );
+    let err = text(&ask.stderr);
+    assert!(
+        err.starts_with("<s>[INST] Drapeau.\n\nSalut [/INST]Non.</s>"),
+        "{err}"
+    );
+
+    // So does the environment, and the config file does not.
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "strike = \"râleuse\"\nsystem = \"Fichier.\"\n").unwrap();
+    let env = [
+        ("GREVE_CONFIG", config.to_str().unwrap()),
+        ("GREVE_STRIKE", "off"),
+    ];
+    let o = common::run(&["chat", "-m", m, "--load", p], b"/show\n/system\n", &env);
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("strike       off") && out.contains("Sauvé."),
+        "{out}"
+    );
+}
+
+/// Both commands honour the model's `max_new_tokens`, and a flag beats it.
+#[test]
+fn ask_and_chat_honour_the_models_reply_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_model(dir.path(), "v1");
+    std::fs::write(
+        dir.path().join("generation_config.json"),
+        r#"{"bos_token_id": 1, "eos_token_id": 2, "max_new_tokens": 3, "temperature": 0.0}"#,
+    )
+    .unwrap();
+    let m = dir.path().to_str().unwrap();
+    // Random weights rarely stop on their own: a reply that stops at the
+    // limit shows the limit is applied.
+    let ask = greve(&["ask", "--json", "-m", m, "Bonjour"], "");
+    assert_eq!(ask.status.code(), Some(0), "{}", text(&ask.stderr));
+    let json: serde_json::Value = serde_json::from_str(&text(&ask.stdout)).unwrap();
+    assert_eq!(json["generated_tokens"], 3, "{json}");
+    assert_eq!(json["finish_reason"], "length", "{json}");
+    let chat = greve(&["chat", "-m", m], "Bonjour\n/stats\n");
+    let out = text(&chat.stdout);
+    assert!(
+        out.starts_with(&format!("{}\n", json["reply"].as_str().unwrap())),
+        "{out}"
+    );
+    assert!(out.contains("reply 3 tokens"), "{out}");
+    let longer = greve(&["chat", "-m", m, "-n", "5"], "Bonjour\n/stats\n");
+    assert!(
+        text(&longer.stdout).contains("reply 5 tokens"),
+        "{}",
+        text(&longer.stdout)
     );
 }

@@ -138,7 +138,10 @@ fn verbose_prompt_and_stats_go_to_stderr() {
         .map(|t| t.to_string())
         .collect();
     assert!(err.lines().any(|l| l == want.join(" ")), "{err}");
-    assert!(err.contains("reply: 3 tokens"), "{err}");
+    assert!(
+        err.contains("reply 3 tokens") && err.contains("| seed "),
+        "{err}"
+    );
 }
 
 #[test]

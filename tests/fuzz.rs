@@ -406,7 +406,13 @@ fn fuzz_transcript() {
                         w.iter().map(|m| m.content.len() + 3).sum::<usize>() + 1
                     ])
                 };
-                greve::chat::fit_window(&t.messages, 0, 64, tokens, &AtomicBool::new(false))?;
+                greve::conversation::fit_window(
+                    &t.messages,
+                    0,
+                    64,
+                    tokens,
+                    &AtomicBool::new(false),
+                )?;
                 Ok(())
             }),
         )
@@ -422,7 +428,7 @@ fn fuzz_config_file() {
         std::fs::write(&path, &input).unwrap();
         (
             input,
-            Box::new(move || greve::config::load(Some(&path)).map(|_| ())),
+            Box::new(move || greve::config_file::load(Some(&path)).map(|_| ())),
         )
     });
 }
@@ -442,7 +448,7 @@ fn replay() {
     let result = match target.as_str() {
         "gguf" => load_and_run(&path),
         "transcript" => greve::transcript::Transcript::load(&path).map(|_| ()),
-        _ => greve::config::load(Some(&path)).map(|_| ()),
+        _ => greve::config_file::load(Some(&path)).map(|_| ()),
     };
     println!(
         "{target}: {:?}",

@@ -348,7 +348,7 @@ fn a_transcript_of_20000_messages_is_fitted_at_once() {
     let o = common::run(&args, b"", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("do not fit the context and were left out"),
+        stderr(&o).contains("oldest 19986 messages left the model's context window"),
         "{}",
         stderr(&o)
     );

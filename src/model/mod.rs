@@ -8,7 +8,7 @@ pub mod attention;
 pub mod config;
 pub mod dense;
 pub mod gguf;
-pub mod kv_cache;
+pub mod gpu_kv_cache;
 pub mod linear;
 pub mod quant;
 pub mod safetensors;

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::attention::{self, HostKvCache, KvType};
 use super::config::Config;
-use super::kv_cache::KvCache;
+use super::gpu_kv_cache::GpuKvCache;
 use super::linear::{Linear, MappedMatrix};
 use crate::exit::{Classify, Failure};
 
@@ -391,7 +391,7 @@ struct Attention {
 /// candle tensors on a GPU.
 enum Cache {
     Host(HostKvCache),
-    Device(KvCache),
+    Device(GpuKvCache),
 }
 
 /// The KV caches of every layer, set aside: see [`Transformer::swap_context`].
@@ -401,7 +401,7 @@ impl Cache {
     fn new(c: &Config, device: &Device, kind: KvType) -> Self {
         match device.is_cpu() {
             true => Cache::Host(HostKvCache::new(c.num_kv_heads, c.head_dim, kind)),
-            false => Cache::Device(KvCache::default()),
+            false => Cache::Device(GpuKvCache::default()),
         }
     }
 

@@ -33,6 +33,15 @@ pub enum KvType {
     Q8,
 }
 
+impl KvType {
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::Q8 => "q8",
+        }
+    }
+}
+
 /// Keys and values of the positions seen so far; the first `len` positions
 /// are valid. Values are (kv_heads, capacity, head_dim); keys hold the same
 /// numbers in blocks of [`kernels::BLOCK`] positions (see [`kernels`]).

@@ -9,26 +9,38 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::cli::BenchArgs;
 use crate::exit::Failure;
 use crate::generate::{generate, Limits, Stats};
 use crate::model;
 use crate::sampler::{Sampler, SamplingParams};
-use crate::settings;
+use crate::settings::{self, Settings};
 
-pub fn run(args: &BenchArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
+/// What to measure, as llama-bench's flags say it.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Prompt length, prefilled in one go (pp).
+    pub prompt_tokens: usize,
+    /// Tokens generated after the prompt (tg).
+    pub gen_tokens: usize,
+    /// Timed runs after the warm-up.
+    pub repetitions: usize,
+    /// Tokens already in the context for the second measurement (0: none).
+    pub depth: usize,
+    pub json: bool,
+}
+
+pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Result<()> {
     if args.prompt_tokens == 0 {
         return Err(Failure::Usage.err("--prompt-tokens must be at least 1"));
     }
-    let files = crate::resolve::resolve_any(
-        settings::model_spec(args.model.model.as_deref()),
-        &settings::hub_options(&args.model.hub),
-    )?;
-    let device = settings::device(args.model.device.as_deref())?;
-    let dtype = model::compute_dtype(&files, &device, settings::dtype(args.model.dtype));
+    // The model as `ask` resolves it, without its tokenizer: the prompt is
+    // random ids, so a bare GGUF will do.
+    let files = crate::resolve::resolve_any(&settings.model.value, &settings.hub_options())?;
+    let device = settings::device(&settings.device.value)?;
+    let dtype = model::compute_dtype(&files, &device, settings.dtype);
     let loading = Instant::now();
     let mut transformer = model::load_transformer(&files, &device, dtype)?;
-    let kv_type = settings::kv_type(args.model.kv_cache);
+    let kv_type = settings.kv_cache.value;
     transformer.set_kv_type(kv_type);
     let load_s = loading.elapsed().as_secs_f64();
     let config = &transformer.config;

@@ -11,14 +11,14 @@ use candle_core::{Result, Tensor};
 const INITIAL_CAPACITY: usize = 256;
 
 #[derive(Default)]
-pub struct KvCache {
+pub struct GpuKvCache {
     /// Keys and values, (batch, kv_heads, capacity, head_dim) each; the first
     /// `len` positions are valid.
     storage: Option<(Tensor, Tensor)>,
     len: usize,
 }
 
-impl KvCache {
+impl GpuKvCache {
     pub fn positions(&self) -> usize {
         self.len
     }
@@ -83,7 +83,7 @@ mod tests {
 
     #[test]
     fn appends_past_the_initial_capacity_and_keeps_order() {
-        let mut cache = KvCache::default();
+        let mut cache = GpuKvCache::default();
         let mut expected = Vec::new();
         let mut pos = 0;
         for n in [200, 100, 1, 300] {
@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn truncate_rewinds_and_new_tokens_overwrite() {
-        let mut cache = KvCache::default();
+        let mut cache = GpuKvCache::default();
         cache.append(&block(0, 5), &block(0, 5)).unwrap();
         cache.truncate(2);
         let (k, _) = cache.append(&block(10, 2), &block(10, 2)).unwrap();

@@ -2,23 +2,37 @@
 //! whole conversation, from any tokenizer source, without loading weights.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cli::TokenizeArgs;
 use crate::exit::{Classify, Failure};
 use crate::model;
-use crate::settings;
+use crate::settings::Settings;
 use crate::template::{self, Message, Role};
 use crate::tokenizer::Tokenizer;
 use crate::transcript::Transcript;
 
-pub fn run(args: &TokenizeArgs) -> anyhow::Result<()> {
-    let tokenizer = model::open_tokenizer(
-        settings::model_spec(args.model.as_deref()),
-        &settings::hub_options(&args.hub),
-    )?;
+/// What to tokenize and how to show it (`greve tokenize --help`).
+#[derive(Clone, Debug, Default)]
+pub struct Request {
+    /// The text (stdin when empty or `-`), or with `decode` the ids.
+    pub text: Vec<String>,
+    pub no_bos: bool,
+    /// Control tokens written out are those tokens.
+    pub special: bool,
+    /// `id<TAB>piece` per line.
+    pub pieces: bool,
+    pub json: bool,
+    pub decode: bool,
+    /// A conversation to render with the instruct format.
+    pub chat: Option<PathBuf>,
+    /// With `chat`, the rendered text before the ids.
+    pub text_out: bool,
+}
+
+pub fn run(settings: &Settings, args: &Request) -> anyhow::Result<()> {
+    let tokenizer = model::open_tokenizer(&settings.model.value, &settings.hub_options())?;
     let mut out = std::io::stdout().lock();
     if args.decode {
         let ids = parse_ids(&args.text, tokenizer.vocab_size())?;
@@ -59,7 +73,7 @@ pub fn run(args: &TokenizeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn encode_text(tokenizer: &Tokenizer, text: &str, args: &TokenizeArgs) -> anyhow::Result<Vec<u32>> {
+fn encode_text(tokenizer: &Tokenizer, text: &str, args: &Request) -> anyhow::Result<Vec<u32>> {
     let mut ids = Vec::new();
     if tokenizer.add_bos() && !args.no_bos {
         ids.push(tokenizer.bos());

@@ -1,8 +1,9 @@
 //! A conversation with a loaded model: the messages, the system prompt and
 //! persona, and the bookkeeping that lets each turn reuse the KV cache.
 //!
-//! No terminal here: `repl.rs` reads lines and prints, this file decides
-//! what the model sees. Each turn renders the whole conversation with the
+//! No terminal here: the front ends (`commands/chat.rs`, and
+//! `commands/ask.rs` for a conversation of one turn) read and print, this
+//! file decides what the model sees. Each turn renders the whole conversation with the
 //! instruct template, keeps the cached tokens it shares with the previous
 //! rendering and prefills only the rest, so the text never depends on the
 //! cache, only the speed. When the conversation outgrows the context, the
@@ -16,13 +17,14 @@ use crate::generate::{generate, Finish, Limits, Stats};
 use crate::model::Model;
 use crate::persona::{self, Mode, Prompts};
 use crate::sampler::{Sampler, SamplingParams};
+use crate::settings::Settings;
 use crate::template::{self, Message, Role};
 use crate::transcript::Transcript;
 
-pub struct Chat {
+pub struct Conversation {
     pub model: Model,
     /// Settings that commands may change between turns.
-    pub config: ChatConfig,
+    pub options: Options,
     /// The whole conversation, alternating user and assistant.
     messages: Vec<Message>,
     /// Index of the first message still in the model's window (a user's).
@@ -44,8 +46,18 @@ pub struct Turn {
     pub dropped: usize,
 }
 
-/// A chat's settings besides the model.
-pub struct ChatConfig {
+/// What happens during a turn, for a front end to show.
+pub enum Event<'a> {
+    /// The prompt the model is about to read: its text with the control
+    /// tokens written out, and its ids.
+    Prompt { text: String, ids: &'a [u32] },
+    /// A generated token.
+    Token(u32),
+}
+
+/// A conversation's settings besides the model.
+#[derive(Clone, Debug)]
+pub struct Options {
     /// The user's own system prompt.
     pub system: Option<String>,
     pub mode: Mode,
@@ -56,11 +68,26 @@ pub struct ChatConfig {
     pub max_tokens: Option<usize>,
 }
 
-impl Chat {
-    pub fn new(model: Model, config: ChatConfig) -> Self {
-        Chat {
+impl Options {
+    /// The resolved settings, the model's defaults filling what they leave.
+    pub fn new(settings: &Settings, prompts: Prompts, model: &Model) -> Self {
+        Options {
+            system: settings.system.value.clone(),
+            mode: settings.strike.value,
+            safe: settings.safe.value,
+            prompts,
+            sampling: settings.sampling(&model.defaults),
+            seed: settings.seed.value,
+            max_tokens: settings.reply_limit(&model.defaults),
+        }
+    }
+}
+
+impl Conversation {
+    pub fn new(model: Model, options: Options) -> Self {
+        Conversation {
             model,
-            config,
+            options,
             messages: Vec::new(),
             first: 0,
             cached: Vec::new(),
@@ -83,7 +110,12 @@ impl Chat {
 
     /// The seed of the next reply.
     pub fn turn_seed(&self) -> u64 {
-        self.config.seed.wrapping_add(self.turns)
+        self.options.seed.wrapping_add(self.turns)
+    }
+
+    /// The seed of the last reply.
+    pub fn last_seed(&self) -> u64 {
+        self.turn_seed().wrapping_sub(1)
     }
 
     /// Answers `text`. `on_token` sees each generated token as it comes.
@@ -92,14 +124,14 @@ impl Chat {
         &mut self,
         text: String,
         cancel: &AtomicBool,
-        on_token: impl FnMut(u32) -> anyhow::Result<()>,
+        on_event: impl FnMut(Event) -> anyhow::Result<()>,
     ) -> anyhow::Result<Turn> {
         if self.messages.last().is_some_and(|m| m.role == Role::User) {
             // A reply that came out empty left the user's turn open: replace it.
             self.messages.pop();
         }
         self.messages.push(Message::user(text));
-        let turn = self.answer(cancel, on_token);
+        let turn = self.answer(cancel, on_event);
         if turn.is_err() {
             self.messages.pop();
         }
@@ -110,18 +142,18 @@ impl Chat {
     pub fn retry(
         &mut self,
         cancel: &AtomicBool,
-        on_token: impl FnMut(u32) -> anyhow::Result<()>,
+        on_event: impl FnMut(Event) -> anyhow::Result<()>,
     ) -> anyhow::Result<Turn> {
         match self.messages.last().map(|m| m.role) {
             Some(Role::Assistant) => {
                 let reply = self.messages.pop();
-                let turn = self.answer(cancel, on_token);
+                let turn = self.answer(cancel, on_event);
                 if turn.is_err() {
                     self.messages.extend(reply);
                 }
                 turn
             }
-            Some(Role::User) => self.answer(cancel, on_token),
+            Some(Role::User) => self.answer(cancel, on_event),
             None => Err(Failure::Usage.err("nothing to retry: the conversation is empty")),
         }
     }
@@ -145,35 +177,38 @@ impl Chat {
 
     pub fn transcript(&self) -> Transcript {
         Transcript {
-            system: self.config.system.clone(),
-            persona: (self.config.mode != Mode::Off).then(|| self.config.mode.name().to_string()),
+            system: self.options.system.clone(),
+            persona: (self.options.mode != Mode::Off).then(|| self.options.mode.name().to_string()),
             messages: self.messages.clone(),
         }
     }
 
+    /// Goes on from saved messages (their settings are applied by the
+    /// caller: see [`Settings::follow`]).
+    pub fn restore(&mut self, messages: Vec<Message>) {
+        self.messages = messages;
+        self.first = 0;
+    }
+
     /// Replaces the conversation and its settings with a saved one.
     pub fn load(&mut self, t: Transcript) -> anyhow::Result<()> {
-        self.config.mode = match &t.persona {
-            Some(name) => name.parse().map_err(|e: String| Failure::Usage.err(e))?,
-            None => Mode::Off,
-        };
-        self.config.system = t.system;
-        self.messages = t.messages;
-        self.first = 0;
+        self.options.mode = t.mode()?;
+        self.options.system = t.system;
+        self.restore(t.messages);
         Ok(())
     }
 
     fn answer(
         &mut self,
         cancel: &AtomicBool,
-        on_token: impl FnMut(u32) -> anyhow::Result<()>,
+        mut on_event: impl FnMut(Event) -> anyhow::Result<()>,
     ) -> anyhow::Result<Turn> {
         let seed = self.turn_seed();
         self.turns += 1;
-        if self.config.mode.strikes(seed) {
-            let request = self.messages.last().map_or("", |m| m.content.as_str());
-            let date = persona::french_date(crate::persona::today());
-            let notice = persona::notice(&self.config.prompts, request, &date, seed);
+        let request = self.messages.last().map_or("", |m| m.content.as_str());
+        if let Some(notice) =
+            persona::strike_notice(self.options.mode, &self.options.prompts, request, seed)
+        {
             self.messages.push(Message::assistant(notice.clone()));
             return Ok(Turn {
                 text: notice,
@@ -183,6 +218,10 @@ impl Chat {
             });
         }
         let (ids, dropped) = self.fit(cancel)?;
+        on_event(Event::Prompt {
+            text: self.prompt_text()?,
+            ids: &ids,
+        })?;
         let reuse = common_prefix(&self.cached, &ids);
         log::debug!(
             "turn {}: {} prompt tokens, {reuse} in the KV cache",
@@ -190,17 +229,15 @@ impl Chat {
             ids.len()
         );
         let context = self.model.transformer.config.context_length;
-        let max_tokens = self
-            .config
-            .max_tokens
-            .map_or(context - ids.len(), |n| n.min(context - ids.len()));
+        let room = context - ids.len();
+        let max_tokens = self.options.max_tokens.map_or(room, |n| n.min(room));
         let mut stop = self.model.defaults.eos_token_id.clone();
         stop.push(self.model.tokenizer.eos());
         let limits = Limits {
             max_tokens,
             stop: &stop,
         };
-        let mut sampler = Sampler::new(self.config.sampling.clone(), seed);
+        let mut sampler = Sampler::new(self.options.sampling.clone(), seed);
         // Until generation succeeds the cache holds an unknown mix.
         self.cached.clear();
         let g = generate(
@@ -210,7 +247,7 @@ impl Chat {
             &mut sampler,
             &limits,
             cancel,
-            on_token,
+            |token| on_event(Event::Token(token)),
         )?;
         let mut cached = ids;
         cached.extend(&g.tokens);
@@ -229,13 +266,33 @@ impl Chat {
         })
     }
 
+    fn system_prompt(&self) -> Option<String> {
+        let o = &self.options;
+        persona::system_prompt(o.mode, o.safe, o.system.as_deref(), &o.prompts)
+    }
+
+    /// The model's window of the conversation as text, control tokens
+    /// written out.
+    fn prompt_text(&self) -> anyhow::Result<String> {
+        let system = self.system_prompt();
+        let window = &self.messages[self.first..];
+        let pieces = template::render(self.model.tokenizer.format(), system.as_deref(), window)?;
+        Ok(template::to_text(&pieces))
+    }
+
     /// The prompt for the conversation so far, moving the window past the
     /// oldest exchanges until it leaves room for a reply.
     fn fit(&mut self, cancel: &AtomicBool) -> anyhow::Result<(Vec<u32>, usize)> {
         let context = self.model.transformer.config.context_length;
-        let c = &self.config;
-        let reserve = c.max_tokens.unwrap_or(context / 8).min(context / 2).max(1);
-        let system = persona::system_prompt(c.mode, c.safe, c.system.as_deref(), &c.prompts);
+        // Room kept for the reply: the limit asked for, else an eighth of
+        // the context, never more than half of it.
+        let reserve = self
+            .options
+            .max_tokens
+            .unwrap_or(context / 8)
+            .min(context / 2)
+            .max(1);
+        let system = self.system_prompt();
         let format = self.model.tokenizer.format();
         let tokenizer = &self.model.tokenizer;
         let measure = |window: &[Message]| -> anyhow::Result<Vec<u32>> {

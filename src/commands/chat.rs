@@ -1,7 +1,7 @@
 //! `greve chat`: the interactive front end (rustyline) and its scripted twin
 //! for when stdin is not a terminal. Both read messages and slash commands,
-//! hand them to [`Chat`], and print what comes back; the conversation logic
-//! lives in `chat.rs`.
+//! hand them to a [`Conversation`], and print what comes back; the
+//! conversation logic lives in `conversation.rs`.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -15,35 +15,19 @@ use rustyline::history::{FileHistory, History};
 use rustyline::validate::Validator;
 use rustyline::{Context, Editor, Helper};
 
-use crate::chat::{Chat, ChatConfig, Turn};
-use crate::cli::ChatArgs;
+use super::reply::{self, speak};
+use crate::conversation::{Conversation, Turn};
 use crate::exit::Failure;
 use crate::generate::Finish;
-use crate::persona::{self, Mode, Prompts};
-use crate::settings;
-use crate::tokenizer::StreamDecoder;
+use crate::persona::Mode;
+use crate::settings::{check, Settings};
 use crate::transcript::Transcript;
 
-pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
-    let prompts = Prompts::load(&settings::prompt_folders(&args.persona)?)?;
-    let system = settings::user_system(&args.system)?;
-    let transcript = args.load.as_deref().map(Transcript::load).transpose()?;
-    let model = settings::open_model(&args.model)?;
-    let config = ChatConfig {
-        system,
-        mode: settings::strike_mode(&args.persona),
-        safe: args.persona.safe,
-        prompts,
-        sampling: settings::sampling_params(&args.sampling, &model.defaults),
-        seed: settings::seed(&args.sampling),
-        max_tokens: args.sampling.max_tokens,
-    };
-    let mut chat = Chat::new(model, config);
-    if let Some(t) = transcript {
-        chat.load(t)?;
-    }
+pub fn run(settings: Settings, cancel: &AtomicBool) -> anyhow::Result<()> {
+    let keep_history = settings.history.value;
+    let mut chat = reply::start(settings)?.open()?;
     if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
-        interactive(&mut chat, cancel, !args.no_history)
+        interactive(&mut chat, cancel, keep_history)
     } else {
         scripted(&mut chat, cancel)
     }
@@ -51,7 +35,7 @@ pub fn run(args: &ChatArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
 
 /// One message per line, or per `"""` block; each reply is followed by a
 /// blank line.
-fn scripted(chat: &mut Chat, cancel: &AtomicBool) -> anyhow::Result<()> {
+fn scripted(chat: &mut Conversation, cancel: &AtomicBool) -> anyhow::Result<()> {
     let mut lines = std::io::stdin().lines().map_while(Result::ok);
     let mut out = std::io::stdout().lock();
     while let Some(first) = lines.next() {
@@ -70,7 +54,11 @@ fn scripted(chat: &mut Chat, cancel: &AtomicBool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn interactive(chat: &mut Chat, cancel: &AtomicBool, keep_history: bool) -> anyhow::Result<()> {
+fn interactive(
+    chat: &mut Conversation,
+    cancel: &AtomicBool,
+    keep_history: bool,
+) -> anyhow::Result<()> {
     let mut editor: Editor<SlashCompleter, FileHistory> = Editor::new()?;
     editor.set_helper(Some(SlashCompleter));
     let history = keep_history.then(history_path).flatten();
@@ -84,7 +72,7 @@ fn interactive(chat: &mut Chat, cancel: &AtomicBool, keep_history: bool) -> anyh
     ));
     let mut out = std::io::stdout();
     loop {
-        let marker = match chat.config.mode {
+        let marker = match chat.options.mode {
             Mode::Off => String::new(),
             mode => format!(" ✊ {}", mode.name()),
         };
@@ -224,14 +212,14 @@ enum Flow {
 
 /// A line from the user: a command, or a message for the model.
 fn handle(
-    chat: &mut Chat,
+    chat: &mut Conversation,
     line: &str,
     out: &mut impl Write,
     cancel: &AtomicBool,
 ) -> anyhow::Result<Flow> {
     let Some(slash) = parse_slash(line) else {
-        let turn = speak(chat, out, |chat, on_token| {
-            chat.send(line.to_string(), cancel, on_token)
+        let turn = speak(chat, out, false, |chat, on_event| {
+            chat.send(line.to_string(), cancel, on_event)
         });
         match turn {
             Ok(turn) => report(&turn),
@@ -255,32 +243,45 @@ fn handle(
 
 /// Runs a command; true when it ends the chat.
 fn command(
-    chat: &mut Chat,
+    chat: &mut Conversation,
     slash: Slash,
     out: &mut impl Write,
     cancel: &AtomicBool,
 ) -> anyhow::Result<bool> {
     match slash {
         Slash::Help => writeln!(out, "{HELP}")?,
-        Slash::System(None) => match &chat.config.system {
+        Slash::System(None) => match &chat.options.system {
             Some(s) => writeln!(out, "{s}")?,
             None => writeln!(out, "(no system prompt)")?,
         },
         Slash::System(Some(text)) => {
-            chat.config.system = Some(text).filter(|t| t != "-");
-            crate::messages::note(format!("system prompt {}", if chat.config.system.is_some() { "set" } else { "removed" }));
+            chat.options.system = Some(text).filter(|t| t != "-");
+            crate::messages::note(format!(
+                "system prompt {}",
+                if chat.options.system.is_some() {
+                    "set"
+                } else {
+                    "removed"
+                }
+            ));
         }
         Slash::Reset => {
             chat.reset();
             crate::messages::note("new conversation");
         }
         Slash::Retry => {
-            let turn = speak(chat, out, |chat, on_token| chat.retry(cancel, on_token))?;
+            let turn = speak(chat, out, false, |chat, on_event| {
+                chat.retry(cancel, on_event)
+            })?;
             report(&turn);
         }
         Slash::Undo => {
             let undone = chat.undo();
-            crate::messages::note(if undone { "last exchange removed" } else { "nothing to undo" });
+            crate::messages::note(if undone {
+                "last exchange removed"
+            } else {
+                "nothing to undo"
+            });
         }
         Slash::Set(key, value) => {
             set(chat, &key, &value)?;
@@ -288,17 +289,7 @@ fn command(
         }
         Slash::Show => show(chat, out)?,
         Slash::Stats => match &chat.last {
-            Some(s) => writeln!(
-                out,
-                "prompt {} tokens ({} prefilled, {} reused from the cache), {:.1} tokens/s | reply {} tokens, {:.1} tokens/s | first token after {:.0} ms",
-                s.prompt_tokens,
-                s.prefilled_tokens(),
-                s.reused_tokens,
-                s.prefill_tokens_per_second(),
-                s.generated_tokens,
-                s.decode_tokens_per_second(),
-                s.time_to_first_token.as_secs_f64() * 1e3
-            )?,
+            Some(s) => writeln!(out, "{}", reply::stats_line(s, chat.last_seed()))?,
             None => writeln!(out, "(no reply yet)")?,
         },
         Slash::Save(path) => {
@@ -307,14 +298,18 @@ fn command(
         }
         Slash::Load(path) => {
             chat.load(Transcript::load(&path)?)?;
-            crate::messages::note(format!("loaded {} messages from {}", chat.messages().len(), path.display()));
+            crate::messages::note(format!(
+                "loaded {} messages from {}",
+                chat.messages().len(),
+                path.display()
+            ));
         }
         Slash::Strike(arg) => {
             let mode: Mode = match arg.as_deref() {
                 None => Mode::Raleuse,
                 Some(a) => a.parse().map_err(|e: String| Failure::Usage.err(e))?,
             };
-            chat.config.mode = mode;
+            chat.options.mode = mode;
             crate::messages::note(format!("strike {}", mode.name()));
         }
         Slash::Bye => return Ok(true),
@@ -324,44 +319,37 @@ fn command(
                 .iter()
                 .find(|c| c[1..].starts_with(&name[..name.len().min(2)]))
                 .map_or(String::new(), |c| format!(" (did you mean {c}?)"));
-            return Err(Failure::Usage.err(format!("unknown command /{name}{hint}; /help lists them")));
+            return Err(
+                Failure::Usage.err(format!("unknown command /{name}{hint}; /help lists them"))
+            );
         }
     }
     Ok(false)
 }
 
-fn set(chat: &mut Chat, key: &str, value: &str) -> anyhow::Result<()> {
-    let bad = || Failure::Usage.err(format!("{value:?} is not a valid {key}"));
-    let number = || {
+fn set(chat: &mut Conversation, key: &str, value: &str) -> anyhow::Result<()> {
+    let bad = |why: String| Failure::Usage.err(format!("{key} {value:?}: {why}"));
+    let number = |check: fn(f32) -> Result<f32, String>| {
         value
             .parse::<f32>()
-            .ok()
-            .filter(|x| x.is_finite())
-            .ok_or_else(bad)
+            .map_err(|_| "not a number".to_string())
+            .and_then(check)
+            .map_err(bad)
     };
-    let p = &mut chat.config.sampling;
+    let whole = || {
+        value
+            .parse::<u64>()
+            .map_err(|_| bad("not a whole number".into()))
+    };
+    let p = &mut chat.options.sampling;
     match key {
-        "temperature" => {
-            p.temperature = number().and_then(|x| if x >= 0.0 { Ok(x) } else { Err(bad()) })?
-        }
-        "top_p" => {
-            p.top_p = number().and_then(|x| {
-                if x > 0.0 && x <= 1.0 {
-                    Ok(x)
-                } else {
-                    Err(bad())
-                }
-            })?
-        }
-        "top_k" => p.top_k = value.parse().map_err(|_| bad())?,
-        "repeat_penalty" => {
-            p.repeat_penalty = number().and_then(|x| if x > 0.0 { Ok(x) } else { Err(bad()) })?
-        }
-        "seed" => chat.config.seed = value.parse().map_err(|_| bad())?,
-        "max_tokens" => {
-            chat.config.max_tokens =
-                Some(value.parse().map_err(|_| bad())?).filter(|&n: &usize| n > 0)
-        }
+        "temperature" => p.temperature = number(check::non_negative)?,
+        "top_p" => p.top_p = number(check::probability)?,
+        "repeat_penalty" => p.repeat_penalty = number(check::positive)?,
+        "top_k" => p.top_k = whole()? as usize,
+        "seed" => chat.options.seed = whole()?,
+        // 0: no limit but the context.
+        "max_tokens" => chat.options.max_tokens = Some(whole()? as usize).filter(|&n| n > 0),
         _ => {
             return Err(Failure::Usage.err(format!(
             "no setting {key:?}: use temperature, top_p, top_k, seed, max_tokens or repeat_penalty"
@@ -371,11 +359,11 @@ fn set(chat: &mut Chat, key: &str, value: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn show(chat: &Chat, out: &mut impl Write) -> anyhow::Result<()> {
+fn show(chat: &Conversation, out: &mut impl Write) -> anyhow::Result<()> {
     let (used, context) = chat.context();
-    let p = &chat.config.sampling;
+    let p = &chat.options.sampling;
     writeln!(out, "model        {}", chat.model.name)?;
-    writeln!(out, "strike       {}", chat.config.mode.name())?;
+    writeln!(out, "strike       {}", chat.options.mode.name())?;
     writeln!(out, "context      {used} of {context} tokens in the cache")?;
     writeln!(out, "messages     {}", chat.messages().len())?;
     writeln!(
@@ -385,58 +373,14 @@ fn show(chat: &Chat, out: &mut impl Write) -> anyhow::Result<()> {
         p.top_p,
         p.top_k,
         p.repeat_penalty,
-        chat.config.seed,
-        chat.config.max_tokens.map_or("none".to_string(), |n| n.to_string())
+        chat.options.seed,
+        chat.options.max_tokens.map_or("none".to_string(), |n| n.to_string())
     )?;
     Ok(())
 }
 
-/// Prints one reply as it streams, with the persona's letterhead and
-/// sign-off around it; a strike notice comes whole.
-fn speak(
-    chat: &mut Chat,
-    out: &mut impl Write,
-    answer: impl FnOnce(&mut Chat, &mut dyn FnMut(u32) -> anyhow::Result<()>) -> anyhow::Result<Turn>,
-) -> anyhow::Result<Turn> {
-    let strikes = chat.config.mode.strikes(chat.turn_seed());
-    let wrapping = persona::wrapping(chat.config.mode, chat.turn_seed(), &chat.config.prompts);
-    if let (false, Some(letterhead)) = (strikes, &wrapping.letterhead) {
-        let letterhead =
-            crate::messages::for_stdout(letterhead, crate::messages::letterhead_style());
-        write!(out, "{letterhead}\n\n")?;
-        out.flush()?;
-    }
-    let tokenizer = chat.model.tokenizer.clone();
-    let mut decoder = StreamDecoder::default();
-    let mut on_token = |token: u32| -> anyhow::Result<()> {
-        if let Some(text) = decoder.push(&tokenizer, token)? {
-            out.write_all(text.as_bytes())?;
-            out.flush()?;
-        }
-        Ok(())
-    };
-    let turn = answer(chat, &mut on_token)?;
-    if turn.notice {
-        write!(out, "{}", turn.text)?;
-    } else if let Some(rest) = decoder.finish(&tokenizer)? {
-        write!(out, "{rest}")?;
-    }
-    writeln!(out)?;
-    if let (false, Some(signoff)) = (turn.notice, &wrapping.signoff) {
-        let signoff = crate::messages::for_stdout(signoff, crate::messages::signoff_style());
-        writeln!(out, "\n{signoff}")?;
-    }
-    out.flush()?;
-    Ok(turn)
-}
-
 fn report(turn: &Turn) {
-    if turn.dropped > 0 {
-        crate::messages::warn(format!(
-            "the oldest {} messages left the model's context window (still in the transcript)",
-            turn.dropped
-        ));
-    }
+    reply::report_dropped(turn);
     if turn.finish == Finish::Interrupted {
         crate::messages::warn("reply interrupted; it stays in the conversation");
     } else if turn.text.trim().is_empty() {

@@ -5,11 +5,11 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::cli::DoctorArgs;
 use crate::exit::Failure;
 use crate::hub::{Hub, HubOptions};
+use crate::model;
+use crate::settings::Settings;
 use crate::template::{self, Format, Message};
-use crate::{model, settings};
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Status {
@@ -60,7 +60,7 @@ const V3_IDS: [u32; 32] = [
     3, 16185, 1534, 4441, 1249, 15067, 29491, 781, 781, 29533, 2323, 1615, 25661, 29491, 4,
 ];
 
-pub fn run(args: &DoctorArgs) -> anyhow::Result<()> {
+pub fn run(settings: &Settings) -> anyhow::Result<()> {
     let mut r = Report {
         worst: Status::Ok,
         out: std::io::stdout().lock(),
@@ -68,7 +68,7 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<()> {
     r.line(
         Status::Ok,
         "version",
-        crate::docs::long_version().replace('\n', "; "),
+        crate::commands::docs::long_version().replace('\n', "; "),
     )?;
     cpu_features(&mut r)?;
     let capped = match std::env::var("GREVE_KERNELS") {
@@ -86,9 +86,12 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<()> {
     )?;
 
     let cores = crate::system::cores();
-    let threads = args.model.threads.map_or(cores, usize::from);
+    let threads = settings.threads.value.map_or(cores, usize::from);
     r.line(Status::Ok, "threads", format!("{threads} of {cores} cores"))?;
-    let needed = model::memory_needed(crate::models::Q4_K_M_BYTES, model::PLANNED_CONTEXT);
+    let needed = model::memory_needed(
+        crate::commands::models::Q4_K_M_BYTES,
+        model::PLANNED_CONTEXT,
+    );
     match crate::system::available_memory() {
         Some(m) if m < needed => r.line(
             Status::Warn,
@@ -121,7 +124,7 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<()> {
     };
     r.line(gpu.0, "gpu", gpu.1)?;
 
-    let offline = args.model.hub.offline;
+    let offline = settings.offline;
     let hub = Hub::from_env(offline);
     cache(&mut r, &hub.cache)?;
     r.line(
@@ -150,7 +153,7 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<()> {
             )?,
         }
     }
-    template_check(&mut r, args)?;
+    template_check(&mut r, settings)?;
     drop(r.out);
     if r.worst == Status::Fail {
         return Err(Failure::Usage.err("doctor found problems (the FAIL lines above)"));
@@ -291,11 +294,11 @@ fn folder_size(folder: &Path) -> u64 {
 
 /// The instruct template, rendered with the model's tokenizer (from the
 /// cache only), must give mistral-common's ids for the sample conversation.
-fn template_check(r: &mut Report, args: &DoctorArgs) -> std::io::Result<()> {
-    let spec = settings::model_spec(args.model.model.as_deref());
+fn template_check(r: &mut Report, settings: &Settings) -> std::io::Result<()> {
+    let spec = settings.model.value.as_str();
     let opts = HubOptions {
         offline: true,
-        ..settings::hub_options(&args.model.hub)
+        ..settings.hub_options()
     };
     let tokenizer = match model::open_tokenizer(spec, &opts) {
         Ok(t) => t,

@@ -3,11 +3,10 @@
 
 use std::io::Write;
 
-use crate::cli::{InfoArgs, PullArgs};
 use crate::hub::{self, DEFAULT_MODEL, DEFAULT_QUANT, PRESETS};
 use crate::model::{self, config::Config, gguf::GgufSource};
 use crate::resolve::{resolve_any, WeightFiles};
-use crate::settings;
+use crate::settings::{self, Settings};
 
 /// The presets' file sizes on the Hub: every Mistral 7B release has the same
 /// shapes, so the same sizes.
@@ -69,9 +68,9 @@ pub fn list() -> anyhow::Result<()> {
 }
 
 /// Downloads what `--model` would load, and says where it is.
-pub fn pull(args: &PullArgs) -> anyhow::Result<()> {
-    let spec = settings::model_spec(args.model.as_deref());
-    let files = resolve_any(spec, &settings::hub_options(&args.hub))?;
+pub fn pull(settings: &Settings) -> anyhow::Result<()> {
+    let spec = settings.model.value.as_str();
+    let files = resolve_any(spec, &settings.hub_options())?;
     let path = match &files.weights {
         WeightFiles::Gguf(path) => path.clone(),
         WeightFiles::Safetensors { config, .. } => {
@@ -79,19 +78,19 @@ pub fn pull(args: &PullArgs) -> anyhow::Result<()> {
         }
     };
     writeln!(std::io::stdout().lock(), "{}", path.display())?;
-    if hub::parse(spec, &settings::hub_options(&args.hub)).is_none() {
+    if hub::parse(spec, &settings.hub_options()).is_none() {
         crate::messages::note(format!("{spec} is a local model: nothing to download"));
     }
     Ok(())
 }
 
 /// What `--model` resolves to, without loading the weights.
-pub fn info(args: &InfoArgs) -> anyhow::Result<()> {
-    let spec = settings::model_spec(args.model.model.as_deref());
-    let hub_opts = settings::hub_options(&args.model.hub);
+pub fn info(settings: &Settings) -> anyhow::Result<()> {
+    let spec = settings.model.value.as_str();
+    let hub_opts = settings.hub_options();
     let files = resolve_any(spec, &hub_opts)?;
-    let device = settings::device(args.model.device.as_deref())?;
-    let dtype = model::compute_dtype(&files, &device, settings::dtype(args.model.dtype));
+    let device = settings::device(&settings.device.value)?;
+    let dtype = model::compute_dtype(&files, &device, settings.dtype);
     let tokenizer = model::open_tokenizer(spec, &hub_opts)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "model        {spec}")?;

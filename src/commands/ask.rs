@@ -1,0 +1,152 @@
+//! `greve ask`: one prompt in, one reply out. The reply streams to stdout as
+//! it is generated and nothing else goes there; notes and stats go to stderr.
+//! It is a conversation of one turn, through the same code as `greve chat`.
+
+use std::io::{Read, Write};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use super::reply::{self, speak};
+use crate::conversation::{Conversation, Event, Turn};
+use crate::exit::{Classify, Failure};
+use crate::generate::Finish;
+use crate::persona::{self, Mode, Wrapping};
+use crate::settings::Settings;
+
+/// What `greve ask` was asked, besides the settings.
+#[derive(Clone, Debug, Default)]
+pub struct Request {
+    /// The prompt's words; stdin when empty or `-`.
+    pub prompt: Vec<String>,
+    /// Print one JSON object instead of streaming text.
+    pub json: bool,
+    /// Token counts and speeds on stderr after the reply.
+    pub stats: bool,
+    /// The rendered prompt and its ids on stderr before the reply.
+    pub verbose_prompt: bool,
+}
+
+/// A conversation of one turn: `greve chat`'s, printed the same way.
+pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow::Result<()> {
+    let prompt = read_prompt(&request.prompt)?;
+    let start = reply::start(settings)?;
+    let (mode, seed) = (start.settings.strike.value, start.settings.seed.value);
+    // No model is needed, or even loaded, to go on strike.
+    if let Some(notice) = persona::strike_notice(mode, &start.prompts, &prompt, seed) {
+        return print_notice(&notice, mode, seed, request.json);
+    }
+    let save = start.settings.save.clone();
+    let loading = Instant::now();
+    let mut conversation = start.open()?;
+    let load_time = loading.elapsed();
+
+    let wrapping = persona::wrapping(mode, seed, &conversation.options.prompts);
+    let send = |c: &mut Conversation, on_event: &mut dyn FnMut(Event) -> anyhow::Result<()>| {
+        c.send(prompt, cancel, on_event)
+    };
+    let turn = if request.json {
+        speak(
+            &mut conversation,
+            &mut std::io::sink(),
+            request.verbose_prompt,
+            send,
+        )?
+    } else {
+        speak(
+            &mut conversation,
+            &mut std::io::stdout().lock(),
+            request.verbose_prompt,
+            send,
+        )?
+    };
+    reply::report_dropped(&turn);
+    if request.json {
+        print_json(&conversation, &turn, &wrapping, load_time)?;
+    }
+    if let (true, Some(stats)) = (request.stats, &conversation.last) {
+        eprintln!("{}", reply::stats_line(stats, seed));
+    }
+    if let Some(path) = &save {
+        conversation.transcript().save(path)?;
+    }
+    if turn.finish == Finish::Interrupted {
+        return Err(Failure::Interrupted.err("interrupted"));
+    }
+    Ok(())
+}
+
+/// The prompt from the arguments, or stdin when there are none or the only
+/// one is `-`. Trailing whitespace (the newline of `echo`) is dropped.
+fn read_prompt(args: &[String]) -> anyhow::Result<String> {
+    let text = if args.is_empty() || args == ["-"] {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .classify(Failure::Usage, || {
+                "cannot read the prompt from stdin".into()
+            })?;
+        String::from_utf8(bytes).map_err(|e| {
+            Failure::Usage.err(format!(
+                "the prompt on stdin is not valid UTF-8 (at byte {}); convert it, e.g. with iconv -t UTF-8",
+                e.utf8_error().valid_up_to()
+            ))
+        })?
+    } else {
+        args.join(" ")
+    };
+    let text = text.trim_end().to_string();
+    if text.trim().is_empty() {
+        return Err(Failure::Usage
+            .err("the prompt is empty: write it after `greve ask`, or pipe it on stdin"));
+    }
+    Ok(text)
+}
+
+/// What `--json` reports about one answered prompt.
+fn print_json(
+    conversation: &Conversation,
+    turn: &Turn,
+    wrapping: &Wrapping,
+    load_time: Duration,
+) -> anyhow::Result<()> {
+    let s = conversation.last.clone().unwrap_or_default();
+    let value = serde_json::json!({
+        "model": conversation.model.name,
+        "persona": conversation.options.mode.name(),
+        "letterhead": wrapping.letterhead,
+        "reply": turn.text,
+        "signoff": wrapping.signoff,
+        "finish_reason": turn.finish,
+        "prompt_tokens": s.prompt_tokens,
+        "generated_tokens": s.generated_tokens,
+        "seed": conversation.options.seed,
+        "load_ms": load_time.as_secs_f64() * 1e3,
+        "ttft_ms": s.time_to_first_token.as_secs_f64() * 1e3,
+        "prefill_tok_s": s.prefill_tokens_per_second(),
+        "decode_tok_s": s.decode_tokens_per_second(),
+    });
+    print_line(&value.to_string())
+}
+
+/// The strike notice, in place of a reply.
+fn print_notice(notice: &str, mode: Mode, seed: u64, json: bool) -> anyhow::Result<()> {
+    if json {
+        let value = serde_json::json!({
+            "persona": mode.name(),
+            "notice": notice,
+            "reply": null,
+            "finish_reason": "strike",
+            "seed": seed,
+        });
+        print_line(&value.to_string())
+    } else {
+        print_line(notice)
+    }
+}
+
+fn print_line(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! What `greve ask` and `greve chat` share: a conversation started from the
+//! settings, and the printer of its replies.
+
+use std::io::Write;
+
+use crate::conversation::{Conversation, Event, Options, Turn};
+use crate::generate::Stats;
+use crate::messages;
+use crate::persona::{self, Prompts};
+use crate::settings::Settings;
+use crate::template::Message;
+use crate::tokenizer::StreamDecoder;
+use crate::transcript::Transcript;
+
+/// A conversation before its model is loaded: the settings, after the saved
+/// conversation they may follow (`--load`), and the persona's texts.
+pub struct Start {
+    pub settings: Settings,
+    pub prompts: Prompts,
+    messages: Vec<Message>,
+}
+
+pub fn start(mut settings: Settings) -> anyhow::Result<Start> {
+    let transcript = settings.load.as_deref().map(Transcript::load).transpose()?;
+    if let Some(t) = &transcript {
+        settings.follow(t)?;
+    }
+    let prompts = Prompts::load(&settings.prompt_folders()?)?;
+    Ok(Start {
+        settings,
+        prompts,
+        messages: transcript.map(|t| t.messages).unwrap_or_default(),
+    })
+}
+
+impl Start {
+    /// Loads the model and goes on from the saved messages, if any.
+    pub fn open(self) -> anyhow::Result<Conversation> {
+        let model = self.settings.open_model()?;
+        let options = Options::new(&self.settings, self.prompts, &model);
+        let mut conversation = Conversation::new(model, options);
+        conversation.restore(self.messages);
+        Ok(conversation)
+    }
+}
+
+/// Prints one reply to `out` as it streams, with the persona's letterhead
+/// and sign-off around it; a strike notice comes whole. With `show_prompt`,
+/// the prompt's text and ids go to stderr first.
+pub fn speak(
+    conversation: &mut Conversation,
+    out: &mut impl Write,
+    show_prompt: bool,
+    answer: impl FnOnce(
+        &mut Conversation,
+        &mut dyn FnMut(Event) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Turn>,
+) -> anyhow::Result<Turn> {
+    let o = &conversation.options;
+    let wrapping = persona::wrapping(o.mode, conversation.turn_seed(), &o.prompts);
+    let tokenizer = conversation.model.tokenizer.clone();
+    let mut decoder = StreamDecoder::default();
+    let mut on_event = |event: Event| -> anyhow::Result<()> {
+        match event {
+            Event::Prompt { text, ids } => {
+                if show_prompt {
+                    let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+                    eprintln!("{text}\n{}", ids.join(" "));
+                }
+                if let Some(letterhead) = &wrapping.letterhead {
+                    let letterhead = messages::for_stdout(letterhead, messages::letterhead_style());
+                    write!(out, "{letterhead}\n\n")?;
+                    out.flush()?;
+                }
+            }
+            Event::Token(token) => {
+                if let Some(text) = decoder.push(&tokenizer, token)? {
+                    out.write_all(text.as_bytes())?;
+                    out.flush()?;
+                }
+            }
+        }
+        Ok(())
+    };
+    let turn = answer(conversation, &mut on_event)?;
+    if turn.notice {
+        write!(out, "{}", turn.text)?;
+    } else if let Some(rest) = decoder.finish(&tokenizer)? {
+        write!(out, "{rest}")?;
+    }
+    writeln!(out)?;
+    if let (false, Some(signoff)) = (turn.notice, &wrapping.signoff) {
+        let signoff = messages::for_stdout(signoff, messages::signoff_style());
+        writeln!(out, "\n{signoff}")?;
+    }
+    out.flush()?;
+    Ok(turn)
+}
+
+/// Says when the oldest messages left the model's window to make room.
+pub fn report_dropped(turn: &Turn) {
+    if turn.dropped > 0 {
+        messages::warn(format!(
+            "the oldest {} messages left the model's context window (still in the transcript)",
+            turn.dropped
+        ));
+    }
+}
+
+/// One line on a reply's speed: `--stats` and `/stats`.
+pub fn stats_line(s: &Stats, seed: u64) -> String {
+    format!(
+        "prompt {} tokens ({} prefilled, {} reused from the cache), {:.1} tokens/s | reply {} tokens, {:.1} tokens/s | first token after {:.0} ms | seed {seed}",
+        s.prompt_tokens,
+        s.prefilled_tokens(),
+        s.reused_tokens,
+        s.prefill_tokens_per_second(),
+        s.generated_tokens,
+        s.decode_tokens_per_second(),
+        s.time_to_first_token.as_secs_f64() * 1e3
+    )
+}
