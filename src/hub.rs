@@ -218,7 +218,8 @@ impl Hub {
         match layout {
             Layout::Gguf(pattern) => {
                 let name = session.pick_gguf(&pattern)?;
-                session.preflight(std::slice::from_ref(&name))?;
+                // The header is not read yet: the cache planned for is 7B's.
+                session.preflight(std::slice::from_ref(&name), crate::model::KV_PER_TOKEN_7B)?;
                 session.get(&name)
             }
             _ => {
@@ -228,12 +229,16 @@ impl Hub {
                     Ok(path) => shard_names(path)?,
                     Err(_) => vec!["model.safetensors".to_string()],
                 };
-                for file in ["tokenizer.json", "tokenizer_config.json"]
+                let files: Vec<String> = ["tokenizer.json", "tokenizer_config.json"]
                     .iter()
                     .map(|s| s.to_string())
                     .chain(shards)
-                {
-                    session.get(&file)?;
+                    .collect();
+                let kv_per_token =
+                    crate::model::config::Config::from_json_file(&config)?.kv_bytes_per_token();
+                session.preflight(&files, kv_per_token)?;
+                for file in &files {
+                    session.get(file)?;
                 }
                 // Not every repo has one; the defaults then apply.
                 let _ = session.get("generation_config.json");
@@ -371,7 +376,7 @@ impl<'a> Session<'a> {
     /// Before a download: the total size, the free disk and the memory the
     /// model will need, on one line; a disk too small is refused, too little
     /// memory is a warning. Nothing to say when everything is cached.
-    fn preflight(&mut self, files: &[String]) -> anyhow::Result<()> {
+    fn preflight(&mut self, files: &[String], kv_per_token: u64) -> anyhow::Result<()> {
         let Some(api) = &self.api else { return Ok(()) };
         let missing: Vec<&String> = files
             .iter()
@@ -407,7 +412,7 @@ impl<'a> Session<'a> {
             self.hub.cache.display(),
             free.map_or("? GB".into(), |f| format!("{:.1} GB", gb(f)))
         ));
-        let ram = crate::model::memory_needed(total, crate::model::PLANNED_CONTEXT);
+        let ram = crate::model::memory_needed(total, kv_per_token, crate::model::PLANNED_CONTEXT);
         if let Some(available) = crate::system::available_memory().filter(|&a| a < ram) {
             crate::messages::warn(format!(
                 "this model needs about {:.1} GB of memory and {:.1} GB are available; it may swap or fail",

@@ -22,5 +22,6 @@ pub mod sampler;
 pub mod settings;
 pub mod system;
 pub mod template;
+pub mod text_file;
 pub mod tokenizer;
 pub mod transcript;

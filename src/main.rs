@@ -62,8 +62,8 @@ fn run(invocation: greve::cli::Invocation) -> anyhow::Result<()> {
         Job::Models => commands::models::list(),
         Job::Pull => commands::models::pull(&settings),
         Job::Info => commands::models::info(&settings),
-        Job::Completions(shell) => commands::docs::completions(shell),
-        Job::Man => commands::docs::man(),
+        Job::Completions(shell) => greve::cli::docs::completions(shell),
+        Job::Man => greve::cli::docs::man(),
         Job::Doctor => commands::doctor::run(&settings),
         Job::Config { path_only } => {
             commands::config::show(&settings, config_path.as_deref(), path_only)

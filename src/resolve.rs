@@ -12,25 +12,8 @@ use serde::Deserialize;
 
 use crate::exit::{Classify, Failure};
 use crate::hub::{self, Hub, HubOptions};
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct ModelFiles {
-    /// What the user named, for messages.
-    pub name: String,
-    pub weights: WeightFiles,
-    pub tokenizer: Option<PathBuf>,
-    pub tokenizer_config: Option<PathBuf>,
-    pub generation_config: Option<PathBuf>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum WeightFiles {
-    Safetensors {
-        config: PathBuf,
-        shards: Vec<PathBuf>,
-    },
-    Gguf(PathBuf),
-}
+use crate::model::{ModelFiles, WeightFiles};
+use crate::tokenizer::Tokenizer;
 
 const INDEX: &str = "model.safetensors.index.json";
 
@@ -46,6 +29,17 @@ pub fn resolve_any(spec: &str, opts: &HubOptions) -> anyhow::Result<ModelFiles> 
     let mut files = resolve(&local.to_string_lossy())?;
     files.name = spec.to_string();
     Ok(files)
+}
+
+/// The tokenizer alone, without weights (`greve tokenize`, `info`,
+/// `doctor`): a tokenizer.json (with the tokenizer_config.json beside it),
+/// or any model `spec` names, whose tokenizer.json or GGUF metadata is read
+/// (a vocabulary-only GGUF will do).
+pub fn open_tokenizer(spec: &str, opts: &HubOptions) -> anyhow::Result<Tokenizer> {
+    match crate::model::tokenizer_json_at(Path::new(spec)) {
+        Some(tokenizer) => tokenizer,
+        None => crate::model::load_tokenizer(&resolve_any(spec, opts)?),
+    }
 }
 
 /// A local model folder or GGUF file.
@@ -126,7 +120,7 @@ fn safetensors_shards(dir: &Path, spec: &str) -> anyhow::Result<Vec<PathBuf>> {
         struct Index {
             weight_map: std::collections::HashMap<String, String>,
         }
-        let text = crate::model::read_text(&index)?;
+        let text = crate::text_file::read_text(&index)?;
         let parsed: Index = serde_json::from_str(&text).classify(Failure::ModelInvalid, || {
             format!("{} is not a valid index", index.display())
         })?;

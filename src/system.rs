@@ -1,5 +1,5 @@
-//! Small facts about the machine and the process: memory, cores, peak
-//! footprint. Below every other module, so that the Hub, the model and the
+//! Small facts about the machine, the process and the build: memory,
+//! cores, peak footprint, what the binary was compiled for. Below every other module, so that the Hub, the model and the
 //! front ends can all ask without importing one another.
 
 /// The cores this process may run on.
@@ -24,6 +24,44 @@ fn proc_kib(file: &str, key: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The version line and how this binary was built: its GPU backends and
+/// the CPU features compiled in. greve's own kernels choose AVX2 or
+/// AVX-512 at run time whatever the build; candle's follow the build.
+pub fn long_version() -> String {
+    let compiled = [
+        ("avx", cfg!(target_feature = "avx")),
+        ("avx2", cfg!(target_feature = "avx2")),
+        ("fma", cfg!(target_feature = "fma")),
+        ("f16c", cfg!(target_feature = "f16c")),
+        ("avx512f", cfg!(target_feature = "avx512f")),
+        ("neon", cfg!(target_feature = "neon")),
+    ];
+    let cpu: Vec<&str> = compiled.iter().filter(|f| f.1).map(|f| f.0).collect();
+    let gpu: Vec<&str> = [
+        ("cuda", cfg!(feature = "cuda")),
+        ("metal", cfg!(feature = "metal")),
+    ]
+    .iter()
+    .filter(|f| f.1)
+    .map(|f| f.0)
+    .collect();
+    format!(
+        "{}\nbuilt for {} with CPU features: {}\nGPU backends: {}",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH,
+        if cpu.is_empty() {
+            "baseline (greve's kernels choose at run time)".to_string()
+        } else {
+            cpu.join(" ")
+        },
+        if gpu.is_empty() {
+            "none (cargo features cuda, metal)".to_string()
+        } else {
+            gpu.join(" ")
+        }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,6 +72,16 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(available_memory().unwrap() > 0);
             assert!(peak_rss().unwrap() > 0);
+        }
+    }
+
+    #[test]
+    fn the_long_version_names_the_build() {
+        let v = long_version();
+        assert!(v.starts_with(env!("CARGO_PKG_VERSION")));
+        assert!(v.contains("CPU features:") && v.contains("GPU backends:"));
+        if cfg!(target_feature = "avx2") {
+            assert!(v.contains("avx2"));
         }
     }
 }

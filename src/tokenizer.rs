@@ -41,7 +41,7 @@ impl Tokenizer {
     /// Loads a Hugging Face `tokenizer.json`.
     pub fn from_json_file(path: &Path, special: &SpecialTokens) -> anyhow::Result<Self> {
         let invalid = || format!("cannot read the tokenizer {}", path.display());
-        let text = crate::model::read_text(path)?;
+        let text = crate::text_file::read_text(path)?;
         let mut json: serde_json::Value =
             serde_json::from_str(&text).classify(Failure::ModelInvalid, invalid)?;
         use_sentencepiece_spacing(&mut json);

@@ -292,6 +292,48 @@ fn a_download_larger_than_the_disk_is_refused_before_it_starts() {
         .exists());
 }
 
+/// The safetensors weights get the same pre-flight as a GGUF file, once
+/// config.json and the index (small, fetched first) have said which shards
+/// there are: too large for the disk, nothing of them is downloaded.
+#[test]
+fn a_safetensors_download_gets_the_same_pre_flight() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    let model = tempfile::tempdir().unwrap();
+    write_tiny_model(model.path(), "v1");
+    let index = model.path().join("model.safetensors.index.json");
+    std::fs::write(
+        &index,
+        r#"{"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
+            "b": "model-00002-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
+    let dir = cache_repo(
+        home.path(),
+        "test-org/big",
+        &[
+            ("config.json".into(), model.path().join("config.json")),
+            ("model.safetensors.index.json".into(), index),
+        ],
+    );
+    let listing = r#"{"sha": "0123456789abcdef0123456789abcdef01234567", "siblings": [
+        {"rfilename": "model-00001-of-00002.safetensors", "size": 700000000000000},
+        {"rfilename": "model-00002-of-00002.safetensors", "lfs": {"size": 800000000000000}}]}"#;
+    let hub = stub_hub_with_body("200 OK", "Content-Type: application/json\r\n", listing);
+    let o = greve(
+        &["ask", "-m", "test-org/big", "hi"],
+        &[("HF_HOME", h), ("HF_ENDPOINT", &hub)],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    let e = err(&o);
+    assert!(
+        e.contains("downloading 1500000.00 GB from test-org/big"),
+        "{e}"
+    );
+    assert!(e.contains("free some space or set HF_HOME"), "{e}");
+    assert_eq!(std::fs::read_dir(dir.join("blobs")).unwrap().count(), 2);
+}
+
 #[test]
 fn doctor_checks_the_cache_and_the_template() {
     let home = tempfile::tempdir().unwrap();

@@ -68,7 +68,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
     r.line(
         Status::Ok,
         "version",
-        crate::commands::docs::long_version().replace('\n', "; "),
+        crate::system::long_version().replace('\n', "; "),
     )?;
     cpu_features(&mut r)?;
     let capped = match std::env::var("GREVE_KERNELS") {
@@ -90,6 +90,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
     r.line(Status::Ok, "threads", format!("{threads} of {cores} cores"))?;
     let needed = model::memory_needed(
         crate::commands::models::Q4_K_M_BYTES,
+        model::KV_PER_TOKEN_7B,
         model::PLANNED_CONTEXT,
     );
     match crate::system::available_memory() {
@@ -300,7 +301,7 @@ fn template_check(r: &mut Report, settings: &Settings) -> std::io::Result<()> {
         offline: true,
         ..settings.hub_options()
     };
-    let tokenizer = match model::open_tokenizer(spec, &opts) {
+    let tokenizer = match crate::resolve::open_tokenizer(spec, &opts) {
         Ok(t) => t,
         Err(_) => {
             return r.line(

@@ -4,8 +4,9 @@
 use std::io::Write;
 
 use crate::hub::{self, DEFAULT_MODEL, DEFAULT_QUANT, PRESETS};
+use crate::model::WeightFiles;
 use crate::model::{self, config::Config, gguf::GgufSource};
-use crate::resolve::{resolve_any, WeightFiles};
+use crate::resolve::resolve_any;
 use crate::settings::{self, Settings};
 
 /// The presets' file sizes on the Hub: every Mistral 7B release has the same
@@ -38,7 +39,9 @@ pub fn list() -> anyhow::Result<()> {
             "no account".to_string()
         };
         let needs = |bytes: u64| {
-            let gb = model::memory_needed(bytes, model::PLANNED_CONTEXT) as f64 / 1e9;
+            let gb = model::memory_needed(bytes, model::KV_PER_TOKEN_7B, model::PLANNED_CONTEXT)
+                as f64
+                / 1e9;
             format!("{gb:.1} GB")
         };
         writeln!(
@@ -91,7 +94,7 @@ pub fn info(settings: &Settings) -> anyhow::Result<()> {
     let files = resolve_any(spec, &hub_opts)?;
     let device = settings::device(&settings.device.value)?;
     let dtype = model::compute_dtype(&files, &device, settings.dtype);
-    let tokenizer = model::open_tokenizer(spec, &hub_opts)?;
+    let tokenizer = crate::resolve::open_tokenizer(spec, &hub_opts)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "model        {spec}")?;
     let (config, format, paths, tokenizer_source) = match &files.weights {
@@ -128,7 +131,7 @@ pub fn info(settings: &Settings) -> anyhow::Result<()> {
     };
     writeln!(out, "format       {format}")?;
     for path in &paths {
-        let size = path.metadata().map_or(0, |m| m.len());
+        let size = file_size(path);
         writeln!(
             out,
             "file         {} ({:.2} GB)",
@@ -154,5 +157,20 @@ pub fn info(settings: &Settings) -> anyhow::Result<()> {
         tokenizer.format()
     )?;
     writeln!(out, "compute      {dtype:?} on {device:?}")?;
+    let weights: u64 = match &files.weights {
+        WeightFiles::Gguf(path) => file_size(path),
+        WeightFiles::Safetensors { shards, .. } => shards.iter().map(|p| file_size(p)).sum(),
+    };
+    let context = model::PLANNED_CONTEXT.min(config.context_length);
+    let needed = model::memory_needed(weights, config.kv_bytes_per_token(), context);
+    writeln!(
+        out,
+        "memory       about {:.1} GB with a {context}-token conversation",
+        needed as f64 / 1e9
+    )?;
     Ok(())
+}
+
+fn file_size(path: &std::path::Path) -> u64 {
+    path.metadata().map_or(0, |m| m.len())
 }

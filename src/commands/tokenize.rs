@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::exit::{Classify, Failure};
-use crate::model;
 use crate::settings::Settings;
 use crate::template::{self, Message, Role};
 use crate::tokenizer::Tokenizer;
@@ -32,7 +31,7 @@ pub struct Request {
 }
 
 pub fn run(settings: &Settings, args: &Request) -> anyhow::Result<()> {
-    let tokenizer = model::open_tokenizer(&settings.model.value, &settings.hub_options())?;
+    let tokenizer = crate::resolve::open_tokenizer(&settings.model.value, &settings.hub_options())?;
     let mut out = std::io::stdout().lock();
     if args.decode {
         let ids = parse_ids(&args.text, tokenizer.vocab_size())?;

@@ -62,7 +62,7 @@ fn default_theta() -> f32 {
 
 impl Config {
     pub fn from_json_file(path: &Path) -> anyhow::Result<Self> {
-        let text = super::read_text(path)?;
+        let text = crate::text_file::read_text(path)?;
         let hf: HfConfig = serde_json::from_str(&text).classify(Failure::ModelInvalid, || {
             format!("{} is not a valid model config", path.display())
         })?;
@@ -176,6 +176,14 @@ impl Config {
     /// Each size positive and within bounds far above any real model, so
     /// that no product of them overflows and nothing is sized from a forged
     /// number before the weights' own shapes are compared with them.
+    /// The f16 KV cache a token takes: keys and values of every layer.
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        [self.num_layers, self.num_kv_heads, self.head_dim, 2, 2]
+            .iter()
+            .map(|&n| n as u64)
+            .product()
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         let sizes = [
             ("vocab_size", self.vocab_size, 1 << 24),

@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod config;
 pub mod dense;
+mod files;
 pub mod gguf;
 pub mod gpu_kv_cache;
 pub mod linear;
@@ -21,10 +22,10 @@ use candle_core::{DType, Device};
 use serde::Deserialize;
 
 use crate::exit::{Classify, Failure};
-use crate::hub::HubOptions;
-use crate::resolve::{ModelFiles, WeightFiles};
+use crate::text_file::read_json;
 use crate::tokenizer::{SpecialTokens, Tokenizer};
 use config::Config;
+pub use files::{ModelFiles, WeightFiles};
 use transformer::Transformer;
 
 /// A buffer the work items of one parallel loop write in disjoint parts
@@ -120,34 +121,35 @@ fn cpu_dtype(weights_on_disk: u64, available: Option<u64>) -> DType {
 /// long conversation, well short of the 32k the models allow.
 pub const PLANNED_CONTEXT: usize = 4096;
 
-/// What running Mistral 7B takes in memory, in bytes: the weights as they
-/// are on disk (a GGUF file is used where it is mapped; safetensors are
-/// copied into bf16, or into f32 only where twice that fits), the f16 KV
-/// cache for `context` tokens (128 KiB a token: 32 layers × 8 KV heads × 128
-/// × K and V × 2 bytes) and about 300 MB of activations and runtime. The one
-/// place this figure is computed: the download pre-flight, `greve models`
-/// and `greve doctor` use it, and the README quotes it.
-pub fn memory_needed(weights_on_disk: u64, context: usize) -> u64 {
-    const KV_PER_TOKEN: u64 = 32 * 8 * 128 * 2 * 2;
+/// The f16 KV cache of Mistral 7B, a token: 32 layers × 8 KV heads × 128 ×
+/// K and V × 2 bytes (128 KiB), for sizing a file before it is read.
+pub const KV_PER_TOKEN_7B: u64 = 32 * 8 * 128 * 2 * 2;
+
+/// What running a model takes in memory, in bytes: the weights as they are
+/// on disk (a GGUF file is used where it is mapped; safetensors are copied
+/// into bf16, or into f32 only where twice that fits), the f16 KV cache for
+/// `context` tokens ([`Config::kv_bytes_per_token`]) and about 300 MB of
+/// activations and runtime. The one place this figure is computed: the
+/// download pre-flight, `greve models`, `greve info` and `greve doctor`
+/// use it, and the README quotes it.
+pub fn memory_needed(weights_on_disk: u64, kv_per_token: u64, context: usize) -> u64 {
     const RUNTIME: u64 = 300_000_000;
-    weights_on_disk + KV_PER_TOKEN * context as u64 + RUNTIME
+    weights_on_disk + kv_per_token * context as u64 + RUNTIME
 }
 
-/// Resolves and loads the model `spec` names, with a note on stderr when
-/// it is a terminal (loading 4 GB takes a few seconds).
+/// Loads a model's files with the dtype [`compute_dtype`] picks, with a
+/// note on stderr when it is a terminal (loading 4 GB takes a few seconds).
 pub fn open(
-    spec: &str,
-    hub: &HubOptions,
+    files: &ModelFiles,
     device: &Device,
     requested: Option<DType>,
 ) -> anyhow::Result<Model> {
-    let files = crate::resolve::resolve_any(spec, hub)?;
-    let dtype = compute_dtype(&files, device, requested);
+    let dtype = compute_dtype(files, device, requested);
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         crate::messages::note(format!("loading {} ({dtype:?} on {device:?})", files.name));
     }
     let start = std::time::Instant::now();
-    let model = load(&files, device, dtype)?;
+    let model = load(files, device, dtype)?;
     log::info!(
         "loaded {} in {:.2} s: {:?} compute on {device:?}, context {}, vocabulary {} ({:?} format)",
         files.name,
@@ -244,24 +246,27 @@ fn load_tokenizer_json(files: &ModelFiles) -> anyhow::Result<Tokenizer> {
     tokenizer_from_json(path, files.tokenizer_config.as_deref())
 }
 
-/// The tokenizer alone, without weights, for `greve tokenize`: from a model
-/// folder or a tokenizer.json (with the tokenizer_config.json beside it), or
-/// from a GGUF file's metadata (a vocabulary-only GGUF will do).
-pub fn open_tokenizer(spec: &str, hub: &HubOptions) -> anyhow::Result<Tokenizer> {
-    let path = Path::new(spec);
+/// The tokenizer of a path that is a tokenizer.json, or a folder holding
+/// one (with the tokenizer_config.json beside it); `None` for anything else.
+pub fn tokenizer_json_at(path: &Path) -> Option<anyhow::Result<Tokenizer>> {
     let (json, folder) = if path.is_dir() {
         (path.join("tokenizer.json"), path)
     } else {
         (path.to_path_buf(), path.parent().unwrap_or(Path::new(".")))
     };
     let is_json = json.extension().is_some_and(|e| e == "json");
-    if json.is_file() && is_json {
-        let config = Some(folder.join("tokenizer_config.json")).filter(|p| p.is_file());
-        return tokenizer_from_json(&json, config.as_deref());
+    if !(json.is_file() && is_json) {
+        return None;
     }
-    let files = crate::resolve::resolve_any(spec, hub)?;
+    let config = Some(folder.join("tokenizer_config.json")).filter(|p| p.is_file());
+    Some(tokenizer_from_json(&json, config.as_deref()))
+}
+
+/// The tokenizer of a model's files: its tokenizer.json, or its GGUF
+/// metadata.
+pub fn load_tokenizer(files: &ModelFiles) -> anyhow::Result<Tokenizer> {
     match &files.weights {
-        WeightFiles::Safetensors { .. } => load_tokenizer_json(&files),
+        WeightFiles::Safetensors { .. } => load_tokenizer_json(files),
         WeightFiles::Gguf(path) => {
             let src = gguf::GgufSource::open(path, &Device::Cpu)?;
             gguf_tokenizer(&src, path)
@@ -299,40 +304,6 @@ fn tokenizer_from_json(path: &Path, config: Option<&Path>) -> anyhow::Result<Tok
     Tokenizer::from_json_file(path, &special)
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let text = read_text(path)?;
-    serde_json::from_str(&text).classify(Failure::ModelInvalid, || {
-        format!("{} is not valid", path.display())
-    })
-}
-
-/// A model's text file (config.json, tokenizer.json, an index…), read
-/// whole: one that cannot be read is "not found" (exit 3), one too large
-/// or not UTF-8 is "invalid" (exit 4).
-pub(crate) fn read_text(path: &Path) -> anyhow::Result<String> {
-    // The largest real one, a Tekken tokenizer.json, is under 20 MB.
-    const MOST: u64 = 256 << 20;
-    let len = std::fs::metadata(path).map_or(0, |m| m.len());
-    if len > MOST {
-        return Err(Failure::ModelInvalid.err(format!(
-            "{} is {} MB, larger than any model's text file ({} MB at most); is it the right file?",
-            path.display(),
-            len >> 20,
-            MOST >> 20
-        )));
-    }
-    let bytes = std::fs::read(path).classify(Failure::ModelNotFound, || {
-        format!("cannot read {}", path.display())
-    })?;
-    String::from_utf8(bytes).map_err(|e| {
-        Failure::ModelInvalid.err(format!(
-            "{} is not UTF-8 text (bad byte at {}); download it again",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        ))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,12 +312,12 @@ mod tests {
     fn memory_needed_is_the_weights_the_kv_cache_and_the_runtime() {
         // The 7B Q4_K_M file (4.37 GB) with 4096 tokens: 512 MiB of KV cache.
         assert_eq!(
-            memory_needed(4_370_000_000, 4096),
+            memory_needed(4_370_000_000, KV_PER_TOKEN_7B, 4096),
             4_370_000_000 + (512 << 20) + 300_000_000
         );
         // Measured (README, Performance): peak RSS 4364 MiB at 640 tokens.
         let measured = 4364u64 << 20;
-        let planned = memory_needed(4_368_000_000, 640);
+        let planned = memory_needed(4_368_000_000, KV_PER_TOKEN_7B, 640);
         assert!(
             planned.abs_diff(measured) < measured / 20,
             "{planned} vs {measured}"

@@ -7,13 +7,13 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustyline::completion::Completer;
 use rustyline::error::ReadlineError;
-use rustyline::highlight::Highlighter;
-use rustyline::hint::Hinter;
 use rustyline::history::{FileHistory, History};
-use rustyline::validate::Validator;
-use rustyline::{Context, Editor, Helper};
+use rustyline::Editor;
+
+mod input;
+
+use input::{collect_message, parse_slash, Slash, SlashCompleter, COMMANDS, HELP};
 
 use super::reply::{self, speak};
 use crate::conversation::{Conversation, Turn};
@@ -112,96 +112,6 @@ fn history_path() -> Option<PathBuf> {
     let dir = dirs.data_dir();
     std::fs::create_dir_all(dir).ok()?;
     Some(dir.join("history.txt"))
-}
-
-/// A message from its first line: `"""` opens a block closed by a line
-/// ending in `"""`; a trailing backslash continues on the next line.
-pub fn collect_message(first: String, mut next: impl FnMut() -> Option<String>) -> String {
-    if let Some(rest) = first.trim_start().strip_prefix("\"\"\"") {
-        if let Some(done) = rest.strip_suffix("\"\"\"") {
-            return done.to_string();
-        }
-        let mut lines = vec![rest.to_string()];
-        while let Some(line) = next() {
-            if let Some(last) = line.trim_end().strip_suffix("\"\"\"") {
-                lines.push(last.to_string());
-                break;
-            }
-            lines.push(line);
-        }
-        return lines.join("\n").trim_matches('\n').to_string();
-    }
-    let mut message = first;
-    while message.ends_with('\\') {
-        message.pop();
-        match next() {
-            Some(line) => {
-                message.push('\n');
-                message.push_str(&line);
-            }
-            None => break,
-        }
-    }
-    message
-}
-
-#[derive(Debug, PartialEq)]
-pub enum Slash {
-    Help,
-    System(Option<String>),
-    Reset,
-    Retry,
-    Undo,
-    Set(String, String),
-    Show,
-    Stats,
-    Save(PathBuf),
-    Load(PathBuf),
-    Strike(Option<String>),
-    Bye,
-    /// A known command used wrongly: what it needs.
-    Usage(&'static str),
-    Unknown(String),
-}
-
-pub const COMMANDS: [&str; 14] = [
-    "/help", "/system", "/reset", "/retry", "/undo", "/set", "/show", "/stats", "/save", "/load",
-    "/strike", "/greve", "/bye", "/exit",
-];
-
-/// A slash command, or `None` for a message to the model.
-pub fn parse_slash(line: &str) -> Option<Slash> {
-    let line = line.trim();
-    let rest = line.strip_prefix('/')?;
-    let (name, arg) = match rest.split_once(char::is_whitespace) {
-        Some((n, a)) => (n, Some(a.trim()).filter(|a| !a.is_empty())),
-        None => (rest, None),
-    };
-    Some(match (name, arg) {
-        ("help" | "?", _) => Slash::Help,
-        ("system", arg) => Slash::System(arg.map(String::from)),
-        ("reset" | "clear", _) => Slash::Reset,
-        ("retry", _) => Slash::Retry,
-        ("undo", _) => Slash::Undo,
-        ("set", Some(arg)) => match arg.split_once(char::is_whitespace) {
-            Some((key, value)) => Slash::Set(key.to_string(), value.trim().to_string()),
-            None => Slash::Usage(
-                "/set KEY VALUE (temperature, top_p, top_k, seed, max_tokens, repeat_penalty)",
-            ),
-        },
-        ("set", None) => Slash::Usage(
-            "/set KEY VALUE (temperature, top_p, top_k, seed, max_tokens, repeat_penalty)",
-        ),
-        ("show", _) => Slash::Show,
-        ("stats", _) => Slash::Stats,
-        ("save", Some(path)) => Slash::Save(path.into()),
-        ("save", None) => Slash::Usage("/save FILE"),
-        ("load", Some(path)) => Slash::Load(path.into()),
-        ("load", None) => Slash::Usage("/load FILE"),
-        ("strike" | "greve" | "grève", arg) => Slash::Strike(arg.map(String::from)),
-        ("bye" | "exit" | "quit", _) => Slash::Bye,
-        (other, _) => Slash::Unknown(other.to_string()),
-    })
 }
 
 #[derive(PartialEq)]
@@ -385,132 +295,5 @@ fn report(turn: &Turn) {
         crate::messages::warn("reply interrupted; it stays in the conversation");
     } else if turn.text.trim().is_empty() {
         crate::messages::warn("the model gave an empty reply; /retry or write again");
-    }
-}
-
-const HELP: &str = "\
-/help                  this list
-/system [TEXT]         show the system prompt, or set it (/system - removes it)
-/reset                 start a new conversation
-/retry                 answer the last message again
-/undo                  drop the last exchange
-/set KEY VALUE         temperature, top_p, top_k, seed, max_tokens, repeat_penalty
-/show                  model, persona, context used, sampling
-/stats                 speed of the last reply and tokens reused from the cache
-/save FILE, /load FILE write or read the conversation (JSON)
-/strike [MODE]         go on strike: râleuse, totale, perlée, off (/greve too)
-/bye                   quit (Ctrl-D too)
-Multi-line: start with \"\"\" and end with \"\"\", or end lines with \\.";
-
-/// Tab completion of slash commands.
-struct SlashCompleter;
-
-impl Completer for SlashCompleter {
-    type Candidate = String;
-
-    fn complete(
-        &self,
-        line: &str,
-        pos: usize,
-        _: &Context<'_>,
-    ) -> rustyline::Result<(usize, Vec<String>)> {
-        let typed = &line[..pos];
-        if !typed.starts_with('/') || typed.contains(char::is_whitespace) {
-            return Ok((pos, Vec::new()));
-        }
-        let found = COMMANDS
-            .iter()
-            .filter(|c| c.starts_with(typed))
-            .map(|c| c.to_string())
-            .collect();
-        Ok((0, found))
-    }
-}
-
-impl Hinter for SlashCompleter {
-    type Hint = String;
-}
-impl Highlighter for SlashCompleter {
-    /// The prompt in colour, when stdout takes colours.
-    fn highlight_prompt<'b, 's: 'b, 'p: 'b>(
-        &'s self,
-        prompt: &'p str,
-        _default: bool,
-    ) -> std::borrow::Cow<'b, str> {
-        std::borrow::Cow::Owned(crate::messages::for_stdout(
-            prompt,
-            crate::messages::prompt_style(),
-        ))
-    }
-}
-impl Validator for SlashCompleter {}
-impl Helper for SlashCompleter {}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slash_commands_parse() {
-        assert_eq!(parse_slash("hello"), None);
-        assert_eq!(parse_slash("/help"), Some(Slash::Help));
-        assert_eq!(
-            parse_slash("  /system  Be brief. "),
-            Some(Slash::System(Some("Be brief.".into())))
-        );
-        assert_eq!(parse_slash("/system"), Some(Slash::System(None)));
-        assert_eq!(
-            parse_slash("/set temperature 0.2"),
-            Some(Slash::Set("temperature".into(), "0.2".into()))
-        );
-        assert!(matches!(
-            parse_slash("/set temperature"),
-            Some(Slash::Usage(_))
-        ));
-        assert_eq!(
-            parse_slash("/save a b.json"),
-            Some(Slash::Save("a b.json".into()))
-        );
-        assert!(matches!(parse_slash("/load"), Some(Slash::Usage(_))));
-        assert_eq!(
-            parse_slash("/greve totale"),
-            Some(Slash::Strike(Some("totale".into())))
-        );
-        assert_eq!(parse_slash("/strike"), Some(Slash::Strike(None)));
-        assert_eq!(parse_slash("/exit"), Some(Slash::Bye));
-        assert_eq!(
-            parse_slash("/frobnicate"),
-            Some(Slash::Unknown("frobnicate".into()))
-        );
-    }
-
-    fn collect(lines: &[&str]) -> String {
-        let mut rest = lines[1..].iter().map(|s| s.to_string());
-        collect_message(lines[0].to_string(), || rest.next())
-    }
-
-    #[test]
-    fn multi_line_messages() {
-        assert_eq!(collect(&["one line"]), "one line");
-        assert_eq!(collect(&["first \\", "second"]), "first \nsecond");
-        assert_eq!(collect(&["\"\"\"", "a", "", "b", "\"\"\""]), "a\n\nb");
-        assert_eq!(collect(&["\"\"\"start", "end\"\"\""]), "start\nend");
-        assert_eq!(collect(&["\"\"\"inline\"\"\""]), "inline");
-        // An unterminated block takes everything left.
-        assert_eq!(collect(&["\"\"\"", "x"]), "x");
-    }
-
-    #[test]
-    fn completion_offers_matching_commands() {
-        let history = rustyline::history::DefaultHistory::new();
-        let ctx = Context::new(&history);
-        let (start, found) = SlashCompleter.complete("/st", 3, &ctx).unwrap();
-        assert_eq!(start, 0);
-        assert_eq!(found, ["/stats", "/strike"]);
-        assert!(SlashCompleter
-            .complete("hello", 5, &ctx)
-            .unwrap()
-            .1
-            .is_empty());
     }
 }

@@ -14,10 +14,16 @@
 //! applied once they have been read. Plain data: no clap type leaves this
 //! module and `cli.rs`.
 
+pub mod check;
+mod de;
+mod device;
+
 use std::path::PathBuf;
 
-use candle_core::{DType, Device};
-use serde::{Deserialize, Deserializer};
+use candle_core::DType;
+use serde::Deserialize;
+
+pub use device::device;
 
 use crate::exit::Failure;
 use crate::hub::{HubOptions, DEFAULT_MODEL, DEFAULT_QUANT};
@@ -256,8 +262,8 @@ impl Settings {
     /// The model these settings name, on their device, with their KV cache.
     pub fn open_model(&self) -> anyhow::Result<crate::model::Model> {
         let device = device(&self.device.value)?;
-        let mut model =
-            crate::model::open(&self.model.value, &self.hub_options(), &device, self.dtype)?;
+        let files = crate::resolve::resolve_any(&self.model.value, &self.hub_options())?;
+        let mut model = crate::model::open(&files, &device, self.dtype)?;
         model.transformer.set_kv_type(self.kv_cache.value);
         Ok(model)
     }
@@ -355,148 +361,6 @@ fn random_seed() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// The ranges of values, for flags, environment and the config file alike.
-pub mod check {
-    /// Threads: 1 to 4 per core. More only slows a run down, and tens of
-    /// thousands make the thread pools fail to start.
-    pub fn threads(n: u64) -> Result<u16, String> {
-        let cores = crate::system::cores();
-        let most = 4 * cores.max(1);
-        match u16::try_from(n) {
-            Ok(t) if t >= 1 && usize::from(t) <= most => Ok(t),
-            _ => Err(format!(
-                "must be between 1 and {most} (4 per core; this machine has {cores})"
-            )),
-        }
-    }
-
-    pub fn non_negative(x: f32) -> Result<f32, String> {
-        if x >= 0.0 && x.is_finite() {
-            Ok(x)
-        } else {
-            Err("must be 0 or more".into())
-        }
-    }
-
-    pub fn positive(x: f32) -> Result<f32, String> {
-        if x > 0.0 && x.is_finite() {
-            Ok(x)
-        } else {
-            Err("must be more than 0".into())
-        }
-    }
-
-    pub fn probability(x: f32) -> Result<f32, String> {
-        if x > 0.0 && x <= 1.0 {
-            Ok(x)
-        } else {
-            Err("must be in (0, 1]".into())
-        }
-    }
-
-    pub fn kv_cache(name: &str) -> Result<super::KvType, String> {
-        match name {
-            "f16" => Ok(super::KvType::F16),
-            "q8" => Ok(super::KvType::Q8),
-            _ => Err(format!(
-                "{} is not a KV cache type: use f16 or q8",
-                crate::messages::short(name)
-            )),
-        }
-    }
-}
-
-/// The config file's values, checked as the flags' are.
-mod de {
-    use super::*;
-
-    fn checked<'de, D: Deserializer<'de>>(
-        d: D,
-        check: fn(f32) -> Result<f32, String>,
-    ) -> Result<Option<f32>, D::Error> {
-        let x = f32::deserialize(d)?;
-        check(x).map(Some).map_err(serde::de::Error::custom)
-    }
-
-    pub fn temperature<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
-        checked(d, check::non_negative)
-    }
-
-    pub fn probability<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
-        checked(d, check::probability)
-    }
-
-    pub fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
-        checked(d, check::positive)
-    }
-
-    pub fn threads<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
-        let n = u64::deserialize(d)?;
-        check::threads(n)
-            .map(Some)
-            .map_err(serde::de::Error::custom)
-    }
-
-    pub fn kv_cache<'de, D: Deserializer<'de>>(d: D) -> Result<Option<KvType>, D::Error> {
-        let name = String::deserialize(d)?;
-        check::kv_cache(&name)
-            .map(Some)
-            .map_err(serde::de::Error::custom)
-    }
-
-    pub fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mode>, D::Error> {
-        let name = String::deserialize(d)?;
-        name.parse().map(Some).map_err(serde::de::Error::custom)
-    }
-}
-
-/// `auto` takes the GPU this build supports when one is there, else the CPU.
-pub fn device(spec: &str) -> anyhow::Result<Device> {
-    let unknown = || {
-        Failure::Usage.err(format!(
-            "--device {spec:?} is not a device: use auto, cpu, cuda, cuda:N or metal"
-        ))
-    };
-    match spec {
-        "auto" => Ok(auto_device()),
-        "cpu" => Ok(Device::Cpu),
-        "metal" => gpu("metal", cfg!(feature = "metal"), || Device::new_metal(0)),
-        "cuda" => gpu("cuda", cfg!(feature = "cuda"), || Device::new_cuda(0)),
-        _ => {
-            let ordinal = spec.strip_prefix("cuda:").ok_or_else(unknown)?;
-            let n: usize = ordinal.parse().map_err(|_| unknown())?;
-            gpu("cuda", cfg!(feature = "cuda"), || Device::new_cuda(n))
-        }
-    }
-}
-
-fn auto_device() -> Device {
-    if cfg!(feature = "cuda") {
-        if let Ok(d) = Device::new_cuda(0) {
-            return d;
-        }
-    }
-    if cfg!(feature = "metal") {
-        if let Ok(d) = Device::new_metal(0) {
-            return d;
-        }
-    }
-    Device::Cpu
-}
-
-fn gpu(
-    feature: &str,
-    built: bool,
-    open: impl FnOnce() -> candle_core::Result<Device>,
-) -> anyhow::Result<Device> {
-    if !built {
-        return Err(Failure::Usage.err(format!(
-            "this greve was built without {feature} support; rebuild with `cargo install --path . --features {feature}` or use --device cpu"
-        )));
-    }
-    open().map_err(|e| Failure::Usage.err(format!("cannot open the {feature} device: {e}")))
 }
 
 #[cfg(test)]

@@ -1,49 +1,10 @@
-//! What greve says about itself: the long version with its build, shell
-//! completions and the man page, all generated from the clap definitions.
+//! Shell completions and the man page, generated from the clap definitions.
 
 use std::io::Write;
 
 use clap::CommandFactory;
 
-use crate::cli::Cli;
-
-/// The version line and how this binary was built: its GPU backends and
-/// the CPU features compiled in. greve's own kernels choose AVX2 or
-/// AVX-512 at run time whatever the build; candle's follow the build.
-pub fn long_version() -> String {
-    let compiled = [
-        ("avx", cfg!(target_feature = "avx")),
-        ("avx2", cfg!(target_feature = "avx2")),
-        ("fma", cfg!(target_feature = "fma")),
-        ("f16c", cfg!(target_feature = "f16c")),
-        ("avx512f", cfg!(target_feature = "avx512f")),
-        ("neon", cfg!(target_feature = "neon")),
-    ];
-    let cpu: Vec<&str> = compiled.iter().filter(|f| f.1).map(|f| f.0).collect();
-    let gpu: Vec<&str> = [
-        ("cuda", cfg!(feature = "cuda")),
-        ("metal", cfg!(feature = "metal")),
-    ]
-    .iter()
-    .filter(|f| f.1)
-    .map(|f| f.0)
-    .collect();
-    format!(
-        "{}\nbuilt for {} with CPU features: {}\nGPU backends: {}",
-        env!("CARGO_PKG_VERSION"),
-        std::env::consts::ARCH,
-        if cpu.is_empty() {
-            "baseline (greve's kernels choose at run time)".to_string()
-        } else {
-            cpu.join(" ")
-        },
-        if gpu.is_empty() {
-            "none (cargo features cuda, metal)".to_string()
-        } else {
-            gpu.join(" ")
-        }
-    )
-}
+use super::Cli;
 
 pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
     let mut command = Cli::command();
@@ -100,19 +61,4 @@ pub fn man() -> anyhow::Result<()> {
     clap_mangen::Man::new(Cli::command()).render(&mut out)?;
     out.flush()?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_long_version_names_the_build() {
-        let v = long_version();
-        assert!(v.starts_with(env!("CARGO_PKG_VERSION")));
-        assert!(v.contains("CPU features:") && v.contains("GPU backends:"));
-        if cfg!(target_feature = "avx2") {
-            assert!(v.contains("avx2"));
-        }
-    }
 }

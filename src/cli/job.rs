@@ -1,0 +1,271 @@
+//! From parsed flags to what the rest of greve takes: a [`Job`] (what to
+//! do) and two [`Layer`]s of settings, the flags' and the environment's,
+//! told apart by where clap found each value.
+
+use std::io::IsTerminal;
+
+use candle_core::DType;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+
+use super::*;
+use crate::commands::{ask, bench, tokenize};
+use crate::exit::{Classify, Failure};
+use crate::model::attention::KvType;
+use crate::settings::Layer;
+
+/// What a command asks for, once its settings are set apart.
+#[derive(Debug)]
+pub enum Job {
+    Ask(ask::Request),
+    Chat,
+    Bench(bench::Plan),
+    Tokenize(tokenize::Request),
+    Models,
+    Pull,
+    Info,
+    /// `greve config` (or `greve config path`, only the file's path).
+    Config {
+        path_only: bool,
+    },
+    Doctor,
+    Completions(clap_complete::Shell),
+    Man,
+}
+
+/// The parsed command line: the options every command has, then the rest.
+pub struct Invocation {
+    pub color: crate::messages::Color,
+    pub quiet: bool,
+    pub verbose: u8,
+    command: Option<Command>,
+    matches: ArgMatches,
+}
+
+/// Parses the command line, exiting with clap's message on a usage error
+/// (and for --help and --version). Plain `greve` on a terminal is `greve chat`.
+pub fn parse() -> Invocation {
+    let parse_from = |args: &[&str]| {
+        let command = Cli::command().long_version(crate::system::long_version());
+        let matches = match args {
+            [] => command.get_matches(),
+            _ => command.get_matches_from(args),
+        };
+        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        (cli, matches)
+    };
+    let (mut cli, mut matches) = parse_from(&[]);
+    if cli.command.is_none() && std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        // Flags before the command stay; the chat's own come from the environment.
+        let (chat, chat_matches) = parse_from(&["greve", "chat"]);
+        (cli.command, matches) = (chat.command, chat_matches);
+    }
+    Invocation {
+        color: cli.color,
+        quiet: cli.quiet,
+        verbose: cli.verbose,
+        command: cli.command,
+        matches,
+    }
+}
+
+impl Invocation {
+    /// The job, and what the flags and the environment say about the
+    /// settings; `None` when no command was given.
+    pub fn job(self) -> anyhow::Result<Option<(Job, Layer, Layer)>> {
+        let Some(command) = self.command else {
+            return Ok(None);
+        };
+        let sub = self.matches.subcommand().map_or(&self.matches, |(_, m)| m);
+        let (job, mut flags) = command.into_job()?;
+        let env = env_layer(&mut flags, sub);
+        Ok(Some((job, flags, env)))
+    }
+}
+
+impl Command {
+    /// The job, and every setting given, by flag or environment alike.
+    fn into_job(self) -> anyhow::Result<(Job, Layer)> {
+        let mut l = Layer::default();
+        let job = match self {
+            Command::Ask(a) => {
+                a.system.fill(&mut l)?;
+                a.persona.fill(&mut l);
+                a.model.fill(&mut l);
+                a.sampling.fill(&mut l);
+                (l.load, l.save) = (a.load, a.save);
+                Job::Ask(ask::Request {
+                    prompt: a.prompt,
+                    json: a.json,
+                    stats: a.stats,
+                    verbose_prompt: a.verbose_prompt,
+                })
+            }
+            Command::Chat(a) => {
+                a.system.fill(&mut l)?;
+                a.persona.fill(&mut l);
+                a.model.fill(&mut l);
+                a.sampling.fill(&mut l);
+                l.load = a.load;
+                l.history = a.no_history.then_some(false);
+                Job::Chat
+            }
+            Command::Bench(a) => {
+                a.model.fill(&mut l);
+                Job::Bench(bench::Plan {
+                    prompt_tokens: a.prompt_tokens,
+                    gen_tokens: a.gen_tokens,
+                    repetitions: a.repetitions,
+                    depth: a.depth,
+                    json: a.json,
+                })
+            }
+            Command::Tokenize(a) => {
+                l.model = a.model;
+                a.hub.fill(&mut l);
+                Job::Tokenize(tokenize::Request {
+                    text: a.text,
+                    no_bos: a.no_bos,
+                    special: a.special,
+                    pieces: a.pieces,
+                    json: a.json,
+                    decode: a.decode,
+                    chat: a.chat,
+                    text_out: a.text_out,
+                })
+            }
+            Command::Pull(a) => {
+                l.model = a.model;
+                a.hub.fill(&mut l);
+                Job::Pull
+            }
+            Command::Info(a) => {
+                a.model.fill(&mut l);
+                Job::Info
+            }
+            Command::Doctor(a) => {
+                a.model.fill(&mut l);
+                Job::Doctor
+            }
+            Command::Config(a) => {
+                a.system.fill(&mut l)?;
+                a.persona.fill(&mut l);
+                a.model.fill(&mut l);
+                a.sampling.fill(&mut l);
+                Job::Config {
+                    path_only: a.action.as_deref() == Some("path"),
+                }
+            }
+            Command::Models => Job::Models,
+            Command::Completions(a) => Job::Completions(a.shell),
+            Command::Man => Job::Man,
+        };
+        Ok((job, l))
+    }
+}
+
+/// Moves out of `flags` the values that came from `GREVE_*` variables.
+fn env_layer(flags: &mut Layer, matches: &ArgMatches) -> Layer {
+    let given = |id: &str| matches.ids().any(|i| i == id);
+    let from_env =
+        |id: &str| given(id) && matches.value_source(id) == Some(ValueSource::EnvVariable);
+    let mut env = Layer::default();
+    macro_rules! take {
+        ($($field:ident),*) => {$(
+            if from_env(stringify!($field)) {
+                env.$field = flags.$field.take();
+            }
+        )*};
+    }
+    take!(
+        model,
+        quant,
+        device,
+        threads,
+        kv_cache,
+        temperature,
+        top_p,
+        top_k,
+        repeat_penalty,
+        repeat_last_n,
+        seed,
+        max_tokens,
+        prompts
+    );
+    // `--no-strike` is a flag that overrides GREVE_STRIKE.
+    if from_env("strike") && !(given("no_strike") && matches.get_flag("no_strike")) {
+        env.strike = flags.strike.take();
+    }
+    env
+}
+
+impl SystemArgs {
+    fn fill(self, l: &mut Layer) -> anyhow::Result<()> {
+        l.system = match (self.system, self.system_file) {
+            (Some(text), _) => Some(text),
+            (None, Some(path)) => {
+                let bytes = std::fs::read(&path).classify(Failure::Usage, || {
+                    format!("cannot read --system-file {}", path.display())
+                })?;
+                Some(String::from_utf8(bytes).map_err(|_| {
+                    Failure::Usage.err(format!(
+                        "--system-file {} is not valid UTF-8",
+                        path.display()
+                    ))
+                })?)
+            }
+            (None, None) => None,
+        };
+        Ok(())
+    }
+}
+
+impl PersonaArgs {
+    fn fill(self, l: &mut Layer) {
+        l.strike = if self.no_strike {
+            Some(Mode::Off)
+        } else {
+            self.strike
+        };
+        l.safe = self.safe.then_some(true);
+        l.prompts = self.prompts;
+    }
+}
+
+impl HubArgs {
+    fn fill(self, l: &mut Layer) {
+        l.quant = self.quant;
+        l.revision = self.revision;
+        l.offline = self.offline.then_some(true);
+    }
+}
+
+impl ModelArgs {
+    fn fill(self, l: &mut Layer) {
+        l.model = self.model;
+        self.hub.fill(l);
+        l.device = self.device;
+        l.dtype = self.dtype.map(|d| match d {
+            DtypeArg::F32 => DType::F32,
+            DtypeArg::F16 => DType::F16,
+            DtypeArg::Bf16 => DType::BF16,
+        });
+        l.threads = self.threads;
+        l.kv_cache = self.kv_cache.map(|k| match k {
+            KvCacheArg::F16 => KvType::F16,
+            KvCacheArg::Q8 => KvType::Q8,
+        });
+    }
+}
+
+impl SamplingArgs {
+    fn fill(self, l: &mut Layer) {
+        l.temperature = self.temperature;
+        l.top_p = self.top_p;
+        l.top_k = self.top_k;
+        l.repeat_penalty = self.repeat_penalty;
+        l.repeat_last_n = self.repeat_last_n;
+        l.seed = self.seed;
+        l.max_tokens = self.max_tokens;
+    }
+}

@@ -1,0 +1,46 @@
+//! The config file's values, checked as the flags' are.
+
+use serde::{Deserialize, Deserializer};
+
+use super::check;
+use crate::model::attention::KvType;
+use crate::persona::Mode;
+
+fn checked<'de, D: Deserializer<'de>>(
+    d: D,
+    check: fn(f32) -> Result<f32, String>,
+) -> Result<Option<f32>, D::Error> {
+    let x = f32::deserialize(d)?;
+    check(x).map(Some).map_err(serde::de::Error::custom)
+}
+
+pub fn temperature<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
+    checked(d, check::non_negative)
+}
+
+pub fn probability<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
+    checked(d, check::probability)
+}
+
+pub fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
+    checked(d, check::positive)
+}
+
+pub fn threads<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    let n = u64::deserialize(d)?;
+    check::threads(n)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+pub fn kv_cache<'de, D: Deserializer<'de>>(d: D) -> Result<Option<KvType>, D::Error> {
+    let name = String::deserialize(d)?;
+    check::kv_cache(&name)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+pub fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mode>, D::Error> {
+    let name = String::deserialize(d)?;
+    name.parse().map(Some).map_err(serde::de::Error::custom)
+}
