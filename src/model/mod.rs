@@ -10,6 +10,7 @@ pub mod dense;
 mod files;
 pub mod gguf;
 pub mod gpu_kv_cache;
+pub mod isa;
 pub mod linear;
 pub mod quant;
 pub mod safetensors;

@@ -11,6 +11,8 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use crate::model::isa::Isa;
+
 /// Positions a key block holds: one AVX-512 vector of f32 lanes.
 pub const BLOCK: usize = 16;
 
@@ -41,57 +43,10 @@ pub fn key_scale_at(s: usize, group: usize, per_row: usize) -> usize {
     (s / BLOCK * per_row + group) * BLOCK + s % BLOCK
 }
 
-/// The instruction sets of the kernels, each one's CPUs running the ones before.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Portable,
-    /// AVX2, FMA and F16C.
-    F16c,
-    /// AVX-512 F (and BW and VNNI for the i8 keys, where the CPU has them).
-    Avx512,
-}
-
-/// Every level this CPU runs, the best last.
-// Only x86 has levels above the portable one (yet).
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-pub fn levels() -> Vec<Level> {
-    let mut levels = vec![Level::Portable];
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx2") && has!("fma") && has!("f16c") {
-            levels.push(Level::F16c);
-            if has!("avx512f") {
-                levels.push(Level::Avx512);
-            }
-        }
-    }
-    levels
-}
-
-/// The best level this CPU runs, within what `GREVE_KERNELS` allows (see
-/// [`crate::model::quant::isa`]).
-pub fn best() -> Level {
-    use crate::model::quant::{cap, Isa};
-    static BEST: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
-    *BEST.get_or_init(|| {
-        let allowed = match cap() {
-            Isa::Scalar => Level::Portable,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => Level::F16c,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => Level::Avx512,
-        };
-        levels()
-            .last()
-            .map_or(Level::Portable, |&best| best.min(allowed))
-    })
-}
-
 /// `scores[j · stride + s] = queries[j] · key[s]` for the group's queries
 /// (rows of `hd`) and every position `s` of the whole key `blocks`.
 pub fn scores(
-    level: Level,
+    level: Isa,
     queries: &[f32],
     blocks: &[f16],
     hd: usize,
@@ -101,13 +56,13 @@ pub fn scores(
     let span = blocks.len() / hd;
     assert!(span <= stride && scores.len() >= (queries.len() / hd - 1) * stride + span);
     #[cfg(target_arch = "x86_64")]
-    if level >= Level::F16c && hd.is_multiple_of(2) {
+    if level >= Isa::Avx2 && hd.is_multiple_of(2) {
         return by_groups(queries.len() / hd, |first, g| {
             let (q, out) = (&queries[first * hd..], &mut scores[first * stride..]);
             // SAFETY: the CPU has the features each kernel needs; the sizes
             // were checked above.
             unsafe {
-                match (level == Level::Avx512, g) {
+                match (level == Isa::Avx512, g) {
                     (true, HEADS) => scores_512::<HEADS>(q, blocks, hd, stride, out),
                     (true, _) => scores_512::<1>(q, blocks, hd, stride, out),
                     (false, HEADS) => scores_f16c::<HEADS>(q, blocks, hd, stride, out),
@@ -134,7 +89,7 @@ pub fn scores(
 /// exact integers, whatever the kernel, and the score is
 /// `Σ_group (Σ q·k) as f32 · key_scale · query_scale` in that order.
 pub fn scores_i8(
-    level: Level,
+    level: Isa,
     (queries, query_scales): (&[i8], &[f32]),
     (blocks, key_scales): (&[i8], &[f32]),
     hd: usize,
@@ -148,8 +103,8 @@ pub fn scores_i8(
     assert!(query_scales.len() * hd >= queries.len() * per_row);
     #[cfg(target_arch = "x86_64")]
     {
-        let vnni = level == Level::Avx512 && has_vnni();
-        if vnni || level >= Level::F16c {
+        let vnni = level == Isa::Avx512 && has_vnni();
+        if vnni || level >= Isa::Avx2 {
             return by_groups(queries.len() / hd, |first, g| {
                 let q = (&queries[first * hd..], &query_scales[first * per_row..]);
                 let out = &mut scores[first * stride..];
@@ -196,7 +151,7 @@ fn has_vnni() -> bool {
 /// (rows of `hd` in `out`), over the value rows given, each [`GROUP`] of a
 /// row times its scale where there are scales (i8 values).
 pub fn mix<E: Elem>(
-    level: Level,
+    level: Isa,
     weights: &[f32],
     stride: usize,
     (values, scales): (&[E], Option<&[f32]>),
@@ -214,8 +169,8 @@ pub fn mix<E: Elem>(
     #[cfg(target_arch = "x86_64")]
     {
         let (avx512, f16c) = (
-            level == Level::Avx512 && hd.is_multiple_of(64),
-            level >= Level::F16c && hd.is_multiple_of(16),
+            level == Isa::Avx512 && hd.is_multiple_of(64),
+            level >= Isa::Avx2 && hd.is_multiple_of(16),
         );
         if avx512 || f16c {
             return by_groups(out.len() / hd, |first, g| {
@@ -255,12 +210,12 @@ pub fn mix<E: Elem>(
 /// The weights of one head's softmax, unnormalised:
 /// `x[s] ← e^(scale·(x[s] − max x))`. Returns their sum: what the weighted
 /// sum of values is to be divided by.
-pub fn softmax_weights(level: Level, x: &mut [f32], scale: f32) -> f32 {
+pub fn softmax_weights(level: Isa, x: &mut [f32], scale: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if level >= Level::F16c {
+    if level >= Isa::Avx2 {
         // SAFETY: the CPU has the features each kernel needs.
         return unsafe {
-            match level == Level::Avx512 {
+            match level == Isa::Avx512 {
                 true => softmax_512(x, scale),
                 false => softmax_f16c(x, scale),
             }
@@ -847,6 +802,7 @@ fn prefetch<T>(p: *const T) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::isa::levels;
 
     /// Integer products, then the same float operations in the same order:
     /// every level gives the portable code's numbers exactly, for groups of
@@ -865,13 +821,13 @@ mod tests {
             |n: usize| -> Vec<f32> { (0..n).map(|i| 0.01 + (i % 7) as f32 * 0.003).collect() };
         let (keys, key_scales) = (bytes(span * hd, 11), scales(span * per_row));
         let (queries, query_scales) = (bytes(heads * hd, 5), scales(heads * per_row));
-        let run = |level| {
+        let run = |level: Isa| {
             let mut out = vec![0f32; heads * span];
             let q = (&queries[..], &query_scales[..]);
             scores_i8(level, q, (&keys, &key_scales), hd, span, &mut out);
             out
         };
-        let want = run(Level::Portable);
+        let want = run(Isa::Scalar);
         for level in levels() {
             assert_eq!(run(level), want, "{level:?}");
         }

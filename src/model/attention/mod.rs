@@ -16,8 +16,7 @@ use half::slice::HalfFloatSliceExt;
 mod kernels;
 mod zeroed;
 
-pub use kernels::Level;
-
+use crate::model::isa::{self, Isa};
 use zeroed::{Plain, Zeroed};
 
 /// How the CPU KV cache stores keys and values.
@@ -241,17 +240,12 @@ pub fn attend(
     cache: &HostKvCache,
     window: Option<usize>,
 ) -> Vec<f32> {
-    attend_with(kernels::best(), q, heads, n, cache, window)
-}
-
-/// The instruction set [`attend`] uses on this CPU.
-pub fn level() -> Level {
-    kernels::best()
+    attend_with(isa::best(), q, heads, n, cache, window)
 }
 
 /// [`attend`] with the kernels of `level`.
 fn attend_with(
-    level: kernels::Level,
+    level: Isa,
     q: &[f32],
     heads: usize,
     n: usize,
@@ -440,7 +434,7 @@ mod tests {
                 let (kr, vr) = (rounded(&k, kind), rounded(&v, kind));
                 let shape = (heads, kv, n, t, hd);
                 let window_or_all = window.unwrap_or(usize::MAX);
-                for level in kernels::levels() {
+                for level in isa::levels() {
                     // Over i8 keys, the queries are rounded to i8 as well.
                     let q_used = match kind {
                         KvType::Q8 => rounded(&q, kind),

@@ -17,6 +17,7 @@ pub mod q6k;
 
 use std::sync::OnceLock;
 
+use super::isa::{self, Isa};
 use super::Disjoint;
 
 /// Values per block, in the weights and in the quantised activations.
@@ -82,64 +83,16 @@ impl Format {
     }
 }
 
-/// The instruction set the kernels use, chosen once from what the CPU
-/// running the program has (not what the build assumed).
-/// Ordered: each one's CPUs run the ones before it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Isa {
-    Scalar,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    /// 512-bit compact kernels, and [`packed`] tiles for prefill.
-    #[cfg(target_arch = "x86_64")]
-    Avx512Vnni,
-}
-
-///
-/// `GREVE_KERNELS=scalar|avx2` caps it (and the attention kernels), to
-/// measure what a CPU without the newer instructions gets (`greve bench`),
-/// or to rule the SIMD kernels out when chasing a bug.
+/// The instruction set the products use: the best this CPU runs (see
+/// [`crate::model::isa`]), but AVX-512 only with BW and VNNI, which its
+/// integer products and prefill tiles need.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| detected().min(cap()))
-}
-
-/// The most `GREVE_KERNELS` allows (everything when it is not set).
-pub fn cap() -> Isa {
-    static CAP: OnceLock<Isa> = OnceLock::new();
-    *CAP.get_or_init(|| match std::env::var("GREVE_KERNELS").as_deref() {
-        Ok("scalar") => Isa::Scalar,
+    *ISA.get_or_init(|| match isa::best() {
         #[cfg(target_arch = "x86_64")]
-        Ok("avx2") => Isa::Avx2,
-        Ok("") | Err(_) => Isa::max_value(),
-        Ok(other) => {
-            crate::messages::warn(format!(
-                "GREVE_KERNELS={other} is not `scalar` or `avx2`; using the best kernels this CPU runs"
-            ));
-            Isa::max_value()
-        }
+        Isa::Avx512 if !packed::available() => Isa::Avx2,
+        best => best,
     })
-}
-
-fn detected() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        return if packed::available() {
-            Isa::Avx512Vnni
-        } else {
-            Isa::Avx2
-        };
-    }
-    Isa::Scalar
-}
-
-impl Isa {
-    const fn max_value() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        return Isa::Avx512Vnni;
-        #[cfg(not(target_arch = "x86_64"))]
-        Isa::Scalar
-    }
 }
 
 /// Every instruction set this CPU can run the kernels with, from the
@@ -152,8 +105,8 @@ pub fn isas() -> Vec<Isa> {
         if isa() != Isa::Scalar {
             isas.push(Isa::Avx2);
         }
-        if isa() == Isa::Avx512Vnni {
-            isas.push(Isa::Avx512Vnni);
+        if isa() == Isa::Avx512 {
+            isas.push(Isa::Avx512);
         }
     }
     isas
@@ -180,9 +133,9 @@ pub fn dot<const T: usize>(
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, Format::Q6K) => unsafe { q6k::dot_avx2(row, acts) },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512Vnni, Format::Q4K) => unsafe { q4k::dot_avx512(row, acts) },
+        (Isa::Avx512, Format::Q4K) => unsafe { q4k::dot_avx512(row, acts) },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512Vnni, Format::Q6K) => unsafe { q6k::dot_avx512(row, acts) },
+        (Isa::Avx512, Format::Q6K) => unsafe { q6k::dot_avx512(row, acts) },
     }
 }
 
@@ -277,9 +230,7 @@ unsafe fn matmul_packed(
                     }
                 };
                 match isa {
-                    Isa::Avx512Vnni => {
-                        by_tokens::<{ packed::TOKENS }>(isa, format, tile, acts, &write)
-                    }
+                    Isa::Avx512 => by_tokens::<{ packed::TOKENS }>(isa, format, tile, acts, &write),
                     _ => by_tokens::<{ packed::TOKENS_AVX2 }>(isa, format, tile, acts, &write),
                 }
             }
@@ -301,7 +252,7 @@ unsafe fn by_tokens<const T: usize>(
     write: &dyn Fn(usize, &[f32; packed::ROWS]),
 ) {
     let products = |a: [&[Q8Block]; T]| match isa {
-        Isa::Avx512Vnni => packed::products(format, tile, a),
+        Isa::Avx512 => packed::products(format, tile, a),
         _ => packed::products_avx2(format, tile, a),
     };
     let mut t = 0;
@@ -316,7 +267,7 @@ unsafe fn by_tokens<const T: usize>(
     }
     for (t, a) in acts.iter().enumerate().skip(t) {
         let sums = match isa {
-            Isa::Avx512Vnni => packed::products(format, tile, [*a]),
+            Isa::Avx512 => packed::products(format, tile, [*a]),
             _ => packed::products_avx2(format, tile, [*a]),
         };
         write(t, &sums[0]);
@@ -463,7 +414,7 @@ mod tests {
             tile.pack(format, &rows, row_bytes);
             // SAFETY: AVX2 checked just above, AVX-512 VNNI just below.
             let mut results = vec![unsafe { packed::products_avx2(format, &tile, acts) }];
-            if isa() == Isa::Avx512Vnni {
+            if isa() == Isa::Avx512 {
                 results.push(unsafe { packed::products(format, &tile, acts) });
             }
             for sums in results {
