@@ -10,20 +10,10 @@ use anstyle::{AnsiColor, Style};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Color {
-    Auto,
-    Always,
-    Never,
-}
-
-pub fn configure(color: Color, quiet: bool) {
-    let choice = match color {
-        Color::Auto => anstream::ColorChoice::Auto,
-        Color::Always => anstream::ColorChoice::Always,
-        Color::Never => anstream::ColorChoice::Never,
-    };
-    choice.write_global();
+/// Colours on stderr and stdout (`Auto`: on a terminal, unless NO_COLOR is
+/// set), and whether notes are shown.
+pub fn configure(color: anstream::ColorChoice, quiet: bool) {
+    color.write_global();
     QUIET.store(quiet, Ordering::Relaxed);
 }
 

@@ -35,7 +35,7 @@ pub enum Job {
 
 /// The parsed command line: the options every command has, then the rest.
 pub struct Invocation {
-    pub color: crate::messages::Color,
+    pub color: anstream::ColorChoice,
     pub quiet: bool,
     pub verbose: u8,
     command: Option<Command>,
@@ -61,7 +61,11 @@ pub fn parse() -> Invocation {
         (cli.command, matches) = (chat.command, chat_matches);
     }
     Invocation {
-        color: cli.color,
+        color: match cli.color {
+            clap::ColorChoice::Auto => anstream::ColorChoice::Auto,
+            clap::ColorChoice::Always => anstream::ColorChoice::Always,
+            clap::ColorChoice::Never => anstream::ColorChoice::Never,
+        },
         quiet: cli.quiet,
         verbose: cli.verbose,
         command: cli.command,
@@ -89,10 +93,7 @@ impl Command {
         let mut l = Layer::default();
         let job = match self {
             Command::Ask(a) => {
-                a.system.fill(&mut l)?;
-                a.persona.fill(&mut l);
-                a.model.fill(&mut l);
-                a.sampling.fill(&mut l);
+                a.turn.fill(&mut l)?;
                 (l.load, l.save) = (a.load, a.save);
                 Job::Ask(ask::Request {
                     prompt: a.prompt,
@@ -102,10 +103,7 @@ impl Command {
                 })
             }
             Command::Chat(a) => {
-                a.system.fill(&mut l)?;
-                a.persona.fill(&mut l);
-                a.model.fill(&mut l);
-                a.sampling.fill(&mut l);
+                a.turn.fill(&mut l)?;
                 l.load = a.load;
                 l.history = a.no_history.then_some(false);
                 Job::Chat
@@ -148,10 +146,7 @@ impl Command {
                 Job::Doctor
             }
             Command::Config(a) => {
-                a.system.fill(&mut l)?;
-                a.persona.fill(&mut l);
-                a.model.fill(&mut l);
-                a.sampling.fill(&mut l);
+                a.turn.fill(&mut l)?;
                 Job::Config {
                     path_only: a.action.as_deref() == Some("path"),
                 }
@@ -197,6 +192,16 @@ fn env_layer(flags: &mut Layer, matches: &ArgMatches) -> Layer {
         env.strike = flags.strike.take();
     }
     env
+}
+
+impl TurnArgs {
+    fn fill(self, l: &mut Layer) -> anyhow::Result<()> {
+        self.system.fill(l)?;
+        self.persona.fill(l);
+        self.model.fill(l);
+        self.sampling.fill(l);
+        Ok(())
+    }
 }
 
 impl SystemArgs {

@@ -38,7 +38,7 @@ pub struct Cli {
         global = true,
         value_name = "WHEN"
     )]
-    pub color: crate::messages::Color,
+    pub color: clap::ColorChoice,
 
     /// Only the reply and errors: no notes, no download progress.
     #[arg(long, short = 'q', global = true)]
@@ -106,9 +106,6 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
-    #[command(flatten)]
-    pub system: SystemArgs,
-
     /// Resume a conversation saved with /save.
     #[arg(long, value_name = "FILE")]
     pub load: Option<PathBuf>,
@@ -116,6 +113,16 @@ pub struct ChatArgs {
     /// Keep no input history on disk.
     #[arg(long)]
     pub no_history: bool,
+
+    #[command(flatten)]
+    pub turn: TurnArgs,
+}
+
+/// What shapes a reply: the settings `ask`, `chat` and `config` share.
+#[derive(Args, Debug)]
+pub struct TurnArgs {
+    #[command(flatten)]
+    pub system: SystemArgs,
 
     #[command(flatten)]
     pub persona: PersonaArgs,
@@ -134,16 +141,7 @@ pub struct ConfigArgs {
     pub action: Option<String>,
 
     #[command(flatten)]
-    pub system: SystemArgs,
-
-    #[command(flatten)]
-    pub model: ModelArgs,
-
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
-
-    #[command(flatten)]
-    pub persona: PersonaArgs,
+    pub turn: TurnArgs,
 }
 
 #[derive(Args, Debug)]
@@ -256,16 +254,7 @@ pub struct AskArgs {
     pub prompt: Vec<String>,
 
     #[command(flatten)]
-    pub system: SystemArgs,
-
-    #[command(flatten)]
-    pub persona: PersonaArgs,
-
-    #[command(flatten)]
-    pub model: ModelArgs,
-
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
+    pub turn: TurnArgs,
 
     /// After the reply, print token counts, time to first token and tokens/s to stderr.
     #[arg(long)]
@@ -474,7 +463,7 @@ mod tests {
             panic!("not ask")
         };
         assert_eq!(args.prompt, ["a", "b"]);
-        assert_eq!(args.sampling.temperature, Some(0.0));
+        assert_eq!(args.turn.sampling.temperature, Some(0.0));
     }
 
     fn strike(args: &[&str]) -> Option<Mode> {
@@ -482,7 +471,7 @@ mod tests {
         let Some(Command::Ask(args)) = cli.command else {
             panic!("not ask")
         };
-        args.persona.strike
+        args.turn.persona.strike
     }
 
     #[test]
