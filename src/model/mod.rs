@@ -2,7 +2,7 @@
 //! matches it, and the generation defaults its authors shipped.
 //!
 //! Both file formats end in the same [`Transformer`]; the only difference
-//! past this file is the [`transformer::WeightSource`] that fed it.
+//! past this file is the [`weights::WeightSource`] that fed it.
 
 pub mod attention;
 pub mod config;
@@ -15,6 +15,7 @@ pub mod linear;
 pub mod quant;
 pub mod safetensors;
 pub mod transformer;
+pub mod weights;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -9,7 +9,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use super::linear::Linear;
-use super::transformer::{Embedding, RopeLayout, Weight, WeightSource};
+use super::weights::{Embedding, RopeLayout, Weight, WeightSource};
 use crate::exit::{Classify, Failure};
 
 pub struct SafetensorsSource {
@@ -115,7 +115,7 @@ impl WeightSource for SafetensorsSource {
 
     fn layers(&self) -> usize {
         let names = self.files.tensors().into_iter().map(|(name, _)| name);
-        super::transformer::layer_count(names, "model.layers.")
+        super::weights::layer_count(names, "model.layers.")
     }
 
     fn rope_layout(&self) -> RopeLayout {

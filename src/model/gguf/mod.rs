@@ -23,7 +23,7 @@ use memmap2::{Mmap, MmapOptions};
 
 use crate::exit::{Classify, Failure};
 use crate::model::linear::{Linear, MappedMatrix};
-use crate::model::transformer::{Embedding, RopeLayout, Weight, WeightSource};
+use crate::model::weights::{Embedding, RopeLayout, Weight, WeightSource};
 
 pub struct GgufSource {
     map: Arc<Mmap>,
@@ -198,7 +198,7 @@ impl WeightSource for GgufSource {
     }
 
     fn layers(&self) -> usize {
-        crate::model::transformer::layer_count(self.header.tensors.keys(), "blk.")
+        crate::model::weights::layer_count(self.header.tensors.keys(), "blk.")
     }
 
     fn rope_layout(&self) -> RopeLayout {

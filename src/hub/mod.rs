@@ -1,0 +1,291 @@
+//! Models from the Hugging Face Hub: the named presets, repo ids, the cache
+//! shared with Python tools, offline mode, and downloads through `hf-hub`.
+//!
+//! Everything here ends in a local path (a snapshot folder or a `.gguf`
+//! file in the cache) that `resolve.rs` then reads like any local model.
+//! The cache is always looked at first, by greve itself: a file already
+//! there is used without a request, so a model downloaded once (by greve
+//! or by Python's `huggingface_hub`) works offline and without delay.
+
+mod session;
+
+use std::path::{Path, PathBuf};
+
+use session::{shard_names, Session};
+
+/// An official Apache-2.0 Mistral 7B Instruct release.
+pub struct Preset {
+    pub name: &'static str,
+    /// The `mistralai` repo: safetensors and tokenizer files.
+    pub repo: &'static str,
+    pub gated: bool,
+    /// A widely used GGUF conversion of it, and its file names with the
+    /// quantisation in place of `{q}`.
+    pub gguf_repo: &'static str,
+    pub gguf_file: &'static str,
+}
+
+pub const PRESETS: [Preset; 3] = [
+    Preset {
+        name: "mistral-7b-instruct-v0.1",
+        repo: "mistralai/Mistral-7B-Instruct-v0.1",
+        gated: true,
+        gguf_repo: "TheBloke/Mistral-7B-Instruct-v0.1-GGUF",
+        gguf_file: "mistral-7b-instruct-v0.1.{q}.gguf",
+    },
+    Preset {
+        name: "mistral-7b-instruct-v0.2",
+        repo: "mistralai/Mistral-7B-Instruct-v0.2",
+        gated: true,
+        gguf_repo: "TheBloke/Mistral-7B-Instruct-v0.2-GGUF",
+        gguf_file: "mistral-7b-instruct-v0.2.{q}.gguf",
+    },
+    Preset {
+        name: "mistral-7b-instruct-v0.3",
+        repo: "mistralai/Mistral-7B-Instruct-v0.3",
+        gated: false,
+        gguf_repo: "bartowski/Mistral-7B-Instruct-v0.3-GGUF",
+        gguf_file: "Mistral-7B-Instruct-v0.3-{q}.gguf",
+    },
+];
+
+/// What `--model` means when it is not given: v0.3, whose repo needs no
+/// account; as Q4_K_M GGUF on a CPU (4.4 GB, the practical choice there).
+pub const DEFAULT_MODEL: &str = "mistral-7b-instruct-v0.3";
+pub const DEFAULT_QUANT: &str = "Q4_K_M";
+
+/// How to reach the Hub, from the flags and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct HubOptions {
+    /// `--quant`: a GGUF quantisation (`Q4_K_M`, …) or `safetensors`.
+    pub quant: Option<String>,
+    pub revision: Option<String>,
+    /// `--offline`, or `HF_HUB_OFFLINE`: never make a request.
+    pub offline: bool,
+    pub quiet: bool,
+}
+
+/// A model on the Hub: a repo at a revision, and the files greve needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Wanted {
+    /// What the user typed, for the commands messages suggest.
+    pub spec: String,
+    pub repo: String,
+    pub revision: String,
+    pub layout: Layout,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Layout {
+    /// config.json, tokenizer files and the safetensors shards.
+    Safetensors,
+    /// One GGUF file.
+    Gguf(String),
+    /// A repo id without `--quant`: decided from the files it holds.
+    Unknown,
+}
+
+/// What `spec` names on the Hub, if anything: a preset or `org/name[@rev]`.
+pub fn parse(spec: &str, opts: &HubOptions) -> Option<Wanted> {
+    let quant = opts.quant.as_deref();
+    let safetensors =
+        |q: &str| ["safetensors", "bf16", "f16", "f32"].contains(&q.to_lowercase().as_str());
+    let wanted = |repo: &str, revision: String, layout| Wanted {
+        spec: spec.to_string(),
+        repo: repo.to_string(),
+        revision,
+        layout,
+    };
+    if let Some(p) = PRESETS.iter().find(|p| p.name.eq_ignore_ascii_case(spec)) {
+        let revision = opts.revision.clone().unwrap_or_else(|| "main".into());
+        // A GPU build runs the original weights by default.
+        let gpu = cfg!(any(feature = "cuda", feature = "metal"));
+        return Some(match quant {
+            Some(q) if safetensors(q) => wanted(p.repo, revision, Layout::Safetensors),
+            None if gpu => wanted(p.repo, revision, Layout::Safetensors),
+            q => {
+                let file = p
+                    .gguf_file
+                    .replace("{q}", &q.unwrap_or(DEFAULT_QUANT).to_uppercase());
+                wanted(p.gguf_repo, revision, Layout::Gguf(file))
+            }
+        });
+    }
+    let (id, at) = match spec.split_once('@') {
+        Some((id, rev)) => (id, Some(rev.to_string())),
+        None => (spec, None),
+    };
+    let valid = |part: &str| {
+        !part.is_empty()
+            && !part.starts_with('.')
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    let (org, name) = id.split_once('/')?;
+    if !valid(org) || !valid(name) {
+        return None;
+    }
+    let revision = at
+        .or_else(|| opts.revision.clone())
+        .unwrap_or_else(|| "main".into());
+    let layout = match quant {
+        Some(q) if safetensors(q) => Layout::Safetensors,
+        Some(q) => Layout::Gguf(q.to_string()),
+        None => Layout::Unknown,
+    };
+    Some(wanted(id, revision, layout))
+}
+
+/// Where the Hub lives for this user: the cache, the endpoint and the token,
+/// resolved in the same order as Python's `huggingface_hub`.
+#[derive(Clone, Debug)]
+pub struct Hub {
+    pub cache: PathBuf,
+    pub endpoint: String,
+    token: Option<String>,
+    pub offline: bool,
+}
+
+impl Hub {
+    pub fn from_env(offline_flag: bool) -> Self {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let home = env("HOME").map(PathBuf::from).unwrap_or_default();
+        let hf_home = env("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            env("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| home.join(".cache"))
+                .join("huggingface")
+        });
+        let cache = env("HF_HUB_CACHE")
+            .or_else(|| env("HUGGINGFACE_HUB_CACHE"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| hf_home.join("hub"));
+        let token = env("HF_TOKEN").or_else(|| {
+            let file = env("HF_TOKEN_PATH")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| hf_home.join("token"));
+            std::fs::read_to_string(file)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+        });
+        // Python's truthy values for HF_HUB_OFFLINE.
+        let offline_env = env("HF_HUB_OFFLINE")
+            .is_some_and(|v| ["1", "ON", "YES", "TRUE"].contains(&v.to_uppercase().as_str()));
+        Hub {
+            cache,
+            endpoint: env("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into()),
+            token,
+            offline: offline_flag || offline_env,
+        }
+    }
+
+    /// Whether a token is configured (it is never shown).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// The cache folder of a repo, as both hf-hub and Python lay it out.
+    fn repo_dir(&self, repo: &str) -> PathBuf {
+        self.cache
+            .join(format!("models--{}", repo.replace('/', "--")))
+    }
+
+    /// The cached snapshot for a revision: a commit hash names it directly,
+    /// a branch or tag through `refs/`.
+    pub fn snapshot(&self, repo: &str, revision: &str) -> Option<PathBuf> {
+        let dir = self.repo_dir(repo);
+        let is_commit = revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit());
+        let commit = if is_commit {
+            revision.to_string()
+        } else {
+            std::fs::read_to_string(dir.join("refs").join(revision))
+                .ok()?
+                .trim()
+                .to_string()
+        };
+        Some(dir.join("snapshots").join(commit)).filter(|p| p.is_dir())
+    }
+
+    /// Brings the model's files into the cache (or finds them there) and
+    /// returns the local path to load: the snapshot folder, or the GGUF file.
+    pub fn fetch(&self, wanted: &Wanted, opts: &HubOptions) -> anyhow::Result<PathBuf> {
+        let mut session = Session::new(self, wanted, opts)?;
+        let layout = match &wanted.layout {
+            Layout::Unknown => session.guess_layout()?,
+            known => known.clone(),
+        };
+        match layout {
+            Layout::Gguf(pattern) => {
+                let name = session.pick_gguf(&pattern)?;
+                // The header is not read yet: the cache planned for is 7B's.
+                session.preflight(std::slice::from_ref(&name), crate::model::KV_PER_TOKEN_7B)?;
+                session.get(&name)
+            }
+            _ => {
+                let config = session.get("config.json")?;
+                let index = session.get("model.safetensors.index.json");
+                let shards = match &index {
+                    Ok(path) => shard_names(path)?,
+                    Err(_) => vec!["model.safetensors".to_string()],
+                };
+                let files: Vec<String> = ["tokenizer.json", "tokenizer_config.json"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain(shards)
+                    .collect();
+                let kv_per_token =
+                    crate::model::config::Config::from_json_file(&config)?.kv_bytes_per_token();
+                session.preflight(&files, kv_per_token)?;
+                for file in &files {
+                    session.get(file)?;
+                }
+                // Not every repo has one; the defaults then apply.
+                let _ = session.get("generation_config.json");
+                session.finish()?;
+                Ok(config.parent().unwrap_or(Path::new(".")).to_path_buf())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(quant: Option<&str>) -> HubOptions {
+        HubOptions {
+            quant: quant.map(String::from),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn presets_and_repo_ids() {
+        let w = parse("mistral-7b-instruct-v0.3", &opts(None)).unwrap();
+        if !cfg!(any(feature = "cuda", feature = "metal")) {
+            assert_eq!(w.repo, "bartowski/Mistral-7B-Instruct-v0.3-GGUF");
+            assert_eq!(
+                w.layout,
+                Layout::Gguf("Mistral-7B-Instruct-v0.3-Q4_K_M.gguf".into())
+            );
+        }
+        let w = parse("Mistral-7B-Instruct-v0.2", &opts(Some("q8_0"))).unwrap();
+        assert_eq!(
+            w.layout,
+            Layout::Gguf("mistral-7b-instruct-v0.2.Q8_0.gguf".into())
+        );
+        let w = parse("mistral-7b-instruct-v0.1", &opts(Some("safetensors"))).unwrap();
+        assert_eq!(
+            (w.repo.as_str(), w.layout),
+            ("mistralai/Mistral-7B-Instruct-v0.1", Layout::Safetensors)
+        );
+        let w = parse("mistralai/Mistral-7B-Instruct-v0.3@abc", &opts(None)).unwrap();
+        assert_eq!((w.revision.as_str(), w.layout), ("abc", Layout::Unknown));
+        assert_eq!(parse("./model", &opts(None)), None);
+        assert_eq!(parse("a/b/c", &opts(None)), None);
+        assert_eq!(parse("../x", &opts(None)), None);
+        assert_eq!(parse("mistral-7b", &opts(None)), None);
+    }
+}
