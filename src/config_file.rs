@@ -17,6 +17,7 @@
 //! max_tokens = 512
 //! prompts = "/home/me/mes-prompts"
 //! safe = true
+//! format = "json"            # or json_schema = "person.json"
 //! system = "Réponds en français."
 //! history = false
 //! ```
@@ -50,7 +51,23 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Layer> {
             path.display()
         ))
     })?;
-    parse(&text).map_err(|e| Failure::Usage.err(format!("{}:{e}", path.display())))
+    let mut layer =
+        parse(&text).map_err(|e| Failure::Usage.err(format!("{}:{e}", path.display())))?;
+    if let Some(schema) = layer.json_schema.take() {
+        // A relative path is the config folder's.
+        let schema = path.parent().unwrap_or(Path::new(".")).join(schema);
+        let text = std::fs::read_to_string(&schema).map_err(|e| {
+            Failure::Usage.err(format!(
+                "cannot read json_schema {} (from the config file {}): {e}",
+                schema.display(),
+                path.display()
+            ))
+        })?;
+        let format = crate::structured::schema(&text)
+            .map_err(|e| Failure::Usage.err(format!("{}: {e}", schema.display())))?;
+        layer.format = Some(format);
+    }
+    Ok(layer)
 }
 
 /// Parses a config file's text; an error reads "LINE: key: what is wrong".

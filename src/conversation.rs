@@ -18,6 +18,7 @@ use crate::model::Model;
 use crate::persona::{self, Mode, Prompts};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::settings::Settings;
+use crate::structured::{Constraint, Format, Grammar};
 use crate::template::{self, Message, Role};
 use crate::transcript::Transcript;
 
@@ -33,6 +34,9 @@ pub struct Conversation {
     cached: Vec<u32>,
     /// Replies so far: each one samples with its own seed.
     turns: u64,
+    /// The output format compiled for this model's vocabulary, kept while
+    /// the format stays the same.
+    grammar: Option<(Format, Grammar)>,
     pub last: Option<Stats>,
 }
 
@@ -66,6 +70,8 @@ pub struct Options {
     pub sampling: SamplingParams,
     pub seed: u64,
     pub max_tokens: Option<usize>,
+    /// Free text, or JSON by construction.
+    pub format: Format,
 }
 
 impl Options {
@@ -79,6 +85,7 @@ impl Options {
             sampling: settings.sampling(&model.defaults),
             seed: settings.seed.value,
             max_tokens: settings.reply_limit(&model.defaults),
+            format: settings.format.value.clone(),
         }
     }
 }
@@ -92,6 +99,7 @@ impl Conversation {
             first: 0,
             cached: Vec::new(),
             turns: 0,
+            grammar: None,
             last: None,
         }
     }
@@ -233,9 +241,11 @@ impl Conversation {
         let max_tokens = self.options.max_tokens.map_or(room, |n| n.min(room));
         let mut stop = self.model.defaults.eos_token_id.clone();
         stop.push(self.model.tokenizer.eos());
-        let limits = Limits {
+        let mut constraint = self.constraint()?;
+        let mut limits = Limits {
             max_tokens,
             stop: &stop,
+            grammar: constraint.as_mut(),
         };
         let mut sampler = Sampler::new(self.options.sampling.clone(), seed);
         // Until generation succeeds the cache holds an unknown mix.
@@ -245,7 +255,7 @@ impl Conversation {
             &ids,
             reuse,
             &mut sampler,
-            &limits,
+            &mut limits,
             cancel,
             |token| on_event(Event::Token(token)),
         )?;
@@ -264,6 +274,16 @@ impl Conversation {
             notice: false,
             dropped,
         })
+    }
+
+    /// A fresh constraint for the reply, when the format asks for one.
+    fn constraint(&mut self) -> anyhow::Result<Option<Constraint>> {
+        let format = &self.options.format;
+        if !self.grammar.as_ref().is_some_and(|(f, _)| f == format) {
+            self.grammar =
+                Grammar::new(format, &self.model.tokenizer)?.map(|g| (format.clone(), g));
+        }
+        self.grammar.as_ref().map(|(_, g)| g.start()).transpose()
     }
 
     fn system_prompt(&self) -> Option<String> {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::exit::{Classify, Failure};
 use crate::model::transformer::{self, Transformer};
 use crate::sampler::Sampler;
+use crate::structured::Constraint;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -71,6 +72,8 @@ pub struct Limits<'a> {
     pub max_tokens: usize,
     /// Tokens that end the reply (not emitted).
     pub stop: &'a [u32],
+    /// The grammar the reply must follow, if any.
+    pub grammar: Option<&'a mut Constraint>,
 }
 
 /// Generates a reply to `prompt`, calling `on_token` with each token as it
@@ -85,7 +88,7 @@ pub fn generate(
     prompt: &[u32],
     reuse: usize,
     sampler: &mut Sampler,
-    limits: &Limits,
+    limits: &mut Limits,
     cancel: &AtomicBool,
     mut on_token: impl FnMut(u32) -> anyhow::Result<()>,
 ) -> anyhow::Result<Generation> {
@@ -130,12 +133,18 @@ pub fn generate(
         if cancel.load(Ordering::Relaxed) {
             return finished(tokens, Finish::Interrupted, stats);
         }
+        if let Some(grammar) = limits.grammar.as_deref_mut() {
+            grammar.mask(&mut logits)?;
+        }
         let token = sampler.sample(&mut logits, &history);
         if tokens.is_empty() {
             stats.time_to_first_token = start.elapsed();
         }
         if limits.stop.contains(&token) {
             return finished(tokens, Finish::Stop, stats);
+        }
+        if let Some(grammar) = limits.grammar.as_deref_mut() {
+            grammar.accept(token)?;
         }
         tokens.push(token);
         history.push(token);

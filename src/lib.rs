@@ -20,6 +20,7 @@ pub mod persona;
 pub mod resolve;
 pub mod sampler;
 pub mod settings;
+pub mod structured;
 pub mod system;
 pub mod template;
 pub mod text_file;

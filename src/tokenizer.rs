@@ -187,6 +187,38 @@ impl Tokenizer {
             .decode(ids, true)
             .map_err(|e| anyhow::anyhow!("cannot decode tokens: {e}"))
     }
+
+    /// Each token's bytes, by id, as constrained decoding matches them
+    /// against a grammar: `▁` is a space, `<0xHH>` the byte HH, a
+    /// byte-level (GPT-2 kind) piece its bytes, and a control token its
+    /// name after a 0xFF byte (never valid UTF-8, so no text can match it).
+    pub fn token_bytes(&self) -> Vec<Vec<u8>> {
+        let control = self.inner.get_added_tokens_decoder();
+        let byte_level = matches!(
+            self.inner.get_decoder(),
+            Some(tokenizers::DecoderWrapper::ByteLevel(_))
+        );
+        let from_char = byte_level_chars();
+        (0..self.vocab_size() as u32)
+            .map(|id| {
+                let piece = self.inner.id_to_token(id).unwrap_or_default();
+                if control.get(&id).is_some_and(|t| t.special) {
+                    return [&[0xFF], piece.as_bytes()].concat();
+                }
+                if let Some(byte) = byte_fallback(&piece) {
+                    return vec![byte];
+                }
+                if byte_level {
+                    piece
+                        .chars()
+                        .filter_map(|c| from_char.get(&c).copied())
+                        .collect()
+                } else {
+                    piece.replace('▁', " ").into_bytes()
+                }
+            })
+            .collect()
+    }
 }
 
 /// SentencePiece puts its dummy-prefix space in front of every text, even
@@ -251,6 +283,30 @@ impl StreamDecoder {
         self.read = self.ids.len();
         Ok(Some(new))
     }
+}
+
+/// SentencePiece's byte-fallback pieces, `<0x0A>`.
+fn byte_fallback(piece: &str) -> Option<u8> {
+    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
+    (hex.len() == 2).then(|| u8::from_str_radix(hex, 16).ok())?
+}
+
+/// GPT-2's byte-level alphabet: each byte as the printable character that
+/// stands for it in the vocabulary, reversed.
+fn byte_level_chars() -> HashMap<char, u8> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut next = 256u32;
+    (0..=255u8)
+        .map(|b| {
+            let c = if printable(b) {
+                char::from(b)
+            } else {
+                next += 1;
+                char::from_u32(next - 1).unwrap_or('?')
+            };
+            (c, b)
+        })
+        .collect()
 }
 
 /// llama.cpp's token types (`llama_token_type` / gguf-py `TokenType`).

@@ -14,6 +14,7 @@ use greve::model::{self, Model};
 use greve::persona::{Mode, Prompts};
 use greve::resolve::resolve;
 use greve::sampler::{Sampler, SamplingParams};
+use greve::structured::Format;
 use greve::template::{self, Message};
 
 fn greedy() -> SamplingParams {
@@ -44,6 +45,7 @@ fn chat_with(name: &str, max_tokens: usize, system: Option<&str>) -> Conversatio
         sampling: greedy(),
         seed: 0,
         max_tokens: Some(max_tokens),
+        format: Format::Text,
     };
     Conversation::new(load(name), config)
 }
@@ -58,9 +60,10 @@ fn fresh_reply(
     let pieces = template::render(model.tokenizer.format(), system, messages).unwrap();
     let ids = model.tokenizer.encode_pieces(&pieces).unwrap();
     let stop = [model.tokenizer.eos()];
-    let limits = Limits {
+    let mut limits = Limits {
         max_tokens: n,
         stop: &stop,
+        grammar: None,
     };
     let mut sampler = Sampler::new(greedy(), 0);
     model.transformer.truncate(0);
@@ -69,7 +72,7 @@ fn fresh_reply(
         &ids,
         0,
         &mut sampler,
-        &limits,
+        &mut limits,
         &AtomicBool::new(false),
         |_| Ok(()),
     )

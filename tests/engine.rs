@@ -41,9 +41,10 @@ fn greedy(model: &mut Model, prompt: &[u32], n: usize) -> Vec<u32> {
     };
     let mut sampler = Sampler::new(params, 0);
     let stop = [model.tokenizer.eos()];
-    let limits = Limits {
+    let mut limits = Limits {
         max_tokens: n,
         stop: &stop,
+        grammar: None,
     };
     let cancel = AtomicBool::new(false);
     generate(
@@ -51,7 +52,7 @@ fn greedy(model: &mut Model, prompt: &[u32], n: usize) -> Vec<u32> {
         prompt,
         0,
         &mut sampler,
-        &limits,
+        &mut limits,
         &cancel,
         |_| Ok(()),
     )

@@ -13,6 +13,7 @@ use crate::commands::{ask, bench, tokenize};
 use crate::exit::{Classify, Failure};
 use crate::model::attention::KvType;
 use crate::settings::Layer;
+use crate::structured::{self, Format};
 
 /// What a command asks for, once its settings are set apart.
 #[derive(Debug)]
@@ -200,6 +201,27 @@ impl TurnArgs {
         self.persona.fill(l);
         self.model.fill(l);
         self.sampling.fill(l);
+        self.format.fill(l)
+    }
+}
+
+impl FormatArgs {
+    fn fill(self, l: &mut Layer) -> anyhow::Result<()> {
+        let usage = |e: String| Failure::Usage.err(format!("--json-schema: {e}"));
+        l.format = match (self.format.as_deref(), self.json_schema) {
+            (Some("json"), _) => Some(Format::Json),
+            (Some(_), _) => Some(Format::Text),
+            (None, Some(schema)) if schema.trim_start().starts_with('{') => {
+                Some(structured::schema(&schema).map_err(usage)?)
+            }
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    Failure::Usage.err(format!("cannot read --json-schema {path}: {e}"))
+                })?;
+                Some(structured::schema(&text).map_err(|e| usage(format!("{path}: {e}")))?)
+            }
+            (None, None) => None,
+        };
         Ok(())
     }
 }

@@ -132,6 +132,23 @@ pub struct TurnArgs {
 
     #[command(flatten)]
     pub sampling: SamplingArgs,
+
+    #[command(flatten)]
+    pub format: FormatArgs,
+}
+
+/// Replies that are valid JSON by construction.
+#[derive(Args, Debug)]
+pub struct FormatArgs {
+    /// `json`: the reply is one JSON object, and nothing else (constrained
+    /// decoding); `text` (the default): free text.
+    #[arg(long, value_parser = ["json", "text"], value_name = "FORMAT")]
+    pub format: Option<String>,
+
+    /// The reply is a JSON value this schema allows: a file, or the schema
+    /// itself (`{...}`). See the README for the keywords supported.
+    #[arg(long, value_name = "SCHEMA", conflicts_with = "format")]
+    pub json_schema: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -12,6 +12,7 @@ use crate::exit::{Classify, Failure};
 use crate::generate::Finish;
 use crate::persona::{self, Mode, Wrapping};
 use crate::settings::Settings;
+use crate::structured::Format;
 
 /// What `greve ask` was asked, besides the settings.
 #[derive(Clone, Debug, Default)]
@@ -31,8 +32,16 @@ pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow
     let prompt = read_prompt(&request.prompt)?;
     let start = reply::start(settings)?;
     let (mode, seed) = (start.settings.strike.value, start.settings.seed.value);
+    let structured = start.settings.format.value != Format::Text;
     // No model is needed, or even loaded, to go on strike.
     if let Some(notice) = persona::strike_notice(mode, &start.prompts, &prompt, seed) {
+        if structured && !request.json {
+            eprintln!("{notice}");
+            return Err(Failure::Generation.err(format!(
+                "on strike ({}): the notice above is no JSON; --strike=off to get some",
+                mode.name()
+            )));
+        }
         return print_notice(&notice, mode, seed, request.json);
     }
     let save = start.settings.save.clone();
@@ -40,7 +49,7 @@ pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow
     let mut conversation = start.open()?;
     let load_time = loading.elapsed();
 
-    let wrapping = persona::wrapping(mode, seed, &conversation.options.prompts);
+    let wrapping = reply::wrapping(&conversation);
     let send = |c: &mut Conversation, on_event: &mut dyn FnMut(Event) -> anyhow::Result<()>| {
         c.send(prompt, cancel, on_event)
     };
@@ -69,10 +78,14 @@ pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow
     if let Some(path) = &save {
         conversation.transcript().save(path)?;
     }
-    if turn.finish == Finish::Interrupted {
-        return Err(Failure::Interrupted.err("interrupted"));
+    match turn.finish {
+        Finish::Interrupted => Err(Failure::Interrupted.err("interrupted")),
+        Finish::Length if structured => Err(Failure::Generation.err(format!(
+            "the reply reached its limit of {} tokens before its JSON was complete, so none was printed; raise --max-tokens",
+            conversation.last.map_or(0, |s| s.generated_tokens)
+        ))),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The prompt from the arguments, or stdin when there are none or the only

@@ -73,9 +73,10 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
                     prompt: &[u32],
                     reuse: usize,
                     gen: usize| {
-        let limits = Limits {
+        let mut limits = Limits {
             max_tokens: gen,
             stop: &[],
+            grammar: None,
         };
         let mut sampler = Sampler::new(greedy.clone(), 0);
         generate(
@@ -83,7 +84,7 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
             prompt,
             reuse,
             &mut sampler,
-            &limits,
+            &mut limits,
             cancel,
             |_| Ok(()),
         )

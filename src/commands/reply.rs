@@ -4,10 +4,11 @@
 use std::io::Write;
 
 use crate::conversation::{Conversation, Event, Options, Turn};
-use crate::generate::Stats;
+use crate::generate::{Finish, Stats};
 use crate::messages;
-use crate::persona::{self, Prompts};
+use crate::persona::{self, Prompts, Wrapping};
 use crate::settings::Settings;
+use crate::structured::Format;
 use crate::template::Message;
 use crate::tokenizer::StreamDecoder;
 use crate::transcript::Transcript;
@@ -45,8 +46,10 @@ impl Start {
 }
 
 /// Prints one reply to `out` as it streams, with the persona's letterhead
-/// and sign-off around it; a strike notice comes whole. With `show_prompt`,
-/// the prompt's text and ids go to stderr first.
+/// and sign-off around it; a strike notice comes whole. A JSON reply
+/// (`--format`, `--json-schema`) comes alone and only once complete, so a
+/// reply cut short is never printed as if it were valid. With
+/// `show_prompt`, the prompt's text and ids go to stderr first.
 pub fn speak(
     conversation: &mut Conversation,
     out: &mut impl Write,
@@ -56,8 +59,8 @@ pub fn speak(
         &mut dyn FnMut(Event) -> anyhow::Result<()>,
     ) -> anyhow::Result<Turn>,
 ) -> anyhow::Result<Turn> {
-    let o = &conversation.options;
-    let wrapping = persona::wrapping(o.mode, conversation.turn_seed(), &o.prompts);
+    let structured = conversation.options.format != Format::Text;
+    let wrapping = wrapping(conversation);
     let tokenizer = conversation.model.tokenizer.clone();
     let mut decoder = StreamDecoder::default();
     let mut on_event = |event: Event| -> anyhow::Result<()> {
@@ -73,28 +76,43 @@ pub fn speak(
                     out.flush()?;
                 }
             }
-            Event::Token(token) => {
+            Event::Token(token) if !structured => {
                 if let Some(text) = decoder.push(&tokenizer, token)? {
                     out.write_all(text.as_bytes())?;
                     out.flush()?;
                 }
             }
+            Event::Token(_) => {}
         }
         Ok(())
     };
     let turn = answer(conversation, &mut on_event)?;
-    if turn.notice {
-        write!(out, "{}", turn.text)?;
-    } else if let Some(rest) = decoder.finish(&tokenizer)? {
-        write!(out, "{rest}")?;
+    if turn.notice || structured {
+        if turn.notice || turn.finish == Finish::Stop {
+            writeln!(out, "{}", turn.text)?;
+        }
+    } else {
+        if let Some(rest) = decoder.finish(&tokenizer)? {
+            write!(out, "{rest}")?;
+        }
+        writeln!(out)?;
     }
-    writeln!(out)?;
     if let (false, Some(signoff)) = (turn.notice, &wrapping.signoff) {
         let signoff = messages::for_stdout(signoff, messages::signoff_style());
         writeln!(out, "\n{signoff}")?;
     }
     out.flush()?;
     Ok(turn)
+}
+
+/// What goes around the next reply: the persona's letterhead and sign-off,
+/// never around JSON.
+pub fn wrapping(conversation: &Conversation) -> Wrapping {
+    let o = &conversation.options;
+    match o.format {
+        Format::Text => persona::wrapping(o.mode, conversation.turn_seed(), &o.prompts),
+        _ => Wrapping::default(),
+    }
 }
 
 /// Says when the oldest messages left the model's window to make room.

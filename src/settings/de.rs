@@ -5,6 +5,7 @@ use serde::{Deserialize, Deserializer};
 use super::check;
 use crate::model::attention::KvType;
 use crate::persona::Mode;
+use crate::structured::Format;
 
 fn checked<'de, D: Deserializer<'de>>(
     d: D,
@@ -43,4 +44,15 @@ pub fn kv_cache<'de, D: Deserializer<'de>>(d: D) -> Result<Option<KvType>, D::Er
 pub fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mode>, D::Error> {
     let name = String::deserialize(d)?;
     name.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+pub fn format<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Format>, D::Error> {
+    match String::deserialize(d)?.as_str() {
+        "json" => Ok(Some(Format::Json)),
+        "text" => Ok(Some(Format::Text)),
+        other => Err(serde::de::Error::custom(format!(
+            "{} is not a format: use json or text (a schema goes in json_schema)",
+            crate::messages::short(other)
+        ))),
+    }
 }

@@ -31,6 +31,7 @@ use crate::model::attention::KvType;
 use crate::model::GenerationDefaults;
 use crate::persona::Mode;
 use crate::sampler::SamplingParams;
+use crate::structured::Format;
 use crate::transcript::Transcript;
 
 /// greve's defaults where the model ships none: Mistral's recommended
@@ -106,6 +107,13 @@ pub struct Layer {
     pub system: Option<String>,
     pub prompts: Option<PathBuf>,
     pub history: Option<bool>,
+    /// Free text or JSON (`format = "json"` in the config file).
+    #[serde(default, deserialize_with = "de::format")]
+    pub format: Option<Format>,
+    /// The config file's `json_schema = "PATH"`, read into `format` when the
+    /// file is loaded.
+    #[serde(default)]
+    pub json_schema: Option<PathBuf>,
     /// A saved conversation to go on from.
     #[serde(skip)]
     pub load: Option<PathBuf>,
@@ -149,6 +157,8 @@ pub struct Settings {
     pub prompts: Sourced<Option<PathBuf>>,
     /// Whether `greve chat` keeps its input history on disk.
     pub history: Sourced<bool>,
+    /// Free text, or JSON by construction (`--format`, `--json-schema`).
+    pub format: Sourced<Format>,
     pub load: Option<PathBuf>,
     pub save: Option<PathBuf>,
 }
@@ -182,6 +192,7 @@ impl Settings {
             system: layers.maybe(|l| &l.system),
             prompts: layers.maybe(|l| &l.prompts),
             history: layers.or(|l| &l.history, true),
+            format: layers.or(|l| &l.format, Format::Text),
             load: flags.load.clone(),
             save: flags.save.clone(),
         }
@@ -321,6 +332,10 @@ impl Settings {
                 }
             }),
             row("history", &self.history, bool::to_string),
+            row("format", &self.format, |f| match f {
+                Format::Schema(schema) => crate::messages::short(&schema.to_string()),
+                other => other.name().into(),
+            }),
         ]
     }
 }

@@ -21,6 +21,7 @@ use crate::exit::Failure;
 use crate::generate::Finish;
 use crate::persona::Mode;
 use crate::settings::{check, Settings};
+use crate::structured::{self, Format};
 use crate::transcript::Transcript;
 
 pub fn run(settings: Settings, cancel: &AtomicBool) -> anyhow::Result<()> {
@@ -132,7 +133,7 @@ fn handle(
             chat.send(line.to_string(), cancel, on_event)
         });
         match turn {
-            Ok(turn) => report(&turn),
+            Ok(turn) => report(&turn, &chat.options.format),
             Err(e) if crate::exit::is_broken_pipe(&e) => return Err(e),
             // The message was taken back; the conversation goes on.
             Err(e) => crate::messages::error(format!("{e:#}")),
@@ -183,7 +184,7 @@ fn command(
             let turn = speak(chat, out, false, |chat, on_event| {
                 chat.retry(cancel, on_event)
             })?;
-            report(&turn);
+            report(&turn, &chat.options.format);
         }
         Slash::Undo => {
             let undone = chat.undo();
@@ -260,9 +261,21 @@ fn set(chat: &mut Conversation, key: &str, value: &str) -> anyhow::Result<()> {
         "seed" => chat.options.seed = whole()?,
         // 0: no limit but the context.
         "max_tokens" => chat.options.max_tokens = Some(whole()? as usize).filter(|&n| n > 0),
+        "format" => {
+            chat.options.format = match value {
+                "json" => Format::Json,
+                "text" | "off" => Format::Text,
+                _ => return Err(bad("use json, text or off".into())),
+            }
+        }
+        "schema" => {
+            let text = std::fs::read_to_string(value)
+                .map_err(|e| Failure::Usage.err(format!("cannot read the schema {value}: {e}")))?;
+            chat.options.format = structured::schema(&text).map_err(bad)?;
+        }
         _ => {
             return Err(Failure::Usage.err(format!(
-            "no setting {key:?}: use temperature, top_p, top_k, seed, max_tokens or repeat_penalty"
+            "no setting {key:?}: use temperature, top_p, top_k, seed, max_tokens, repeat_penalty, format or schema"
         )))
         }
     }
@@ -274,6 +287,7 @@ fn show(chat: &Conversation, out: &mut impl Write) -> anyhow::Result<()> {
     let p = &chat.options.sampling;
     writeln!(out, "model        {}", chat.model.name)?;
     writeln!(out, "strike       {}", chat.options.mode.name())?;
+    writeln!(out, "format       {}", chat.options.format.name())?;
     writeln!(out, "context      {used} of {context} tokens in the cache")?;
     writeln!(out, "messages     {}", chat.messages().len())?;
     writeln!(
@@ -289,9 +303,13 @@ fn show(chat: &Conversation, out: &mut impl Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report(turn: &Turn) {
+fn report(turn: &Turn, format: &Format) {
     reply::report_dropped(turn);
-    if turn.finish == Finish::Interrupted {
+    if turn.finish == Finish::Length && *format != Format::Text {
+        crate::messages::warn(
+            "the reply reached max_tokens before its JSON was complete, so none was printed; /set max_tokens N and /retry",
+        );
+    } else if turn.finish == Finish::Interrupted {
         crate::messages::warn("reply interrupted; it stays in the conversation");
     } else if turn.text.trim().is_empty() {
         crate::messages::warn("the model gave an empty reply; /retry or write again");
