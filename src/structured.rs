@@ -1,4 +1,4 @@
-//! Replies that are valid JSON by construction: at each step only the
+//! Replies that are valid JSON (or follow a grammar) by construction: at each step only the
 //! tokens that keep the reply a valid prefix of the language may be
 //! sampled, and the end of the reply is allowed only once the value is
 //! complete. The grammar engine is llguidance (as in mistral.rs and
@@ -25,6 +25,8 @@ pub enum Format {
     Json,
     /// A JSON value the schema allows.
     Schema(Value),
+    /// Text that a Lark grammar (llguidance's dialect) derives.
+    Lark(String),
 }
 
 impl Format {
@@ -33,6 +35,7 @@ impl Format {
             Format::Text => "text",
             Format::Json => "json",
             Format::Schema(_) => "schema",
+            Format::Lark(_) => "grammar",
         }
     }
 
@@ -42,6 +45,7 @@ impl Format {
     fn grammar(&self) -> Option<TopLevelGrammar> {
         let mut schema = match self {
             Format::Text => return None,
+            Format::Lark(grammar) => return Some(TopLevelGrammar::from_lark(grammar.clone())),
             Format::Json => json!({"type": "object"}),
             Format::Schema(schema) => schema.clone(),
         };
@@ -65,6 +69,13 @@ pub fn schema(text: &str) -> Result<Format, String> {
     }
     let format = Format::Schema(value);
     check(&format).map_err(|e| format!("the JSON schema cannot be enforced: {e}"))?;
+    Ok(format)
+}
+
+/// A Lark grammar from its text, checked (see [`check`]).
+pub fn lark(text: &str) -> Result<Format, String> {
+    let format = Format::Lark(text.to_string());
+    check(&format).map_err(|e| format!("the grammar cannot be enforced: {e}"))?;
     Ok(format)
 }
 
@@ -170,5 +181,7 @@ mod tests {
         let e = schema(json!({"type": "array", "uniqueItems": true})).unwrap_err();
         assert!(e.contains("uniqueItems"), "{e}");
         assert!(schema(json!({"type": "frobnicate"})).is_err());
+        assert!(lark("start: \"oui\" | \"non\"").is_ok());
+        assert!(lark("start: undefined_rule").is_err());
     }
 }

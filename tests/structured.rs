@@ -117,7 +117,7 @@ fn a_reply_cut_short_is_reported_not_printed() {
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert_eq!(stdout(&o), "");
     assert!(
-        stderr(&o).contains("before its JSON was complete"),
+        stderr(&o).contains("before it was complete (schema)"),
         "{}",
         stderr(&o)
     );
@@ -253,4 +253,44 @@ fn chat_switches_format_mid_conversation() {
         "{}",
         stdout(&o)
     );
+}
+
+/// `--grammar`: llguidance's Lark dialect, for replies that are not JSON.
+#[test]
+fn a_lark_grammar_shapes_free_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let grammar = dir.path().join("vote.lark");
+    std::fs::write(
+        &grammar,
+        "start: \"grève \" (\"reconduite\" | \"suspendue\") \".\"\n",
+    )
+    .unwrap();
+    let model = goldens().join("tiny-v1-q8_0.gguf");
+    let m = model.to_str().unwrap();
+    for seed in ["1", "2", "3"] {
+        let o = ask(
+            m,
+            &[
+                "--grammar",
+                grammar.to_str().unwrap(),
+                "--temperature",
+                "1",
+                "--seed",
+                seed,
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let out = stdout(&o);
+        assert!(
+            ["grève reconduite.\n", "grève suspendue.\n"].contains(&out.as_str()),
+            "{out:?}"
+        );
+    }
+    std::fs::write(&grammar, "start: nowhere\n").unwrap();
+    let o = run(
+        &["ask", "-m", m, "--grammar", grammar.to_str().unwrap(), "x"],
+        b"",
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }

@@ -111,6 +111,7 @@ impl Command {
             }
             Command::Bench(a) => {
                 a.model.fill(&mut l);
+                a.format.fill(&mut l)?;
                 Job::Bench(bench::Plan {
                     prompt_tokens: a.prompt_tokens,
                     gen_tokens: a.gen_tokens,
@@ -208,6 +209,15 @@ impl TurnArgs {
 impl FormatArgs {
     fn fill(self, l: &mut Layer) -> anyhow::Result<()> {
         let usage = |e: String| Failure::Usage.err(format!("--json-schema: {e}"));
+        if let Some(path) = self.grammar {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                Failure::Usage.err(format!("cannot read --grammar {}: {e}", path.display()))
+            })?;
+            let format = structured::lark(&text)
+                .map_err(|e| Failure::Usage.err(format!("--grammar {}: {e}", path.display())))?;
+            l.format = Some(format);
+            return Ok(());
+        }
         l.format = match (self.format.as_deref(), self.json_schema) {
             (Some("json"), _) => Some(Format::Json),
             (Some(_), _) => Some(Format::Text),

@@ -149,6 +149,11 @@ pub struct FormatArgs {
     /// itself (`{...}`). See the README for the keywords supported.
     #[arg(long, value_name = "SCHEMA", conflicts_with = "format")]
     pub json_schema: Option<String>,
+
+    /// The reply is text this grammar derives: a file in llguidance's Lark
+    /// dialect (`start: "oui" | "non"`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["format", "json_schema"])]
+    pub grammar: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -239,6 +244,9 @@ pub struct TokenizeArgs {
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub format: FormatArgs,
 
     /// Prompt length, prefilled in one go (pp).
     #[arg(long, value_name = "N", default_value_t = 512)]

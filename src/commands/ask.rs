@@ -81,8 +81,9 @@ pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow
     match turn.finish {
         Finish::Interrupted => Err(Failure::Interrupted.err("interrupted")),
         Finish::Length if structured => Err(Failure::Generation.err(format!(
-            "the reply reached its limit of {} tokens before its JSON was complete, so none was printed; raise --max-tokens",
-            conversation.last.map_or(0, |s| s.generated_tokens)
+            "the reply reached its limit of {} tokens before it was complete ({}), so none was printed; raise --max-tokens",
+            conversation.last.map_or(0, |s| s.generated_tokens),
+            conversation.options.format.name()
         ))),
         _ => Ok(()),
     }

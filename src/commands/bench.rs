@@ -12,8 +12,10 @@ use rand_chacha::ChaCha8Rng;
 use crate::exit::Failure;
 use crate::generate::{generate, Limits, Stats};
 use crate::model;
+use crate::resolve;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::settings::{self, Settings};
+use crate::structured::{Format, Grammar};
 
 /// What to measure, as llama-bench's flags say it.
 #[derive(Clone, Debug)]
@@ -69,14 +71,27 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
         repeat_penalty: 1.0,
         repeat_last_n: 0,
     };
+    // With --format or --json-schema, each token is masked as in `ask`
+    // (the vocabulary comes from the model's tokenizer), to measure what
+    // the mask costs.
+    // A finished value allows only the end of the reply, which then stops it.
+    let (grammar, stop) = match settings.format.value {
+        Format::Text => (None, vec![]),
+        ref format => {
+            let tokenizer =
+                resolve::open_tokenizer(&settings.model.value, &settings.hub_options())?;
+            (Grammar::new(format, &tokenizer)?, vec![tokenizer.eos()])
+        }
+    };
     let run_once = |transformer: &mut model::transformer::Transformer,
                     prompt: &[u32],
                     reuse: usize,
                     gen: usize| {
+        let mut constraint = grammar.as_ref().map(Grammar::start).transpose()?;
         let mut limits = Limits {
             max_tokens: gen,
-            stop: &[],
-            grammar: None,
+            stop: &stop,
+            grammar: constraint.as_mut(),
         };
         let mut sampler = Sampler::new(greedy.clone(), 0);
         generate(
@@ -125,6 +140,7 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
     let ttft = each(&runs, |s| s.time_to_first_token.as_secs_f64());
     let report = Report {
         model: files.name.clone(),
+        format: settings.format.value.name(),
         threads: threads(),
         prompt_tokens: args.prompt_tokens,
         gen_tokens: args.gen_tokens,
@@ -157,6 +173,7 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
 #[derive(serde::Serialize)]
 struct Report {
     model: String,
+    format: &'static str,
     threads: usize,
     prompt_tokens: usize,
     gen_tokens: usize,
@@ -188,6 +205,9 @@ struct AtDepth {
 impl Report {
     fn print(&self) {
         println!("model       {}", self.model);
+        if self.format != "text" {
+            println!("format      {} (every token masked)", self.format);
+        }
         println!(
             "threads     {}, {} repetitions",
             self.threads, self.repetitions

@@ -334,6 +334,7 @@ impl Settings {
             row("history", &self.history, bool::to_string),
             row("format", &self.format, |f| match f {
                 Format::Schema(schema) => crate::messages::short(&schema.to_string()),
+                Format::Lark(grammar) => crate::messages::short(grammar),
                 other => other.name().into(),
             }),
         ]

@@ -81,11 +81,11 @@ pub fn parse_slash(line: &str) -> Option<Slash> {
         ("set", Some(arg)) => match arg.split_once(char::is_whitespace) {
             Some((key, value)) => Slash::Set(key.to_string(), value.trim().to_string()),
             None => Slash::Usage(
-                "/set KEY VALUE (temperature, top_p, top_k, seed, max_tokens, repeat_penalty, format, schema)",
+                "/set KEY VALUE (temperature, top_p, top_k, seed, max_tokens, repeat_penalty, format, schema, grammar)",
             ),
         },
         ("set", None) => Slash::Usage(
-            "/set KEY VALUE (temperature, top_p, top_k, seed, max_tokens, repeat_penalty, format, schema)",
+            "/set KEY VALUE (temperature, top_p, top_k, seed, max_tokens, repeat_penalty, format, schema, grammar)",
         ),
         ("show", _) => Slash::Show,
         ("stats", _) => Slash::Stats,
@@ -106,7 +106,8 @@ pub const HELP: &str = "\
 /retry                 answer the last message again
 /undo                  drop the last exchange
 /set KEY VALUE         temperature, top_p, top_k, seed, max_tokens, repeat_penalty,
-                       format (json, text), schema FILE (JSON that a schema allows)
+                       format (json, text), schema FILE (JSON a schema allows),
+                       grammar FILE (text a Lark grammar derives)
 /show                  model, persona, context used, sampling
 /stats                 speed of the last reply and tokens reused from the cache
 /save FILE, /load FILE write or read the conversation (JSON)

@@ -273,9 +273,14 @@ fn set(chat: &mut Conversation, key: &str, value: &str) -> anyhow::Result<()> {
                 .map_err(|e| Failure::Usage.err(format!("cannot read the schema {value}: {e}")))?;
             chat.options.format = structured::schema(&text).map_err(bad)?;
         }
+        "grammar" => {
+            let text = std::fs::read_to_string(value)
+                .map_err(|e| Failure::Usage.err(format!("cannot read the grammar {value}: {e}")))?;
+            chat.options.format = structured::lark(&text).map_err(bad)?;
+        }
         _ => {
             return Err(Failure::Usage.err(format!(
-            "no setting {key:?}: use temperature, top_p, top_k, seed, max_tokens, repeat_penalty, format or schema"
+            "no setting {key:?}: use temperature, top_p, top_k, seed, max_tokens, repeat_penalty, format, schema or grammar"
         )))
         }
     }
@@ -307,7 +312,7 @@ fn report(turn: &Turn, format: &Format) {
     reply::report_dropped(turn);
     if turn.finish == Finish::Length && *format != Format::Text {
         crate::messages::warn(
-            "the reply reached max_tokens before its JSON was complete, so none was printed; /set max_tokens N and /retry",
+            "the reply reached max_tokens before it was complete, so none was printed; /set max_tokens N and /retry",
         );
     } else if turn.finish == Finish::Interrupted {
         crate::messages::warn("reply interrupted; it stays in the conversation");
