@@ -88,10 +88,15 @@ pub fn check(format: &Format) -> Result<(), String> {
     };
     let env: TokEnv = Arc::new(ApproximateTokEnv::single_byte());
     let factory = quiet_factory(&env).map_err(|e| e.to_string())?;
-    factory
-        .create_parser(grammar)
-        .map(|_| ())
-        .map_err(|e| e.to_string().lines().next().unwrap_or("").to_string())
+    let first_line = |e: anyhow::Error| e.to_string().lines().next().unwrap_or("").to_string();
+    let parser = factory.create_parser(grammar).map_err(first_line)?;
+    // A grammar that compiles may still derive nothing (a `$ref` to
+    // itself): then not even its first byte has a way forward.
+    let mut matcher = Matcher::new(Ok(parser));
+    match matcher.compute_mask() {
+        Ok(mask) if !mask.is_zero() => Ok(()),
+        _ => Err("no value satisfies it".into()),
+    }
 }
 
 /// A format compiled for one model's vocabulary: each reply starts a
@@ -181,6 +186,10 @@ mod tests {
         let e = schema(json!({"type": "array", "uniqueItems": true})).unwrap_err();
         assert!(e.contains("uniqueItems"), "{e}");
         assert!(schema(json!({"type": "frobnicate"})).is_err());
+        let endless = json!({"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}});
+        assert!(schema(endless)
+            .unwrap_err()
+            .contains("no value satisfies it"));
         assert!(lark("start: \"oui\" | \"non\"").is_ok());
         assert!(lark("start: undefined_rule").is_err());
     }
