@@ -56,15 +56,13 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Layer> {
     if let Some(schema) = layer.json_schema.take() {
         // A relative path is the config folder's.
         let schema = path.parent().unwrap_or(Path::new(".")).join(schema);
-        let text = std::fs::read_to_string(&schema).map_err(|e| {
-            Failure::Usage.err(format!(
-                "cannot read json_schema {} (from the config file {}): {e}",
-                schema.display(),
-                path.display()
-            ))
-        })?;
-        let format = crate::structured::schema(&text)
-            .map_err(|e| Failure::Usage.err(format!("{}: {e}", schema.display())))?;
+        let format =
+            crate::structured::from_file(&schema, crate::structured::schema).map_err(|e| {
+                Failure::Usage.err(format!(
+                    "json_schema in the config file {}: {e}",
+                    path.display()
+                ))
+            })?;
         layer.format = Some(format);
     }
     Ok(layer)

@@ -6,6 +6,7 @@
 //! ([`Tokenizer::token_bytes`]), so tokenizer.json and a vocabulary rebuilt
 //! from GGUF behave alike.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use llguidance::api::TopLevelGrammar;
@@ -70,6 +71,14 @@ pub fn schema(text: &str) -> Result<Format, String> {
     let format = Format::Schema(value);
     check(&format).map_err(|e| format!("the JSON schema cannot be enforced: {e}"))?;
     Ok(format)
+}
+
+/// A schema or a grammar from a file; `parse` is [`schema`] or [`lark`].
+/// Errors name the file.
+pub fn from_file(path: &Path, parse: fn(&str) -> Result<Format, String>) -> Result<Format, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A Lark grammar from its text, checked (see [`check`]).

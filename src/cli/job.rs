@@ -3,6 +3,7 @@
 //! told apart by where clap found each value.
 
 use std::io::IsTerminal;
+use std::path::Path;
 
 use candle_core::DType;
 use clap::parser::ValueSource;
@@ -208,28 +209,23 @@ impl TurnArgs {
 
 impl FormatArgs {
     fn fill(self, l: &mut Layer) -> anyhow::Result<()> {
-        let usage = |e: String| Failure::Usage.err(format!("--json-schema: {e}"));
+        let usage =
+            |flag: &'static str| move |e: String| Failure::Usage.err(format!("{flag}: {e}"));
         if let Some(path) = self.grammar {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                Failure::Usage.err(format!("cannot read --grammar {}: {e}", path.display()))
-            })?;
-            let format = structured::lark(&text)
-                .map_err(|e| Failure::Usage.err(format!("--grammar {}: {e}", path.display())))?;
-            l.format = Some(format);
+            l.format =
+                Some(structured::from_file(&path, structured::lark).map_err(usage("--grammar"))?);
             return Ok(());
         }
         l.format = match (self.format.as_deref(), self.json_schema) {
             (Some("json"), _) => Some(Format::Json),
             (Some(_), _) => Some(Format::Text),
             (None, Some(schema)) if schema.trim_start().starts_with('{') => {
-                Some(structured::schema(&schema).map_err(usage)?)
+                Some(structured::schema(&schema).map_err(usage("--json-schema"))?)
             }
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    Failure::Usage.err(format!("cannot read --json-schema {path}: {e}"))
-                })?;
-                Some(structured::schema(&text).map_err(|e| usage(format!("{path}: {e}")))?)
-            }
+            (None, Some(path)) => Some(
+                structured::from_file(Path::new(&path), structured::schema)
+                    .map_err(usage("--json-schema"))?,
+            ),
             (None, None) => None,
         };
         Ok(())

@@ -4,7 +4,7 @@
 //! conversation logic lives in `conversation.rs`.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustyline::error::ReadlineError;
@@ -268,15 +268,13 @@ fn set(chat: &mut Conversation, key: &str, value: &str) -> anyhow::Result<()> {
                 _ => return Err(bad("use json, text or off".into())),
             }
         }
-        "schema" => {
-            let text = std::fs::read_to_string(value)
-                .map_err(|e| Failure::Usage.err(format!("cannot read the schema {value}: {e}")))?;
-            chat.options.format = structured::schema(&text).map_err(bad)?;
-        }
-        "grammar" => {
-            let text = std::fs::read_to_string(value)
-                .map_err(|e| Failure::Usage.err(format!("cannot read the grammar {value}: {e}")))?;
-            chat.options.format = structured::lark(&text).map_err(bad)?;
+        "schema" | "grammar" => {
+            let parse = match key {
+                "schema" => structured::schema,
+                _ => structured::lark,
+            };
+            chat.options.format = structured::from_file(Path::new(value), parse)
+                .map_err(|e| Failure::Usage.err(format!("/set {key}: {e}")))?;
         }
         _ => {
             return Err(Failure::Usage.err(format!(
