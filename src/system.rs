@@ -62,6 +62,64 @@ pub fn long_version() -> String {
     )
 }
 
+/// The GPU behind `device` in words (model, memory, compute capability, the
+/// driver's CUDA version), for `--version` and `greve doctor`; None for the
+/// CPU, or when the driver does not say.
+pub fn gpu_line(device: &candle_core::Device) -> Option<String> {
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(d) => cuda_line(d),
+        _ => None,
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_line(device: &candle_core::CudaDevice) -> Option<String> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let stream = device.cuda_stream();
+    let gpu = stream.context();
+    let (free, total) = gpu.mem_get_info().ok()?;
+    let (major, minor) = gpu.compute_capability().ok()?;
+    let mut cuda = 0;
+    // SAFETY: cuDriverGetVersion writes one int; the driver is initialised,
+    // as a context exists.
+    let driver = unsafe { sys::cuDriverGetVersion(&mut cuda) };
+    let cuda = match driver {
+        sys::CUresult::CUDA_SUCCESS => format!("{}.{}", cuda / 1000, cuda % 1000 / 10),
+        _ => "unknown".into(),
+    };
+    Some(format!(
+        "{}, {:.1} GB ({:.1} GB free), compute capability {major}.{minor}, CUDA {cuda} (driver)",
+        gpu.name().ok()?,
+        total as f64 / 1e9,
+        free as f64 / 1e9,
+    ))
+}
+
+/// What `--version` says about the GPU of a GPU build: device 0, or why it
+/// does not open. Asked only for `--version` (opening a device takes time).
+pub fn gpu_version_line() -> Option<String> {
+    let open = if cfg!(feature = "cuda") {
+        candle_core::Device::new_cuda(0)
+    } else if cfg!(feature = "metal") {
+        candle_core::Device::new_metal(0)
+    } else {
+        return None;
+    };
+    Some(match open {
+        Ok(device) => format!(
+            "GPU 0: {}",
+            gpu_line(&device).unwrap_or_else(|| format!("{device:?}"))
+        ),
+        Err(e) => format!("GPU: none opens ({})", first_line(&e)),
+    })
+}
+
+/// An error's first line: candle appends a backtrace when RUST_BACKTRACE is set.
+pub fn first_line(e: &impl std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,17 +7,22 @@ mod common;
 
 use std::sync::atomic::AtomicBool;
 
-use candle_core::Device;
-use common::{golden_json, goldens, ids, until_eos, write_tiny_model};
+use candle_core::{DType, Device};
+use common::{device, golden_json, goldens, ids, until_eos, write_tiny_model};
 use greve::generate::{generate, Limits};
 use greve::model::{self, Model};
 use greve::resolve::resolve;
 use greve::sampler::{argmax, Sampler, SamplingParams};
 
+/// The model at `path` on the test device (`GREVE_TEST_DEVICE`), computing
+/// in f32 there too, so a GPU owes the goldens what the CPU does.
 fn load(path: &std::path::Path) -> Model {
+    load_on(path, &device())
+}
+
+fn load_on(path: &std::path::Path, device: &Device) -> Model {
     let files = resolve(path.to_str().unwrap()).unwrap();
-    let dtype = model::compute_dtype(&files, &Device::Cpu, None);
-    model::load(&files, &Device::Cpu, dtype).unwrap()
+    model::load(&files, device, DType::F32).unwrap()
 }
 
 /// Logits after `prompt` run on an empty KV cache.
@@ -193,12 +198,8 @@ fn half_precision_compute_stays_close_to_f32() {
     let golden = golden_json("tiny-v3.json");
     let prompt = ids(&golden["continuations"][1]["prompt"]);
     let mut logits = Vec::new();
-    for dtype in [
-        candle_core::DType::F32,
-        candle_core::DType::BF16,
-        candle_core::DType::F16,
-    ] {
-        let mut model = model::load(&files, &Device::Cpu, dtype).unwrap();
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let mut model = model::load(&files, &device(), dtype).unwrap();
         logits.push(
             model
                 .transformer
@@ -285,11 +286,12 @@ fn long_prompts_give_the_same_logits_however_they_are_cut() {
     }
 }
 
-/// The 8-bit KV cache stays close to the f16 one: the same greedy choice
-/// after a long prompt, logits within a small fraction of their range.
+/// The 8-bit KV cache (the CPU's) stays close to the f16 one: the same
+/// greedy choice after a long prompt, logits within a small fraction of
+/// their range.
 #[test]
 fn an_8_bit_kv_cache_stays_close_to_f16() {
-    let mut model = load(&goldens().join("tiny-k-q4_k_m.gguf"));
+    let mut model = load_on(&goldens().join("tiny-k-q4_k_m.gguf"), &Device::Cpu);
     let vocab = model.transformer.config.vocab_size as u32;
     let prompt: Vec<u32> = (0..300u32)
         .map(|i| 3 + (i * 53 + i / 5) % (vocab - 3))
@@ -358,13 +360,15 @@ fn a_context_set_aside_resumes_where_it_was() {
 /// each). Both pick llama.cpp's greedy tokens, and going from f16 to 8 bits
 /// costs greve no more precision than it costs llama.cpp: the logits move
 /// by as much (the rounding noise itself differs, as the two
-/// implementations' keys and values differ in their last bits).
+/// implementations' keys and values differ in their last bits). These are
+/// the CPU's caches.
 #[test]
 fn kv_caches_match_llama_cpp() {
     use greve::model::attention::KvType;
     const NEAR_TIE: f32 = 0.1;
     let golden = golden_json("llamacpp-kv.json");
-    let mut model = load(&goldens().join(golden["file"].as_str().unwrap()));
+    let path = goldens().join(golden["file"].as_str().unwrap());
+    let mut model = load_on(&path, &Device::Cpu);
     let llama = |name: &str| -> Vec<f32> {
         let values = golden["caches"][name]["logits"].as_array().unwrap();
         values.iter().map(|x| x.as_f64().unwrap() as f32).collect()

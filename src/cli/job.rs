@@ -47,8 +47,15 @@ pub struct Invocation {
 /// Parses the command line, exiting with clap's message on a usage error
 /// (and for --help and --version). Plain `greve` on a terminal is `greve chat`.
 pub fn parse() -> Invocation {
+    // Naming the GPU means opening it: only for --version itself.
+    let mut version = crate::system::long_version();
+    if std::env::args().any(|a| a == "--version") {
+        if let Some(gpu) = crate::system::gpu_version_line() {
+            version = format!("{version}\n{gpu}");
+        }
+    }
     let parse_from = |args: &[&str]| {
-        let command = Cli::command().long_version(crate::system::long_version());
+        let command = Cli::command().long_version(version.clone());
         let matches = match args {
             [] => command.get_matches(),
             _ => command.get_matches_from(args),

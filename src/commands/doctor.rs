@@ -109,10 +109,16 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
     }
     let gpu = if cfg!(feature = "cuda") {
         match candle_core::Device::new_cuda(0) {
-            Ok(_) => (Status::Ok, "CUDA device 0 is usable".to_string()),
+            Ok(d) => (
+                Status::Ok,
+                crate::system::gpu_line(&d).unwrap_or_else(|| "CUDA device 0 is usable".into()),
+            ),
             Err(e) => (
                 Status::Warn,
-                format!("built with CUDA but no device opens ({e}); greve will use the CPU"),
+                format!(
+                    "built with CUDA but no device opens ({}); greve will use the CPU",
+                    crate::system::first_line(&e)
+                ),
             ),
         }
     } else if cfg!(feature = "metal") {

@@ -55,8 +55,25 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The checkout's goldens; CARGO_MANIFEST_DIR at run time wins over the
+/// compiled-in path, so a test binary carried to another machine (the GPU
+/// check, benches/gpu-check.sh) finds them in its copy of the checkout.
 pub fn goldens() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/goldens")
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    root.join("tests/goldens")
+}
+
+/// Where the engine tests run: GREVE_TEST_DEVICE=cuda (or metal) moves them
+/// to a GPU; the CPU otherwise.
+pub fn device() -> Device {
+    let wanted = std::env::var("GREVE_TEST_DEVICE").unwrap_or_default();
+    match wanted.as_str() {
+        "" | "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0).expect("GREVE_TEST_DEVICE=cuda but no CUDA device"),
+        "metal" => Device::new_metal(0).expect("GREVE_TEST_DEVICE=metal but no Metal device"),
+        other => panic!("GREVE_TEST_DEVICE={other}: expected cpu, cuda or metal"),
+    }
 }
 
 pub fn golden_json(name: &str) -> Value {
