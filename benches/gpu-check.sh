@@ -82,9 +82,11 @@ echo "cpu vs cuda: $same same, $differ different"
 export PYTHONPATH=$carried/py${PYTHONPATH:+:$PYTHONPATH}
 echo "== synthetic models"
 python3 benches/make-synthetic-safetensors.py "$work/bf16" &
+bf16=$!
 python3 benches/make-synthetic-gguf.py --vocab-from tests/goldens/vocab-v1.gguf \
-    --out "$work/q4km.gguf" >/dev/null &
-wait
+    --out "$work/q4km.gguf" >/dev/null 2>&1 &
+# Not a bare `wait`: it would also wait for the log's tee, forever.
+wait $bf16 $!
 du -sh "$work/bf16" "$work/q4km.gguf"
 
 gpu_memory() { # the largest memory.used nvidia-smi reports while "$@" runs
