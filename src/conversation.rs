@@ -91,7 +91,9 @@ impl Options {
 }
 
 impl Conversation {
-    pub fn new(model: Model, options: Options) -> Self {
+    pub fn new(mut model: Model, options: Options) -> Self {
+        let planned = crate::model::PLANNED_CONTEXT.min(model.transformer.config.context_length);
+        model.transformer.reserve(planned);
         Conversation {
             model,
             options,

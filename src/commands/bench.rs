@@ -107,11 +107,13 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
     };
 
     // Warm-up: fault the weights in and start the thread pools.
+    transformer.reserve(args.prompt_tokens + args.gen_tokens);
     run_once(&mut transformer, &prompt[..prompt.len().min(8)], 0, 2)?;
     // The long context is filled once and kept aside between its runs.
     let mut deep_context = transformer.new_context(kv_type);
     if args.depth > 0 {
         transformer.swap_context(&mut deep_context);
+        transformer.reserve(deep.len() + args.gen_tokens);
         run_once(&mut transformer, &deep[..args.depth], 0, 0)?;
         transformer.swap_context(&mut deep_context);
     }

@@ -1,13 +1,15 @@
 //! Per-layer keys and values of the positions seen so far, written in place.
 //!
-//! Storage grows by doubling, so appending a token copies nothing in the
-//! common case and the cost of growth is amortised; memory stays
-//! proportional to the conversation, not to the model's 32k-token context.
-//! `truncate` rewinds it (a retried reply, a Ctrl-C).
+//! Storage is allocated once for the length the caller plans (`reserve`:
+//! the conversation's planned context, or a benchmark's exact length), so
+//! appending a token copies nothing; a conversation that outgrows it grows
+//! by doubling, so the copies stay amortised. Memory stays proportional to
+//! the conversation, not to the model's 32k-token context. `truncate`
+//! rewinds it (a retried reply, a Ctrl-C).
 
 use candle_core::{Result, Tensor};
 
-/// Room for this many positions is reserved on the first append.
+/// The least room allocated, when nothing was reserved.
 const INITIAL_CAPACITY: usize = 256;
 
 #[derive(Default)]
@@ -16,6 +18,8 @@ pub struct GpuKvCache {
     /// `len` positions are valid.
     storage: Option<(Tensor, Tensor)>,
     len: usize,
+    /// Positions the storage is to hold from its first allocation.
+    reserved: usize,
 }
 
 impl GpuKvCache {
@@ -27,6 +31,12 @@ impl GpuKvCache {
         self.len = self.len.min(len);
     }
 
+    /// Plans for `positions` in all: storage allocated from now on holds at
+    /// least that many.
+    pub fn reserve(&mut self, positions: usize) {
+        self.reserved = positions;
+    }
+
     /// Appends (batch, kv_heads, n, head_dim) keys and values and returns
     /// views of all positions so far.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -35,7 +45,10 @@ impl GpuKvCache {
             Some((ck, cv)) if ck.dim(2)? >= needed => (ck, cv),
             old => {
                 let capacity = old.as_ref().map_or(Ok(0), |(ck, _)| ck.dim(2))?;
-                let capacity = needed.max(capacity * 2).max(INITIAL_CAPACITY);
+                let capacity = needed
+                    .max(capacity * 2)
+                    .max(self.reserved)
+                    .max(INITIAL_CAPACITY);
                 (
                     grow(old.as_ref().map(|s| &s.0), k, self.len, capacity)?,
                     grow(old.as_ref().map(|s| &s.1), v, self.len, capacity)?,
@@ -94,6 +107,25 @@ mod tests {
             assert_eq!(values(&v), expected);
         }
         assert_eq!(cache.positions(), 601);
+    }
+
+    fn capacity(cache: &GpuKvCache) -> usize {
+        cache.storage.as_ref().map_or(0, |(k, _)| k.dim(2).unwrap())
+    }
+
+    #[test]
+    fn a_reserved_length_is_allocated_at_once_and_grown_past() {
+        let mut cache = GpuKvCache::default();
+        cache.reserve(1000);
+        cache.append(&block(0, 1), &block(0, 1)).unwrap();
+        assert_eq!(capacity(&cache), 1000);
+        for pos in 1..1000 {
+            cache.append(&block(pos, 1), &block(pos, 1)).unwrap();
+        }
+        assert_eq!(capacity(&cache), 1000);
+        let (k, _) = cache.append(&block(1000, 1), &block(1000, 1)).unwrap();
+        assert_eq!(capacity(&cache), 2000);
+        assert_eq!(values(&k), (0..1001).map(|x| x as f32).collect::<Vec<_>>());
     }
 
     #[test]

@@ -108,6 +108,17 @@ impl Transformer {
         )
     }
 
+    /// Plans the KV cache in use for `positions` in all, so that a GPU
+    /// allocates it once rather than growing it (each growth copies the
+    /// cache and briefly holds it twice). The CPU's grows as it fills.
+    pub fn reserve(&mut self, positions: usize) {
+        for layer in &mut self.layers {
+            if let Cache::Device(cache) = &mut layer.attn.cache {
+                cache.reserve(positions);
+            }
+        }
+    }
+
     /// Puts `other`'s caches in use and sets this one's aside in it: a
     /// conversation can wait, cached, while another runs (`greve bench`
     /// alternates a short context with a long one without refilling it).
