@@ -2,7 +2,7 @@
 //! written for, chosen when greve starts from what the CPU running it has,
 //! never from what the build assumed, so that one binary serves every CPU.
 //!
-//! `GREVE_KERNELS=scalar|avx2` caps the choice, to measure what a CPU
+//! `GREVE_KERNELS=scalar|avx2` (on ARM64 `scalar|neon`) caps the choice, to measure what a CPU
 //! without the newer instructions gets (`greve bench`), or to rule the SIMD
 //! kernels out when chasing a bug.
 
@@ -20,21 +20,32 @@ pub enum Isa {
     /// to AVX2 on a CPU without them.
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// NEON, which every ARM64 CPU has.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+    /// NEON with the dot-product instructions (DotProd: Apple M1 and later,
+    /// Graviton 2 and later, Cortex-A76 and later).
+    #[cfg(target_arch = "aarch64")]
+    DotProd,
 }
 
 impl Isa {
     const BEST: Isa = {
         #[cfg(target_arch = "x86_64")]
         let best = Isa::Avx512;
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        let best = Isa::DotProd;
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         let best = Isa::Scalar;
         best
     };
 }
 
 /// Every instruction set this CPU runs, the plainest first; not capped.
-// Only x86 has sets above the portable one (yet).
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(unused_mut)
+)]
 pub fn levels() -> Vec<Isa> {
     let mut levels = vec![Isa::Scalar];
     #[cfg(target_arch = "x86_64")]
@@ -44,6 +55,16 @@ pub fn levels() -> Vec<Isa> {
             levels.push(Isa::Avx2);
             if has!("avx512f") {
                 levels.push(Isa::Avx512);
+            }
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        use std::arch::is_aarch64_feature_detected as has;
+        if has!("neon") {
+            levels.push(Isa::Neon);
+            if has!("dotprod") {
+                levels.push(Isa::DotProd);
             }
         }
     }
@@ -57,10 +78,17 @@ pub fn cap() -> Isa {
         Ok("scalar") => Isa::Scalar,
         #[cfg(target_arch = "x86_64")]
         Ok("avx2") => Isa::Avx2,
+        #[cfg(target_arch = "aarch64")]
+        Ok("neon") => Isa::Neon,
         Ok("") | Err(_) => Isa::BEST,
         Ok(other) => {
+            let caps = if cfg!(target_arch = "aarch64") {
+                "`scalar` or `neon`"
+            } else {
+                "`scalar` or `avx2`"
+            };
             crate::messages::warn(format!(
-                "GREVE_KERNELS={other} is not `scalar` or `avx2`; using the best kernels this CPU runs"
+                "GREVE_KERNELS={other} is not {caps}; using the best kernels this CPU runs"
             ));
             Isa::BEST
         }

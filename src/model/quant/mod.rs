@@ -3,14 +3,17 @@
 //!
 //! The activations are quantised once per product to 8 bits in blocks of 256
 //! (ggml's Q8_K), so each block pair is an integer dot product scaled twice:
-//! the kernels in [`q4k`] and [`q6k`] do exactly that, with AVX2 (or AVX-512)
-//! chosen at run time and a scalar version everywhere else. Nothing is
+//! the kernels in [`q4k`] and [`q6k`] do exactly that, with AVX2 or AVX-512
+//! on x86-64 and NEON (with `sdot` where the CPU has it) on ARM64, chosen at
+//! run time, and a scalar version everywhere else. Nothing is
 //! repacked: the file's bytes are the working copy, so a mapped file costs no
 //! memory beyond the page cache, and a token's decode reads each weight once.
 //!
 //! Prefill reuses each weight block for [`TOKENS`] tokens at a time while it
 //! sits in registers and L1, which is what makes a batch cheaper per token.
 
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod packed;
 pub mod q4k;
 pub mod q6k;
@@ -97,19 +100,9 @@ pub fn isa() -> Isa {
 
 /// Every instruction set this CPU can run the kernels with, from the
 /// plainest to the one [`isa`] picks.
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
 pub fn isas() -> Vec<Isa> {
-    let mut isas = vec![Isa::Scalar];
-    #[cfg(target_arch = "x86_64")]
-    {
-        if isa() != Isa::Scalar {
-            isas.push(Isa::Avx2);
-        }
-        if isa() == Isa::Avx512 {
-            isas.push(Isa::Avx512);
-        }
-    }
-    isas
+    // The products' levels are the CPU's, but AVX-512 without VNNI.
+    isa::levels().into_iter().filter(|&l| l <= isa()).collect()
 }
 
 /// Dot products of one weight row with `T` rows of quantised activations,
@@ -136,6 +129,14 @@ pub fn dot<const T: usize>(
         (Isa::Avx512, Format::Q4K) => unsafe { q4k::dot_avx512(row, acts) },
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx512, Format::Q6K) => unsafe { q6k::dot_avx512(row, acts) },
+        #[cfg(target_arch = "aarch64")]
+        (Isa::Neon, Format::Q4K) => unsafe { q4k::dot_neon(row, acts) },
+        #[cfg(target_arch = "aarch64")]
+        (Isa::Neon, Format::Q6K) => unsafe { q6k::dot_neon(row, acts) },
+        #[cfg(target_arch = "aarch64")]
+        (Isa::DotProd, Format::Q4K) => unsafe { q4k::dot_dotprod(row, acts) },
+        #[cfg(target_arch = "aarch64")]
+        (Isa::DotProd, Format::Q6K) => unsafe { q6k::dot_dotprod(row, acts) },
     }
 }
 
@@ -387,6 +388,9 @@ mod tests {
         let x = random_acts(TOKENS, k, 3);
         let acts: Vec<Q8Block> = x.chunks_exact(QK).map(Q8Block::quantize).collect();
         let acts: [&[Q8Block]; TOKENS] = std::array::from_fn(|t| &acts[t * 4..(t + 1) * 4]);
+        // Every ARM64 CPU has NEON, so its kernels are always among these.
+        #[cfg(target_arch = "aarch64")]
+        assert!(isas().contains(&Isa::Neon) || isa::cap() == Isa::Scalar);
         for format in [Format::Q4K, Format::Q6K] {
             let row = random_rows(format, 1, k, 4);
             let scalar = dot(Isa::Scalar, format, &row, acts);

@@ -118,6 +118,78 @@ pub(super) unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(v)
 }
 
+/// One row against `T` activation rows on ARM64, with `D`'s byte products
+/// (see [`super::neon`]): per 32-weight sub-block an integer dot product of
+/// the nibbles with the activations, times the sub-block's scale; the mins
+/// go through the activations' sums of 16, as in the other versions.
+///
+/// # Safety
+/// The CPU must run `D` (NEON is every ARM64 CPU's; `sdot` wants DotProd).
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn dot_arm<D: super::neon::Dot8, const T: usize>(
+    row: &[u8],
+    acts: [&[Q8Block]; T],
+) -> [f32; T] {
+    use std::arch::aarch64::*;
+    let nibble = vdupq_n_u8(0x0F);
+    let mut acc = [0f32; T];
+    for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+        let (sc, mn) = scales_and_mins(block);
+        let mins = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(mn.as_ptr())));
+        let mut sums = [vdupq_n_s32(0); T];
+        for j in 0..4 {
+            let q = block.as_ptr().add(QS + 32 * j);
+            let (q0, q1) = (vld1q_u8(q), vld1q_u8(q.add(16)));
+            let low = |q| vreinterpretq_s8_u8(vandq_u8(q, nibble));
+            let high = |q| vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
+            let (lo, hi) = ([low(q0), low(q1)], [high(q0), high(q1)]);
+            for t in 0..T {
+                let a = acts[t][b].qs.as_ptr().add(64 * j);
+                let zero = vdupq_n_s32(0);
+                let p_lo = D::dot(D::dot(zero, lo[0], vld1q_s8(a)), lo[1], vld1q_s8(a.add(16)));
+                let p_hi = D::dot(
+                    D::dot(zero, hi[0], vld1q_s8(a.add(32))),
+                    hi[1],
+                    vld1q_s8(a.add(48)),
+                );
+                sums[t] = vmlaq_n_s32(sums[t], p_lo, sc[2 * j] as i32);
+                sums[t] = vmlaq_n_s32(sums[t], p_hi, sc[2 * j + 1] as i32);
+            }
+        }
+        let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+        for t in 0..T {
+            let a = &acts[t][b];
+            let s = a.sums.as_ptr();
+            // The two sums of 16 of each sub-block, added pairwise.
+            let pairs = vpaddq_s16(vld1q_s16(s), vld1q_s16(s.add(8)));
+            let m = super::neon::dot_i16(pairs, mins);
+            acc[t] += a.d * (d * vaddvq_s32(sums[t]) as f32 - dmin * m as f32);
+        }
+    }
+    acc
+}
+
+/// [`dot_arm`] with plain NEON.
+///
+/// # Safety
+/// The CPU must have NEON (every ARM64 CPU does).
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_neon<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+    dot_arm::<super::neon::Widening, T>(row, acts)
+}
+
+/// [`dot_arm`] with `sdot`.
+///
+/// # Safety
+/// The CPU must have NEON and DotProd.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn dot_dotprod<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+    dot_arm::<super::neon::DotProd, T>(row, acts)
+}
+
 /// The sixteen 6-bit numbers as bytes, the eight scales then the eight
 /// mins, in four words (so SIMD code gets them in a register without a trip
 /// through memory). The first four of each are the low six bits of bytes

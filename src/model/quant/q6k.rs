@@ -55,6 +55,82 @@ pub fn dot_scalar(row: &[u8], acts: &[Q8Block]) -> f32 {
     acc
 }
 
+/// One row against `T` activation rows on ARM64 (see
+/// [`super::q4k::dot_neon`]): each 16-weight sub-block is one vector of
+/// 6-bit weights, its dot product times its scale; the −32 offset comes off
+/// through the activations' sums.
+///
+/// # Safety
+/// The CPU must run `D`.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn dot_arm<D: super::neon::Dot8, const T: usize>(
+    row: &[u8],
+    acts: [&[Q8Block]; T],
+) -> [f32; T] {
+    use std::arch::aarch64::*;
+    let nibble = vdupq_n_u8(0x0F);
+    let pair = vdupq_n_u8(0x30);
+    let mut acc = [0f32; T];
+    for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+        let p = block.as_ptr();
+        let scales = vld1q_s8(p.add(SCALES).cast());
+        let mut sums = [vdupq_n_s32(0); T];
+        for half in 0..2 {
+            for c in 0..2 {
+                let ql_a = vld1q_u8(p.add(64 * half + 16 * c));
+                let ql_b = vld1q_u8(p.add(64 * half + 32 + 16 * c));
+                let qh = vld1q_u8(p.add(QH + 32 * half + 16 * c));
+                let q = [
+                    vorrq_u8(vandq_u8(ql_a, nibble), vandq_u8(vshlq_n_u8::<4>(qh), pair)),
+                    vorrq_u8(vandq_u8(ql_b, nibble), vandq_u8(vshlq_n_u8::<2>(qh), pair)),
+                    vorrq_u8(vshrq_n_u8::<4>(ql_a), vandq_u8(qh, pair)),
+                    vorrq_u8(vshrq_n_u8::<4>(ql_b), vandq_u8(vshrq_n_u8::<2>(qh), pair)),
+                ];
+                for (i, q) in q.into_iter().enumerate() {
+                    let q = vreinterpretq_s8_u8(q);
+                    let s = 8 * half + 2 * i + c;
+                    let scale = block[SCALES + s] as i8 as i32;
+                    for t in 0..T {
+                        let a = vld1q_s8(acts[t][b].qs.as_ptr().add(16 * s));
+                        sums[t] = vmlaq_n_s32(sums[t], D::dot(vdupq_n_s32(0), q, a), scale);
+                    }
+                }
+            }
+        }
+        let d = f16_at(block, D);
+        let (scales_lo, scales_hi) = (vmovl_s8(vget_low_s8(scales)), vmovl_high_s8(scales));
+        for t in 0..T {
+            let a = &acts[t][b];
+            let s = a.sums.as_ptr();
+            let offset = super::neon::dot_i16(vld1q_s16(s), scales_lo)
+                + super::neon::dot_i16(vld1q_s16(s.add(8)), scales_hi);
+            acc[t] += a.d * d * (vaddvq_s32(sums[t]) - 32 * offset) as f32;
+        }
+    }
+    acc
+}
+
+/// [`dot_arm`] with plain NEON.
+///
+/// # Safety
+/// The CPU must have NEON (every ARM64 CPU does).
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_neon<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+    dot_arm::<super::neon::Widening, T>(row, acts)
+}
+
+/// [`dot_arm`] with `sdot`.
+///
+/// # Safety
+/// The CPU must have NEON and DotProd.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn dot_dotprod<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+    dot_arm::<super::neon::DotProd, T>(row, acts)
+}
+
 /// One row against `T` activation rows (see [`super::q4k::dot_avx2`]; the
 /// 6-bit weights keep maddubs' i16 pairs within 2·63·127).
 ///
