@@ -81,7 +81,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
         format!(
             "Q4_K/Q6_K products with {:?} instructions, attention with {:?} (chosen at run time{capped})",
             crate::model::quant::isa(),
-            crate::model::attention::level()
+            crate::model::isa::best()
         ),
     )?;
 

@@ -71,6 +71,19 @@ pub fn scores(
             }
         });
     }
+    #[cfg(target_arch = "aarch64")]
+    if level >= Isa::Neon && hd.is_multiple_of(2) {
+        return by_groups(queries.len() / hd, |first, g| {
+            let (q, out) = (&queries[first * hd..], &mut scores[first * stride..]);
+            // SAFETY: every ARM64 CPU has NEON; the sizes were checked above.
+            unsafe {
+                match g {
+                    HEADS => scores_neon::<HEADS>(q, blocks, hd, stride, out),
+                    _ => scores_neon::<1>(q, blocks, hd, stride, out),
+                }
+            }
+        });
+    }
     let _ = level;
     let mut key = vec![0f32; hd];
     for s in 0..span {
@@ -164,8 +177,21 @@ pub fn mix<E: Elem>(
     if let Some(scales) = scales {
         assert!(hd.is_multiple_of(GROUP) && scales.len() >= span * hd / GROUP);
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let _ = level;
+    #[cfg(target_arch = "aarch64")]
+    if level >= Isa::Neon && hd.is_multiple_of(16) {
+        return by_groups(out.len() / hd, |first, g| {
+            let (w, o) = (&weights[first * stride..], &mut out[first * hd..]);
+            // SAFETY: every ARM64 CPU has NEON; the sizes were checked above.
+            unsafe {
+                match g {
+                    HEADS => mix_neon::<E, HEADS>(w, stride, (values, scales), hd, o),
+                    _ => mix_neon::<E, 1>(w, stride, (values, scales), hd, o),
+                }
+            }
+        });
+    }
     #[cfg(target_arch = "x86_64")]
     {
         let (avx512, f16c) = (
@@ -220,6 +246,11 @@ pub fn softmax_weights(level: Isa, x: &mut [f32], scale: f32) -> f32 {
                 false => softmax_f16c(x, scale),
             }
         };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if level >= Isa::Neon {
+        // SAFETY: every ARM64 CPU has NEON.
+        return unsafe { softmax_neon(x, scale) };
     }
     let _ = level;
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
@@ -277,7 +308,7 @@ unsafe fn softmax_512(x: &mut [f32], scale: f32) -> f32 {
 
 /// Two passes, `V::N` lanes at a time: the maximum, then the exponentials
 /// and their sum.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
 unsafe fn softmax_with<V: Lanes>(x: &mut [f32], scale: f32) -> f32 {
     let whole = x.len() / V::N * V::N;
@@ -288,18 +319,25 @@ unsafe fn softmax_with<V: Lanes>(x: &mut [f32], scale: f32) -> f32 {
     }
     let max = x[whole..].iter().fold(m.hmax(), |m, &v| m.max(v));
     let (top, scale_v) = (V::splat(max), V::splat(scale));
-    let mut sum = V::zero();
-    for i in (0..whole).step_by(V::N) {
+    let (mut sum, mut total) = (V::zero(), 0f64);
+    for (n, i) in (0..whole).step_by(V::N).enumerate() {
         let e = V::load(p.add(i)).sub(top).mul(scale_v).exp();
         sum = sum.add(e);
         e.store(p.add(i));
+        // Lanes that each add up thousands of weights drift (four NEON
+        // lanes over 100k positions by 1e-5): every 64 vectors they go to
+        // an f64 total, as the one-at-a-time tail's do.
+        if n % 64 == 63 {
+            total += sum.hsum() as f64;
+            sum = V::zero();
+        }
     }
-    sum.hsum() + softmax_tail(x, whole, max, scale)
+    (total + sum.hsum() as f64) as f32 + softmax_tail(x, whole, max, scale)
 }
 
 /// Runs `f(first, count)` over the group's heads, [`HEADS`] at a time
 /// and then one by one.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn by_groups(group: usize, mut f: impl FnMut(usize, usize)) {
     let mut first = 0;
     while first < group {
@@ -310,7 +348,7 @@ fn by_groups(group: usize, mut f: impl FnMut(usize, usize)) {
 }
 
 /// Query heads handled per pass over the cache.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const HEADS: usize = 4;
 
 /// What the cache holds a value as.
@@ -318,7 +356,7 @@ pub trait Elem: Copy + Sync {
     /// A row of values as f32.
     fn widen_slice(row: &[Self], out: &mut [f32]);
     /// `V::N` values from `p`, widened.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[allow(private_bounds)]
     unsafe fn widen<V: Lanes>(p: *const Self) -> V;
 }
@@ -327,7 +365,7 @@ impl Elem for f16 {
     fn widen_slice(row: &[Self], out: &mut [f32]) {
         row.convert_to_f32_slice(out)
     }
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[inline(always)]
     #[allow(private_bounds)]
     unsafe fn widen<V: Lanes>(p: *const Self) -> V {
@@ -341,7 +379,7 @@ impl Elem for i8 {
             *o = x as f32;
         }
     }
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[inline(always)]
     #[allow(private_bounds)]
     unsafe fn widen<V: Lanes>(p: *const Self) -> V {
@@ -349,10 +387,10 @@ impl Elem for i8 {
     }
 }
 
-/// f32 vectors of one width, for kernels written once for AVX2 (8 lanes)
-/// and AVX-512 (16 lanes). The methods inline into the callers below,
+/// f32 vectors of one width, for kernels written once for AVX2 (8 lanes),
+/// AVX-512 (16 lanes) and NEON (4 lanes). The methods inline into the callers below,
 /// whose `target_feature` lets the intrinsics compile as single instructions.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 trait Lanes: Copy {
     const N: usize;
     unsafe fn zero() -> Self;
@@ -544,6 +582,117 @@ impl Lanes for std::arch::x86_64::__m512 {
     }
 }
 
+/// NEON: four lanes. Half floats are widened by `fcvtl` (Rust's f16 vector
+/// types are not stable yet; the instruction is every ARM64 CPU's).
+#[cfg(target_arch = "aarch64")]
+impl Lanes for std::arch::aarch64::float32x4_t {
+    const N: usize = 4;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        std::arch::aarch64::vdupq_n_f32(0.0)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        std::arch::aarch64::vld1q_f32(p)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::arch::aarch64::vst1q_f32(p, self)
+    }
+    #[inline(always)]
+    unsafe fn widen(p: *const f16) -> Self {
+        use std::arch::aarch64::*;
+        let halves = vld1_u16(p.cast());
+        let out: float32x4_t;
+        std::arch::asm!(
+            "fcvtl {out:v}.4s, {halves:v}.4h",
+            out = lateout(vreg) out,
+            halves = in(vreg) halves,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        out
+    }
+    #[inline(always)]
+    unsafe fn widen_i8(p: *const i8) -> Self {
+        use std::arch::aarch64::*;
+        let four = vreinterpret_s8_u32(vdup_n_u32(p.cast::<u32>().read_unaligned()));
+        vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(four))))
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        std::arch::aarch64::vdupq_n_f32(x)
+    }
+    #[inline(always)]
+    unsafe fn fma(self, a: Self, b: Self) -> Self {
+        std::arch::aarch64::vfmaq_f32(self, a, b)
+    }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        std::arch::aarch64::vaddq_f32(self, b)
+    }
+    #[inline(always)]
+    unsafe fn sub(self, b: Self) -> Self {
+        std::arch::aarch64::vsubq_f32(self, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(self, b: Self) -> Self {
+        std::arch::aarch64::vmulq_f32(self, b)
+    }
+    #[inline(always)]
+    unsafe fn max(self, b: Self) -> Self {
+        std::arch::aarch64::vmaxq_f32(self, b)
+    }
+    #[inline(always)]
+    unsafe fn round(self) -> Self {
+        std::arch::aarch64::vrndnq_f32(self)
+    }
+    #[inline(always)]
+    unsafe fn times_pow2(self, n: Self) -> Self {
+        use std::arch::aarch64::*;
+        let exponent = vshlq_n_s32::<23>(vcvtq_s32_f32(n));
+        vreinterpretq_f32_s32(vaddq_s32(vreinterpretq_s32_f32(self), exponent))
+    }
+    #[inline(always)]
+    unsafe fn hsum(self) -> f32 {
+        std::arch::aarch64::vaddvq_f32(self)
+    }
+    #[inline(always)]
+    unsafe fn hmax(self) -> f32 {
+        std::arch::aarch64::vmaxvq_f32(self)
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn scores_neon<const G: usize>(
+    q: &[f32],
+    blocks: &[f16],
+    hd: usize,
+    stride: usize,
+    out: &mut [f32],
+) {
+    scores_with::<std::arch::aarch64::float32x4_t, G>(q, blocks, hd, stride, out)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn mix_neon<E: Elem, const G: usize>(
+    weights: &[f32],
+    stride: usize,
+    values: (&[E], Option<&[f32]>),
+    hd: usize,
+    out: &mut [f32],
+) {
+    // 32 registers, as AVX-512: G·4 sums, 4 values and a weight fit.
+    mix_with::<E, std::arch::aarch64::float32x4_t, G, 4>(weights, stride, values, hd, out)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn softmax_neon(x: &mut [f32], scale: f32) -> f32 {
+    softmax_with::<std::arch::aarch64::float32x4_t>(x, scale)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn scores_f16c<const G: usize>(
@@ -572,7 +721,7 @@ unsafe fn scores_512<const G: usize>(
 /// keys is multiplied by that dimension of every query, broadcast. Even and
 /// odd dimensions go to separate sums, so that twice as many multiply-adds
 /// are in flight.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
 unsafe fn scores_with<V: Lanes, const G: usize>(
     queries: &[f32],
@@ -735,7 +884,7 @@ unsafe fn mix_512<E: Elem, const G: usize>(
 /// which stay in L1 for the next slice of dimensions: memory is read once.
 /// `G·L` sums, `L` values and a weight must fit the registers: AVX-512 has
 /// 32 (L = 4), AVX2 16 (L = 2).
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
 unsafe fn mix_with<E: Elem, V: Lanes, const G: usize, const L: usize>(
     weights: &[f32],
@@ -782,11 +931,11 @@ unsafe fn mix_with<E: Elem, V: Lanes, const G: usize, const L: usize>(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const ROWS_PER_PASS: usize = 64;
 
 /// Key blocks read ahead of the one in use.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const AHEAD: usize = 2;
 
 /// Asks for the cache line at `p` before it is needed: the hardware
@@ -797,6 +946,16 @@ const AHEAD: usize = 2;
 fn prefetch<T>(p: *const T) {
     // SAFETY: a prefetch never faults, whatever the address.
     unsafe { std::arch::x86_64::_mm_prefetch(p.cast(), std::arch::x86_64::_MM_HINT_T0) }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    // SAFETY: a prefetch never faults, whatever the address (the intrinsic
+    // is not stable Rust yet).
+    unsafe {
+        std::arch::asm!("prfm pldl1keep, [{p}]", p = in(reg) p, options(nostack, readonly, preserves_flags))
+    }
 }
 
 #[cfg(test)]

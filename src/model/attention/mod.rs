@@ -240,16 +240,7 @@ pub fn attend(
     cache: &HostKvCache,
     window: Option<usize>,
 ) -> Vec<f32> {
-    attend_with(level(), q, heads, n, cache, window)
-}
-
-/// The kernels attention runs with: the CPU's best on x86-64, portable Rust
-/// elsewhere (ARM64 has no NEON attention yet).
-pub fn level() -> Isa {
-    match cfg!(target_arch = "x86_64") {
-        true => isa::best(),
-        false => Isa::Scalar,
-    }
+    attend_with(isa::best(), q, heads, n, cache, window)
 }
 
 /// [`attend`] with the kernels of `level`.
