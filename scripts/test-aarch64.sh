@@ -5,7 +5,8 @@
 #   rustup target add aarch64-unknown-linux-gnu
 #   apt-get install gcc-aarch64-linux-gnu qemu-user
 # Arguments go to `cargo test`. By default: the unit tests (every kernel
-# against its reference), the tokenizer tests, and the engine tests that
+# against its reference, on an emulated CPU with DotProd and again on a
+# Cortex-A72 without it), the tokenizer tests, and the engine tests that
 # hold GGUF files to transformers and llama.cpp (about 5 min under
 # emulation; the whole engine file takes far longer). The tests that start
 # the greve binary themselves need qemu registered with binfmt_misc
@@ -24,5 +25,8 @@ if [ $# -gt 0 ]; then
     exec cargo test --target "$target" "$@"
 fi
 cargo test --target "$target" --lib --test tokenizer
+# The kernels again on a CPU without DotProd (the emulated default has it):
+# plain NEON for the products.
+QEMU_CPU=cortex-a72 cargo test --target "$target" --lib -- quant attention
 cargo test --target "$target" --test engine -- \
     gguf_from_llama_cpp_converter_matches_transformers quantized_gguf_matches_llama_cpp
