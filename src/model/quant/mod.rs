@@ -288,31 +288,13 @@ fn quantize(x: &[f32], m: usize, k: usize) -> Vec<Q8Block> {
     blocks
 }
 
-/// An f16 stored little-endian at `bytes[at..at + 2]`.
+/// An f16 stored little-endian at `bytes[at..at + 2]`, widened by `half`'s
+/// software conversion, which inlines into the kernels: its `to_f32` is a
+/// call that checks for F16C each time in a portable build (5 % of a
+/// token's decode, one per block scale).
 #[inline(always)]
 fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    f16_to_f32(u16::from_le_bytes([bytes[at], bytes[at + 1]]))
-}
-
-/// An f16 widened, exactly, in a few integer operations that inline into
-/// the kernels. The `half` crate's conversion is a call that checks for
-/// F16C each time in a portable build: 5 % of a token's decode, one per
-/// block scale. The bits move into the f32 field, rebias the exponent; an
-/// infinity or NaN gets the f32's top exponent, a subnormal is rescaled
-/// through a float subtraction (after Fabian Giesen's `half_to_float`).
-#[inline(always)]
-fn f16_to_f32(h: u16) -> f32 {
-    const EXPONENT: u32 = 0x7C00 << 13;
-    let mut bits = (h as u32 & 0x7FFF) << 13;
-    let exponent = bits & EXPONENT;
-    bits += (127 - 15) << 23;
-    if exponent == EXPONENT {
-        bits += (128 - 16) << 23;
-    } else if exponent == 0 {
-        bits += 1 << 23;
-        bits = (f32::from_bits(bits) - f32::from_bits(113 << 23)).to_bits();
-    }
-    f32::from_bits(bits | (h as u32 & 0x8000) << 16)
+    half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32_const()
 }
 
 #[cfg(test)]
@@ -449,17 +431,6 @@ mod tests {
                     assert_close(&got, &scalar, 1e-5);
                 }
             }
-        }
-    }
-
-    #[test]
-    fn f16_widens_as_half_does_for_every_value() {
-        for h in 0..=u16::MAX {
-            let (got, want) = (f16_to_f32(h), half::f16::from_bits(h).to_f32());
-            assert!(
-                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                "{h:#06x}: {got} vs {want}"
-            );
         }
     }
 
