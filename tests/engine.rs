@@ -138,11 +138,13 @@ fn generation_is_the_same_in_one_chunk_or_token_by_token() {
 /// layout or dequantisation bug would be off by whole units. Every greedy
 /// choice must agree, except where llama.cpp's two best logits are within
 /// that noise; llama.cpp's tokens are fed back (teacher forcing) so that one
-/// near-tie does not end the comparison.
+/// near-tie does not end the comparison. On a GPU, candle's kernels round
+/// activations in blocks of 32 (as llama.cpp's CUDA backend does), not of
+/// 256 as the CPU references: two logits closer than the noise may swap.
 #[test]
 fn quantized_gguf_matches_llama_cpp() {
     const NOISE: f32 = 0.25;
-    const NEAR_TIE: f32 = 0.1;
+    let near_tie = if device().is_cpu() { 0.1 } else { NOISE };
     let golden = golden_json("llamacpp.json");
     let files = golden["files"].as_object().unwrap();
     let (mut compared, mut total) = (0, 0);
@@ -165,7 +167,7 @@ fn quantized_gguf_matches_llama_cpp() {
             let margins = case["margins"].as_array().unwrap();
             for (step, (&want, margin)) in ids(&case["greedy"]).iter().zip(margins).enumerate() {
                 total += 1;
-                if margin.as_f64().unwrap() as f32 >= NEAR_TIE {
+                if margin.as_f64().unwrap() as f32 >= near_tie {
                     compared += 1;
                     assert_eq!(
                         argmax(&logits),
@@ -229,8 +231,11 @@ fn half_precision_compute_stays_close_to_f32() {
 /// through the layers (how often depends on the build: a portable build
 /// rounds differently from one for this CPU). The same greedy choice, and
 /// logits within half a percent of their spread, is what the kernels owe.
+/// On a GPU a percent: candle's CUDA kernels for a batch (MMQ) and for a
+/// single token (MMVQ) round the activations to 8 bits in other ways.
 #[test]
 fn long_prompts_give_the_same_logits_however_they_are_cut() {
+    let tolerance = if device().is_cpu() { 0.005 } else { 0.01 };
     let mut model = load(&goldens().join("tiny-k-q4_k_m.gguf"));
     let vocab = model.transformer.config.vocab_size as u32;
     let prompt: Vec<u32> = (0..700u32)
@@ -279,7 +284,7 @@ fn long_prompts_give_the_same_logits_however_they_are_cut() {
                 |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
             );
         assert!(
-            worst < 0.005 * spread,
+            worst < tolerance * spread,
             "logits differ by {worst} (spread {spread})"
         );
         assert_eq!(argmax(other), argmax(&whole));

@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod config;
+mod cuda;
 pub mod dense;
 mod files;
 pub mod gguf;

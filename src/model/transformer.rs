@@ -12,8 +12,9 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::attention::{self, HostKvCache, KvType};
 use super::config::Config;
+use super::cuda;
 use super::gpu_kv_cache::GpuKvCache;
-use super::linear::Linear;
+use super::linear::{Linear, Projections};
 use super::weights::check_weights;
 use super::weights::{Embedding, RopeLayout, Weight, WeightSource};
 use crate::exit::{Classify, Failure};
@@ -42,14 +43,17 @@ impl Transformer {
         })?;
         let d = c.hidden_size;
         let matrix = |src: &mut dyn WeightSource, w: Weight| src.matrix(w, w.matrix_shape(c));
+        let stack = |parts| Projections::new(parts, !device.is_cpu());
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
             layers.push(Block {
                 attn_norm: RmsNorm::new(src.dense(Weight::AttnNorm(l), &[d])?, c.rms_norm_eps),
                 attn: Attention {
-                    q: matrix(src, Weight::Q(l))?,
-                    k: matrix(src, Weight::K(l))?,
-                    v: matrix(src, Weight::V(l))?,
+                    qkv: stack(vec![
+                        matrix(src, Weight::Q(l))?,
+                        matrix(src, Weight::K(l))?,
+                        matrix(src, Weight::V(l))?,
+                    ])?,
                     o: matrix(src, Weight::O(l))?,
                     heads: c.num_heads,
                     kv_heads: c.num_kv_heads,
@@ -60,8 +64,10 @@ impl Transformer {
                 },
                 ffn_norm: RmsNorm::new(src.dense(Weight::FfnNorm(l), &[d])?, c.rms_norm_eps),
                 ffn: FeedForward {
-                    gate: matrix(src, Weight::Gate(l))?,
-                    up: matrix(src, Weight::Up(l))?,
+                    gate_up: stack(vec![
+                        matrix(src, Weight::Gate(l))?,
+                        matrix(src, Weight::Up(l))?,
+                    ])?,
                     down: matrix(src, Weight::Down(l))?,
                 },
             });
@@ -197,16 +203,15 @@ struct Block {
 
 impl Block {
     fn forward(&mut self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.attn_norm.forward(x)?, positions)?)?;
-        &x + self.ffn.forward(&self.ffn_norm.forward(&x)?)?
+        let attended = self.attn.forward(&self.attn_norm.forward(x)?, positions)?;
+        let (x, normed) = self.ffn_norm.after_residual(x, &attended)?;
+        &x + self.ffn.forward(&normed)?
     }
 }
 
 struct Attention {
-    q: Linear, // (h·hd, d)
-    k: Linear, // (kv·hd, d)
-    v: Linear, // (kv·hd, d)
-    o: Linear, // (d, h·hd)
+    qkv: Projections, // (h·hd, d), (kv·hd, d), (kv·hd, d)
+    o: Linear,        // (d, h·hd)
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -254,9 +259,7 @@ impl Attention {
         let (b, n, _) = x.dims3()?;
         let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
         let split = |t: Tensor, heads| t.reshape((b, n, heads, hd))?.transpose(1, 2)?.contiguous();
-        let q = self.q.forward(x)?;
-        let k = self.k.forward(x)?;
-        let v = self.v.forward(x)?;
+        let [q, k, v] = self.qkv.forward(x)?;
         let q = self.rotate(&split(q, h)?, cos, sin)?; // (b, h, n, hd)
         let k = self.rotate(&split(k, kv)?, cos, sin)?; // (b, kv, n, hd)
         let v = split(v, kv)?;
@@ -271,6 +274,9 @@ impl Attention {
             Cache::Device(cache) => cache,
         };
         let (k, v) = cache.append(&k, &v)?; // (b, kv, t, hd)
+        if let Some(y) = cuda::decode_attention(&q, &k, &v, self.window)? {
+            return self.o.forward(&y.reshape((b, n, h * hd))?);
+        }
         let t = k.dim(2)?;
 
         // Grouped-query attention without copying K and V per query head:
@@ -302,15 +308,18 @@ impl Attention {
 
 /// SwiGLU: `down(silu(gate(x)) * up(x))`.
 struct FeedForward {
-    gate: Linear, // (f, d)
-    up: Linear,   // (f, d)
-    down: Linear, // (d, f)
+    gate_up: Projections, // (f, d), (f, d)
+    down: Linear,         // (d, f)
 }
 
 impl FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        self.down.forward(&(gate * self.up.forward(x)?)?)
+        let [gate, up] = self.gate_up.forward(x)?;
+        let gated = match cuda::silu_mul(&gate, &up)? {
+            Some(gated) => gated,
+            None => (candle_nn::ops::silu(&gate)? * up)?,
+        };
+        self.down.forward(&gated)
     }
 }
 
@@ -326,6 +335,17 @@ impl RmsNorm {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32)
+    }
+
+    /// `x + residual` (the residual stream after a sublayer) and its norm
+    /// (the next sublayer's input), in one kernel where there is one.
+    fn after_residual(&self, x: &Tensor, residual: &Tensor) -> Result<(Tensor, Tensor)> {
+        if let Some(both) = cuda::add_rms_norm(x, residual, &self.weight, self.eps as f32)? {
+            return Ok(both);
+        }
+        let x = (x + residual)?;
+        let normed = self.forward(&x)?;
+        Ok((x, normed))
     }
 }
 

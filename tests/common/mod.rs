@@ -64,15 +64,15 @@ pub fn goldens() -> PathBuf {
     root.join("tests/goldens")
 }
 
-/// Where the engine tests run: GREVE_TEST_DEVICE=cuda (or metal) moves them
-/// to a GPU; the CPU otherwise.
+/// Where the engine tests run: GREVE_TEST_DEVICE=cuda (or metal, any
+/// `--device` value) moves them to a GPU, opened as greve opens it; the CPU
+/// otherwise.
 pub fn device() -> Device {
     let wanted = std::env::var("GREVE_TEST_DEVICE").unwrap_or_default();
     match wanted.as_str() {
-        "" | "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0).expect("GREVE_TEST_DEVICE=cuda but no CUDA device"),
-        "metal" => Device::new_metal(0).expect("GREVE_TEST_DEVICE=metal but no Metal device"),
-        other => panic!("GREVE_TEST_DEVICE={other}: expected cpu, cuda or metal"),
+        "" => Device::Cpu,
+        spec => greve::settings::device(spec)
+            .unwrap_or_else(|e| panic!("GREVE_TEST_DEVICE={spec}: {e}")),
     }
 }
 

@@ -1,0 +1,81 @@
+//! greve's CUDA kernels (`kernels.cu`, compiled by NVRTC on first use),
+//! each standing in for several candle operations on a GPU; every function
+//! returns `None` where its kernel does not apply (no CUDA, another layout),
+//! and the caller takes candle's operations.
+//!
+//! - Decoding's attention: the tensor path (scores matmul, softmax,
+//!   probabilities matmul) suits a prompt, but for one new token its second
+//!   product is a matrix of 4 rows reduced over the whole context: cuBLAS
+//!   ran it on a handful of blocks, and after 8k tokens attention took
+//!   longer than reading the weights. Split over chunks of positions, every
+//!   SM reads its share once.
+//! - The feed-forward's gate and the residual add with the norm after it:
+//!   elementwise work, where a step's time goes to launches and allocations
+//!   (candle's silu then mul; add then RMSNorm), and a strided gate (halves
+//!   of one stacked product) costs candle's kernels index arithmetic.
+
+use candle_core::{Result, Tensor};
+
+#[cfg(feature = "cuda")]
+mod ops;
+
+/// The attention output for one new token, (1, heads, 1, hd), of query
+/// `q` (1, heads, 1, hd) over keys and values `k`, `v` (1, kv_heads, t, hd)
+/// (views of the cache), attending the last `window` positions at most.
+pub fn decode_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    window: Option<usize>,
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() {
+        return ops::decode_attention(q, k, v, window);
+    }
+    let _ = (q, k, v, window);
+    Ok(None)
+}
+
+/// `silu(gate) * up`, elementwise.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if gate.device().is_cuda() {
+        return ops::silu_mul(gate, up);
+    }
+    let _ = (gate, up);
+    Ok(None)
+}
+
+/// `x + y` and its RMSNorm with weight `w`: the residual stream after a
+/// sublayer and the next sublayer's input.
+pub fn add_rms_norm(
+    x: &Tensor,
+    y: &Tensor,
+    w: &Tensor,
+    eps: f32,
+) -> Result<Option<(Tensor, Tensor)>> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return ops::add_rms_norm(x, y, w, eps);
+    }
+    let _ = (x, y, w, eps);
+    Ok(None)
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    /// NVRTC needs no GPU: the kernel source compiles on any machine with
+    /// the CUDA libraries.
+    #[test]
+    fn the_kernels_compile() {
+        let ptx = super::ops::ptx().unwrap();
+        for name in [
+            "attend_chunks_bf16",
+            "merge_chunks_f16",
+            "silu_mul_f32",
+            "add_rms_norm_bf16",
+        ] {
+            assert!(ptx.contains(&format!(".entry {name}")), "{name} missing");
+        }
+    }
+}
