@@ -15,6 +15,11 @@
 #    on the same bf16 folder (benches/hf-bench.py), and the copy bandwidth
 #    that bounds decoding.
 # Every step has its own time limit; the log and JSON lines go to OUT_DIR.
+#
+# GPU_STEPS picks steps (default all: "libs tests chat bench hf profile");
+# device time is scarce. Baseline greves (GPU builds of other commits,
+# packed by `gpu-prepare.sh BINARY...`) in the carried folder are benched
+# after this one, so that a change is measured in one run on one card.
 set -u
 carried=$(realpath "$1")
 out=$(realpath -m "${2:-gpu-out}")
@@ -23,6 +28,14 @@ mkdir -p "$out" "$work"
 exec > >(tee "$out/gpu.log") 2>&1
 tar -C "$work" -xJf "$carried/bin.tar.xz"
 greve=$work/bin/greve
+baselines=()
+for packed in "$carried"/*.xz; do
+    [[ $packed == */bin.tar.xz ]] && continue
+    xz -dc "$packed" >"$work/$(basename "$packed" .xz)" && chmod +x "$work/$(basename "$packed" .xz)"
+    baselines+=("$work/$(basename "$packed" .xz)")
+done
+steps=${GPU_STEPS:-libs tests chat bench hf profile}
+wants() { [[ " $steps " == *" $1 "* ]]; }
 
 step() {
     local limit=$1
@@ -46,16 +59,19 @@ for lib in ["libcublas.so.13", "libcublasLt.so.13", "libcudart.so.13", "libcuran
 print(":".join(dirs))
 EOF
 )
-echo "== without them:"
-LD_LIBRARY_PATH= "$greve" --version 2>&1 | head -n 3
 export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-step 30 "$greve" --version
-step 60 "$greve" doctor --offline
+if wants libs; then
+    echo "== without them:"
+    LD_LIBRARY_PATH= "$greve" --version 2>&1 | head -n 3
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    step 30 "$greve" --version
+    step 60 "$greve" doctor --offline
+fi
 
 # 2. Correctness.
-CARGO_MANIFEST_DIR=$PWD GREVE_TEST_DEVICE=cuda step 120 "$work"/bin/engine-* --test-threads 1
+wants tests && CARGO_MANIFEST_DIR=$PWD GREVE_TEST_DEVICE=cuda step 120 "$work"/bin/engine-* --test-threads 1
+wants chat && {
 same=0 differ=0
 for file in tiny-v1-f16.gguf tiny-v1-q8_0.gguf tiny-k-q4_k_m.gguf; do
     for device in cpu cuda; do
@@ -77,17 +93,20 @@ for file in tiny-v1-f16.gguf tiny-v1-q8_0.gguf tiny-k-q4_k_m.gguf; do
     done
 done
 echo "cpu vs cuda: $same same, $differ different"
+}
 
 # 3. Speed. The makers write in parallel with each other.
 export PYTHONPATH=$carried/py${PYTHONPATH:+:$PYTHONPATH}
-echo "== synthetic models"
-python3 benches/make-synthetic-safetensors.py "$work/bf16" &
-bf16=$!
-python3 benches/make-synthetic-gguf.py --vocab-from tests/goldens/vocab-v1.gguf \
-    --out "$work/q4km.gguf" >/dev/null 2>&1 &
-# Not a bare `wait`: it would also wait for the log's tee, forever.
-wait $bf16 $!
-du -sh "$work/bf16" "$work/q4km.gguf"
+if wants bench || wants hf || wants profile; then
+    echo "== synthetic models"
+    python3 benches/make-synthetic-safetensors.py "$work/bf16" &
+    bf16=$!
+    python3 benches/make-synthetic-gguf.py --vocab-from tests/goldens/vocab-v1.gguf \
+        --out "$work/q4km.gguf" >/dev/null 2>&1 &
+    # Not a bare `wait`: it would also wait for the log's tee, forever.
+    wait $bf16 $!
+    du -sh "$work/bf16" "$work/q4km.gguf"
+fi
 
 gpu_memory() { # the largest memory.used nvidia-smi reports while "$@" runs
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$work/mem.log" &
@@ -96,19 +115,40 @@ gpu_memory() { # the largest memory.used nvidia-smi reports while "$@" runs
     kill $watcher
     echo "peak GPU memory used: $(sort -n "$work/mem.log" | tail -n1) MiB" >&2
 }
-for model in q4km.gguf bf16; do
-    gpu_memory step 120 "$greve" bench -m "$work/$model" --device cuda -r 2 -d 8192 --json |
-        tee -a "$out/bench.jsonl"
-done
-step 30 python3 benches/hf-bench.py --bandwidth "$work/bf16" | tee -a "$out/bench.jsonl"
-step 90 python3 benches/hf-bench.py "$work/bf16" -r 2 | tee -a "$out/bench.jsonl"
+if wants bench; then
+    # A 2-layer model's step is all overhead (launches, allocations), the
+    # GPU idle between kernels: per layer, what a 7B step spends outside them.
+    for binary in "$greve" "${baselines[@]}"; do
+        step 30 "$binary" bench -m tests/goldens/tiny-v1-f16.gguf --device cuda -r 2 --json |
+            sed "s|^{|{\"binary\":\"$(basename "$binary")\",|" | tee -a "$out/bench.jsonl"
+    done
+    for model in q4km.gguf bf16; do
+        for binary in "$greve" "${baselines[@]}"; do
+            gpu_memory step 120 "$binary" bench -m "$work/$model" --device cuda -r 2 -d 8192 --json |
+                sed "s|^{|{\"binary\":\"$(basename "$binary")\",|" | tee -a "$out/bench.jsonl"
+        done
+    done
+fi
+if wants hf; then
+    step 30 python3 benches/hf-bench.py --bandwidth "$work/bf16" | tee -a "$out/bench.jsonl"
+    step 90 python3 benches/hf-bench.py "$work/bf16" -r 2 | tee -a "$out/bench.jsonl"
+    step 150 python3 benches/hf-bench.py "$work/bf16" -r 2 --compile | tee -a "$out/bench.jsonl"
+fi
 
-# Where a generated token's time goes: every kernel of about one decoding
-# step, as Nsight Compute times them (the sum against the step's wall time
-# is the share lost between kernels).
-ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n1)
-for model in q4km.gguf bf16; do
-    step 75 "$ncu" --launch-skip 3000 --launch-count 1200 --csv --metrics gpu__time_duration.sum \
-        "$greve" ask -m "$work/$model" --device cuda --temperature 0 -n 12 Bonjour >"$out/ncu-${model%%.*}.csv"
-done
-step 150 python3 benches/hf-bench.py "$work/bf16" -r 2 --compile | tee -a "$out/bench.jsonl"
+# Where a generated token's time goes. Nsight Systems: the time in CUDA
+# calls (launches, allocations) against the time in kernels. Nsight
+# Compute: every kernel of about one decoding step (the sum against the
+# step's wall time is the share lost between kernels).
+if wants profile; then
+    nsys=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | tail -n1)
+    if [[ -n $nsys ]]; then
+        step 90 "$nsys" profile -t cuda --force-overwrite true -o "$work/decode" \
+            "$greve" ask -m "$work/bf16" --device cuda --temperature 0 -n 64 Bonjour >/dev/null
+        step 60 "$nsys" stats -r cuda_api_sum,cuda_gpu_kern_sum -f csv -o "$out/nsys-bf16" "$work/decode.nsys-rep"
+    fi
+    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n1)
+    if [[ -n $ncu ]]; then
+        step 90 "$ncu" --launch-skip 3000 --launch-count 700 --csv --metrics gpu__time_duration.sum \
+            "$greve" ask -m "$work/bf16" --device cuda --temperature 0 -n 12 Bonjour >"$out/ncu-bf16.csv"
+    fi
+fi
