@@ -4,17 +4,22 @@
 //! The tokenizer turns each text span into ids on its own (with
 //! SentencePiece's dummy-prefix space, as `mistral-common` does), so this file
 //! knows nothing of vocabularies and is tested on plain data. Two formats cover
-//! the Apache-2.0 Mistral 7B releases (mistral-common 1.x,
-//! `tokens/tokenizers/instruct.py`):
+//! the Apache-2.0 Mistral 7B releases, a third the later ones (mistral-common
+//! 1.x, `tokens/tokenizers/instruct.py`):
 //!
 //! * **V1** (v0.1, v0.2): `[INST]` and `[/INST]` are ordinary text, a user turn is
 //!   the one span `"[INST] {text} [/INST]"`, and the system prompt is put in
 //!   front of the *first* user message.
 //! * **V3** (v0.3): `[INST]`/`[/INST]` are control tokens around the user text,
 //!   the system prompt goes in front of the *last* user message, and assistant
-//!   replies lose their trailing spaces.
+//!   replies lose their trailing spaces. NeMo's Tekken vocabulary uses it
+//!   too (byte-level pieces: no dummy-prefix space, which is the tokenizer's
+//!   business, not this file's).
+//! * **V7** (Mistral Small 3.x): as V3, but the system prompt stands alone
+//!   after BOS, between `[SYSTEM_PROMPT]` and `[/SYSTEM_PROMPT]` control
+//!   tokens.
 //!
-//! Both start with exactly one BOS and close every assistant reply with EOS.
+//! All start with exactly one BOS and close every assistant reply with EOS.
 
 use crate::exit::Failure;
 
@@ -23,6 +28,7 @@ use crate::exit::Failure;
 pub enum Format {
     V1,
     V3,
+    V7,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -61,6 +67,8 @@ pub enum Piece {
     Eos,
     BeginInst,
     EndInst,
+    BeginSystem,
+    EndSystem,
     /// Text encoded on its own, as one SentencePiece call.
     Text(String),
 }
@@ -91,14 +99,21 @@ pub fn render_conversation(
     let users: Vec<usize> = (0..messages.len())
         .filter(|&i| messages[i].role == Role::User)
         .collect();
-    // V1 puts the system prompt in the first user turn, V3 in the last one.
+    // V1 puts the system prompt in the first user turn, V3 in the last one,
+    // V7 before every turn.
     let system_turn = match format {
         Format::V1 => users.first(),
         Format::V3 => users.last(),
+        Format::V7 => None,
     }
     .copied();
 
     let mut pieces = vec![Piece::Bos];
+    if let (Format::V7, Some(system)) = (format, system) {
+        pieces.push(Piece::BeginSystem);
+        pieces.push(Piece::Text(system.to_string()));
+        pieces.push(Piece::EndSystem);
+    }
     for (i, message) in messages.iter().enumerate() {
         match message.role {
             Role::User => {
@@ -110,7 +125,7 @@ pub fn render_conversation(
                 };
                 match format {
                     Format::V1 => pieces.push(Piece::Text(format!("[INST] {text} [/INST]"))),
-                    Format::V3 => {
+                    Format::V3 | Format::V7 => {
                         pieces.push(Piece::BeginInst);
                         pieces.push(Piece::Text(text));
                         pieces.push(Piece::EndInst);
@@ -120,7 +135,7 @@ pub fn render_conversation(
             Role::Assistant => {
                 let text = match format {
                     Format::V1 => message.content.as_str(),
-                    Format::V3 => message.content.trim_end_matches(' '),
+                    Format::V3 | Format::V7 => message.content.trim_end_matches(' '),
                 };
                 pieces.push(Piece::Text(text.to_string()));
                 pieces.push(Piece::Eos);
@@ -170,6 +185,8 @@ pub fn to_text(pieces: &[Piece]) -> String {
             Piece::Eos => "</s>",
             Piece::BeginInst => "[INST]",
             Piece::EndInst => "[/INST]",
+            Piece::BeginSystem => "[SYSTEM_PROMPT]",
+            Piece::EndSystem => "[/SYSTEM_PROMPT]",
             Piece::Text(t) => t.as_str(),
         })
         .collect()
@@ -225,6 +242,24 @@ mod tests {
                 Piece::EndInst,
             ]
         );
+    }
+
+    #[test]
+    fn v7_puts_the_system_prompt_alone_before_the_turns() {
+        let messages = [
+            Message::user("Bonjour"),
+            Message::assistant("Salut !  "),
+            Message::user("Et ensuite ?"),
+        ];
+        let pieces = render(Format::V7, Some("Sois bref."), &messages).unwrap();
+        // mistral-common 1.13.1, InstructTokenizerV7.
+        assert_eq!(
+            to_text(&pieces),
+            "<s>[SYSTEM_PROMPT]Sois bref.[/SYSTEM_PROMPT][INST]Bonjour[/INST]Salut !</s>[INST]Et ensuite ?[/INST]"
+        );
+        assert_eq!(pieces[1], Piece::BeginSystem);
+        let without = render(Format::V7, None, &messages).unwrap();
+        assert_eq!(without[1], Piece::BeginInst);
     }
 
     #[test]

@@ -26,6 +26,31 @@ pub struct Tokenizer {
     add_bos: bool,
     /// The `[INST]` and `[/INST]` control tokens of V3 vocabularies.
     inst: Option<(u32, u32)>,
+    /// `[SYSTEM_PROMPT]` and `[/SYSTEM_PROMPT]`, where the format uses them.
+    system: Option<(u32, u32)>,
+    format: Format,
+}
+
+/// The instruct format of a vocabulary: V1 spells `[INST]` out as text, V3
+/// has it as a control token, V7 also `[SYSTEM_PROMPT]`. NeMo's Tekken
+/// vocabulary (V3) has `[SYSTEM_PROMPT]` too, unused, so where the tokens do
+/// not settle it the chat template does (`tokenizer_config.json`, GGUF
+/// `tokenizer.chat_template`); with no template, only Mistral's V7
+/// SentencePiece vocabulary has the token and uses it.
+pub fn instruct_format(
+    inst: bool,
+    system_tokens: bool,
+    byte_level: bool,
+    template: Option<&str>,
+) -> Format {
+    match (inst, system_tokens, template) {
+        (false, _, _) => Format::V1,
+        (true, false, _) => Format::V3,
+        (true, true, Some(t)) if t.contains("[SYSTEM_PROMPT]") => Format::V7,
+        (true, true, Some(_)) => Format::V3,
+        (true, true, None) if byte_level => Format::V3,
+        (true, true, None) => Format::V7,
+    }
 }
 
 /// What `tokenizer_config.json` says about special tokens.
@@ -35,6 +60,8 @@ pub struct SpecialTokens {
     pub eos: Option<String>,
     /// `add_bos_token`; true when absent, as for every Mistral release.
     pub add_bos: Option<bool>,
+    /// `chat_template`: it tells V7 from V3 where the vocabulary cannot.
+    pub chat_template: Option<String>,
 }
 
 impl Tokenizer {
@@ -67,6 +94,7 @@ impl Tokenizer {
             bos,
             eos,
             special.add_bos.unwrap_or(true),
+            special.chat_template.as_deref(),
         ))
     }
 
@@ -83,10 +111,26 @@ impl Tokenizer {
             .classify(Failure::ModelInvalid, || {
                 "cannot build a tokenizer from the GGUF metadata".to_string()
             })?;
-        Ok(Self::finish(inner, spec.bos, spec.eos, spec.add_bos))
+        let template = match metadata.get("tokenizer.chat_template") {
+            Some(Value::String(t)) => Some(t.as_str()),
+            _ => None,
+        };
+        Ok(Self::finish(
+            inner,
+            spec.bos,
+            spec.eos,
+            spec.add_bos,
+            template,
+        ))
     }
 
-    fn finish(mut inner: tokenizers::Tokenizer, bos: u32, eos: u32, add_bos: bool) -> Self {
+    fn finish(
+        mut inner: tokenizers::Tokenizer,
+        bos: u32,
+        eos: u32,
+        add_bos: bool,
+        template: Option<&str>,
+    ) -> Self {
         inner.set_encode_special_tokens(true);
         let control = inner.get_added_tokens_decoder();
         let control_id = |name: &str| {
@@ -96,23 +140,26 @@ impl Tokenizer {
                 .map(|(&id, _)| id)
         };
         let inst = control_id("[INST]").zip(control_id("[/INST]"));
+        let system = control_id("[SYSTEM_PROMPT]").zip(control_id("[/SYSTEM_PROMPT]"));
+        let byte_level = matches!(
+            inner.get_decoder(),
+            Some(tokenizers::DecoderWrapper::ByteLevel(_))
+        );
+        let format = instruct_format(inst.is_some(), system.is_some(), byte_level, template);
         Tokenizer {
             inner,
             bos,
             eos,
             add_bos,
             inst,
+            system: system.filter(|_| format == Format::V7),
+            format,
         }
     }
 
-    /// The instruct format this vocabulary was made for: V3 has `[INST]` as a
-    /// control token, V1 spells it out as text.
+    /// The instruct format this vocabulary and template were made for.
     pub fn format(&self) -> Format {
-        if self.inst.is_some() {
-            Format::V3
-        } else {
-            Format::V1
-        }
+        self.format
     }
 
     pub fn eos(&self) -> u32 {
@@ -170,6 +217,16 @@ impl Tokenizer {
                         anyhow::anyhow!("this vocabulary has no [INST] control token")
                     })?;
                     ids.push(if *piece == Piece::BeginInst {
+                        begin
+                    } else {
+                        end
+                    });
+                }
+                Piece::BeginSystem | Piece::EndSystem => {
+                    let (begin, end) = self.system.ok_or_else(|| {
+                        anyhow::anyhow!("this vocabulary has no [SYSTEM_PROMPT] control token")
+                    })?;
+                    ids.push(if *piece == Piece::BeginSystem {
                         begin
                     } else {
                         end

@@ -1,5 +1,5 @@
-//! Token ids against mistral-common: plain text and whole chats, for the V1
-//! and V3 vocabularies, from tokenizer.json and from GGUF metadata.
+//! Token ids against mistral-common: plain text and whole chats, for the V1,
+//! V3 and V7 vocabularies, from tokenizer.json and from GGUF metadata.
 
 mod common;
 
@@ -69,7 +69,7 @@ fn check_against_mistral_common(tok: &Tokenizer, version: &str, source: &str) {
 
 #[test]
 fn tokenizer_json_encodes_like_mistral_common() {
-    for version in ["v1", "v3"] {
+    for version in ["v1", "v3", "v7"] {
         check_against_mistral_common(&from_json(version), version, "tokenizer.json");
     }
 }
@@ -85,6 +85,7 @@ fn gguf_vocabulary_encodes_like_mistral_common() {
 fn the_instruct_format_follows_the_vocabulary() {
     assert_eq!(from_json("v1").format(), Format::V1);
     assert_eq!(from_json("v3").format(), Format::V3);
+    assert_eq!(from_json("v7").format(), Format::V7);
     assert_eq!(from_gguf("v1").format(), Format::V1);
     assert_eq!(from_gguf("v3").format(), Format::V3);
 }
@@ -131,4 +132,22 @@ fn an_accented_letter_split_over_byte_tokens_comes_out_whole() {
         Some("!"),
         "punctuation is not held back"
     );
+}
+
+#[test]
+fn the_template_tells_v7_from_nemos_v3() {
+    use greve::tokenizer::instruct_format;
+    use Format::*;
+    // SentencePiece: the control tokens settle it.
+    assert_eq!(instruct_format(false, false, false, None), V1);
+    assert_eq!(instruct_format(true, false, false, None), V3);
+    assert_eq!(instruct_format(true, true, false, None), V7);
+    // Tekken has [SYSTEM_PROMPT] whether V3 (NeMo) or V7 (Small 3.x).
+    assert_eq!(instruct_format(true, true, true, None), V3);
+    let nemo = "{%- for message in loop_messages %}[INST]{{ message['content'] }}[/INST]";
+    let small = "{{- bos_token }}[SYSTEM_PROMPT]{{ system_message }}[/SYSTEM_PROMPT]";
+    assert_eq!(instruct_format(true, true, true, Some(nemo)), V3);
+    assert_eq!(instruct_format(true, true, true, Some(small)), V7);
+    // A template cannot conjure control tokens the vocabulary lacks.
+    assert_eq!(instruct_format(true, false, false, Some(small)), V3);
 }

@@ -59,6 +59,10 @@ const V3_IDS: [u32; 32] = [
     1, 3, 9268, 19545, 4, 9268, 19545, 1686, 20247, 13178, 29501, 2867, 17674, 1032, 1952, 2318, 2,
     3, 16185, 1534, 4441, 1249, 15067, 29491, 781, 781, 29533, 2323, 1615, 25661, 29491, 4,
 ];
+const V7_IDS: [u32; 32] = [
+    1, 16, 16185, 1534, 4441, 1249, 15067, 29491, 17, 3, 9268, 19545, 4, 9268, 19545, 1686, 20247,
+    13178, 29501, 2867, 17674, 1032, 1952, 2318, 2, 3, 1169, 2323, 1615, 25661, 29491, 4,
+];
 
 pub fn run(settings: &Settings) -> anyhow::Result<()> {
     let mut r = Report {
@@ -327,9 +331,18 @@ fn template_check(r: &mut Report, settings: &Settings) -> std::io::Result<()> {
             }
         })
         .collect();
-    let want: &[u32] = match tokenizer.format() {
-        Format::V1 => &V1_IDS,
-        Format::V3 => &V3_IDS,
+    // The references are for Mistral's SentencePiece vocabularies.
+    let want: &[u32] = match (tokenizer.format(), tokenizer.vocab_size()) {
+        (Format::V1, 32000) => &V1_IDS,
+        (Format::V3, 32768) => &V3_IDS,
+        (Format::V7, 32768) => &V7_IDS,
+        (format, size) => {
+            return r.line(
+                Status::Skip,
+                "template",
+                format!("greve holds no mistral-common ids for {spec}'s vocabulary ({size} tokens, {format:?})"),
+            )
+        }
     };
     let got = template::render(tokenizer.format(), Some(SAMPLE_SYSTEM), &messages)
         .and_then(|pieces| tokenizer.encode_pieces(&pieces));

@@ -283,6 +283,8 @@ fn tokenizer_from_json(path: &Path, config: Option<&Path>) -> anyhow::Result<Tok
         bos_token: Option<TokenName>,
         eos_token: Option<TokenName>,
         add_bos_token: Option<bool>,
+        /// A string; some repositories keep a list of named templates.
+        chat_template: Option<serde_json::Value>,
     }
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -303,6 +305,7 @@ fn tokenizer_from_json(path: &Path, config: Option<&Path>) -> anyhow::Result<Tok
         bos: name(config.bos_token),
         eos: name(config.eos_token),
         add_bos: config.add_bos_token,
+        chat_template: config.chat_template.map(|t| t.to_string()),
     };
     Tokenizer::from_json_file(path, &special)
 }

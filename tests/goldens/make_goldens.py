@@ -12,6 +12,8 @@ Run it from this folder; it rewrites the files beside it:
     tar xzf llama_cpp_python-0.3.36.tar.gz
     /tmp/venv/bin/python make_goldens.py --llama-cpp llama_cpp_python-0.3.36/vendor/llama.cpp
 
+(`--tokens-only` remakes the tokenizer and token goldens alone, without llama.cpp.)
+
 The tiny models' weights come from a formula (`weight_values`) that the Rust
 tests implement too (tests/common/mod.rs), so only the GGUF files, which must
 come from llama.cpp's converter, are committed as weights.
@@ -38,6 +40,9 @@ DATA = os.path.join(os.path.dirname(mistral_common.__file__), "data")
 SPM = {
     "v1": os.path.join(DATA, "tokenizer.model.v1"),
     "v3": os.path.join(DATA, "mistral_instruct_tokenizer_240323.model.v3"),
+    # The V7 format with a SentencePiece vocabulary (no tiny model: the
+    # template and the tokenizer are what it tests).
+    "v7": os.path.join(DATA, "mistral_instruct_tokenizer_241114.model.v7"),
     # A 512-piece SentencePiece BPE trained here, for "k", the model whose
     # sizes (multiples of 256) allow llama.cpp's k-quants.
     "k": os.path.join(HERE, "tokenizer-k.model"),
@@ -304,8 +309,8 @@ def score_ranked_merges(proto):
 
 def tokenizer_json(version):
     """tokenizer.json in the Hub's layout for a SentencePiece model: the v1
-    file with the legacy normaliser layout (Prepend + Replace), the v3 file
-    with the Metaspace pre-tokenizer, so that both layouts are tested."""
+    file with the legacy normaliser layout (Prepend + Replace), the v3 and v7
+    files with the Metaspace pre-tokenizer, so that both layouts are tested."""
     from sentencepiece import sentencepiece_model_pb2
     from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE
@@ -314,7 +319,7 @@ def tokenizer_json(version):
     proto.ParseFromString(open(SPM[version], "rb").read())
     vocab, merges = score_ranked_merges(proto)
     tok = Tokenizer(BPE(vocab, merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
-    if version != "v3":
+    if version in ("v1", "k"):
         tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     else:
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
@@ -329,20 +334,28 @@ def tokenizer_json(version):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--llama-cpp", required=True, help="llama.cpp source folder (convert_hf_to_gguf.py)")
+    ap.add_argument("--llama-cpp", help="llama.cpp source folder (convert_hf_to_gguf.py)")
+    ap.add_argument("--tokens-only", action="store_true", help="only the tokenizer and token goldens")
     ap.add_argument("--seeds", default=os.path.join(HERE, "../../../shared/seeds"), help="texts for tokenizer-k")
     args = ap.parse_args()
-    train_k_tokenizer(args.seeds)
-    for version in ("v1", "v3", "k"):
+    for version in ("v1", "v3", "v7"):
         tokenizer_json(version)
+        tokens = token_goldens(version)
+        json.dump(tokens, open(os.path.join(HERE, f"tokens-{version}.json"), "w"), ensure_ascii=False, indent=1)
+    if args.tokens_only:
+        return
+    if not args.llama_cpp:
+        ap.error("--llama-cpp is needed for the tiny models")
+    train_k_tokenizer(args.seeds)
+    tokenizer_json("k")
+    for version in ("v1", "v3", "k"):
         if version == "k":
             import sentencepiece
 
             spm = sentencepiece.SentencePieceProcessor(model_file=SPM["k"])
             prompts = [[1] + spm.encode(t) for t in CORPUS[:6]]
         else:
-            tokens = token_goldens(version)
-            json.dump(tokens, open(os.path.join(HERE, f"tokens-{version}.json"), "w"), ensure_ascii=False, indent=1)
+            tokens = json.load(open(os.path.join(HERE, f"tokens-{version}.json")))
             prompts = [chat["ids"] for chat in tokens["chats"]]
         models = model_goldens(version, args.llama_cpp, prompts)
         json.dump(models, open(os.path.join(HERE, f"tiny-{version}.json"), "w"), indent=1)
