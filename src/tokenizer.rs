@@ -374,12 +374,28 @@ const TOKEN_CONTROL: i32 = 3;
 struct GgufVocab {
     add_bos: bool,
     tokens: Vec<String>,
-    scores: Vec<f32>,
     types: Vec<i32>,
     bos: u32,
     eos: u32,
     unk: u32,
+    kind: VocabKind,
 }
+
+/// The two kinds of vocabulary llama.cpp writes for Mistral's models.
+enum VocabKind {
+    /// `llama`: SentencePiece BPE with byte fallback (7B), ranked by scores.
+    SentencePiece { scores: Vec<f32> },
+    /// `gpt2`: byte-level BPE with its merges, after a pre-tokenizer regex
+    /// (Tekken: NeMo, Small 3.x).
+    ByteLevel {
+        merges: Vec<(String, String)>,
+        pattern: &'static str,
+    },
+}
+
+/// mistral-common's Tekken pre-tokenizer (`tekken_*.json`, `config.pattern`),
+/// which llama.cpp names `tekken`.
+const TEKKEN_PATTERN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 impl GgufVocab {
     fn read(md: &HashMap<String, Value>) -> anyhow::Result<Self> {
@@ -393,9 +409,9 @@ impl GgufVocab {
             .ok_or_else(|| missing("tokenizer.ggml.model"))?
             .to_string()
             .map_err(|e| Failure::ModelInvalid.err(format!("tokenizer.ggml.model: {e}")))?;
-        if model != "llama" {
+        if model != "llama" && model != "gpt2" {
             return Err(Failure::ModelInvalid.err(format!(
-                "the GGUF tokenizer is of kind {}; greve supports SentencePiece vocabularies (\"llama\"), as Mistral 7B uses",
+                "the GGUF tokenizer is of kind {}; greve reads SentencePiece (\"llama\", Mistral 7B) and byte-level BPE (\"gpt2\", Tekken) vocabularies",
                 crate::messages::short(model)
             )));
         }
@@ -415,12 +431,51 @@ impl GgufVocab {
                     .map_err(|_| bad("tokenizer.ggml.tokens"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let scores = match md.get("tokenizer.ggml.scores") {
-            Some(_) => array("tokenizer.ggml.scores")?
+        let kind = if model == "llama" {
+            let scores = array("tokenizer.ggml.scores")?
                 .iter()
                 .map(|v| v.to_f32().map_err(|_| bad("tokenizer.ggml.scores")))
-                .collect::<anyhow::Result<Vec<_>>>()?,
-            None => return Err(missing("tokenizer.ggml.scores")),
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if scores.len() != tokens.len() {
+                return Err(Failure::ModelInvalid.err(format!(
+                    "the GGUF tokenizer has {} tokens but {} scores",
+                    tokens.len(),
+                    scores.len()
+                )));
+            }
+            VocabKind::SentencePiece { scores }
+        } else {
+            let pre = match md.get("tokenizer.ggml.pre") {
+                Some(v) => v
+                    .to_string()
+                    .map_err(|_| bad("tokenizer.ggml.pre"))?
+                    .as_str(),
+                None => "default",
+            };
+            // llama.cpp's converter names a Tekken vocabulary by a hash of
+            // its encodings: `tekken` (NeMo's own file), `pixtral` (the one
+            // transformers makes of mistral-common's); the same pattern.
+            let pattern = match pre {
+                "tekken" | "pixtral" => TEKKEN_PATTERN,
+                other => {
+                    return Err(Failure::ModelInvalid.err(format!(
+                    "the GGUF tokenizer's pre-tokenizer is {}; greve knows Mistral's (\"tekken\")",
+                    crate::messages::short(other)
+                )))
+                }
+            };
+            // Byte-level pieces spell a space Ġ, so one space parts a merge.
+            let merges = array("tokenizer.ggml.merges")?
+                .iter()
+                .map(|v| {
+                    let merge = v.to_string().map_err(|_| bad("tokenizer.ggml.merges"))?;
+                    let (l, r) = merge
+                        .split_once(' ')
+                        .ok_or_else(|| bad("tokenizer.ggml.merges"))?;
+                    Ok((l.to_string(), r.to_string()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            VocabKind::ByteLevel { merges, pattern }
         };
         let types = match md.get("tokenizer.ggml.token_type") {
             Some(_) => array("tokenizer.ggml.token_type")?
@@ -429,11 +484,10 @@ impl GgufVocab {
                 .collect::<anyhow::Result<Vec<_>>>()?,
             None => vec![TOKEN_NORMAL; tokens.len()],
         };
-        if scores.len() != tokens.len() || types.len() != tokens.len() {
+        if types.len() != tokens.len() {
             return Err(Failure::ModelInvalid.err(format!(
-                "the GGUF tokenizer has {} tokens but {} scores and {} types",
+                "the GGUF tokenizer has {} tokens but {} types",
                 tokens.len(),
-                scores.len(),
                 types.len()
             )));
         }
@@ -463,17 +517,19 @@ impl GgufVocab {
         Ok(GgufVocab {
             add_bos,
             tokens,
-            scores,
             types,
             bos,
             eos,
             unk,
+            kind,
         })
     }
 
-    /// The equivalent `tokenizer.json`: the layout Hugging Face's converter
-    /// gives SentencePiece models (Prepend + Replace normaliser, BPE with byte
-    /// fallback, the matching decoder).
+    /// The equivalent `tokenizer.json`: the layouts Hugging Face's converters
+    /// give SentencePiece models (Prepend + Replace normaliser, BPE with byte
+    /// fallback, the matching decoder) and Tekken (the regex split, then
+    /// byte-level BPE that takes a piece in the vocabulary whole, as
+    /// mistral-common's tiktoken does).
     fn to_tokenizer_json(&self) -> serde_json::Value {
         let vocab: serde_json::Map<String, serde_json::Value> = self
             .tokens
@@ -488,6 +544,30 @@ impl GgufVocab {
                        "lstrip": false, "rstrip": false, "normalized": false, "special": true})
             })
             .collect();
+        let scores = match &self.kind {
+            VocabKind::SentencePiece { scores } => scores,
+            VocabKind::ByteLevel { merges, pattern } => {
+                return json!({
+                    "version": "1.0",
+                    "truncation": null,
+                    "padding": null,
+                    "added_tokens": added,
+                    "normalizer": null,
+                    "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false},
+                        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+                    ]},
+                    "post_processor": null,
+                    "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+                    "model": {
+                        "type": "BPE", "dropout": null, "unk_token": null,
+                        "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                        "fuse_unk": false, "byte_fallback": false, "ignore_merges": true,
+                        "vocab": vocab, "merges": merges
+                    }
+                })
+            }
+        };
         json!({
             "version": "1.0",
             "truncation": null,
@@ -506,7 +586,7 @@ impl GgufVocab {
                 "type": "BPE", "dropout": null, "unk_token": self.tokens[self.unk as usize],
                 "continuing_subword_prefix": null, "end_of_word_suffix": null,
                 "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-                "vocab": vocab, "merges": self.merges()
+                "vocab": vocab, "merges": self.merges(scores)
             }
         })
     }
@@ -514,7 +594,7 @@ impl GgufVocab {
     /// SentencePiece BPE merges the adjacent pair whose union has the best
     /// score; a merge list ranked by that score makes a BPE model that picks
     /// the same pairs. Only normal pieces take part, as in SentencePiece.
-    fn merges(&self) -> Vec<(String, String)> {
+    fn merges(&self, scores: &[f32]) -> Vec<(String, String)> {
         let normal: HashMap<&str, usize> = (0..self.tokens.len())
             .filter(|&id| self.types[id] == TOKEN_NORMAL)
             .map(|id| (self.tokens[id].as_str(), id))
@@ -524,7 +604,7 @@ impl GgufVocab {
             for (split, _) in piece.char_indices().skip(1) {
                 let (left, right) = piece.split_at(split);
                 if let (Some(&l), Some(&r)) = (normal.get(left), normal.get(right)) {
-                    merges.push((self.scores[id], id, l, r));
+                    merges.push((scores[id], id, l, r));
                 }
             }
         }

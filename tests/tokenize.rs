@@ -141,7 +141,7 @@ fn bad_input_is_a_clear_error() {
             &["tokenize", "-m", &path("vocab-gpt2-kind.gguf"), "x"],
             b"",
             4,
-            "\"gpt2\"",
+            "pre-tokenizer is \"default\"",
         ),
         (
             &["tokenize", "-m", "/no/such/model", "x"],

@@ -14,8 +14,11 @@ fn from_json(version: &str) -> Tokenizer {
 }
 
 fn from_gguf(version: &str) -> Tokenizer {
-    let path = goldens().join(format!("tiny-{version}-f16.gguf"));
-    let src = GgufSource::open(&path, &candle_core::Device::Cpu).unwrap();
+    from_gguf_file(&format!("tiny-{version}-f16.gguf"))
+}
+
+fn from_gguf_file(name: &str) -> Tokenizer {
+    let src = GgufSource::open(&goldens().join(name), &candle_core::Device::Cpu).unwrap();
     Tokenizer::from_gguf(src.metadata()).unwrap()
 }
 
@@ -78,6 +81,21 @@ fn tokenizer_json_encodes_like_mistral_common() {
 fn gguf_vocabulary_encodes_like_mistral_common() {
     for version in ["v1", "v3"] {
         check_against_mistral_common(&from_gguf(version), version, "GGUF");
+    }
+}
+
+/// NeMo's Tekken vocabulary as llama.cpp's converter writes it (`gpt2`,
+/// byte-level BPE with merges), rebuilt from the GGUF metadata alone.
+#[test]
+fn tekken_gguf_vocabulary_encodes_like_mistral_common() {
+    let tok = from_gguf_file("vocab-tekken.gguf");
+    assert_eq!(tok.format(), Format::V3);
+    assert_eq!(tok.vocab_size(), 131072);
+    check_against_mistral_common(&tok, "tekken", "GGUF");
+    let golden = golden_json("tokens-tekken.json");
+    for case in golden["texts"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(tok.decode(&ids(&case["ids"])).unwrap(), text);
     }
 }
 

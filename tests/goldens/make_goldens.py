@@ -43,6 +43,8 @@ SPM = {
     # The V7 format with a SentencePiece vocabulary (no tiny model: the
     # template and the tokenizer are what it tests).
     "v7": os.path.join(DATA, "mistral_instruct_tokenizer_241114.model.v7"),
+    # Tekken (NeMo's V3): byte-level BPE; its GGUF vocabulary is the test.
+    "tekken": os.path.join(DATA, "tekken_240911.json"),
     # A 512-piece SentencePiece BPE trained here, for "k", the model whose
     # sizes (multiples of 256) allow llama.cpp's k-quants.
     "k": os.path.join(HERE, "tokenizer-k.model"),
@@ -332,20 +334,39 @@ def tokenizer_json(version):
     tok.save(os.path.join(HERE, f"tokenizer-{version}.json"), pretty=False)
 
 
+def tekken_vocab_gguf(llama_cpp):
+    """vocab-tekken.gguf: the Tekken vocabulary as llama.cpp's converter
+    writes it (a `gpt2` vocabulary with merges), from the tokenizer.json
+    transformers makes of mistral-common's tekken file."""
+    from transformers.integrations.mistral import convert_tekken_tokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        convert_tekken_tokenizer(SPM["tekken"]).save_pretrained(folder)
+        config = dict(TINY["v3"], architectures=["MistralForCausalLM"], model_type="mistral",
+                      vocab_size=131072, bos_token_id=1, eos_token_id=2)
+        json.dump(config, open(os.path.join(folder, "config.json"), "w"))
+        env = dict(os.environ, PYTHONPATH=os.path.join(llama_cpp, "gguf-py"))
+        subprocess.run([sys.executable, os.path.join(llama_cpp, "convert_hf_to_gguf.py"), "--vocab-only",
+                        "--outfile", os.path.join(HERE, "vocab-tekken.gguf"), folder],
+                       check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-cpp", help="llama.cpp source folder (convert_hf_to_gguf.py)")
     ap.add_argument("--tokens-only", action="store_true", help="only the tokenizer and token goldens")
     ap.add_argument("--seeds", default=os.path.join(HERE, "../../../shared/seeds"), help="texts for tokenizer-k")
     args = ap.parse_args()
-    for version in ("v1", "v3", "v7"):
-        tokenizer_json(version)
+    for version in ("v1", "v3", "v7", "tekken"):
+        if version != "tekken":
+            tokenizer_json(version)
         tokens = token_goldens(version)
         json.dump(tokens, open(os.path.join(HERE, f"tokens-{version}.json"), "w"), ensure_ascii=False, indent=1)
     if args.tokens_only:
         return
     if not args.llama_cpp:
         ap.error("--llama-cpp is needed for the tiny models")
+    tekken_vocab_gguf(args.llama_cpp)
     train_k_tokenizer(args.seeds)
     tokenizer_json("k")
     for version in ("v1", "v3", "k"):
