@@ -169,3 +169,57 @@ fn the_template_tells_v7_from_nemos_v3() {
     // A template cannot conjure control tokens the vocabulary lacks.
     assert_eq!(instruct_format(true, false, false, Some(small)), V3);
 }
+
+/// A byte-level vocabulary with `[SYSTEM_PROMPT]` (Tekken's kind) is V3
+/// unless its chat template uses the token: from tokenizer_config.json, or
+/// from chat_template.jinja beside it (newer repositories).
+#[test]
+fn a_tekken_folder_takes_its_format_from_the_chat_template() {
+    let controls = [
+        "<unk>",
+        "<s>",
+        "</s>",
+        "[INST]",
+        "[/INST]",
+        "[SYSTEM_PROMPT]",
+        "[/SYSTEM_PROMPT]",
+    ];
+    let mut vocab = serde_json::Map::new();
+    for (id, t) in controls.iter().chain(&["a"]).enumerate() {
+        vocab.insert(t.to_string(), id.into());
+    }
+    let added: Vec<_> = controls
+        .iter()
+        .enumerate()
+        .map(|(id, t)| serde_json::json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "post_processor": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": true, "vocab": vocab, "merges": []}
+    });
+    let v7 = "{{ bos_token }}[SYSTEM_PROMPT]{{ system }}[/SYSTEM_PROMPT]";
+    let format = |config: Option<&str>, jinja: Option<&str>| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+        if let Some(template) = config {
+            let config = serde_json::json!({"chat_template": template});
+            std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        }
+        if let Some(template) = jinja {
+            std::fs::write(dir.path().join("chat_template.jinja"), template).unwrap();
+        }
+        greve::model::tokenizer_json_at(dir.path())
+            .unwrap()
+            .unwrap()
+            .format()
+    };
+    assert_eq!(format(None, None), Format::V3);
+    assert_eq!(format(Some("[INST]{{ m }}[/INST]"), None), Format::V3);
+    assert_eq!(format(Some(v7), None), Format::V7);
+    assert_eq!(format(None, Some(v7)), Format::V7);
+}

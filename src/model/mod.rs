@@ -301,11 +301,18 @@ fn tokenizer_from_json(path: &Path, config: Option<&Path>) -> anyhow::Result<Tok
         Some(p) => read_json::<TokenizerConfig>(p)?,
         None => TokenizerConfig::default(),
     };
+    // Newer repositories keep the template in its own file beside them.
+    let jinja = path.with_file_name("chat_template.jinja");
+    let chat_template = match config.chat_template {
+        Some(t) => Some(t.to_string()),
+        None if jinja.is_file() => Some(crate::text_file::read_text(&jinja)?),
+        None => None,
+    };
     let special = SpecialTokens {
         bos: name(config.bos_token),
         eos: name(config.eos_token),
         add_bos: config.add_bos_token,
-        chat_template: config.chat_template.map(|t| t.to_string()),
+        chat_template,
     };
     Tokenizer::from_json_file(path, &special)
 }
