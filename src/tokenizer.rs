@@ -31,6 +31,15 @@ pub struct Tokenizer {
     format: Format,
 }
 
+/// Whether a tokenizer's pieces are byte-level (GPT-2 kind: Tekken), not
+/// SentencePiece's.
+fn byte_level(inner: &tokenizers::Tokenizer) -> bool {
+    matches!(
+        inner.get_decoder(),
+        Some(tokenizers::DecoderWrapper::ByteLevel(_))
+    )
+}
+
 /// The instruct format of a vocabulary: V1 spells `[INST]` out as text, V3
 /// has it as a control token, V7 also `[SYSTEM_PROMPT]`. NeMo's Tekken
 /// vocabulary (V3) has `[SYSTEM_PROMPT]` too, unused, so where the tokens do
@@ -141,11 +150,12 @@ impl Tokenizer {
         };
         let inst = control_id("[INST]").zip(control_id("[/INST]"));
         let system = control_id("[SYSTEM_PROMPT]").zip(control_id("[/SYSTEM_PROMPT]"));
-        let byte_level = matches!(
-            inner.get_decoder(),
-            Some(tokenizers::DecoderWrapper::ByteLevel(_))
+        let format = instruct_format(
+            inst.is_some(),
+            system.is_some(),
+            byte_level(&inner),
+            template,
         );
-        let format = instruct_format(inst.is_some(), system.is_some(), byte_level, template);
         Tokenizer {
             inner,
             bos,
@@ -212,25 +222,16 @@ impl Tokenizer {
             match piece {
                 Piece::Bos => ids.push(self.bos),
                 Piece::Eos => ids.push(self.eos),
-                Piece::BeginInst | Piece::EndInst => {
-                    let (begin, end) = self.inst.ok_or_else(|| {
-                        anyhow::anyhow!("this vocabulary has no [INST] control token")
+                Piece::BeginInst | Piece::EndInst | Piece::BeginSystem | Piece::EndSystem => {
+                    let (pair, name) = match piece {
+                        Piece::BeginInst | Piece::EndInst => (self.inst, "[INST]"),
+                        _ => (self.system, "[SYSTEM_PROMPT]"),
+                    };
+                    let (begin, end) = pair.ok_or_else(|| {
+                        anyhow::anyhow!("this vocabulary has no {name} control token")
                     })?;
-                    ids.push(if *piece == Piece::BeginInst {
-                        begin
-                    } else {
-                        end
-                    });
-                }
-                Piece::BeginSystem | Piece::EndSystem => {
-                    let (begin, end) = self.system.ok_or_else(|| {
-                        anyhow::anyhow!("this vocabulary has no [SYSTEM_PROMPT] control token")
-                    })?;
-                    ids.push(if *piece == Piece::BeginSystem {
-                        begin
-                    } else {
-                        end
-                    });
+                    let opens = matches!(piece, Piece::BeginInst | Piece::BeginSystem);
+                    ids.push(if opens { begin } else { end });
                 }
                 Piece::Text(text) => ids.extend(self.encode(text)?),
             }
@@ -251,10 +252,7 @@ impl Tokenizer {
     /// name after a 0xFF byte (never valid UTF-8, so no text can match it).
     pub fn token_bytes(&self) -> Vec<Vec<u8>> {
         let control = self.inner.get_added_tokens_decoder();
-        let byte_level = matches!(
-            self.inner.get_decoder(),
-            Some(tokenizers::DecoderWrapper::ByteLevel(_))
-        );
+        let byte_level = byte_level(&self.inner);
         let from_char = byte_level_chars();
         (0..self.vocab_size() as u32)
             .map(|id| {

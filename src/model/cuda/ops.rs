@@ -133,6 +133,21 @@ impl CustomOp3 for DecodeAttention {
         v: &CudaStorage,
         vl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
+        let y =
+            by_dtype!(q.dtype(), T, suffix => self.run::<T>(suffix, (q, ql), (k, kl), (v, vl))?);
+        let hd = kl.dims()[3]; // run checked the rank
+        Ok((y, Shape::from((1, ql.shape().elem_count() / hd, 1, hd))))
+    }
+}
+
+impl DecodeAttention {
+    fn run<T: CudaDType + DeviceRepr>(
+        &self,
+        suffix: &str,
+        (q, ql): (&CudaStorage, &Layout),
+        (k, kl): (&CudaStorage, &Layout),
+        (v, vl): (&CudaStorage, &Layout),
+    ) -> Result<CudaStorage> {
         let (_, kv_heads, t, hd) = kl.shape().dims4()?;
         let heads = ql.shape().elem_count() / hd;
         let (ks, vs) = (kl.stride(), vl.stride());
@@ -140,30 +155,7 @@ impl CustomOp3 for DecodeAttention {
             bail!("decode attention: keys and values laid out apart ({ks:?}, {vs:?})")
         }
         let chunks = (t - self.start).div_ceil(CHUNK);
-        let dims = (heads, kv_heads, t, hd, chunks, ks[1], ks[2]);
-        let y = by_dtype!(q.dtype(), T, suffix => self.run::<T>(suffix, dims, (q, ql), (k, kl), (v, vl))?);
-        Ok((y, Shape::from((1, heads, 1, hd))))
-    }
-}
-
-impl DecodeAttention {
-    #[allow(clippy::type_complexity)]
-    fn run<T: CudaDType + DeviceRepr>(
-        &self,
-        suffix: &str,
-        (heads, kv_heads, t, hd, chunks, kv_stride, pos_stride): (
-            usize,
-            usize,
-            usize,
-            usize,
-            usize,
-            usize,
-            usize,
-        ),
-        (q, ql): (&CudaStorage, &Layout),
-        (k, kl): (&CudaStorage, &Layout),
-        (v, vl): (&CudaStorage, &Layout),
-    ) -> Result<CudaStorage> {
+        let (kv_stride, pos_stride) = (ks[1], ks[2]);
         let dev = q.device();
         let q = q.as_cuda_slice::<T>()?.slice(ql.start_offset()..);
         let k = k.as_cuda_slice::<T>()?.slice(kl.start_offset()..);
