@@ -16,8 +16,10 @@
 #    that bounds decoding.
 # Every step has its own time limit; the log and JSON lines go to OUT_DIR.
 #
-# GPU_STEPS picks steps (default all: "libs tests chat bench hf profile");
-# device time is scarce. Baseline greves (GPU builds of other commits,
+# GPU_STEPS picks steps (default all: "libs tests chat bench hf profile";
+# "ncu" is the profile's Nsight Compute half alone),
+# GPU_MODELS the synthetic models the bench step runs (default
+# "q4km.gguf bf16"); device time is scarce. Baseline greves (GPU builds of other commits,
 # packed by `gpu-prepare.sh BINARY...`) in the carried folder are benched
 # after this one, so that a change is measured in one run on one card.
 set -u
@@ -36,6 +38,7 @@ for packed in "$carried"/*.xz; do
 done
 steps=${GPU_STEPS:-libs tests chat bench hf profile}
 wants() { [[ " $steps " == *" $1 "* ]]; }
+models=${GPU_MODELS:-q4km.gguf bf16}
 
 step() {
     local limit=$1
@@ -97,15 +100,19 @@ echo "cpu vs cuda: $same same, $differ different"
 
 # 3. Speed. The makers write in parallel with each other.
 export PYTHONPATH=$carried/py${PYTHONPATH:+:$PYTHONPATH}
-if wants bench || wants hf || wants profile; then
+if wants bench || wants hf || wants profile || wants ncu; then
     echo "== synthetic models"
     python3 benches/make-synthetic-safetensors.py "$work/bf16" &
     bf16=$!
-    python3 benches/make-synthetic-gguf.py --vocab-from tests/goldens/vocab-v1.gguf \
-        --out "$work/q4km.gguf" >/dev/null 2>&1 &
+    makers=($bf16)
+    if [[ " $models " == *" q4km.gguf "* ]]; then
+        python3 benches/make-synthetic-gguf.py --vocab-from tests/goldens/vocab-v1.gguf \
+            --out "$work/q4km.gguf" >/dev/null 2>&1 &
+        makers+=($!)
+    fi
     # Not a bare `wait`: it would also wait for the log's tee, forever.
-    wait $bf16 $!
-    du -sh "$work/bf16" "$work/q4km.gguf"
+    wait "${makers[@]}"
+    du -sh "$work"/bf16 "$work"/*.gguf
 fi
 
 gpu_memory() { # the largest memory.used nvidia-smi reports while "$@" runs
@@ -122,7 +129,7 @@ if wants bench; then
         step 30 "$binary" bench -m tests/goldens/tiny-v1-f16.gguf --device cuda -r 2 --json |
             sed "s|^{|{\"binary\":\"$(basename "$binary")\",|" | tee -a "$out/bench.jsonl"
     done
-    for model in q4km.gguf bf16; do
+    for model in $models; do
         for binary in "$greve" "${baselines[@]}"; do
             gpu_memory step 120 "$binary" bench -m "$work/$model" --device cuda -r 2 -d 8192 --json |
                 sed "s|^{|{\"binary\":\"$(basename "$binary")\",|" | tee -a "$out/bench.jsonl"
@@ -139,16 +146,14 @@ fi
 # calls (launches, allocations) against the time in kernels. Nsight
 # Compute: every kernel of about one decoding step (the sum against the
 # step's wall time is the share lost between kernels).
-if wants profile; then
-    nsys=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | tail -n1)
-    if [[ -n $nsys ]]; then
-        step 90 "$nsys" profile -t cuda --force-overwrite true -o "$work/decode" \
-            "$greve" ask -m "$work/bf16" --device cuda --temperature 0 -n 64 Bonjour >/dev/null
-        step 60 "$nsys" stats -r cuda_api_sum,cuda_gpu_kern_sum -f csv -o "$out/nsys-bf16" "$work/decode.nsys-rep"
-    fi
-    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n1)
-    if [[ -n $ncu ]]; then
-        step 90 "$ncu" --launch-skip 3000 --launch-count 700 --csv --metrics gpu__time_duration.sum \
-            "$greve" ask -m "$work/bf16" --device cuda --temperature 0 -n 12 Bonjour >"$out/ncu-bf16.csv"
-    fi
+nsys=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | tail -n1)
+if wants profile && [[ -n $nsys ]]; then
+    step 90 "$nsys" profile -t cuda --force-overwrite true -o "$work/decode" \
+        "$greve" ask -m "$work/bf16" --device cuda --temperature 0 -n 64 Bonjour >/dev/null
+    step 60 "$nsys" stats -r cuda_api_sum,cuda_gpu_kern_sum -f csv -o "$out/nsys-bf16" "$work/decode.nsys-rep"
+fi
+ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n1)
+if (wants profile || wants ncu) && [[ -n $ncu ]]; then
+    step 90 "$ncu" --launch-skip 3000 --launch-count 700 --csv --metrics gpu__time_duration.sum \
+        "$greve" ask -m "$work/bf16" --device cuda --temperature 0 -n 12 Bonjour >"$out/ncu-bf16.csv"
 fi

@@ -406,3 +406,48 @@ fn kv_caches_match_llama_cpp() {
         "greve's 8-bit cache moves the logits by {ours} (rms), llama.cpp's q8_0 by {theirs}"
     );
 }
+
+/// Decoding's one-row products, where greve has its own kernels (the CPU's
+/// 16-bit loop, the GPU's matvec), against sums in f64 over the same
+/// rounded inputs: every dtype, shapes on and off the kernels' 16-byte
+/// alignment and unrolling.
+#[test]
+fn one_row_products_match_exact_sums() {
+    use candle_core::quantized::QMatMul;
+    use candle_core::Tensor;
+    use greve::model::linear::Linear;
+
+    let device = device();
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        for (n, k) in [(1, 8), (37, 64), (300, 4104), (9, 1032), (5, 100)] {
+            let rounded = |t: Tensor| t.to_dtype(dtype).unwrap();
+            let w = rounded(Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap());
+            let x = rounded(Tensor::randn(0f32, 1.0, (1, 1, k), &Device::Cpu).unwrap());
+            let linear = Linear::Candle(QMatMul::Tensor(w.to_device(&device).unwrap()));
+            let y = linear.forward(&x.to_device(&device).unwrap()).unwrap();
+            assert_eq!(y.dims(), [1, 1, n]);
+            let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+            let y: Vec<f32> = f32s(&y).to_vec1().unwrap();
+            let w: Vec<f32> = f32s(&w).to_vec1().unwrap();
+            let x: Vec<f32> = f32s(&x).to_vec1().unwrap();
+            for (r, got) in y.iter().enumerate() {
+                let terms = w[r * k..(r + 1) * k]
+                    .iter()
+                    .zip(&x)
+                    .map(|(a, b)| *a as f64 * *b as f64);
+                let (sum, size) = terms.fold((0.0, 0.0), |(s, m), t| (s + t, m + t.abs()));
+                // The result is rounded to the dtype once; the sums are f32.
+                let unit = if dtype == DType::F32 {
+                    0.0
+                } else {
+                    1.0 / 128.0
+                };
+                let tolerance = unit * sum.abs() + 1e-5 * size;
+                assert!(
+                    (*got as f64 - sum).abs() <= tolerance,
+                    "{dtype:?} ({n}, {k}) row {r}: {got} but the exact sum is {sum}"
+                );
+            }
+        }
+    }
+}

@@ -9,14 +9,17 @@
 
 use candle_core::{Result, Tensor};
 
+use super::cuda;
+
 /// The least room allocated, when nothing was reserved.
 const INITIAL_CAPACITY: usize = 256;
 
 #[derive(Default)]
 pub struct GpuKvCache {
-    /// Keys and values, (batch, kv_heads, capacity, head_dim) each; the first
-    /// `len` positions are valid.
-    storage: Option<(Tensor, Tensor)>,
+    /// Keys and values, (2, batch, kv_heads, capacity, head_dim): one tensor,
+    /// so that a token's keys and values are written by one kernel. The
+    /// first `len` positions are valid.
+    storage: Option<Tensor>,
     len: usize,
     /// Positions the storage is to hold from its first allocation.
     reserved: usize,
@@ -41,25 +44,27 @@ impl GpuKvCache {
     /// views of all positions so far.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let needed = self.len + k.dim(2)?;
-        let (ck, cv) = match self.storage.take() {
-            Some((ck, cv)) if ck.dim(2)? >= needed => (ck, cv),
+        let kv = match self.storage.take() {
+            Some(kv) if kv.dim(3)? >= needed => kv,
             old => {
-                let capacity = old.as_ref().map_or(Ok(0), |(ck, _)| ck.dim(2))?;
+                let capacity = old.as_ref().map_or(Ok(0), |kv| kv.dim(3))?;
                 let capacity = needed
                     .max(capacity * 2)
                     .max(self.reserved)
                     .max(INITIAL_CAPACITY);
-                (
-                    grow(old.as_ref().map(|s| &s.0), k, self.len, capacity)?,
-                    grow(old.as_ref().map(|s| &s.1), v, self.len, capacity)?,
-                )
+                grow(old.as_ref(), k, self.len, capacity)?
             }
         };
-        ck.slice_set(&k.contiguous()?, 2, self.len)?;
-        cv.slice_set(&v.contiguous()?, 2, self.len)?;
+        if !cuda::write_kv(&kv, k, v, self.len)? {
+            kv.get(0)?.slice_set(&k.contiguous()?, 2, self.len)?;
+            kv.get(1)?.slice_set(&v.contiguous()?, 2, self.len)?;
+        }
         self.len = needed;
-        let views = (ck.narrow(2, 0, needed)?, cv.narrow(2, 0, needed)?);
-        self.storage = Some((ck, cv));
+        let views = (
+            kv.get(0)?.narrow(2, 0, needed)?,
+            kv.get(1)?.narrow(2, 0, needed)?,
+        );
+        self.storage = Some(kv);
         Ok(views)
     }
 }
@@ -67,10 +72,10 @@ impl GpuKvCache {
 /// New storage of `capacity` positions holding the first `len` of `old`.
 fn grow(old: Option<&Tensor>, like: &Tensor, len: usize, capacity: usize) -> Result<Tensor> {
     let (b, h, _, d) = like.dims4()?;
-    let fresh = Tensor::zeros((b, h, capacity, d), like.dtype(), like.device())?;
+    let fresh = Tensor::zeros((2, b, h, capacity, d), like.dtype(), like.device())?;
     if let Some(old) = old {
         if len > 0 {
-            fresh.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+            fresh.slice_set(&old.narrow(3, 0, len)?.contiguous()?, 3, 0)?;
         }
     }
     Ok(fresh)
@@ -110,7 +115,7 @@ mod tests {
     }
 
     fn capacity(cache: &GpuKvCache) -> usize {
-        cache.storage.as_ref().map_or(0, |(k, _)| k.dim(2).unwrap())
+        cache.storage.as_ref().map_or(0, |kv| kv.dim(3).unwrap())
     }
 
     #[test]

@@ -79,7 +79,11 @@ impl Linear {
         match self {
             Linear::Candle(w) => {
                 if let QMatMul::Tensor(dense) = w {
-                    if let Some(y) = super::dense::matvec(dense, x)? {
+                    let matvec = match dense.device().is_cpu() {
+                        true => super::dense::matvec,
+                        false => super::cuda::matvec,
+                    };
+                    if let Some(y) = matvec(dense, x)? {
                         return Ok(y);
                     }
                 }
@@ -133,6 +137,17 @@ impl Projections {
         let count = ys.len();
         ys.try_into()
             .map_err(|_| candle_core::Error::Msg(format!("{count} projections, not {N}")))
+    }
+
+    /// The stacked matrix, where it is one tensor of candle's.
+    pub fn stacked_tensor(&self) -> Option<&Tensor> {
+        match self {
+            Projections::Stacked {
+                matrix: Linear::Candle(QMatMul::Tensor(w)),
+                ..
+            } => Some(w),
+            _ => None,
+        }
     }
 }
 

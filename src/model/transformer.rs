@@ -173,11 +173,15 @@ impl Transformer {
                 }
             },
         };
+        let mut delta = None;
         for layer in &mut self.layers {
-            x = layer.forward(&x, &positions)?;
+            let (stream, output) = layer.forward(&x, delta.as_ref(), &positions)?;
+            (x, delta) = (stream, Some(output));
         }
-        let last = x.narrow(1, n - 1, 1)?;
-        let logits = self.lm_head.forward(&self.norm.forward(&last)?)?; // (1, 1, vocab)
+        let last = |t: &Tensor| t.narrow(1, n - 1, 1);
+        let delta = delta.as_ref().map(last).transpose()?;
+        let (_, normed) = self.norm.after_residual(&last(&x)?, delta.as_ref())?;
+        let logits = self.lm_head.forward(&normed)?; // (1, 1, vocab)
         logits.flatten_all()?.to_dtype(DType::F32)
     }
 }
@@ -202,10 +206,19 @@ struct Block {
 }
 
 impl Block {
-    fn forward(&mut self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
-        let attended = self.attn.forward(&self.attn_norm.forward(x)?, positions)?;
-        let (x, normed) = self.ffn_norm.after_residual(x, &attended)?;
-        &x + self.ffn.forward(&normed)?
+    /// The residual stream `x`, with the previous block's output `delta`
+    /// still to be added (the add is done with this block's first norm, one
+    /// kernel on a GPU): the stream and this block's output.
+    fn forward(
+        &mut self,
+        x: &Tensor,
+        delta: Option<&Tensor>,
+        positions: &Positions,
+    ) -> Result<(Tensor, Tensor)> {
+        let (x, normed) = self.attn_norm.after_residual(x, delta)?;
+        let attended = self.attn.forward(&normed, positions)?;
+        let (x, normed) = self.ffn_norm.after_residual(&x, Some(&attended))?;
+        Ok((x, self.ffn.forward(&normed)?))
     }
 }
 
@@ -260,8 +273,8 @@ impl Attention {
         let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
         let split = |t: Tensor, heads| t.reshape((b, n, heads, hd))?.transpose(1, 2)?.contiguous();
         let [q, k, v] = self.qkv.forward(x)?;
-        let q = self.rotate(&split(q, h)?, cos, sin)?; // (b, h, n, hd)
-        let k = self.rotate(&split(k, kv)?, cos, sin)?; // (b, kv, n, hd)
+        let q = self.rotate(split(q, h)?, cos, sin)?; // (b, h, n, hd)
+        let k = self.rotate(split(k, kv)?, cos, sin)?; // (b, kv, n, hd)
         let v = split(v, kv)?;
         let cache = match &mut self.cache {
             Cache::Host(cache) => {
@@ -298,10 +311,15 @@ impl Attention {
         self.o.forward(&y)
     }
 
-    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    /// `x` rotated, in place where a kernel can (`x` is this layer's own).
+    fn rotate(&self, x: Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let interleaved = self.rope == RopeLayout::Interleaved;
+        if cuda::rope_in_place(&x, cos, sin, interleaved)? {
+            return Ok(x);
+        }
         match self.rope {
-            RopeLayout::Halves => candle_nn::rotary_emb::rope(x, cos, sin),
-            RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
+            RopeLayout::Halves => candle_nn::rotary_emb::rope(&x, cos, sin),
+            RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(&x, cos, sin),
         }
     }
 }
@@ -314,6 +332,11 @@ struct FeedForward {
 
 impl FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(w) = self.gate_up.stacked_tensor() {
+            if let Some(gated) = cuda::matvec_gated(w, x)? {
+                return self.down.forward(&gated);
+            }
+        }
         let [gate, up] = self.gate_up.forward(x)?;
         let gated = match cuda::silu_mul(&gate, &up)? {
             Some(gated) => gated,
@@ -339,7 +362,10 @@ impl RmsNorm {
 
     /// `x + residual` (the residual stream after a sublayer) and its norm
     /// (the next sublayer's input), in one kernel where there is one.
-    fn after_residual(&self, x: &Tensor, residual: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn after_residual(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let Some(residual) = residual else {
+            return Ok((x.clone(), self.forward(x)?));
+        };
         if let Some(both) = cuda::add_rms_norm(x, residual, &self.weight, self.eps as f32)? {
             return Ok(both);
         }

@@ -31,6 +31,14 @@ __device__ __forceinline__ void store(f16 *p, float x) {
     p->bits = h;
 }
 
+// x rounded to T and widened back: an elementwise operation's result.
+template <typename T>
+__device__ __forceinline__ float rounded(float x) {
+    T t;
+    store(&t, x);
+    return widen(t);
+}
+
 __device__ __forceinline__ float warp_sum(float x) {
     for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffff, x, o);
     return x;
@@ -178,22 +186,165 @@ __device__ void silu_mul(const T *gate, const T *up, T *y, int f, long long stri
 
 // The residual add and the RMSNorm after it, a block per row: sum = x + y
 // rounded to T (as a separate add stores it), out = sum / rms(sum) * w.
+// A thread keeps its NORM_PER_THREAD elements (at most) in registers, and
+// every load is issued before the block's sum: one memory latency, where
+// reading the sums back after it cost a second (6.9 µs a call on an H100).
+#define NORM_PER_THREAD 8
 template <typename T>
 __device__ void add_rms_norm(const T *x, const T *y, const T *w, T *sum, T *out, int d,
                              float eps) {
     const long long row = blockIdx.x * (long long)d;
+    float s[NORM_PER_THREAD], weight[NORM_PER_THREAD];
     float squares = 0.0f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        T s;
-        store(&s, widen(x[row + i]) + widen(y[row + i]));
-        sum[row + i] = s;
-        const float v = widen(s);
-        squares += v * v;
+#pragma unroll
+    for (int j = 0; j < NORM_PER_THREAD; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        if (i < d) {
+            s[j] = rounded<T>(widen(x[row + i]) + widen(y[row + i]));
+            weight[j] = widen(w[i]);
+            store(&sum[row + i], s[j]);
+            squares += s[j] * s[j];
+        }
     }
     const float scale = rsqrtf(block_sum(squares) / d + eps);
-    // Each thread reads back only what it wrote itself.
-    for (int i = threadIdx.x; i < d; i += blockDim.x)
-        store(&out[row + i], widen(sum[row + i]) * scale * widen(w[i]));
+#pragma unroll
+    for (int j = 0; j < NORM_PER_THREAD; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        if (i < d) store(&out[row + i], s[j] * scale * weight[j]);
+    }
+}
+
+// One activation row times a matrix, y[r] = w[r] · x for w (n, k) by rows:
+// decoding's products, where every weight is read once per token and the
+// time is the time to stream them. cuBLAS split some of these shapes over k
+// and reduced the parts in a second kernel, and left the 4096 × 4096 output
+// projection at half the bandwidth. Here a warp takes a row in 16-byte
+// loads, eight in flight per lane (four left the 14336-wide rows of the
+// feed-forward's down projection at 2.6 TB/s of the H100's 3), the weights
+// marked evict-first so that x stays in cache for the other warps. Needs
+// 16-byte aligned rows.
+#define IN_FLIGHT 8
+__device__ __forceinline__ uint4 load_streaming(const uint4 *p) {
+    uint4 v;
+    asm("ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+// a · b + acc over the elements packed in one 32-bit word of each.
+__device__ __forceinline__ float dot_word(unsigned a, unsigned b, float acc, float) {
+    return fmaf(__uint_as_float(a), __uint_as_float(b), acc);
+}
+__device__ __forceinline__ float dot_word(unsigned a, unsigned b, float acc, bf16) {
+    acc = fmaf(__uint_as_float(a << 16), __uint_as_float(b << 16), acc);
+    return fmaf(__uint_as_float(a & 0xffff0000u), __uint_as_float(b & 0xffff0000u), acc);
+}
+__device__ __forceinline__ float dot_word(unsigned a, unsigned b, float acc, f16) {
+    const f16 a0 = {(unsigned short)a}, a1 = {(unsigned short)(a >> 16)};
+    const f16 b0 = {(unsigned short)b}, b1 = {(unsigned short)(b >> 16)};
+    return fmaf(widen(a1), widen(b1), fmaf(widen(a0), widen(b0), acc));
+}
+template <typename T>
+__device__ __forceinline__ float dot_words(uint4 a, uint4 b, float acc) {
+    acc = dot_word(a.x, b.x, acc, T());
+    acc = dot_word(a.y, b.y, acc, T());
+    acc = dot_word(a.z, b.z, acc, T());
+    return dot_word(a.w, b.w, acc, T());
+}
+
+// R rows of 16-byte words against x, each summed over the warp into
+// acc[r]: IN_FLIGHT loads per lane issued before their products.
+template <typename T, int R>
+__device__ __forceinline__ void dot_rows(const uint4 *const (&rows)[R], const uint4 *xs, int words,
+                                         float (&acc)[R]) {
+    constexpr int per = IN_FLIGHT / R;
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.0f;
+    int i = threadIdx.x % 32;
+    for (; i + 32 * (per - 1) < words; i += 32 * per) {
+        uint4 a[R][per];
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int j = 0; j < per; j++) a[r][j] = load_streaming(rows[r] + i + 32 * j);
+#pragma unroll
+        for (int j = 0; j < per; j++) {
+            const uint4 x = xs[i + 32 * j];
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[r] = dot_words<T>(a[r][j], x, acc[r]);
+        }
+    }
+    for (; i < words; i += 32) {
+        const uint4 x = xs[i];
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r] = dot_words<T>(load_streaming(rows[r] + i), x, acc[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+}
+
+template <typename T>
+__device__ void matvec(const T *__restrict__ w, const T *__restrict__ x, T *y, int n, int k) {
+    const long long r = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= n) return;  // the whole warp
+    const uint4 *rows[1] = {(const uint4 *)(w + r * k)};
+    float acc[1];
+    dot_rows<T, 1>(rows, (const uint4 *)x, k * (int)sizeof(T) / 16, acc);
+    if (threadIdx.x % 32 == 0) store(&y[r], acc[0]);
+}
+
+// The feed-forward's gate and up products and silu(gate) * up after them,
+// for one activation row: w stacks the gate's f rows over the up's, and a
+// warp takes row r of each, so the gate costs no kernel of its own. Gate
+// and up are rounded to T first, as the separate products store them.
+template <typename T>
+__device__ void matvec_gated(const T *__restrict__ w, const T *__restrict__ x, T *y, int f,
+                             int k) {
+    const long long r = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= f) return;
+    const uint4 *rows[2] = {(const uint4 *)(w + r * k), (const uint4 *)(w + (r + f) * k)};
+    float acc[2];
+    dot_rows<T, 2>(rows, (const uint4 *)x, k * (int)sizeof(T) / 16, acc);
+    const float gate = rounded<T>(acc[0]), up = rounded<T>(acc[1]);
+    if (threadIdx.x % 32 == 0) store(&y[r], gate / (1.0f + expf(-gate)) * up);
+}
+
+
+// The rotary embedding in place, a thread per rotated pair: x (heads, n,
+// hd), position p of head h at h * head_stride + p * pos_stride; cos, sin
+// (n, hd / 2). Pairs are (d, d + hd / 2), or (2d, 2d + 1) when interleaved.
+// Each product and each sum is rounded to T, as transformers' elementwise
+// operations round them.
+template <typename T>
+__device__ void rope(T *x, const T *cos, const T *sin, int heads, int n, int hd,
+                     long long head_stride, long long pos_stride, int interleaved) {
+    const int half = hd / 2;
+    const long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (i >= (long long)heads * n * half) return;
+    const int d = i % half, p = (i / half) % n;
+    const long long h = i / half / n;
+    T *row = x + h * head_stride + p * pos_stride;
+    const int a = interleaved ? 2 * d : d, b = interleaved ? 2 * d + 1 : d + half;
+    const float c = widen(cos[p * half + d]), s = widen(sin[p * half + d]);
+    const float xa = widen(row[a]), xb = widen(row[b]);
+    store(&row[a], rounded<T>(xa * c) - rounded<T>(xb * s));
+    store(&row[b], rounded<T>(xa * s) + rounded<T>(xb * c));
+}
+
+// New keys and values into the cache, a thread per element: k, v (heads,
+// n, hd) at the given strides (alike for both); cache (2, heads, capacity,
+// hd), contiguous, keys then values, the n positions written from `at`.
+template <typename T>
+__device__ void write_kv(T *cache, const T *k, const T *v, int heads, int n, int hd,
+                         int capacity, int at, long long head_stride, long long pos_stride) {
+    const long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    const long long per = (long long)heads * n * hd;
+    if (i >= 2 * per) return;
+    const int d = i % hd, p = (i / hd) % n;
+    const long long h = (i / hd / n) % heads, which = i / per;
+    const T *src = which == 0 ? k : v;
+    cache[((which * heads + h) * capacity + at + p) * hd + d] =
+        src[h * head_stride + p * pos_stride + d];
 }
 
 #define ELEMENTWISE(T, NAME)                                                                    \
@@ -204,6 +355,22 @@ __device__ void add_rms_norm(const T *x, const T *y, const T *w, T *sum, T *out,
     extern "C" __global__ void add_rms_norm_##NAME(const T *x, const T *y, const T *w, T *sum,  \
                                                    T *out, int d, float eps) {                  \
         add_rms_norm<T>(x, y, w, sum, out, d, eps);                                             \
+    }                                                                                           \
+    extern "C" __global__ void matvec_##NAME(const T *w, const T *x, T *y, int n, int k) {      \
+        matvec<T>(w, x, y, n, k);                                                               \
+    }                                                                                           \
+    extern "C" __global__ void matvec_gated_##NAME(const T *w, const T *x, T *y, int f, int k) {\
+        matvec_gated<T>(w, x, y, f, k);                                                         \
+    }                                                                                           \
+    extern "C" __global__ void rope_##NAME(T *x, const T *cos, const T *sin, int heads, int n,  \
+                                           int hd, long long head_stride,                       \
+                                           long long pos_stride, int interleaved) {             \
+        rope<T>(x, cos, sin, heads, n, hd, head_stride, pos_stride, interleaved);               \
+    }                                                                                           \
+    extern "C" __global__ void write_kv_##NAME(T *cache, const T *k, const T *v, int heads,     \
+                                               int n, int hd, int capacity, int at,             \
+                                               long long head_stride, long long pos_stride) {   \
+        write_kv<T>(cache, k, v, heads, n, hd, capacity, at, head_stride, pos_stride);          \
     }
 
 KERNELS(float, f32)

@@ -13,6 +13,12 @@
 //!   elementwise work, where a step's time goes to launches and allocations
 //!   (candle's silu then mul; add then RMSNorm), and a strided gate (halves
 //!   of one stacked product) costs candle's kernels index arithmetic.
+//! - The rotary embedding in place and the new keys and values written into
+//!   the cache in one kernel: candle's rope allocates its output, and the
+//!   cache took a copy each for keys and values.
+//! - Decoding's products, one activation row by a 16-bit or f32 matrix:
+//!   cuBLAS left some shapes at half the memory bandwidth, and split others
+//!   over two kernels. The feed-forward's gate goes with its products.
 
 use candle_core::{Result, Tensor};
 
@@ -34,6 +40,50 @@ pub fn decode_attention(
     }
     let _ = (q, k, v, window);
     Ok(None)
+}
+
+/// `x · wᵀ` for one row of `x` (…, 1, k) and a (n, k) matrix `w`.
+pub fn matvec(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if w.device().is_cuda() {
+        return ops::matvec(w, x);
+    }
+    let _ = (w, x);
+    Ok(None)
+}
+
+/// `silu(gate) * up` for one row of `x` (…, 1, k), where `w` (2f, k) stacks
+/// the gate's rows over the up's: both products and the gate in one kernel.
+pub fn matvec_gated(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if w.device().is_cuda() {
+        return ops::matvec_gated(w, x);
+    }
+    let _ = (w, x);
+    Ok(None)
+}
+
+/// The rotary embedding applied in place to `x` (1, heads, n, hd) with
+/// angles `cos`, `sin` (n, hd/2); false where the kernel does not apply.
+pub fn rope_in_place(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<bool> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return ops::rope_in_place(x, cos, sin, interleaved);
+    }
+    let _ = (x, cos, sin, interleaved);
+    Ok(false)
+}
+
+/// New keys and values `k`, `v` (1, kv_heads, n, hd) written into `cache`
+/// (2, 1, kv_heads, capacity, hd) from position `at`, in one kernel; false
+/// where it does not apply.
+pub fn write_kv(cache: &Tensor, k: &Tensor, v: &Tensor, at: usize) -> Result<bool> {
+    #[cfg(feature = "cuda")]
+    if cache.device().is_cuda() {
+        return ops::write_kv(cache, k, v, at);
+    }
+    let _ = (cache, k, v, at);
+    Ok(false)
 }
 
 /// `silu(gate) * up`, elementwise.
@@ -74,6 +124,10 @@ mod tests {
             "merge_chunks_f16",
             "silu_mul_f32",
             "add_rms_norm_bf16",
+            "matvec_f16",
+            "matvec_gated_bf16",
+            "rope_bf16",
+            "write_kv_f32",
         ] {
             assert!(ptx.contains(&format!(".entry {name}")), "{name} missing");
         }

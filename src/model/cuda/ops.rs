@@ -7,7 +7,8 @@ use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKe
 use candle_core::cuda_backend::cudarc::nvrtc;
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{
-    bail, CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+    bail, CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, InplaceOp3, Layout, Result, Shape,
+    Tensor,
 };
 
 const SOURCE: &str = include_str!("kernels.cu");
@@ -18,6 +19,11 @@ const CHUNK: usize = 64;
 /// Shared memory a block may take without opting in to more.
 const MAX_SHARED: usize = 48 * 1024;
 const THREADS: u32 = 256;
+/// The widest row the residual add and norm takes: NORM_PER_THREAD in
+/// kernels.cu times 1024 threads.
+const NORM_MAX: usize = 8 * 1024;
+/// Rows of a matrix-vector product per block, a warp each.
+const MATVEC_ROWS: usize = 8;
 
 /// The kernels' PTX, compiled once per process.
 pub(super) fn ptx() -> Result<&'static str> {
@@ -280,8 +286,8 @@ pub fn add_rms_norm(
 ) -> Result<Option<(Tensor, Tensor)>> {
     let d = w.elem_count();
     let contiguous = [x, y, w].iter().all(|t| t.is_contiguous());
-    if !contiguous || x.dims() != y.dims() || x.dims().last() != Some(&d) || w.dtype() != x.dtype()
-    {
+    let shapes = x.dims() == y.dims() && x.dims().last() == Some(&d) && d <= NORM_MAX;
+    if !contiguous || !shapes || w.dtype() != x.dtype() {
         return Ok(None);
     }
     let both = x.apply_op3_no_bwd(y, w, &AddRmsNorm { eps })?;
@@ -340,12 +346,253 @@ impl CustomOp3 for AddRmsNorm {
                 block_dim: (threads, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: rows × d elements in each of x, y, sum and out.
+            // SAFETY: rows × d elements in each of x, y, sum and out; with
+            // d ≤ NORM_MAX, the threads' registers hold a whole row.
             unsafe { launch.launch(config) }.w()?;
             CudaStorage::wrap_cuda_slice(both, dev.clone())
         });
         let mut dims = vec![2];
         dims.extend_from_slice(xl.dims());
         Ok((both, Shape::from(dims)))
+    }
+}
+
+pub fn matvec(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
+    matvec_op(w, x, MatVec { gated: false })
+}
+
+pub fn matvec_gated(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
+    if !w.dim(0)?.is_multiple_of(2) {
+        return Ok(None);
+    }
+    matvec_op(w, x, MatVec { gated: true })
+}
+
+fn matvec_op(w: &Tensor, x: &Tensor, op: MatVec) -> Result<Option<Tensor>> {
+    let (n, k) = w.dims2()?;
+    let bytes = k * w.dtype().size_in_bytes();
+    let aligned =
+        |t: &Tensor| (t.layout().start_offset() * t.dtype().size_in_bytes()).is_multiple_of(16);
+    let fits = x.elem_count() == k && x.dtype() == w.dtype() && bytes.is_multiple_of(16);
+    if !fits || !w.is_contiguous() || !x.is_contiguous() || !aligned(w) || !aligned(x) {
+        return Ok(None);
+    }
+    let mut dims = x.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = if op.gated { n / 2 } else { n };
+    }
+    w.apply_op2_no_bwd(x, &op)?.reshape(dims).map(Some)
+}
+
+/// `w · x`, or with `gated` `silu(gate) * up` of w's halves (gate over up).
+struct MatVec {
+    gated: bool,
+}
+
+impl CustomOp2 for MatVec {
+    fn name(&self) -> &'static str {
+        "matvec"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("matvec is a CUDA kernel")
+    }
+
+    /// y, (n) or (n / 2) gated, for w (n, k) and x (k elements), both
+    /// contiguous and 16-byte aligned (checked by the caller).
+    fn cuda_fwd(
+        &self,
+        w: &CudaStorage,
+        wl: &Layout,
+        x: &CudaStorage,
+        xl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (n, k) = wl.shape().dims2()?;
+        let rows = if self.gated { n / 2 } else { n };
+        let dev = w.device();
+        let y = by_dtype!(w.dtype(), T, suffix => {
+            let w = w.as_cuda_slice::<T>()?.slice(wl.start_offset()..);
+            let x = x.as_cuda_slice::<T>()?.slice(xl.start_offset()..);
+            // SAFETY: the kernel writes every element.
+            let y = unsafe { dev.alloc::<T>(rows)? };
+            let func = match self.gated {
+                true => kernel!(dev, "matvec_gated", suffix)?,
+                false => kernel!(dev, "matvec", suffix)?,
+            };
+            let mut launch = func.builder();
+            let (rows_i32, k_i32) = (rows as i32, k as i32);
+            launch.arg(&w).arg(&x).arg(&y).arg(&rows_i32).arg(&k_i32);
+            let config = LaunchConfig {
+                grid_dim: (rows.div_ceil(MATVEC_ROWS) as u32, 1, 1),
+                block_dim: (32 * MATVEC_ROWS as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: n rows of k elements in w, k in x, `rows` in y.
+            unsafe { launch.launch(config) }.w()?;
+            CudaStorage::wrap_cuda_slice(y, dev.clone())
+        });
+        Ok((y, Shape::from(rows)))
+    }
+}
+
+/// Threads for `count` elements, a thread each, in blocks of THREADS.
+fn elementwise(count: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (count.div_ceil(THREADS as usize) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// (heads, n, hd, head stride, position stride) of a (1, heads, n, hd)
+/// layout whose last axis is contiguous.
+fn heads_layout(l: &Layout) -> Option<(usize, usize, usize, usize, usize)> {
+    let (b, heads, n, hd) = l.shape().dims4().ok()?;
+    let stride = l.stride();
+    (b == 1 && (stride[3] == 1 || hd == 1)).then_some((heads, n, hd, stride[1], stride[2]))
+}
+
+pub fn rope_in_place(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<bool> {
+    let Some((_, n, hd, _, _)) = heads_layout(x.layout()) else {
+        return Ok(false);
+    };
+    let tables = [cos, sin]
+        .iter()
+        .all(|t| t.is_contiguous() && t.dims() == [n, hd / 2] && t.dtype() == x.dtype());
+    if !tables || !hd.is_multiple_of(2) {
+        return Ok(false);
+    }
+    x.inplace_op3(cos, sin, &Rope { interleaved })?;
+    Ok(true)
+}
+
+struct Rope {
+    interleaved: bool,
+}
+
+impl InplaceOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "rope-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &mut CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<()> {
+        bail!("rope-in-place is a CUDA kernel")
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &mut CudaStorage,
+        xl: &Layout,
+        cos: &CudaStorage,
+        cl: &Layout,
+        sin: &CudaStorage,
+        sl: &Layout,
+    ) -> Result<()> {
+        let Some((heads, n, hd, head_stride, pos_stride)) = heads_layout(xl) else {
+            bail!("rope-in-place: layout {xl:?}")
+        };
+        let dev = x.device().clone();
+        by_dtype!(x.dtype(), T, suffix => {
+            let mut x = x.as_cuda_slice_mut::<T>()?.slice_mut(xl.start_offset()..);
+            let cos = cos.as_cuda_slice::<T>()?.slice(cl.start_offset()..);
+            let sin = sin.as_cuda_slice::<T>()?.slice(sl.start_offset()..);
+            let func = kernel!(dev, "rope", suffix)?;
+            let mut launch = func.builder();
+            let ints = [heads, n, hd, self.interleaved as usize].map(|v| v as i32);
+            let strides = [head_stride, pos_stride].map(|v| v as i64);
+            launch.arg(&mut x).arg(&cos).arg(&sin);
+            launch.arg(&ints[0]).arg(&ints[1]).arg(&ints[2]);
+            launch.arg(&strides[0]).arg(&strides[1]).arg(&ints[3]);
+            // SAFETY: every pair lies within x's layout; cos and sin are
+            // (n, hd / 2), checked by rope_in_place.
+            unsafe { launch.launch(elementwise(heads * n * hd / 2)) }.w()?;
+        });
+        Ok(())
+    }
+}
+
+pub fn write_kv(cache: &Tensor, k: &Tensor, v: &Tensor, at: usize) -> Result<bool> {
+    let (Some(kl), Some(vl)) = (heads_layout(k.layout()), heads_layout(v.layout())) else {
+        return Ok(false);
+    };
+    let (_, _, heads, capacity, hd) = cache.dims5()?;
+    let fits = kl == vl && kl.0 == heads && kl.2 == hd && at + kl.1 <= capacity;
+    if !fits || !cache.is_contiguous() || k.dtype() != cache.dtype() || v.dtype() != k.dtype() {
+        return Ok(false);
+    }
+    cache.inplace_op3(k, v, &WriteKv { at })?;
+    Ok(true)
+}
+
+struct WriteKv {
+    at: usize,
+}
+
+impl InplaceOp3 for WriteKv {
+    fn name(&self) -> &'static str {
+        "write-kv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &mut CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<()> {
+        bail!("write-kv is a CUDA kernel")
+    }
+
+    /// cache: (2, 1, heads, capacity, hd), contiguous; k, v: (1, heads, n,
+    /// hd) alike (checked by write_kv).
+    fn cuda_fwd(
+        &self,
+        cache: &mut CudaStorage,
+        cl: &Layout,
+        k: &CudaStorage,
+        kl: &Layout,
+        v: &CudaStorage,
+        vl: &Layout,
+    ) -> Result<()> {
+        let (Some((heads, n, hd, head_stride, pos_stride)), capacity) =
+            (heads_layout(kl), cl.dims()[3])
+        else {
+            bail!("write-kv: layout {kl:?}")
+        };
+        let dev = cache.device().clone();
+        by_dtype!(cache.dtype(), T, suffix => {
+            let mut cache = cache.as_cuda_slice_mut::<T>()?.slice_mut(cl.start_offset()..);
+            let k = k.as_cuda_slice::<T>()?.slice(kl.start_offset()..);
+            let v = v.as_cuda_slice::<T>()?.slice(vl.start_offset()..);
+            let func = kernel!(dev, "write_kv", suffix)?;
+            let mut launch = func.builder();
+            let ints = [heads, n, hd, capacity, self.at].map(|v| v as i32);
+            let strides = [head_stride, pos_stride].map(|v| v as i64);
+            launch.arg(&mut cache).arg(&k).arg(&v);
+            for i in &ints {
+                launch.arg(i);
+            }
+            launch.arg(&strides[0]).arg(&strides[1]);
+            // SAFETY: positions at..at + n lie within the capacity, and the
+            // sources' elements within their layouts (checked by write_kv).
+            unsafe { launch.launch(elementwise(2 * heads * n * hd)) }.w()?;
+        });
+        Ok(())
     }
 }
