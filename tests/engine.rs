@@ -97,9 +97,13 @@ fn sharded_safetensors_match_transformers() {
     }
 }
 
+/// The GGUF files llama.cpp's converter made of the tiny models, NeMo's
+/// shape among them ("tekken": heads × head size is not the hidden size, the
+/// real Tekken vocabulary), prompted with mistral-common's renderings of
+/// single- and multi-turn chats.
 #[test]
 fn gguf_from_llama_cpp_converter_matches_transformers() {
-    for version in ["v1", "v3", "k"] {
+    for version in ["v1", "v3", "k", "tekken"] {
         let path = goldens().join(format!("tiny-{version}-f16.gguf"));
         let mut model = load(&path);
         check(&mut model, version, &format!("GGUF f16 {version}"), 1e-3);

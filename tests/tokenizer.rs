@@ -88,7 +88,7 @@ fn gguf_vocabulary_encodes_like_mistral_common() {
 /// byte-level BPE with merges), rebuilt from the GGUF metadata alone.
 #[test]
 fn tekken_gguf_vocabulary_encodes_like_mistral_common() {
-    let tok = from_gguf_file("vocab-tekken.gguf");
+    let tok = from_gguf_file("tiny-tekken-f16.gguf");
     assert_eq!(tok.format(), Format::V3);
     assert_eq!(tok.vocab_size(), 131072);
     check_against_mistral_common(&tok, "tekken", "GGUF");

@@ -12,7 +12,8 @@ Run it from this folder; it rewrites the files beside it:
     tar xzf llama_cpp_python-0.3.36.tar.gz
     /tmp/venv/bin/python make_goldens.py --llama-cpp llama_cpp_python-0.3.36/vendor/llama.cpp
 
-(`--tokens-only` remakes the tokenizer and token goldens alone, without llama.cpp.)
+(`--tokens-only` remakes the tokenizer and token goldens alone, without
+llama.cpp; `--models tekken` remakes one tiny model.)
 
 The tiny models' weights come from a formula (`weight_values`) that the Rust
 tests implement too (tests/common/mod.rs), so only the GGUF files, which must
@@ -43,7 +44,7 @@ SPM = {
     # The V7 format with a SentencePiece vocabulary (no tiny model: the
     # template and the tokenizer are what it tests).
     "v7": os.path.join(DATA, "mistral_instruct_tokenizer_241114.model.v7"),
-    # Tekken (NeMo's V3): byte-level BPE; its GGUF vocabulary is the test.
+    # Tekken (NeMo's V3): byte-level BPE, with a tiny NeMo-shaped model.
     "tekken": os.path.join(DATA, "tekken_240911.json"),
     # A 512-piece SentencePiece BPE trained here, for "k", the model whose
     # sizes (multiples of 256) allow llama.cpp's k-quants.
@@ -108,9 +109,15 @@ TINY = {
     "k": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, head_dim=64, rope_theta=1000000.0, sliding_window=None,
               max_position_embeddings=32768, rms_norm_eps=1e-5),
+    # NeMo's shape in small: heads × head size (32) is not the hidden size
+    # (16), and the real Tekken vocabulary (131072), whose embeddings are
+    # most of the file, hence the narrow hidden size.
+    "tekken": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                   num_key_value_heads=1, head_dim=16, rope_theta=1000000.0, sliding_window=None,
+                   max_position_embeddings=1024000, rms_norm_eps=1e-5),
 }
 NEW_TOKENS = 24
-GGUF_TYPES = {"v1": ["f16", "q8_0"], "v3": ["f16"], "k": ["f16"]}
+GGUF_TYPES = {"v1": ["f16", "q8_0"], "v3": ["f16"], "k": ["f16"], "tekken": ["f16"]}
 
 
 def mistral_tokenizer(version):
@@ -237,13 +244,20 @@ def model_goldens(version, llama_cpp, prompts):
     import sentencepiece
 
     cfg = TINY[version]
-    vocab = sentencepiece.SentencePieceProcessor(model_file=SPM[version]).vocab_size()
+    if version == "tekken":
+        vocab = 131072
+    else:
+        vocab = sentencepiece.SentencePieceProcessor(model_file=SPM[version]).vocab_size()
     state = tiny_state_dict(cfg, vocab)
     with tempfile.TemporaryDirectory() as tmp:
         # A fixed folder name: the converter records it in general.name.
         folder = os.path.join(tmp, f"tiny-{version}")
         os.mkdir(folder)
-        config = write_tiny_folder(folder, version, cfg, state, os.path.join(HERE, f"tokenizer-{version}.json"))
+        if version == "tekken":
+            config = write_tekken_folder(folder, cfg, state)
+        else:
+            tokenizer = os.path.join(HERE, f"tokenizer-{version}.json")
+            config = write_tiny_folder(folder, version, cfg, state, tokenizer)
         model = MistralForCausalLM(MistralConfig(**{k: v for k, v in config.items() if k != "architectures"}))
         model.load_state_dict(state, strict=True)
         model.eval()
@@ -334,21 +348,22 @@ def tokenizer_json(version):
     tok.save(os.path.join(HERE, f"tokenizer-{version}.json"), pretty=False)
 
 
-def tekken_vocab_gguf(llama_cpp):
-    """vocab-tekken.gguf: the Tekken vocabulary as llama.cpp's converter
-    writes it (a `gpt2` vocabulary with merges), from the tokenizer.json
-    transformers makes of mistral-common's tekken file."""
+def write_tekken_folder(folder, cfg, state):
+    """A NeMo-like repo: one bf16 safetensors file, and the tokenizer.json
+    transformers makes of mistral-common's Tekken file. llama.cpp's converter
+    writes its vocabulary as a `gpt2` kind with merges and the `tekken`
+    pre-tokenizer; the GGUF is the golden (and greve's tests read the
+    vocabulary from it)."""
     from transformers.integrations.mistral import convert_tekken_tokenizer
 
-    with tempfile.TemporaryDirectory() as folder:
-        convert_tekken_tokenizer(SPM["tekken"]).save_pretrained(folder)
-        config = dict(TINY["v3"], architectures=["MistralForCausalLM"], model_type="mistral",
-                      vocab_size=131072, bos_token_id=1, eos_token_id=2)
-        json.dump(config, open(os.path.join(folder, "config.json"), "w"))
-        env = dict(os.environ, PYTHONPATH=os.path.join(llama_cpp, "gguf-py"))
-        subprocess.run([sys.executable, os.path.join(llama_cpp, "convert_hf_to_gguf.py"), "--vocab-only",
-                        "--outfile", os.path.join(HERE, "vocab-tekken.gguf"), folder],
-                       check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    convert_tekken_tokenizer(SPM["tekken"]).save_pretrained(folder)
+    config = dict(architectures=["MistralForCausalLM"], model_type="mistral", vocab_size=131072,
+                  hidden_act="silu", bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+                  torch_dtype="bfloat16", **cfg)
+    json.dump(config, open(os.path.join(folder, "config.json"), "w"), indent=2)
+    save_file({n: t.to(torch.bfloat16).contiguous() for n, t in state.items()},
+              os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    return config
 
 
 def main():
@@ -356,6 +371,7 @@ def main():
     ap.add_argument("--llama-cpp", help="llama.cpp source folder (convert_hf_to_gguf.py)")
     ap.add_argument("--tokens-only", action="store_true", help="only the tokenizer and token goldens")
     ap.add_argument("--seeds", default=os.path.join(HERE, "../../../shared/seeds"), help="texts for tokenizer-k")
+    ap.add_argument("--models", nargs="*", default=["v1", "v3", "k", "tekken"], help="the tiny models to remake")
     args = ap.parse_args()
     for version in ("v1", "v3", "v7", "tekken"):
         if version != "tekken":
@@ -366,10 +382,10 @@ def main():
         return
     if not args.llama_cpp:
         ap.error("--llama-cpp is needed for the tiny models")
-    tekken_vocab_gguf(args.llama_cpp)
-    train_k_tokenizer(args.seeds)
-    tokenizer_json("k")
-    for version in ("v1", "v3", "k"):
+    if "k" in args.models:
+        train_k_tokenizer(args.seeds)
+        tokenizer_json("k")
+    for version in args.models:
         if version == "k":
             import sentencepiece
 
