@@ -53,8 +53,14 @@ if [[ ! -f $link/libcuda.so ]]; then
         sort -u >"$link/cuda-stub.c"
     cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$link/cuda-stub.c"
 fi
+# Under its soname too, so that a test binary built here starts (and finds
+# no GPU): the kernel source test compiles greve's kernels with NVRTC.
+ln -sf libcuda.so "$link/libcuda.so.1"
 
 echo "export PATH=\"$cu/bin:\$PATH\""
 echo "export CUDA_ROOT=\"$cu\" CUDA_PATH=\"$cu\" CUDA_HOME=\"$cu\""
 echo "export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}"
 echo "export LIBRARY_PATH=\"$link${LIBRARY_PATH:+:$LIBRARY_PATH}\""
+# For running a test binary here, not for cargo: a changed LD_LIBRARY_PATH
+# makes cargo rebuild candle's CUDA kernels (20 minutes).
+echo "export GREVE_CUDA_RUN_PATH=\"$link:$cu/lib\""
