@@ -69,6 +69,20 @@ macro_rules! by_dtype {
     };
 }
 
+/// An op's name, and its `cpu_fwd` refusing: these ops are CUDA kernels,
+/// and their callers take candle's operations on other devices.
+macro_rules! cuda_only {
+    ($name:literal, ($($arg:ty),*) -> $ret:ty) => {
+        fn name(&self) -> &'static str {
+            $name
+        }
+
+        fn cpu_fwd(&self, $(_: $arg),*) -> Result<$ret> {
+            bail!(concat!($name, " is a CUDA kernel"))
+        }
+    };
+}
+
 /// Rows of a (…, cols) layout whose last axis is contiguous and whose rows
 /// are evenly spaced: (rows, elements from one row's start to the next).
 fn rows(l: &Layout) -> Option<(usize, usize)> {
@@ -114,21 +128,10 @@ struct DecodeAttention {
 }
 
 impl CustomOp3 for DecodeAttention {
-    fn name(&self) -> &'static str {
-        "decode-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        bail!("decode attention is a CUDA kernel")
-    }
+    cuda_only!(
+        "decode-attention",
+        (&CpuStorage, &Layout, &CpuStorage, &Layout, &CpuStorage, &Layout) -> (CpuStorage, Shape)
+    );
 
     fn cuda_fwd(
         &self,
@@ -230,19 +233,10 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
 struct SiluMul;
 
 impl CustomOp2 for SiluMul {
-    fn name(&self) -> &'static str {
-        "silu-mul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        bail!("silu-mul is a CUDA kernel")
-    }
+    cuda_only!(
+        "silu-mul",
+        (&CpuStorage, &Layout, &CpuStorage, &Layout) -> (CpuStorage, Shape)
+    );
 
     fn cuda_fwd(
         &self,
@@ -299,21 +293,10 @@ struct AddRmsNorm {
 }
 
 impl CustomOp3 for AddRmsNorm {
-    fn name(&self) -> &'static str {
-        "add-rms-norm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        bail!("add-rms-norm is a CUDA kernel")
-    }
+    cuda_only!(
+        "add-rms-norm",
+        (&CpuStorage, &Layout, &CpuStorage, &Layout, &CpuStorage, &Layout) -> (CpuStorage, Shape)
+    );
 
     /// The sum and the norm, stacked: (2, …x's shape).
     fn cuda_fwd(
@@ -390,19 +373,10 @@ struct MatVec {
 }
 
 impl CustomOp2 for MatVec {
-    fn name(&self) -> &'static str {
-        "matvec"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        bail!("matvec is a CUDA kernel")
-    }
+    cuda_only!(
+        "matvec",
+        (&CpuStorage, &Layout, &CpuStorage, &Layout) -> (CpuStorage, Shape)
+    );
 
     /// y, (n) or (n / 2) gated, for w (n, k) and x (k elements), both
     /// contiguous and 16-byte aligned (checked by the caller).
@@ -477,21 +451,10 @@ struct Rope {
 }
 
 impl InplaceOp3 for Rope {
-    fn name(&self) -> &'static str {
-        "rope-in-place"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &mut CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<()> {
-        bail!("rope-in-place is a CUDA kernel")
-    }
+    cuda_only!(
+        "rope-in-place",
+        (&mut CpuStorage, &Layout, &CpuStorage, &Layout, &CpuStorage, &Layout) -> ()
+    );
 
     fn cuda_fwd(
         &self,
@@ -543,21 +506,10 @@ struct WriteKv {
 }
 
 impl InplaceOp3 for WriteKv {
-    fn name(&self) -> &'static str {
-        "write-kv"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &mut CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<()> {
-        bail!("write-kv is a CUDA kernel")
-    }
+    cuda_only!(
+        "write-kv",
+        (&mut CpuStorage, &Layout, &CpuStorage, &Layout, &CpuStorage, &Layout) -> ()
+    );
 
     /// cache: (2, 1, heads, capacity, hd), contiguous; k, v: (1, heads, n,
     /// hd) alike (checked by write_kv).
