@@ -85,7 +85,8 @@ fn gguf_vocabulary_encodes_like_mistral_common() {
 }
 
 /// NeMo's Tekken vocabulary as llama.cpp's converter writes it (`gpt2`,
-/// byte-level BPE with merges), rebuilt from the GGUF metadata alone.
+/// byte-level BPE with merges), rebuilt from the GGUF metadata alone: the
+/// ids of mistral-common and of llama.cpp's own tokenizer on the file.
 #[test]
 fn tekken_gguf_vocabulary_encodes_like_mistral_common() {
     let tok = from_gguf_file("tiny-tekken-f16.gguf");
@@ -96,6 +97,15 @@ fn tekken_gguf_vocabulary_encodes_like_mistral_common() {
     for case in golden["texts"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         assert_eq!(tok.decode(&ids(&case["ids"])).unwrap(), text);
+    }
+    // llama.cpp's own tokenizer on the same file.
+    let llama_cpp = &golden_json("llamacpp.json")["tokenize"][1];
+    assert_eq!(llama_cpp["file"], "tiny-tekken-f16.gguf");
+    let cases = llama_cpp["texts"].as_array().unwrap();
+    assert!(cases.len() >= 20);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(tok.encode(text).unwrap(), ids(&case["ids"]), "{text:?}");
     }
 }
 

@@ -5,9 +5,12 @@ the prompts of tiny-*.json. Run after make_goldens.py, with a Python that has
 llama-cpp-python 0.3.36 (../shared/tools/setup-bench-env.sh makes one):
 
     ~/.cache/greve-bench/venv/bin/python llamacpp_goldens.py
+
+(`--tokenize-only` remakes the tokenizer goldens alone.)
 """
 import json
 import os
+import sys
 
 import llama_cpp
 import numpy as np
@@ -51,7 +54,28 @@ def greedy(llm, prompt, n):
     return {"prompt": prompt, "greedy": tokens, "margins": margins, "first_logits": first_logits}
 
 
+def tokenize_goldens():
+    """llama.cpp's own tokenizer on the GGUF files' vocabularies, for the
+    corpus of mistral-common's goldens: SentencePiece (vocab-v1.gguf) and
+    Tekken's byte-level BPE (tiny-tekken-f16.gguf)."""
+    result = []
+    for file, tokens in [("vocab-v1.gguf", "tokens-v1.json"), ("tiny-tekken-f16.gguf", "tokens-tekken.json")]:
+        vocab = llama_cpp.Llama(os.path.join(HERE, file), vocab_only=True, verbose=False)
+        texts = [case["text"] for case in json.load(open(os.path.join(HERE, tokens)))["texts"]]
+        result.append({
+            "file": file,
+            "texts": [{"text": t, "ids": vocab.tokenize(t.encode(), add_bos=False, special=False)} for t in texts],
+        })
+    return result
+
+
 def main():
+    target = os.path.join(HERE, "llamacpp.json")
+    if sys.argv[1:] == ["--tokenize-only"]:
+        result = json.load(open(target))
+        result["tokenize"] = tokenize_goldens()
+        json.dump(result, open(target, "w"), indent=1)
+        return
     for name, ftype in QUANTS.items():
         quantize(os.path.join(HERE, "tiny-k-f16.gguf"), os.path.join(HERE, f"tiny-k-{name}.gguf"), ftype)
     result = {"llama_cpp_python": llama_cpp.__version__, "files": {}}
@@ -66,14 +90,8 @@ def main():
             llm = llama_cpp.Llama(os.path.join(HERE, name), n_ctx=512, n_threads=1, verbose=False, seed=0,
                                   type_k=0, type_v=0, logits_all=True)
             result["files"][name] = [greedy(llm, c["prompt"], n) for c in golden["continuations"]]
-    # llama.cpp's own tokenizer on the vocabulary-only GGUF, for the corpus of tokens-v1.json.
-    vocab = llama_cpp.Llama(os.path.join(HERE, "vocab-v1.gguf"), vocab_only=True, verbose=False)
-    texts = [case["text"] for case in json.load(open(os.path.join(HERE, "tokens-v1.json")))["texts"]]
-    result["tokenize"] = {
-        "file": "vocab-v1.gguf",
-        "texts": [{"text": t, "ids": vocab.tokenize(t.encode(), add_bos=False, special=False)} for t in texts],
-    }
-    json.dump(result, open(os.path.join(HERE, "llamacpp.json"), "w"), indent=1)
+    result["tokenize"] = tokenize_goldens()
+    json.dump(result, open(target, "w"), indent=1)
 
 
 if __name__ == "__main__":
