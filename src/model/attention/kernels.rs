@@ -138,6 +138,24 @@ pub fn scores_i8(
             });
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    if level >= Isa::Neon {
+        return by_groups(queries.len() / hd, |first, g| {
+            let q = (&queries[first * hd..], &query_scales[first * per_row..]);
+            let out = &mut scores[first * stride..];
+            let k = (blocks, key_scales);
+            // SAFETY: the CPU has the features each kernel needs; the sizes
+            // were checked above.
+            unsafe {
+                match (level >= Isa::DotProd, g) {
+                    (true, HEADS) => scores_i8_dotprod::<HEADS>(q, k, hd, stride, out),
+                    (true, _) => scores_i8_dotprod::<1>(q, k, hd, stride, out),
+                    (false, HEADS) => scores_i8_neon::<HEADS>(q, k, hd, stride, out),
+                    (false, _) => scores_i8_neon::<1>(q, k, hd, stride, out),
+                }
+            }
+        });
+    }
     let _ = level;
     for s in 0..span {
         for (j, q) in queries.chunks_exact(hd).enumerate() {
@@ -672,6 +690,73 @@ unsafe fn scores_neon<const G: usize>(
     out: &mut [f32],
 ) {
     scores_with::<std::arch::aarch64::float32x4_t, G>(q, blocks, hd, stride, out)
+}
+
+/// ARM64: 16 key bytes are the same quad of dimensions of four positions,
+/// and `D::dot` against the query's quad, repeated, sums each position's
+/// four products into its lane (one `sdot` with DotProd); a group's sums
+/// are exact in i32, so the scores are the scalar loop's, bit for bit.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn scores_i8_arm<D: crate::model::quant::neon::Dot8, const G: usize>(
+    (q, q_scale): (&[i8], &[f32]),
+    (blocks, k_scale): (&[i8], &[f32]),
+    hd: usize,
+    stride: usize,
+    out: &mut [f32],
+) {
+    use std::arch::aarch64::*;
+    let per_row = hd / GROUP;
+    let quads = q.as_ptr().cast::<[u8; QUAD]>();
+    for (b, block) in blocks.chunks_exact(hd * BLOCK).enumerate() {
+        for part in (0..BLOCK).step_by(4) {
+            let mut score = [vdupq_n_f32(0.0); G];
+            for group in 0..per_row {
+                let mut acc = [vdupq_n_s32(0); G];
+                for c in group * GROUP / QUAD..(group + 1) * GROUP / QUAD {
+                    let k = vld1q_s8(block.as_ptr().add((c * BLOCK + part) * QUAD));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let quad = i32::from_ne_bytes(*quads.add(j * hd / QUAD + c));
+                        *a = D::dot(*a, k, vreinterpretq_s8_s32(vdupq_n_s32(quad)));
+                    }
+                }
+                let at = key_scale_at(b * BLOCK + part, group, per_row);
+                let ks = vld1q_f32(k_scale.as_ptr().add(at));
+                for (j, (score, a)) in score.iter_mut().zip(&acc).enumerate() {
+                    let s = vmulq_f32(vcvtq_f32_s32(*a), ks);
+                    let s = vmulq_n_f32(s, q_scale[j * per_row + group]);
+                    *score = vaddq_f32(*score, s);
+                }
+            }
+            for (j, score) in score.iter().enumerate() {
+                vst1q_f32(out.as_mut_ptr().add(j * stride + b * BLOCK + part), *score);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn scores_i8_neon<const G: usize>(
+    q: (&[i8], &[f32]),
+    k: (&[i8], &[f32]),
+    hd: usize,
+    stride: usize,
+    out: &mut [f32],
+) {
+    scores_i8_arm::<crate::model::quant::neon::Widening, G>(q, k, hd, stride, out)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn scores_i8_dotprod<const G: usize>(
+    q: (&[i8], &[f32]),
+    k: (&[i8], &[f32]),
+    hd: usize,
+    stride: usize,
+    out: &mut [f32],
+) {
+    scores_i8_arm::<crate::model::quant::neon::DotProd, G>(q, k, hd, stride, out)
 }
 
 #[cfg(target_arch = "aarch64")]

@@ -13,7 +13,7 @@
 //! sits in registers and L1, which is what makes a batch cheaper per token.
 
 #[cfg(target_arch = "aarch64")]
-mod neon;
+pub(crate) mod neon;
 pub mod packed;
 pub mod q4k;
 pub mod q6k;

@@ -1,6 +1,7 @@
-//! What the ARM64 kernels in [`super::q4k`] and [`super::q6k`] share: the
-//! product of 16 signed bytes with 16 others, summed into four i32 lanes
-//! (each lane the sum of four neighbouring products). The kernels are
+//! What the ARM64 kernels in [`super::q4k`], [`super::q6k`] and the
+//! attention's i8 scores share: the product of 16 signed bytes with 16
+//! others, summed into four i32 lanes (each lane the sum of four
+//! neighbouring products). The kernels are
 //! written once over [`Dot8`] and compiled twice: with the dot-product
 //! instruction `sdot` (ARMv8.2's DotProd: Apple M1 and later, Graviton 2 and
 //! later, Cortex-A76 and later as in the Raspberry Pi 5), and with plain
@@ -16,7 +17,10 @@ pub trait Dot8 {
     unsafe fn dot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t;
 }
 
-/// Plain NEON: i8 × i8 → i16 products, added pairwise into the i32 lanes.
+/// Plain NEON: i8 × i8 → i16 products, added pairwise twice, so that each
+/// lane gets its own four products as with `sdot` (the attention's i8
+/// scores keep a position per lane). A pair of products stays within i16
+/// while no byte is -128 (the callers' bytes are in [-127, 127]).
 pub struct Widening;
 
 impl Dot8 for Widening {
@@ -24,7 +28,7 @@ impl Dot8 for Widening {
     unsafe fn dot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
         let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
         let hi = vmull_high_s8(a, b);
-        vpadalq_s16(vpadalq_s16(acc, lo), hi)
+        vpadalq_s16(acc, vpaddq_s16(lo, hi))
     }
 }
 
