@@ -55,17 +55,14 @@ impl GpuKvCache {
                 grow(old.as_ref(), k, self.len, capacity)?
             }
         };
+        let (keys, values) = (kv.get(0)?, kv.get(1)?);
         if !cuda::write_kv(&kv, k, v, self.len)? {
-            kv.get(0)?.slice_set(&k.contiguous()?, 2, self.len)?;
-            kv.get(1)?.slice_set(&v.contiguous()?, 2, self.len)?;
+            keys.slice_set(&k.contiguous()?, 2, self.len)?;
+            values.slice_set(&v.contiguous()?, 2, self.len)?;
         }
         self.len = needed;
-        let views = (
-            kv.get(0)?.narrow(2, 0, needed)?,
-            kv.get(1)?.narrow(2, 0, needed)?,
-        );
         self.storage = Some(kv);
-        Ok(views)
+        Ok((keys.narrow(2, 0, needed)?, values.narrow(2, 0, needed)?))
     }
 }
 

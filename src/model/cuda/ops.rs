@@ -424,16 +424,31 @@ fn elementwise(count: usize) -> LaunchConfig {
     }
 }
 
-/// (heads, n, hd, head stride, position stride) of a (1, heads, n, hd)
-/// layout whose last axis is contiguous.
-fn heads_layout(l: &Layout) -> Option<(usize, usize, usize, usize, usize)> {
+/// A (1, heads, n, hd) layout whose last axis is contiguous: position p of
+/// head h at h * head_stride + p * pos_stride.
+#[derive(Clone, Copy, PartialEq)]
+struct Heads {
+    heads: usize,
+    n: usize,
+    hd: usize,
+    head_stride: usize,
+    pos_stride: usize,
+}
+
+fn heads_layout(l: &Layout) -> Option<Heads> {
     let (b, heads, n, hd) = l.shape().dims4().ok()?;
     let stride = l.stride();
-    (b == 1 && (stride[3] == 1 || hd == 1)).then_some((heads, n, hd, stride[1], stride[2]))
+    (b == 1 && (stride[3] == 1 || hd == 1)).then_some(Heads {
+        heads,
+        n,
+        hd,
+        head_stride: stride[1],
+        pos_stride: stride[2],
+    })
 }
 
 pub fn rope_in_place(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<bool> {
-    let Some((_, n, hd, _, _)) = heads_layout(x.layout()) else {
+    let Some(Heads { n, hd, .. }) = heads_layout(x.layout()) else {
         return Ok(false);
     };
     let tables = [cos, sin]
@@ -465,7 +480,14 @@ impl InplaceOp3 for Rope {
         sin: &CudaStorage,
         sl: &Layout,
     ) -> Result<()> {
-        let Some((heads, n, hd, head_stride, pos_stride)) = heads_layout(xl) else {
+        let Some(Heads {
+            heads,
+            n,
+            hd,
+            head_stride,
+            pos_stride,
+        }) = heads_layout(xl)
+        else {
             bail!("rope-in-place: layout {xl:?}")
         };
         let dev = x.device().clone();
@@ -493,7 +515,7 @@ pub fn write_kv(cache: &Tensor, k: &Tensor, v: &Tensor, at: usize) -> Result<boo
         return Ok(false);
     };
     let (_, _, heads, capacity, hd) = cache.dims5()?;
-    let fits = kl == vl && kl.0 == heads && kl.2 == hd && at + kl.1 <= capacity;
+    let fits = kl == vl && kl.heads == heads && kl.hd == hd && at + kl.n <= capacity;
     if !fits || !cache.is_contiguous() || k.dtype() != cache.dtype() || v.dtype() != k.dtype() {
         return Ok(false);
     }
@@ -522,11 +544,17 @@ impl InplaceOp3 for WriteKv {
         v: &CudaStorage,
         vl: &Layout,
     ) -> Result<()> {
-        let (Some((heads, n, hd, head_stride, pos_stride)), capacity) =
-            (heads_layout(kl), cl.dims()[3])
+        let Some(Heads {
+            heads,
+            n,
+            hd,
+            head_stride,
+            pos_stride,
+        }) = heads_layout(kl)
         else {
             bail!("write-kv: layout {kl:?}")
         };
+        let capacity = cl.dims()[3];
         let dev = cache.device().clone();
         by_dtype!(cache.dtype(), T, suffix => {
             let mut cache = cache.as_cuda_slice_mut::<T>()?.slice_mut(cl.start_offset()..);
