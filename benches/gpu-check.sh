@@ -17,9 +17,9 @@
 # Every step has its own time limit; the log and JSON lines go to OUT_DIR.
 #
 # GPU_STEPS picks steps (default all: "libs tests chat bench hf profile";
-# "ncu" is the profile's Nsight Compute half alone),
-# GPU_MODELS the synthetic models the bench step runs (default
-# "q4km.gguf bf16"); device time is scarce. Baseline greves (GPU builds of other commits,
+# "ncu" is the profile's Nsight Compute half alone), GPU_MODELS the
+# synthetic models the bench step runs (default "q4km.gguf bf16"); device
+# time is scarce. Baseline greves (GPU builds of other commits,
 # packed by `gpu-prepare.sh BINARY...`) in the carried folder are benched
 # after this one, so that a change is measured in one run on one card.
 set -u
@@ -112,7 +112,7 @@ if wants bench || wants hf || wants profile || wants ncu; then
     fi
     # Not a bare `wait`: it would also wait for the log's tee, forever.
     wait "${makers[@]}"
-    du -sh "$work"/bf16 "$work"/*.gguf
+    (cd "$work" && du -sh bf16 $models | sort -u)
 fi
 
 gpu_memory() { # the largest memory.used nvidia-smi reports while "$@" runs
