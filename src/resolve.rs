@@ -22,7 +22,7 @@ pub fn resolve_any(spec: &str, opts: &HubOptions) -> anyhow::Result<ModelFiles> 
     if Path::new(spec).exists() {
         return resolve(spec);
     }
-    let Some(wanted) = hub::parse(spec, opts) else {
+    let Some(wanted) = hub::parse(spec, opts)? else {
         return resolve(spec);
     };
     let local = Hub::from_env(opts.offline).fetch(&wanted, opts)?;

@@ -140,6 +140,60 @@ fn the_default_preset_comes_from_the_cache() {
     );
 }
 
+/// NeMo's and Small 3.2's presets name their GGUF conversions; a cache
+/// holding those files (here the tiny Tekken model under their names) is
+/// all they need offline, and `greve models` lists every preset with the
+/// sizes of its files.
+#[test]
+fn the_larger_presets_come_from_the_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    for preset in &greve::hub::PRESETS[3..] {
+        let file = preset.gguf_file.replace("{q}", "Q4_K_M");
+        let gguf = (file.clone(), goldens().join("tiny-tekken-f16.gguf"));
+        cache_repo(home.path(), preset.gguf_repo, &[gguf]);
+        let o = greve(&["pull", "--offline", preset.name], &[("HF_HOME", h)]);
+        assert!(out(&o).trim_end().ends_with(&file), "{}", err(&o));
+        let o = greve(&["info", "--offline", "-m", preset.name], &[("HF_HOME", h)]);
+        assert!(
+            out(&o).contains("131072 tokens, instruct format V3"),
+            "{}{}",
+            out(&o),
+            err(&o)
+        );
+        let o = greve(
+            &["ask", "--offline", "-m", preset.name, "-n", "2", "Salut"],
+            &[("HF_HOME", h)],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    }
+    // The safetensors of Small 3.2 are its multimodal checkpoint.
+    let o = greve(
+        &[
+            "ask",
+            "--offline",
+            "-m",
+            "mistral-small-3.2-24b-instruct-2506",
+            "--quant",
+            "safetensors",
+            "Salut",
+        ],
+        &[("HF_HOME", h)],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("as GGUF"), "{}", err(&o));
+
+    let listing = out(&greve(&["models"], &[]));
+    for preset in &greve::hub::PRESETS {
+        let line = listing
+            .lines()
+            .find(|l| l.starts_with(preset.name))
+            .unwrap_or_else(|| panic!("{} not listed:\n{listing}", preset.name));
+        let size = format!("{:.1} GB", preset.q4_k_m_bytes as f64 / 1e9);
+        assert!(line.contains(&size), "{line}");
+    }
+}
+
 #[test]
 fn missing_and_broken_cache_entries_are_named() {
     let home = tempfile::tempdir().unwrap();

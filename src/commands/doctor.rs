@@ -92,9 +92,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
     let cores = crate::system::cores();
     let threads = settings.threads.value.map_or(cores, usize::from);
     r.line(Status::Ok, "threads", format!("{threads} of {cores} cores"))?;
+    let default = crate::hub::default_preset();
     let needed = model::memory_needed(
-        crate::commands::models::Q4_K_M_BYTES,
-        model::KV_PER_TOKEN_7B,
+        default.q4_k_m_bytes,
+        default.kv_per_token,
         model::PLANNED_CONTEXT,
     );
     match crate::system::available_memory() {

@@ -9,11 +9,6 @@ use crate::model::{self, config::Config, gguf::GgufSource};
 use crate::resolve::resolve_any;
 use crate::settings::{self, Settings};
 
-/// The presets' file sizes on the Hub: every Mistral 7B release has the same
-/// shapes, so the same sizes.
-pub const Q4_K_M_BYTES: u64 = 4_370_000_000;
-const BF16_BYTES: u64 = 14_500_000_000;
-
 /// Lists the presets; sizes are those of the Hub files, memory what
 /// [`model::memory_needed`] says for a conversation of
 /// [`model::PLANNED_CONTEXT`] tokens.
@@ -21,14 +16,38 @@ pub fn list() -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<26} {:<12} {:>8} {:>10}  needs",
+        "{:<36} {:<12} {:>8} {:>10}  needs",
         "preset", "format", "size", "RAM"
     )?;
+    let gb = |bytes: u64| format!("{:.1} GB", bytes as f64 / 1e9);
     for p in &PRESETS {
         let default = if p.name == DEFAULT_MODEL {
             " (default)"
         } else {
             ""
+        };
+        let needs = |bytes: u64| {
+            gb(model::memory_needed(
+                bytes,
+                p.kv_per_token,
+                model::PLANNED_CONTEXT,
+            ))
+        };
+        writeln!(
+            out,
+            "{:<36} {:<12} {:>8} {:>10}  no account{default}",
+            p.name,
+            "GGUF Q4_K_M",
+            gb(p.q4_k_m_bytes),
+            needs(p.q4_k_m_bytes)
+        )?;
+        let Some(bf16) = p.bf16_bytes else {
+            writeln!(
+                out,
+                "{:<36} {:<12} {:>8} {:>10}  not read by greve: {} holds a vision model too",
+                "", "safetensors", "-", "-", p.repo
+            )?;
+            continue;
         };
         let token = if p.gated {
             format!(
@@ -38,27 +57,13 @@ pub fn list() -> anyhow::Result<()> {
         } else {
             "no account".to_string()
         };
-        let needs = |bytes: u64| {
-            let gb = model::memory_needed(bytes, model::KV_PER_TOKEN_7B, model::PLANNED_CONTEXT)
-                as f64
-                / 1e9;
-            format!("{gb:.1} GB")
-        };
         writeln!(
             out,
-            "{:<26} {:<12} {:>8} {:>10}  no account{default}",
-            p.name,
-            "GGUF Q4_K_M",
-            "4.4 GB",
-            needs(Q4_K_M_BYTES)
-        )?;
-        writeln!(
-            out,
-            "{:<26} {:<12} {:>8} {:>10}  {token}",
+            "{:<36} {:<12} {:>8} {:>10}  {token}",
             "",
             "safetensors",
-            "14.5 GB",
-            needs(BF16_BYTES)
+            gb(bf16),
+            needs(bf16)
         )?;
     }
     writeln!(out)?;
@@ -81,7 +86,7 @@ pub fn pull(settings: &Settings) -> anyhow::Result<()> {
         }
     };
     writeln!(std::io::stdout().lock(), "{}", path.display())?;
-    if hub::parse(spec, &settings.hub_options()).is_none() {
+    if hub::parse(spec, &settings.hub_options())?.is_none() {
         crate::messages::note(format!("{spec} is a local model: nothing to download"));
     }
     Ok(())

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 
 use session::{shard_names, Session};
 
-/// An official Apache-2.0 Mistral 7B Instruct release.
+use crate::exit::Failure;
+
+/// An official Apache-2.0 Mistral Instruct release.
+#[derive(Debug, PartialEq)]
 pub struct Preset {
     pub name: &'static str,
     /// The `mistralai` repo: safetensors and tokenizer files.
@@ -23,29 +26,83 @@ pub struct Preset {
     /// quantisation in place of `{q}`.
     pub gguf_repo: &'static str,
     pub gguf_file: &'static str,
+    /// The Hub's file sizes: the Q4_K_M GGUF, and the bf16 safetensors
+    /// where greve reads them (from Small 3.1 on they hold a vision model
+    /// around the text one, Mistral3ForConditionalGeneration).
+    pub q4_k_m_bytes: u64,
+    pub bf16_bytes: Option<u64>,
+    /// The f16 KV cache a token, for planning memory before a header is read.
+    pub kv_per_token: u64,
 }
 
-pub const PRESETS: [Preset; 3] = [
+/// The f16 KV cache a token: K and V, 2 bytes each.
+const fn kv_per_token(layers: u64, kv_heads: u64, head_dim: u64) -> u64 {
+    layers * kv_heads * head_dim * 2 * 2
+}
+
+/// Every 7B release has the same shapes, so the same sizes.
+const fn mistral_7b(
+    name: &'static str,
+    repo: &'static str,
+    gated: bool,
+    gguf_repo: &'static str,
+    gguf_file: &'static str,
+) -> Preset {
     Preset {
-        name: "mistral-7b-instruct-v0.1",
-        repo: "mistralai/Mistral-7B-Instruct-v0.1",
-        gated: true,
-        gguf_repo: "TheBloke/Mistral-7B-Instruct-v0.1-GGUF",
-        gguf_file: "mistral-7b-instruct-v0.1.{q}.gguf",
-    },
+        name,
+        repo,
+        gated,
+        gguf_repo,
+        gguf_file,
+        q4_k_m_bytes: 4_370_000_000,
+        bf16_bytes: Some(14_500_000_000),
+        kv_per_token: kv_per_token(32, 8, 128),
+    }
+}
+
+pub static PRESETS: [Preset; 5] = [
+    mistral_7b(
+        "mistral-7b-instruct-v0.1",
+        "mistralai/Mistral-7B-Instruct-v0.1",
+        true,
+        "TheBloke/Mistral-7B-Instruct-v0.1-GGUF",
+        "mistral-7b-instruct-v0.1.{q}.gguf",
+    ),
+    mistral_7b(
+        "mistral-7b-instruct-v0.2",
+        "mistralai/Mistral-7B-Instruct-v0.2",
+        true,
+        "TheBloke/Mistral-7B-Instruct-v0.2-GGUF",
+        "mistral-7b-instruct-v0.2.{q}.gguf",
+    ),
+    mistral_7b(
+        "mistral-7b-instruct-v0.3",
+        "mistralai/Mistral-7B-Instruct-v0.3",
+        false,
+        "bartowski/Mistral-7B-Instruct-v0.3-GGUF",
+        "Mistral-7B-Instruct-v0.3-{q}.gguf",
+    ),
+    // 40 layers, hidden 5120, head size 128, 8 KV heads, Tekken vocabulary.
     Preset {
-        name: "mistral-7b-instruct-v0.2",
-        repo: "mistralai/Mistral-7B-Instruct-v0.2",
-        gated: true,
-        gguf_repo: "TheBloke/Mistral-7B-Instruct-v0.2-GGUF",
-        gguf_file: "mistral-7b-instruct-v0.2.{q}.gguf",
-    },
-    Preset {
-        name: "mistral-7b-instruct-v0.3",
-        repo: "mistralai/Mistral-7B-Instruct-v0.3",
+        name: "mistral-nemo-instruct-2407",
+        repo: "mistralai/Mistral-Nemo-Instruct-2407",
         gated: false,
-        gguf_repo: "bartowski/Mistral-7B-Instruct-v0.3-GGUF",
-        gguf_file: "Mistral-7B-Instruct-v0.3-{q}.gguf",
+        gguf_repo: "bartowski/Mistral-Nemo-Instruct-2407-GGUF",
+        gguf_file: "Mistral-Nemo-Instruct-2407-{q}.gguf",
+        q4_k_m_bytes: 7_480_000_000,
+        bf16_bytes: Some(24_500_000_000),
+        kv_per_token: kv_per_token(40, 8, 128),
+    },
+    // NeMo's attention shapes with a wider MLP; the V7-Tekken format.
+    Preset {
+        name: "mistral-small-3.2-24b-instruct-2506",
+        repo: "mistralai/Mistral-Small-3.2-24B-Instruct-2506",
+        gated: false,
+        gguf_repo: "bartowski/mistralai_Mistral-Small-3.2-24B-Instruct-2506-GGUF",
+        gguf_file: "mistralai_Mistral-Small-3.2-24B-Instruct-2506-{q}.gguf",
+        q4_k_m_bytes: 14_330_000_000,
+        bf16_bytes: None,
+        kv_per_token: kv_per_token(40, 8, 128),
     },
 ];
 
@@ -53,6 +110,14 @@ pub const PRESETS: [Preset; 3] = [
 /// account; as Q4_K_M GGUF on a CPU (4.4 GB, the practical choice there).
 pub const DEFAULT_MODEL: &str = "mistral-7b-instruct-v0.3";
 pub const DEFAULT_QUANT: &str = "Q4_K_M";
+
+pub fn preset(name: &str) -> Option<&'static Preset> {
+    PRESETS.iter().find(|p| p.name.eq_ignore_ascii_case(name))
+}
+
+pub fn default_preset() -> &'static Preset {
+    preset(DEFAULT_MODEL).expect("the default model is a preset")
+}
 
 /// How to reach the Hub, from the flags and the environment.
 #[derive(Clone, Debug, Default)]
@@ -73,6 +138,9 @@ pub struct Wanted {
     pub repo: String,
     pub revision: String,
     pub layout: Layout,
+    /// The preset it comes from, whose shapes plan the memory before the
+    /// files are read; the default model's otherwise.
+    pub preset: Option<&'static Preset>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -86,30 +154,38 @@ pub enum Layout {
 }
 
 /// What `spec` names on the Hub, if anything: a preset or `org/name[@rev]`.
-pub fn parse(spec: &str, opts: &HubOptions) -> Option<Wanted> {
+pub fn parse(spec: &str, opts: &HubOptions) -> anyhow::Result<Option<Wanted>> {
     let quant = opts.quant.as_deref();
     let safetensors =
         |q: &str| ["safetensors", "bf16", "f16", "f32"].contains(&q.to_lowercase().as_str());
-    let wanted = |repo: &str, revision: String, layout| Wanted {
+    let wanted = |repo: &str, revision: String, layout, preset| Wanted {
         spec: spec.to_string(),
         repo: repo.to_string(),
         revision,
         layout,
+        preset,
     };
-    if let Some(p) = PRESETS.iter().find(|p| p.name.eq_ignore_ascii_case(spec)) {
+    if let Some(p) = preset(spec) {
         let revision = opts.revision.clone().unwrap_or_else(|| "main".into());
-        // A GPU build runs the original weights by default.
-        let gpu = cfg!(any(feature = "cuda", feature = "metal"));
-        return Some(match quant {
-            Some(q) if safetensors(q) => wanted(p.repo, revision, Layout::Safetensors),
-            None if gpu => wanted(p.repo, revision, Layout::Safetensors),
-            q => {
-                let file = p
-                    .gguf_file
-                    .replace("{q}", &q.unwrap_or(DEFAULT_QUANT).to_uppercase());
-                wanted(p.gguf_repo, revision, Layout::Gguf(file))
+        // A GPU build runs the original weights by default, where greve reads them.
+        let gpu = cfg!(any(feature = "cuda", feature = "metal")) && p.bf16_bytes.is_some();
+        let gguf = |q: Option<&str>| {
+            let file = p
+                .gguf_file
+                .replace("{q}", &q.unwrap_or(DEFAULT_QUANT).to_uppercase());
+            wanted(p.gguf_repo, revision.clone(), Layout::Gguf(file), Some(p))
+        };
+        return Ok(Some(match quant {
+            Some(q) if safetensors(q) && p.bf16_bytes.is_none() => {
+                return Err(Failure::Usage.err(format!(
+                    "{} holds a vision model around the text one, which greve does not read: run {} as GGUF (the default, or --quant Q8_0, …)",
+                    p.repo, p.name
+                )))
             }
-        });
+            Some(q) if safetensors(q) => wanted(p.repo, revision, Layout::Safetensors, Some(p)),
+            None if gpu => wanted(p.repo, revision, Layout::Safetensors, Some(p)),
+            q => gguf(q),
+        }));
     }
     let (id, at) = match spec.split_once('@') {
         Some((id, rev)) => (id, Some(rev.to_string())),
@@ -122,9 +198,11 @@ pub fn parse(spec: &str, opts: &HubOptions) -> Option<Wanted> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
-    let (org, name) = id.split_once('/')?;
+    let Some((org, name)) = id.split_once('/') else {
+        return Ok(None);
+    };
     if !valid(org) || !valid(name) {
-        return None;
+        return Ok(None);
     }
     let revision = at
         .or_else(|| opts.revision.clone())
@@ -134,7 +212,7 @@ pub fn parse(spec: &str, opts: &HubOptions) -> Option<Wanted> {
         Some(q) => Layout::Gguf(q.to_string()),
         None => Layout::Unknown,
     };
-    Some(wanted(id, revision, layout))
+    Ok(Some(wanted(id, revision, layout, None)))
 }
 
 /// Where the Hub lives for this user: the cache, the endpoint and the token,
@@ -219,8 +297,10 @@ impl Hub {
         match layout {
             Layout::Gguf(pattern) => {
                 let name = session.pick_gguf(&pattern)?;
-                // The header is not read yet: the cache planned for is 7B's.
-                session.preflight(std::slice::from_ref(&name), crate::model::KV_PER_TOKEN_7B)?;
+                // The header is not read yet: the cache planned for is the
+                // preset's, or the default model's.
+                let kv_per_token = wanted.preset.unwrap_or(default_preset()).kv_per_token;
+                session.preflight(std::slice::from_ref(&name), kv_per_token)?;
                 session.get(&name)
             }
             _ => {
@@ -261,9 +341,13 @@ mod tests {
         }
     }
 
+    fn wanted(spec: &str, quant: Option<&str>) -> Option<Wanted> {
+        parse(spec, &opts(quant)).unwrap()
+    }
+
     #[test]
     fn presets_and_repo_ids() {
-        let w = parse("mistral-7b-instruct-v0.3", &opts(None)).unwrap();
+        let w = wanted("mistral-7b-instruct-v0.3", None).unwrap();
         if !cfg!(any(feature = "cuda", feature = "metal")) {
             assert_eq!(w.repo, "bartowski/Mistral-7B-Instruct-v0.3-GGUF");
             assert_eq!(
@@ -271,21 +355,52 @@ mod tests {
                 Layout::Gguf("Mistral-7B-Instruct-v0.3-Q4_K_M.gguf".into())
             );
         }
-        let w = parse("Mistral-7B-Instruct-v0.2", &opts(Some("q8_0"))).unwrap();
+        let w = wanted("Mistral-7B-Instruct-v0.2", Some("q8_0")).unwrap();
         assert_eq!(
             w.layout,
             Layout::Gguf("mistral-7b-instruct-v0.2.Q8_0.gguf".into())
         );
-        let w = parse("mistral-7b-instruct-v0.1", &opts(Some("safetensors"))).unwrap();
+        let w = wanted("mistral-7b-instruct-v0.1", Some("safetensors")).unwrap();
         assert_eq!(
             (w.repo.as_str(), w.layout),
             ("mistralai/Mistral-7B-Instruct-v0.1", Layout::Safetensors)
         );
-        let w = parse("mistralai/Mistral-7B-Instruct-v0.3@abc", &opts(None)).unwrap();
+        let w = wanted("mistralai/Mistral-7B-Instruct-v0.3@abc", None).unwrap();
         assert_eq!((w.revision.as_str(), w.layout), ("abc", Layout::Unknown));
-        assert_eq!(parse("./model", &opts(None)), None);
-        assert_eq!(parse("a/b/c", &opts(None)), None);
-        assert_eq!(parse("../x", &opts(None)), None);
-        assert_eq!(parse("mistral-7b", &opts(None)), None);
+        assert_eq!(w.preset, None);
+        assert_eq!(wanted("./model", None), None);
+        assert_eq!(wanted("a/b/c", None), None);
+        assert_eq!(wanted("../x", None), None);
+        assert_eq!(wanted("mistral-7b", None), None);
+    }
+
+    #[test]
+    fn the_larger_presets_plan_for_their_own_cache() {
+        let nemo = wanted("mistral-nemo-instruct-2407", Some("Q5_K_M")).unwrap();
+        assert_eq!(
+            (nemo.repo.as_str(), &nemo.layout),
+            (
+                "bartowski/Mistral-Nemo-Instruct-2407-GGUF",
+                &Layout::Gguf("Mistral-Nemo-Instruct-2407-Q5_K_M.gguf".into())
+            )
+        );
+        // 40 layers against 7B's 32, the same KV heads and head size.
+        let nemo = nemo.preset.unwrap();
+        assert_eq!(nemo.kv_per_token * 32, default_preset().kv_per_token * 40);
+        let small = wanted("mistral-small-3.2-24b-instruct-2506", Some("q4_k_m")).unwrap();
+        assert_eq!(
+            small.layout,
+            Layout::Gguf("mistralai_Mistral-Small-3.2-24B-Instruct-2506-Q4_K_M.gguf".into())
+        );
+        // Its safetensors are the multimodal checkpoint: GGUF only, and
+        // a GPU build's default is GGUF too.
+        let refused = parse(
+            "mistral-small-3.2-24b-instruct-2506",
+            &opts(Some("safetensors")),
+        )
+        .unwrap_err();
+        assert!(refused.to_string().contains("as GGUF"), "{refused}");
+        let default = wanted("mistral-small-3.2-24b-instruct-2506", None).unwrap();
+        assert!(matches!(default.layout, Layout::Gguf(_)));
     }
 }

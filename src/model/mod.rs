@@ -124,10 +124,6 @@ fn cpu_dtype(weights_on_disk: u64, available: Option<u64>) -> DType {
 /// long conversation, well short of the 32k the models allow.
 pub const PLANNED_CONTEXT: usize = 4096;
 
-/// The f16 KV cache of Mistral 7B, a token: 32 layers × 8 KV heads × 128 ×
-/// K and V × 2 bytes (128 KiB), for sizing a file before it is read.
-pub const KV_PER_TOKEN_7B: u64 = 32 * 8 * 128 * 2 * 2;
-
 /// What running a model takes in memory, in bytes: the weights as they are
 /// on disk (a GGUF file is used where it is mapped; safetensors are copied
 /// into bf16, or into f32 only where twice that fits), the f16 KV cache for
@@ -323,14 +319,15 @@ mod tests {
 
     #[test]
     fn memory_needed_is_the_weights_the_kv_cache_and_the_runtime() {
+        let kv_per_token_7b = crate::hub::default_preset().kv_per_token;
         // The 7B Q4_K_M file (4.37 GB) with 4096 tokens: 512 MiB of KV cache.
         assert_eq!(
-            memory_needed(4_370_000_000, KV_PER_TOKEN_7B, 4096),
+            memory_needed(4_370_000_000, kv_per_token_7b, 4096),
             4_370_000_000 + (512 << 20) + 300_000_000
         );
         // Measured (README, Performance): peak RSS 4364 MiB at 640 tokens.
         let measured = 4364u64 << 20;
-        let planned = memory_needed(4_368_000_000, KV_PER_TOKEN_7B, 640);
+        let planned = memory_needed(4_368_000_000, kv_per_token_7b, 640);
         assert!(
             planned.abs_diff(measured) < measured / 20,
             "{planned} vs {measured}"
