@@ -57,40 +57,41 @@ pub fn dot_scalar(row: &[u8], acts: &[Q8Block]) -> f32 {
 
 /// One row against `T` activation rows. maddubs multiplies the unsigned
 /// nibbles by the signed activations into i16 pairs (at most 2·15·127, no
-/// saturation); madd applies the sub-block scale and widens to i32.
+/// saturation); madd applies the sub-block scale and widens to i32. The
+/// scales reach their lanes by byte shuffles of one register, as llama.cpp
+/// does, rather than one by one through general registers.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
+/// The CPU must have AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
     use std::arch::x86_64::*;
     let nibble = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); T];
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
-        let words = scales_and_mins_words(block);
-        let [w0, w1, w2, w3] = words.map(|w| w as i32);
+        let [w0, w1, w2, w3] = scales_and_mins_words(block).map(|w| w as i32);
         let sm = _mm_set_epi32(w3, w2, w1, w0);
         // Each min repeated for the two 16-value sums of its sub-block.
         let mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm));
-        let sc = (words[0] as u64 | (words[1] as u64) << 32).to_le_bytes();
+        let scales = _mm256_broadcastsi128_si256(sm);
         let mut sums = [_mm256_setzero_si256(); T];
         for j in 0..4 {
-            let q = _mm256_loadu_si256(block.as_ptr().add(QS + 32 * j).cast());
+            let q = super::load256(block.as_ptr().add(QS + 32 * j));
             let lo = _mm256_and_si256(q, nibble);
             let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);
-            let sc_lo = _mm256_set1_epi16(sc[2 * j] as i16);
-            let sc_hi = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+            let sc_lo = _mm256_shuffle_epi8(scales, SPREAD[2 * j]);
+            let sc_hi = _mm256_shuffle_epi8(scales, SPREAD[2 * j + 1]);
             for t in 0..T {
                 let a = acts[t][b].qs.as_ptr().add(64 * j);
-                let a_lo = _mm256_loadu_si256(a.cast());
-                let a_hi = _mm256_loadu_si256(a.add(32).cast());
+                let a_lo = super::load256(a.cast());
+                let a_hi = super::load256(a.add(32).cast());
                 let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a_lo), sc_lo);
                 let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a_hi), sc_hi);
                 sums[t] = _mm256_add_epi32(sums[t], _mm256_add_epi32(p_lo, p_hi));
             }
         }
-        let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+        let (d, dmin) = super::f16_pair_at(block, 0);
         for t in 0..T {
             let a = &acts[t][b];
             let a_sums = _mm256_loadu_si256(a.sums.as_ptr().cast());
@@ -105,6 +106,24 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
     }
     out
 }
+
+/// Byte shuffles that put scale `s` (byte `s` of the scales and mins) in
+/// every i16 lane, its high byte zero (a 0x80 index).
+#[cfg(target_arch = "x86_64")]
+const SPREAD: [std::arch::x86_64::__m256i; 8] = {
+    let mut masks = [[0u8; 32]; 8];
+    let mut s = 0;
+    while s < 8 {
+        let mut i = 0;
+        while i < 32 {
+            masks[s][i] = if i % 2 == 0 { s as u8 } else { 0x80 };
+            i += 1;
+        }
+        s += 1;
+    }
+    // SAFETY: 32 bytes are one __m256i, whatever their values.
+    unsafe { std::mem::transmute::<[[u8; 32]; 8], [std::arch::x86_64::__m256i; 8]>(masks) }
+};
 
 /// The sum of the eight lanes.
 #[cfg(target_arch = "x86_64")]
@@ -221,9 +240,9 @@ fn scales_and_mins_words(block: &[u8]) -> [u32; 4] {
 /// multiply-accumulate for the scales.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F, BW and VNNI.
+/// The CPU must have AVX-512 F, BW and VNNI, and AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
     use std::arch::x86_64::*;
     let nibble = _mm512_set1_epi8(0x0F);
@@ -268,7 +287,7 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
                 }
             }
         }
-        let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+        let (d, dmin) = super::f16_pair_at(block, 0);
         for t in 0..T {
             let a = &acts[t][b];
             let s = a.sums.as_ptr();

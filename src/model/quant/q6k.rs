@@ -135,9 +135,9 @@ pub unsafe fn dot_dotprod<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> 
 /// 6-bit weights keep maddubs' i16 pairs within 2·63·127).
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
+/// The CPU must have AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
     use std::arch::x86_64::*;
     let nibble = _mm256_set1_epi8(0x0F);
@@ -147,11 +147,12 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
         let p = block.as_ptr();
         let scales = _mm_loadu_si128(p.add(SCALES).cast());
         let all_scales = _mm256_cvtepi8_epi16(scales);
+        let scales = _mm256_broadcastsi128_si256(scales);
         let mut sums = [_mm256_setzero_si256(); T];
         for half in 0..2 {
-            let ql0 = _mm256_loadu_si256(p.add(64 * half).cast());
-            let ql1 = _mm256_loadu_si256(p.add(64 * half + 32).cast());
-            let qh = _mm256_loadu_si256(p.add(QH + 32 * half).cast());
+            let ql0 = super::load256(p.add(64 * half));
+            let ql1 = super::load256(p.add(64 * half + 32));
+            let qh = super::load256(p.add(QH + 32 * half));
             let q = [
                 _mm256_or_si256(
                     _mm256_and_si256(ql0, nibble),
@@ -172,20 +173,16 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
             ];
             for (i, q) in q.into_iter().enumerate() {
                 // 32 weights are two sub-blocks: their two scales, eight i16 lanes each.
-                let s = 8 * half + 2 * i;
-                let sc = _mm256_set_m128i(
-                    _mm_set1_epi16(block[SCALES + s + 1] as i8 as i16),
-                    _mm_set1_epi16(block[SCALES + s] as i8 as i16),
-                );
+                let sc = _mm256_srai_epi16(_mm256_shuffle_epi8(scales, SPREAD[4 * half + i]), 8);
                 for t in 0..T {
-                    let a =
-                        _mm256_loadu_si256(acts[t][b].qs.as_ptr().add(128 * half + 32 * i).cast());
+                    let a = super::load256(acts[t][b].qs.as_ptr().add(128 * half + 32 * i).cast());
                     let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), sc);
                     sums[t] = _mm256_add_epi32(sums[t], prod);
                 }
             }
         }
-        let d = f16_at(block, D);
+        // The four bytes that end at d: the block may end the mapped file.
+        let (_, d) = super::f16_pair_at(block, D - 2);
         for t in 0..T {
             let a = &acts[t][b];
             let a_sums = _mm256_loadu_si256(a.sums.as_ptr().cast());
@@ -201,14 +198,34 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
     out
 }
 
+/// Byte shuffles for sub-blocks `2p` (low 128 bits) and `2p + 1` (high):
+/// each i16 lane gets the scale in its high byte, which a shift right by 8
+/// then sign-extends.
+#[cfg(target_arch = "x86_64")]
+const SPREAD: [std::arch::x86_64::__m256i; 8] = {
+    let mut masks = [[0u8; 32]; 8];
+    let mut p = 0;
+    while p < 8 {
+        let mut i = 0;
+        while i < 32 {
+            let s = 2 * p + i / 16;
+            masks[p][i] = if i % 2 == 1 { s as u8 } else { 0x80 };
+            i += 1;
+        }
+        p += 1;
+    }
+    // SAFETY: 32 bytes are one __m256i, whatever their values.
+    unsafe { std::mem::transmute::<[[u8; 32]; 8], [std::arch::x86_64::__m256i; 8]>(masks) }
+};
+
 /// [`dot_avx2`] with 512-bit registers: 64 weights (four sub-blocks, each
 /// with its scale in a quarter of the lanes) per multiply, and VNNI's
 /// multiply-accumulate for the scales.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F, BW and VNNI.
+/// The CPU must have AVX-512 F, BW and VNNI, and AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
     use std::arch::x86_64::*;
     let nibble = _mm512_set1_epi8(0x0F);
@@ -258,7 +275,7 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
                 }
             }
         }
-        let d = f16_at(block, D);
+        let (_, d) = super::f16_pair_at(block, D - 2);
         for t in 0..T {
             let a = &acts[t][b];
             let a_sums = _mm256_loadu_si256(a.sums.as_ptr().cast());
