@@ -332,6 +332,28 @@ unsafe fn f16_pair_at(bytes: &[u8], at: usize) -> (f32, f32) {
     (_mm_cvtss_f32(both), _mm_cvtss_f32(_mm_movehdup_ps(both)))
 }
 
+/// [`f16_pair_at`] on ARM64: one `fcvtl`, which every ARM64 CPU has (the
+/// FP16 extension is for arithmetic; Rust's f16 vector types are unstable,
+/// hence the assembly).
+///
+/// # Safety
+/// `bytes` must hold 4 bytes from `at`.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn f16_pair_at(bytes: &[u8], at: usize) -> (f32, f32) {
+    use std::arch::aarch64::*;
+    let word = std::ptr::read_unaligned(bytes.as_ptr().add(at).cast::<u32>());
+    let both: float32x4_t;
+    std::arch::asm!(
+        "fcvtl {both:v}.4s, {halves:v}.4h",
+        both = lateout(vreg) both,
+        halves = in(vreg) vdup_n_u32(word),
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    (vgetq_lane_f32::<0>(both), vgetq_lane_f32::<1>(both))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -176,7 +176,7 @@ unsafe fn dot_arm<D: super::neon::Dot8, const T: usize>(
                 sums[t] = vmlaq_n_s32(sums[t], p_hi, sc[2 * j + 1] as i32);
             }
         }
-        let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+        let (d, dmin) = super::f16_pair_at(block, 0);
         for t in 0..T {
             let a = &acts[t][b];
             let s = a.sums.as_ptr();

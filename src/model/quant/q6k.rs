@@ -13,6 +13,9 @@ use super::{f16_at, Q8Block};
 pub const BLOCK_BYTES: usize = 210;
 const QH: usize = 128;
 const SCALES: usize = 192;
+/// The block's last two bytes; SIMD code reads them with the two before
+/// (`f16_pair_at(block, D - 2)`), as four bytes from D could pass the end
+/// of the mapped file.
 const D: usize = 208;
 
 /// The 256 quants of `block` in order (0–63 each; the weight is
@@ -98,7 +101,7 @@ unsafe fn dot_arm<D: super::neon::Dot8, const T: usize>(
                 }
             }
         }
-        let d = f16_at(block, D);
+        let (_, d) = super::f16_pair_at(block, D - 2);
         let (scales_lo, scales_hi) = (vmovl_s8(vget_low_s8(scales)), vmovl_high_s8(scales));
         for t in 0..T {
             let a = &acts[t][b];
@@ -181,7 +184,6 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
                 }
             }
         }
-        // The four bytes that end at d: the block may end the mapped file.
         let (_, d) = super::f16_pair_at(block, D - 2);
         for t in 0..T {
             let a = &acts[t][b];
