@@ -154,6 +154,11 @@ fn the_larger_presets_come_from_the_cache() {
         cache_repo(home.path(), preset.gguf_repo, &[gguf]);
         let o = greve(&["pull", "--offline", preset.name], &[("HF_HOME", h)]);
         assert!(out(&o).trim_end().ends_with(&file), "{}", err(&o));
+        let o = greve(
+            &["doctor", "-m", preset.name],
+            &[("HF_HOME", h), ("HF_HUB_OFFLINE", "1")],
+        );
+        assert!(out(&o).contains("OK    template     V3 ids"), "{}", out(&o));
         let o = greve(&["info", "--offline", "-m", preset.name], &[("HF_HOME", h)]);
         assert!(
             out(&o).contains("131072 tokens, instruct format V3"),

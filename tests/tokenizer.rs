@@ -109,6 +109,24 @@ fn tekken_gguf_vocabulary_encodes_like_mistral_common() {
     }
 }
 
+/// Mistral Small 3.x: the V7 format over the Tekken vocabulary, chosen by
+/// its chat template (here Small's in place of NeMo's in the tiny model's
+/// GGUF metadata), renders chats as mistral-common does.
+#[test]
+fn tekken_with_small_s_template_renders_v7_like_mistral_common() {
+    let path = goldens().join("tiny-tekken-f16.gguf");
+    let src = GgufSource::open(&path, &candle_core::Device::Cpu).unwrap();
+    let mut metadata = src.metadata().clone();
+    let small = "{{- bos_token }}[SYSTEM_PROMPT]{{ system_message }}[/SYSTEM_PROMPT]";
+    metadata.insert(
+        "tokenizer.chat_template".into(),
+        candle_core::quantized::gguf_file::Value::String(small.into()),
+    );
+    let tok = Tokenizer::from_gguf(&metadata).unwrap();
+    assert_eq!(tok.format(), Format::V7);
+    check_against_mistral_common(&tok, "tekken-v7", "GGUF with Small's template");
+}
+
 #[test]
 fn the_instruct_format_follows_the_vocabulary() {
     assert_eq!(from_json("v1").format(), Format::V1);

@@ -59,6 +59,15 @@ const V3_IDS: [u32; 32] = [
     1, 3, 9268, 19545, 4, 9268, 19545, 1686, 20247, 13178, 29501, 2867, 17674, 1032, 1952, 2318, 2,
     3, 16185, 1534, 4441, 1249, 15067, 29491, 781, 781, 29533, 2323, 1615, 25661, 29491, 4,
 ];
+/// Tekken (NeMo's V3, Small 3.x's V7): tests/goldens/tokens-tekken*.json.
+const TEKKEN_V3_IDS: [u32; 27] = [
+    1, 3, 48227, 47010, 4, 48227, 47010, 2662, 24715, 8306, 22665, 6790, 66398, 3082, 2, 3, 92894,
+    3869, 1115, 1418, 13570, 1338, 1070, 2449, 116989, 1046, 4,
+];
+const TEKKEN_V7_IDS: [u32; 29] = [
+    1, 17, 92894, 3869, 1115, 1418, 13570, 1046, 18, 3, 48227, 47010, 4, 48227, 47010, 2662, 24715,
+    8306, 22665, 6790, 66398, 3082, 2, 3, 1070, 2449, 116989, 1046, 4,
+];
 const V7_IDS: [u32; 32] = [
     1, 16, 16185, 1534, 4441, 1249, 15067, 29491, 17, 3, 9268, 19545, 4, 9268, 19545, 1686, 20247,
     13178, 29501, 2867, 17674, 1032, 1952, 2318, 2, 3, 1169, 2323, 1615, 25661, 29491, 4,
@@ -332,11 +341,13 @@ fn template_check(r: &mut Report, settings: &Settings) -> std::io::Result<()> {
             }
         })
         .collect();
-    // The references are for Mistral's SentencePiece vocabularies.
+    // The references are for Mistral's vocabularies: SentencePiece, Tekken.
     let want: &[u32] = match (tokenizer.format(), tokenizer.vocab_size()) {
         (Format::V1, 32000) => &V1_IDS,
         (Format::V3, 32768) => &V3_IDS,
         (Format::V7, 32768) => &V7_IDS,
+        (Format::V3, 131072) => &TEKKEN_V3_IDS,
+        (Format::V7, 131072) => &TEKKEN_V7_IDS,
         (format, size) => {
             return r.line(
                 Status::Skip,

@@ -46,6 +46,9 @@ SPM = {
     "v7": os.path.join(DATA, "mistral_instruct_tokenizer_241114.model.v7"),
     # Tekken (NeMo's V3): byte-level BPE, with a tiny NeMo-shaped model.
     "tekken": os.path.join(DATA, "tekken_240911.json"),
+    # The same vocabulary in the V7 format (Mistral Small 3.x: the system
+    # prompt alone after BOS); its config's version is set to v7.
+    "tekken-v7": os.path.join(DATA, "tekken_240911.json"),
     # A 512-piece SentencePiece BPE trained here, for "k", the model whose
     # sizes (multiples of 256) allow llama.cpp's k-quants.
     "k": os.path.join(HERE, "tokenizer-k.model"),
@@ -121,7 +124,14 @@ GGUF_TYPES = {"v1": ["f16", "q8_0"], "v3": ["f16"], "k": ["f16"], "tekken": ["f1
 
 
 def mistral_tokenizer(version):
-    return MistralTokenizer.from_file(SPM[version])
+    if version != "tekken-v7":
+        return MistralTokenizer.from_file(SPM[version])
+    tekken = json.load(open(SPM[version]))
+    tekken["config"]["version"] = "v7"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "tekken.json")
+        json.dump(tekken, open(path, "w"))
+        return MistralTokenizer.from_file(path)
 
 
 def train_k_tokenizer(seeds):
@@ -151,7 +161,8 @@ def token_goldens(version):
     raw = tok.instruct_tokenizer.tokenizer
     return {
         "version": version,
-        "source": f"mistral-common {mistral_common.__version__}, {os.path.basename(SPM[version])}",
+        "source": f"mistral-common {mistral_common.__version__}, {os.path.basename(SPM[version])}"
+        + (" as version v7" if version == "tekken-v7" else ""),
         "texts": [{"text": t, "ids": raw.encode(t, bos=False, eos=False)} for t in CORPUS],
         "chats": [dict(chat, ids=encode_chat(tok, chat)) for chat in CHATS],
     }
@@ -373,8 +384,8 @@ def main():
     ap.add_argument("--seeds", default=os.path.join(HERE, "../../../shared/seeds"), help="texts for tokenizer-k")
     ap.add_argument("--models", nargs="*", default=["v1", "v3", "k", "tekken"], help="the tiny models to remake")
     args = ap.parse_args()
-    for version in ("v1", "v3", "v7", "tekken"):
-        if version != "tekken":
+    for version in ("v1", "v3", "v7", "tekken", "tekken-v7"):
+        if not version.startswith("tekken"):
             tokenizer_json(version)
         tokens = token_goldens(version)
         json.dump(tokens, open(os.path.join(HERE, f"tokens-{version}.json"), "w"), ensure_ascii=False, indent=1)
