@@ -317,6 +317,32 @@ unsafe fn load256(p: *const u8) -> std::arch::x86_64::__m256i {
     v
 }
 
+/// Masks for `_mm256_shuffle_epi8` that spread bytes of a 16-byte register
+/// (broadcast to both halves) over i16 lanes: mask `m` takes byte `m`, or
+/// with `halves` byte `2m` in the low 128 bits and `2m + 1` in the high; into
+/// each lane's low byte, the other zero (a 0x80 index), or with `high` into
+/// its high byte, where a shift right by 8 sign-extends it.
+#[cfg(target_arch = "x86_64")]
+const fn spread_bytes(halves: bool, high: bool) -> [std::arch::x86_64::__m256i; 8] {
+    let mut masks = [[0u8; 32]; 8];
+    let mut m = 0;
+    while m < 8 {
+        let mut i = 0;
+        while i < 32 {
+            let byte = if halves { 2 * m + i / 16 } else { m };
+            masks[m][i] = if (i % 2 == 1) == high {
+                byte as u8
+            } else {
+                0x80
+            };
+            i += 1;
+        }
+        m += 1;
+    }
+    // SAFETY: 32 bytes are one __m256i, whatever their values.
+    unsafe { std::mem::transmute::<[[u8; 32]; 8], [std::arch::x86_64::__m256i; 8]>(masks) }
+}
+
 /// The two f16 at `at` and `at + 2` as f32, with F16C's one conversion:
 /// [`f16_at`] in software costs a block dozens of instructions and branches.
 ///

@@ -108,22 +108,9 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
 }
 
 /// Byte shuffles that put scale `s` (byte `s` of the scales and mins) in
-/// every i16 lane, its high byte zero (a 0x80 index).
+/// every i16 lane, zero-extended.
 #[cfg(target_arch = "x86_64")]
-const SPREAD: [std::arch::x86_64::__m256i; 8] = {
-    let mut masks = [[0u8; 32]; 8];
-    let mut s = 0;
-    while s < 8 {
-        let mut i = 0;
-        while i < 32 {
-            masks[s][i] = if i % 2 == 0 { s as u8 } else { 0x80 };
-            i += 1;
-        }
-        s += 1;
-    }
-    // SAFETY: 32 bytes are one __m256i, whatever their values.
-    unsafe { std::mem::transmute::<[[u8; 32]; 8], [std::arch::x86_64::__m256i; 8]>(masks) }
-};
+const SPREAD: [std::arch::x86_64::__m256i; 8] = super::spread_bytes(false, false);
 
 /// The sum of the eight lanes.
 #[cfg(target_arch = "x86_64")]

@@ -200,25 +200,10 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
     out
 }
 
-/// Byte shuffles for sub-blocks `2p` (low 128 bits) and `2p + 1` (high):
-/// each i16 lane gets the scale in its high byte, which a shift right by 8
-/// then sign-extends.
+/// Byte shuffles for sub-blocks `2p` (low 128 bits) and `2p + 1` (high),
+/// each scale in the high byte of its i16 lanes for a shift to sign-extend.
 #[cfg(target_arch = "x86_64")]
-const SPREAD: [std::arch::x86_64::__m256i; 8] = {
-    let mut masks = [[0u8; 32]; 8];
-    let mut p = 0;
-    while p < 8 {
-        let mut i = 0;
-        while i < 32 {
-            let s = 2 * p + i / 16;
-            masks[p][i] = if i % 2 == 1 { s as u8 } else { 0x80 };
-            i += 1;
-        }
-        p += 1;
-    }
-    // SAFETY: 32 bytes are one __m256i, whatever their values.
-    unsafe { std::mem::transmute::<[[u8; 32]; 8], [std::arch::x86_64::__m256i; 8]>(masks) }
-};
+const SPREAD: [std::arch::x86_64::__m256i; 8] = super::spread_bytes(true, true);
 
 /// [`dot_avx2`] with 512-bit registers: 64 weights (four sub-blocks, each
 /// with its scale in a quarter of the lanes) per multiply, and VNNI's
