@@ -4,7 +4,8 @@
 # ARM CPU's speed, but the instructions a token takes are the same there.
 # Runs greve's kernels at each level on the same GGUF file, one thread:
 # portable Rust (GREVE_KERNELS=scalar), plain NEON (neon) and NEON with sdot
-# (the default on a CPU with DotProd, as the emulated `max` CPU is).
+# (the default on a CPU with DotProd, as the emulated `max` CPU is), and
+# candle's own kernels for the Q4_K/Q6_K products (candle).
 #
 #   cargo build --release --target aarch64-unknown-linux-gnu   # see scripts/test-aarch64.sh
 #   benches/arm-instructions.sh MODEL.gguf [GREVE]
@@ -28,7 +29,7 @@ count() { # kernels, tokens → instructions
 }
 
 printf '%-8s %s\n' kernels "instructions per generated token"
-for kernels in scalar neon ''; do
+for kernels in scalar neon '' candle; do
     short=$(count "$kernels" 2)
     long=$(count "$kernels" 6)
     printf '%-8s %d\n' "${kernels:-sdot}" $(((long - short) / 4))

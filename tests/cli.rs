@@ -646,3 +646,33 @@ fn bench_reports_plain_and_deep_runs() {
         stderr(&o)
     );
 }
+
+/// `GREVE_KERNELS=candle` hands the Q4_K and Q6_K products to candle's
+/// kernels, to measure greve's against them: the model still answers as
+/// with greve's (greedy, a short reply; candle quantises the activations
+/// with another rounding, so long ones part), and doctor names them.
+#[test]
+fn candle_s_kernels_answer_when_asked_for() {
+    let model = gguf("tiny-k-q4_k_m.gguf");
+    let ask = [
+        "ask",
+        "-m",
+        &model,
+        "--temperature",
+        "0",
+        "-n",
+        "12",
+        "Bonjour",
+    ];
+    let greve_s = common::run(&ask, b"", &[("GREVE_KERNELS", "")]);
+    let candle_s = common::run(&ask, b"", &[("GREVE_KERNELS", "candle")]);
+    assert_eq!(candle_s.status.code(), Some(0), "{}", stderr(&candle_s));
+    assert!(!stdout(&greve_s).trim().is_empty());
+    assert_eq!(stdout(&candle_s), stdout(&greve_s));
+    let doctor = common::run(&["doctor"], b"", &[("GREVE_KERNELS", "candle")]);
+    assert!(
+        stdout(&doctor).contains("Q4_K/Q6_K products with candle's kernels"),
+        "{}",
+        stdout(&doctor)
+    );
+}

@@ -85,15 +85,18 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
     )?;
     cpu_features(&mut r)?;
     let capped = match std::env::var("GREVE_KERNELS") {
-        Ok(cap) if !cap.is_empty() => format!(", capped by GREVE_KERNELS={cap}"),
+        Ok(cap) if !cap.is_empty() && cap != "candle" => format!(", capped by GREVE_KERNELS={cap}"),
         _ => String::new(),
+    };
+    let products = match crate::model::isa::candle_products() {
+        true => "candle's kernels (GREVE_KERNELS=candle)".to_string(),
+        false => format!("{:?} instructions", crate::model::quant::isa()),
     };
     r.line(
         Status::Ok,
         "kernels",
         format!(
-            "Q4_K/Q6_K products with {:?} instructions, attention with {:?} (chosen at run time{capped})",
-            crate::model::quant::isa(),
+            "Q4_K/Q6_K products with {products}, attention with {:?} (chosen at run time{capped})",
             crate::model::isa::best()
         ),
     )?;

@@ -4,7 +4,8 @@
 //!
 //! `GREVE_KERNELS=scalar|avx2` (on ARM64 `scalar|neon`) caps the choice, to measure what a CPU
 //! without the newer instructions gets (`greve bench`), or to rule the SIMD
-//! kernels out when chasing a bug.
+//! kernels out when chasing a bug; `GREVE_KERNELS=candle` hands the Q4_K and
+//! Q6_K products to candle's kernels, to measure greve's against them.
 
 use std::sync::OnceLock;
 
@@ -80,12 +81,12 @@ pub fn cap() -> Isa {
         Ok("avx2") => Isa::Avx2,
         #[cfg(target_arch = "aarch64")]
         Ok("neon") => Isa::Neon,
-        Ok("") | Err(_) => Isa::BEST,
+        Ok("") | Ok("candle") | Err(_) => Isa::BEST,
         Ok(other) => {
             let caps = if cfg!(target_arch = "aarch64") {
-                "`scalar` or `neon`"
+                "`scalar`, `neon` or `candle`"
             } else {
-                "`scalar` or `avx2`"
+                "`scalar`, `avx2` or `candle`"
             };
             crate::messages::warn(format!(
                 "GREVE_KERNELS={other} is not {caps}; using the best kernels this CPU runs"
@@ -93,6 +94,12 @@ pub fn cap() -> Isa {
             Isa::BEST
         }
     })
+}
+
+/// Whether `GREVE_KERNELS=candle` asks for candle's Q4_K and Q6_K products.
+pub fn candle_products() -> bool {
+    static CANDLE: OnceLock<bool> = OnceLock::new();
+    *CANDLE.get_or_init(|| std::env::var("GREVE_KERNELS").as_deref() == Ok("candle"))
 }
 
 /// The best instruction set this CPU runs, within the cap.

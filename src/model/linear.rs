@@ -267,11 +267,18 @@ impl MappedMatrix {
         }
         let xs = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let mut out = vec![0f32; m * n];
+        let greve = !super::isa::candle_products();
         match self.dtype {
-            GgmlDType::Q4K => quant::matmul(Format::Q4K, self.bytes(), (m, k, n), &xs, &mut out),
-            GgmlDType::Q6K => quant::matmul(Format::Q6K, self.bytes(), (m, k, n), &xs, &mut out),
+            GgmlDType::Q4K if greve => {
+                quant::matmul(Format::Q4K, self.bytes(), (m, k, n), &xs, &mut out)
+            }
+            GgmlDType::Q6K if greve => {
+                quant::matmul(Format::Q6K, self.bytes(), (m, k, n), &xs, &mut out)
+            }
             dtype => with_block_type!(dtype, B => {
-                let blocks = self.blocks::<B>().expect("checked by MappedMatrix::new");
+                let blocks = self.blocks::<B>().ok_or_else(|| {
+                    candle_core::Error::Msg(format!("{dtype:?} blocks misaligned in the file"))
+                })?;
                 k_quants::matmul::<B>((m, k, n), &xs, blocks, &mut out)?
             }, else other => candle_core::bail!("no kernel for {other:?} blocks")),
         }
