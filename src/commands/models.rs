@@ -14,11 +14,10 @@ use crate::settings::{self, Settings};
 /// [`model::PLANNED_CONTEXT`] tokens.
 pub fn list() -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<36} {:<12} {:>8} {:>10}  needs",
-        "preset", "format", "size", "RAM"
-    )?;
+    let mut row = |[name, format, size, ram, needs]: [&str; 5]| {
+        writeln!(out, "{name:<36} {format:<12} {size:>8} {ram:>10}  {needs}")
+    };
+    row(["preset", "format", "size", "RAM", "needs"])?;
     let gb = |bytes: u64| format!("{:.1} GB", bytes as f64 / 1e9);
     for p in &PRESETS {
         let default = if p.name == DEFAULT_MODEL {
@@ -33,38 +32,34 @@ pub fn list() -> anyhow::Result<()> {
                 model::PLANNED_CONTEXT,
             ))
         };
-        writeln!(
-            out,
-            "{:<36} {:<12} {:>8} {:>10}  no account{default}",
+        let q4 = p.q4_k_m_bytes;
+        row([
             p.name,
             "GGUF Q4_K_M",
-            gb(p.q4_k_m_bytes),
-            needs(p.q4_k_m_bytes)
-        )?;
-        let Some(bf16) = p.bf16_bytes else {
-            writeln!(
-                out,
-                "{:<36} {:<12} {:>8} {:>10}  not read by greve: {} holds a vision model too",
-                "", "safetensors", "-", "-", p.repo
-            )?;
-            continue;
-        };
-        let token = if p.gated {
-            format!(
-                "a token, and its licence accepted on huggingface.co/{}",
-                p.repo
-            )
-        } else {
-            "no account".to_string()
-        };
-        writeln!(
-            out,
-            "{:<36} {:<12} {:>8} {:>10}  {token}",
-            "",
-            "safetensors",
-            gb(bf16),
-            needs(bf16)
-        )?;
+            &gb(q4),
+            &needs(q4),
+            &format!("no account{default}"),
+        ])?;
+        match p.bf16_bytes {
+            Some(bf16) => {
+                let token = if p.gated {
+                    format!(
+                        "a token, and its licence accepted on huggingface.co/{}",
+                        p.repo
+                    )
+                } else {
+                    "no account".to_string()
+                };
+                row(["", "safetensors", &gb(bf16), &needs(bf16), &token])?
+            }
+            None => row([
+                "",
+                "safetensors",
+                "-",
+                "-",
+                &format!("not read by greve: {} holds a vision model too", p.repo),
+            ])?,
+        }
     }
     writeln!(out)?;
     writeln!(
