@@ -3,6 +3,13 @@
 // cache, the feed-forward's gate, the residual add with the norm after it.
 // Compiled at run time by NVRTC, without headers: 16-bit floats are carried
 // as their bits and widened here. Sums are f32 whatever the tensors hold.
+// The tests also compile this file for the CPU (`cuda/emulated.rs`), with a
+// stand-in for CUDA's threads: PTX is used only under __CUDA_ARCH__, and
+// dynamic shared memory is declared through DYNAMIC_SHARED.
+
+#ifndef DYNAMIC_SHARED
+#define DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
 
 struct bf16 {
     unsigned short bits;
@@ -14,9 +21,13 @@ struct f16 {
 __device__ __forceinline__ float widen(float x) { return x; }
 __device__ __forceinline__ float widen(bf16 x) { return __uint_as_float(((unsigned)x.bits) << 16); }
 __device__ __forceinline__ float widen(f16 x) {
+#ifdef __CUDA_ARCH__
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
     return f;
+#else
+    return emulated_f16_to_f32(x.bits);
+#endif
 }
 
 __device__ __forceinline__ void store(float *p, float x) { *p = x; }
@@ -26,9 +37,13 @@ __device__ __forceinline__ void store(bf16 *p, float x) {
     p->bits = (x != x) ? 0x7fc0 : (unsigned short)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
 }
 __device__ __forceinline__ void store(f16 *p, float x) {
+#ifdef __CUDA_ARCH__
     unsigned short h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
     p->bits = h;
+#else
+    p->bits = emulated_f32_to_f16(x);
+#endif
 }
 
 // x rounded to T and widened back: an elementwise operation's result.
@@ -73,7 +88,7 @@ __device__ void attend_chunks(const T *q, const T *k, const T *v, float *part_ma
                               float *part_sum, float *part_acc, T *y, int hd, int group,
                               int start, int len, long long kv_stride, long long pos_stride,
                               float scale, int chunk) {
-    extern __shared__ float shared[];
+    DYNAMIC_SHARED(float, shared);
     float *qs = shared;             // group * hd, scaled
     float *sums = qs + group * hd;  // group
     float *p = sums + group;        // group * chunk: scores, then exponentials
@@ -225,11 +240,15 @@ __device__ void add_rms_norm(const T *x, const T *y, const T *w, T *sum, T *out,
 // 16-byte aligned rows.
 #define IN_FLIGHT 8
 __device__ __forceinline__ uint4 load_streaming(const uint4 *p) {
+#ifdef __CUDA_ARCH__
     uint4 v;
     asm("ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%4];"
         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
         : "l"(p));
     return v;
+#else
+    return *p;
+#endif
 }
 // a · b + acc over the elements packed in one 32-bit word of each.
 __device__ __forceinline__ float dot_word(unsigned a, unsigned b, float acc, float) {

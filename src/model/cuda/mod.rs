@@ -22,8 +22,22 @@
 
 use candle_core::{Result, Tensor};
 
+#[cfg(test)]
+mod emulated;
 #[cfg(feature = "cuda")]
 mod ops;
+
+// The launch geometry, which the emulated kernels take too.
+/// Positions per attention block: a short loop each, and enough blocks to
+/// fill the GPU from about 2k positions on.
+#[cfg(any(feature = "cuda", test))]
+const CHUNK: usize = 64;
+/// Threads per block of the elementwise kernels and of attention.
+#[cfg(any(feature = "cuda", test))]
+const THREADS: u32 = 256;
+/// Rows of a matrix-vector product per block, a warp each.
+#[cfg(any(feature = "cuda", test))]
+const MATVEC_ROWS: usize = 8;
 
 /// The attention output for one new token, (1, heads, 1, hd), of query
 /// `q` (1, heads, 1, hd) over keys and values `k`, `v` (1, kv_heads, t, hd)

@@ -2,6 +2,7 @@
 
 use std::sync::OnceLock;
 
+use super::{CHUNK, MATVEC_ROWS, THREADS};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::cudarc::nvrtc;
@@ -13,17 +14,11 @@ use candle_core::{
 
 const SOURCE: &str = include_str!("kernels.cu");
 const MODULE: &str = "greve_kernels";
-/// Positions per attention block: a short loop each, and enough blocks to
-/// fill the GPU from about 2k positions on.
-const CHUNK: usize = 64;
 /// Shared memory a block may take without opting in to more.
 const MAX_SHARED: usize = 48 * 1024;
-const THREADS: u32 = 256;
 /// The widest row the residual add and norm takes: NORM_PER_THREAD in
 /// kernels.cu times 1024 threads.
 const NORM_MAX: usize = 8 * 1024;
-/// Rows of a matrix-vector product per block, a warp each.
-const MATVEC_ROWS: usize = 8;
 
 /// The kernels' PTX, compiled once per process.
 pub(super) fn ptx() -> Result<&'static str> {
