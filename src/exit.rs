@@ -82,13 +82,18 @@ impl<T, E: Into<anyhow::Error>> Classify<T> for Result<T, E> {
     }
 }
 
-/// The exit code for an error: the outermost class in its chain, else 1.
-pub fn code_for(err: &anyhow::Error) -> u8 {
+/// The outermost class in an error's chain.
+pub fn class_of(err: &anyhow::Error) -> Option<Failure> {
     // `downcast_ref` on the error itself also sees a context added by
     // `classify`; the chain then finds classes raised deeper down.
     err.downcast_ref::<Classified>()
         .or_else(|| err.chain().find_map(|e| e.downcast_ref::<Classified>()))
-        .map_or(1, |c| c.failure.code())
+        .map(|c| c.failure)
+}
+
+/// The exit code for an error: its class's, else 1.
+pub fn code_for(err: &anyhow::Error) -> u8 {
+    class_of(err).map_or(1, Failure::code)
 }
 
 /// True when the error is stdout going away (`greve ask ... | head -c 10`):
@@ -98,6 +103,34 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
         e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// The whole chain on one line, "what failed: why: deeper cause". A cause
+/// of several lines (a regex's error draws where it failed) is joined with
+/// spaces, up to a backtrace, which candle appends to its errors when
+/// RUST_BACKTRACE is set: noise for a user.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let frame = |line: &str| {
+        let line = line.trim_start();
+        line.starts_with("stack backtrace")
+            || line
+                .split_once(':')
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    err.chain()
+        .map(|cause| {
+            let text = cause.to_string();
+            let lines: Vec<&str> = text
+                .lines()
+                .take_while(|l| !frame(l))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            lines.join(" ")
+        })
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod conversation;
 pub mod exit;
 pub mod generate;
 pub mod hub;
+pub mod interrupt;
 pub mod messages;
 pub mod model;
 pub mod persona;

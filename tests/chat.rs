@@ -225,7 +225,14 @@ fn strike_toggles_mid_chat_and_bad_commands_do_not_end_it() {
         &["chat", "-m", model.to_str().unwrap(), "-n", "3"],
         "/greve totale\nUn poème ?\n/frobnicate\n/set temperature -1\n/strike off\nMerci\n/show\n",
     );
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // The conversation goes on; the first failure decides the exit code.
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr)
+            .contains("2 of the messages and commands on stdin failed, the first on line 3"),
+        "{}",
+        text(&o.stderr)
+    );
     let out = text(&o.stdout);
     assert!(out.contains("Objet : Annonce de grève illimitée"), "{out}");
     assert!(out.contains("« Un poème ? »"), "{out}");
@@ -343,7 +350,7 @@ fn a_message_longer_than_the_context_is_refused_and_the_chat_goes_on() {
         ],
         &format!("{long}\nSalut\n/show\n"),
     );
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     assert!(
         text(&o.stderr).contains("more than the model's context"),
         "{}",
@@ -367,8 +374,12 @@ fn unwritable_saves_and_malformed_loads_leave_the_conversation_intact() {
         bad.display()
     );
     let o = greve(&["chat", "-m", model.to_str().unwrap(), "-n", "2"], &script);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let err = text(&o.stderr);
+    assert!(
+        err.contains("3 of the messages and commands on stdin failed, the first on line 2"),
+        "{err}"
+    );
     assert!(
         err.contains("cannot save the transcript to /nonexistent-dir/x.json"),
         "{err}"
@@ -490,4 +501,22 @@ fn ask_and_chat_honour_the_models_reply_limit() {
         "{}",
         text(&longer.stdout)
     );
+}
+
+#[test]
+fn unknown_commands_in_any_script_and_input_not_in_utf8_are_usage_errors() {
+    let model = goldens().join("tiny-v1-q8_0.gguf");
+    let m = model.to_str().unwrap();
+    let o = greve(&["chat", "-m", m, "-n", "2"], "/résumé\n/\n");
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("unknown command /résumé; /help"), "{err}");
+
+    // The line that is not UTF-8 ends the input; what came before is answered.
+    let o = common::run(&["chat", "-m", m, "-n", "2"], b"Salut\n\xff\nEncore\n", &[]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("line 2 of stdin"), "{err}");
+    assert_eq!(text(&o.stdout).matches("\n\n").count(), 1, "one reply");
 }

@@ -405,6 +405,93 @@ fn completions_man_page_and_version_come_from_the_clap_definitions() {
     assert!(version.contains("CPU features:"), "{version}");
 }
 
+/// Waits until process `pid` catches SIGINT (its handler is installed):
+/// a signal before that would kill it the default way.
+fn wait_for_signal_handler(pid: u32) {
+    let started = std::time::Instant::now();
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+            .unwrap();
+        if caught & (1 << (2 - 1)) != 0 {
+            return;
+        }
+        assert!(started.elapsed().as_secs() < 60, "no handler for SIGINT");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A signal while greve waits for its input (a prompt on stdin, a chat's
+/// next message) quits at once: nothing reads a request to stop there.
+#[test]
+fn a_signal_while_waiting_for_input_quits_at_once() {
+    use std::io::{BufRead, Write};
+    let model = gguf("tiny-k-q4_k_m.gguf");
+    for (args, signal) in [
+        (vec!["ask", "-m", &model], "-INT"),
+        (vec!["chat", "-m", &model], "-TERM"),
+        (vec!["chat", "-m", &model], "-HUP"),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_greve"))
+            .args(&args)
+            .env("GREVE_CONFIG", "/nonexistent-greve-test-config/config.toml")
+            .stdin(Stdio::piped()) // held open, never written
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Kept open until it has exited (`wait` would close it).
+        let mut stdin = child.stdin.take().unwrap();
+        wait_for_signal_handler(child.id());
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        if args[0] == "chat" {
+            // Its answer to a command, and the blank line after it: it is
+            // waiting for the next line.
+            writeln!(stdin, "/show").unwrap();
+            let mut line = String::new();
+            while line != "\n" {
+                line.clear();
+                assert!(out.read_line(&mut line).unwrap() > 0, "no answer to /show");
+            }
+        }
+        let killed = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let started = std::time::Instant::now();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "{args:?} {signal}");
+        assert!(started.elapsed().as_secs() < 10, "{args:?} {signal}");
+    }
+}
+
+#[test]
+fn arguments_not_in_utf8_and_clap_errors_are_one_line_usage_errors() {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let o = Command::new(env!("CARGO_BIN_EXE_greve"))
+        .arg("ask")
+        .arg(bad)
+        .env("GREVE_CONFIG", "/nonexistent-greve-test-config/config.toml")
+        .output()
+        .unwrap();
+    assert_fails(&o, 2, "invalid UTF-8");
+    assert_fails(
+        &greve(&["ask", "--frobnicate", "x"], b""),
+        2,
+        "'--frobnicate'",
+    );
+    assert_fails(
+        &greve(&["ask", "--temperature", "-1", "x"], b""),
+        2,
+        "must be 0 or more",
+    );
+}
+
 #[test]
 fn sigterm_stops_generation_like_ctrl_c() {
     let (o, rest) = interrupted("-TERM");
@@ -451,7 +538,7 @@ fn quiet_leaves_only_the_reply_and_errors() {
     };
     assert!(stderr(&chat(&[])).contains("new conversation"));
     let quiet = chat(&["--quiet"]);
-    assert_eq!(quiet.status.code(), Some(0));
+    assert_eq!(quiet.status.code(), Some(2), "/frob failed");
     // The note is gone, the error stays; the reply is still there.
     assert!(
         !stderr(&quiet).contains("new conversation"),

@@ -49,7 +49,7 @@ pub struct Invocation {
 pub fn parse() -> Invocation {
     // Naming the GPU means opening it: only for --version itself.
     let mut version = crate::system::long_version();
-    if std::env::args().any(|a| a == "--version") {
+    if std::env::args_os().any(|a| a == "--version") {
         if let Some(gpu) = crate::system::gpu_version_line() {
             version = format!("{version}\n{gpu}");
         }
@@ -57,10 +57,11 @@ pub fn parse() -> Invocation {
     let parse_from = |args: &[&str]| {
         let command = Cli::command().long_version(version.clone());
         let matches = match args {
-            [] => command.get_matches(),
-            _ => command.get_matches_from(args),
-        };
-        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+            [] => command.try_get_matches(),
+            _ => command.try_get_matches_from(args),
+        }
+        .unwrap_or_else(|e| usage_exit(e));
+        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| usage_exit(e));
         (cli, matches)
     };
     let (mut cli, mut matches) = parse_from(&[]);
@@ -80,6 +81,30 @@ pub fn parse() -> Invocation {
         command: cli.command,
         matches,
     }
+}
+
+/// Clap's usage errors as greve's others: one line, exit 2 (clap's tips
+/// kept, its usage summary left to --help). Help and version go out as
+/// clap prints them.
+fn usage_exit(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit()
+    }
+    let text = e.to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"))
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect();
+    crate::messages::error(format!("{}; see --help", parts.join("; ")));
+    std::process::exit(Failure::Usage.code().into())
 }
 
 impl Invocation {

@@ -411,11 +411,11 @@ pub enum DtypeArg {
 #[derive(Args, Debug)]
 pub struct SamplingArgs {
     /// Sampling temperature; 0 is greedy (always the most likely token).
-    #[arg(long, value_name = "T", env = "GREVE_TEMPERATURE", value_parser = non_negative)]
+    #[arg(long, value_name = "T", env = "GREVE_TEMPERATURE", value_parser = non_negative, allow_negative_numbers = true)]
     pub temperature: Option<f32>,
 
     /// Nucleus sampling: keep the most likely tokens up to this total probability.
-    #[arg(long, value_name = "P", env = "GREVE_TOP_P", value_parser = probability)]
+    #[arg(long, value_name = "P", env = "GREVE_TOP_P", value_parser = probability, allow_negative_numbers = true)]
     pub top_p: Option<f32>,
 
     /// Keep only the K most likely tokens (0: all).
@@ -423,7 +423,7 @@ pub struct SamplingArgs {
     pub top_k: Option<usize>,
 
     /// Penalise tokens seen recently (1: off; 1.1 is a mild penalty).
-    #[arg(long, value_name = "X", env = "GREVE_REPEAT_PENALTY", value_parser = positive)]
+    #[arg(long, value_name = "X", env = "GREVE_REPEAT_PENALTY", value_parser = positive, allow_negative_numbers = true)]
     pub repeat_penalty: Option<f32>,
 
     /// How many recent tokens the repeat penalty looks at (default 64).
@@ -434,7 +434,7 @@ pub struct SamplingArgs {
     #[arg(long, value_name = "N", env = "GREVE_SEED")]
     pub seed: Option<u64>,
 
-    /// Most tokens to generate (default: until the model stops or the context is full).
+    /// Most tokens to generate; 0: no limit (default: the model's generation_config.json, else until the model stops or the context is full).
     #[arg(long, short = 'n', value_name = "N", env = "GREVE_MAX_TOKENS")]
     pub max_tokens: Option<usize>,
 }

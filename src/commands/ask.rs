@@ -53,21 +53,20 @@ pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow
     let send = |c: &mut Conversation, on_event: &mut dyn FnMut(Event) -> anyhow::Result<()>| {
         c.send(prompt, cancel, on_event)
     };
-    let turn = if request.json {
-        speak(
+    let turn = crate::interrupt::stoppable(|| match request.json {
+        true => speak(
             &mut conversation,
             &mut std::io::sink(),
             request.verbose_prompt,
             send,
-        )?
-    } else {
-        speak(
+        ),
+        false => speak(
             &mut conversation,
             &mut std::io::stdout().lock(),
             request.verbose_prompt,
             send,
-        )?
-    };
+        ),
+    })?;
     reply::report_dropped(&turn);
     if request.json {
         print_json(&conversation, &turn, &wrapping, load_time)?;

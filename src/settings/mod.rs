@@ -235,9 +235,14 @@ impl Settings {
         }
     }
 
-    /// The most tokens a reply may have (the context caps it further).
+    /// The most tokens a reply may have (the context caps it further); 0
+    /// asks for no limit, as `/set max_tokens 0` does.
     pub fn reply_limit(&self, model: &GenerationDefaults) -> Option<usize> {
-        self.max_tokens.value.or(model.max_tokens)
+        match self.max_tokens.value {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => model.max_tokens,
+        }
     }
 
     pub fn hub_options(&self) -> HubOptions {

@@ -10,8 +10,12 @@ use rustyline::validate::Validator;
 use rustyline::{Context, Helper};
 
 /// A message from its first line: `"""` opens a block closed by a line
-/// ending in `"""`; a trailing backslash continues on the next line.
+/// ending in `"""`; a trailing backslash continues on the next line. A
+/// first line that holds newlines was pasted whole: it is the message.
 pub fn collect_message(first: String, mut next: impl FnMut() -> Option<String>) -> String {
+    if first.contains('\n') {
+        return first;
+    }
     if let Some(rest) = first.trim_start().strip_prefix("\"\"\"") {
         if let Some(done) = rest.strip_suffix("\"\"\"") {
             return done.to_string();
@@ -78,15 +82,12 @@ pub fn parse_slash(line: &str) -> Option<Slash> {
         ("reset" | "clear", _) => Slash::Reset,
         ("retry", _) => Slash::Retry,
         ("undo", _) => Slash::Undo,
-        ("set", Some(arg)) => match arg.split_once(char::is_whitespace) {
+        ("set", arg) => match arg.and_then(|a| a.split_once(char::is_whitespace)) {
             Some((key, value)) => Slash::Set(key.to_string(), value.trim().to_string()),
             None => Slash::Usage(
-                "/set KEY VALUE (temperature, top_p, top_k, seed, max_tokens, repeat_penalty, format, schema, grammar)",
+                "/set KEY VALUE (temperature, top_p, top_k, seed, max_tokens, repeat_penalty, repeat_last_n, format, schema, grammar)",
             ),
         },
-        ("set", None) => Slash::Usage(
-            "/set KEY VALUE (temperature, top_p, top_k, seed, max_tokens, repeat_penalty, format, schema, grammar)",
-        ),
         ("show", _) => Slash::Show,
         ("stats", _) => Slash::Stats,
         ("save", Some(path)) => Slash::Save(path.into()),
@@ -105,8 +106,8 @@ pub const HELP: &str = "\
 /reset                 start a new conversation
 /retry                 answer the last message again
 /undo                  drop the last exchange
-/set KEY VALUE         temperature, top_p, top_k, seed, max_tokens, repeat_penalty,
-                       format (json, text), schema FILE (JSON a schema allows),
+/set KEY VALUE         temperature, top_p, top_k, seed, max_tokens (0: no limit),
+                       repeat_penalty, repeat_last_n, format (json, text), schema FILE (JSON a schema allows),
                        grammar FILE (text a Lark grammar derives)
 /show                  model, persona, context used, sampling
 /stats                 speed of the last reply and tokens reused from the cache

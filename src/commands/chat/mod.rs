@@ -35,24 +35,61 @@ pub fn run(settings: Settings, cancel: &AtomicBool) -> anyhow::Result<()> {
 }
 
 /// One message per line, or per `"""` block; each reply is followed by a
-/// blank line.
+/// blank line. A failure (a message that does not fit, a bad command) is
+/// reported and the conversation goes on, as at a terminal; the first one
+/// decides the exit code. Input that is not UTF-8 ends it.
 fn scripted(chat: &mut Conversation, cancel: &AtomicBool) -> anyhow::Result<()> {
-    let mut lines = std::io::stdin().lines().map_while(Result::ok);
+    let mut lines = std::io::stdin().lines();
+    let read = std::cell::Cell::new(0);
+    let mut unreadable = None;
+    let mut next = || {
+        let line = lines.next()?;
+        read.set(read.get() + 1);
+        line.map_err(|e| {
+            unreadable = Some(Failure::Usage.err(format!(
+                "line {} of stdin: {e}; a chat's input is UTF-8 text",
+                read.get()
+            )))
+        })
+        .ok()
+    };
     let mut out = std::io::stdout().lock();
-    while let Some(first) = lines.next() {
-        let message = collect_message(first, || lines.next());
+    let (mut failed, mut first_failure) = (0, None);
+    while let Some(first) = next() {
+        let line = read.get();
+        let message = collect_message(first, &mut next);
         if message.trim().is_empty() {
             continue;
         }
-        if handle(chat, &message, &mut out, cancel)? == Flow::Quit {
-            break;
+        match crate::interrupt::stoppable(|| handle(chat, &message, &mut out, cancel)) {
+            Ok(Flow::Quit) => break,
+            Ok(Flow::Continue) => writeln!(out)?,
+            Err(e) if crate::exit::is_broken_pipe(&e) => return Err(e),
+            Err(e) => {
+                crate::messages::error(crate::exit::one_line(&e));
+                failed += 1;
+                first_failure.get_or_insert((line, crate::exit::class_of(&e)));
+            }
         }
-        writeln!(out)?;
         if cancel.load(Ordering::Relaxed) {
             return Err(Failure::Interrupted.err("interrupted"));
         }
     }
-    Ok(())
+    if let Some(e) = unreadable {
+        return Err(e);
+    }
+    match first_failure {
+        None => Ok(()),
+        Some((line, class)) => {
+            let summary = format!(
+                "{failed} of the messages and commands on stdin failed, the first on line {line} (above)"
+            );
+            Err(match class {
+                Some(class) => class.err(summary),
+                None => anyhow::anyhow!(summary),
+            })
+        }
+    }
 }
 
 fn interactive(
@@ -60,6 +97,7 @@ fn interactive(
     cancel: &AtomicBool,
     keep_history: bool,
 ) -> anyhow::Result<()> {
+    crate::interrupt::terminal::save();
     let mut editor: Editor<SlashCompleter, FileHistory> = Editor::new()?;
     editor.set_helper(Some(SlashCompleter));
     let history = keep_history.then(history_path).flatten();
@@ -86,7 +124,15 @@ fn interactive(
             Err(ReadlineError::Eof) => break,
             Err(e) => return Err(e.into()),
         };
-        let message = collect_message(first, || editor.readline("... ").ok());
+        // Ctrl-C or Ctrl-D inside a block drops it, as Ctrl-C does a line.
+        let mut dropped = false;
+        let message = collect_message(first, || {
+            editor.readline("... ").map_err(|_| dropped = true).ok()
+        });
+        if dropped {
+            eprintln!("(message dropped)");
+            continue;
+        }
         if message.trim().is_empty() {
             continue;
         }
@@ -99,11 +145,14 @@ fn interactive(
                 ));
             }
         }
-        if handle(chat, &message, &mut out, cancel)? == Flow::Quit {
-            break;
+        match crate::interrupt::stoppable(|| handle(chat, &message, &mut out, cancel)) {
+            Ok(Flow::Quit) => break,
+            Ok(Flow::Continue) => {}
+            Err(e) if crate::exit::is_broken_pipe(&e) => return Err(e),
+            // The message was taken back, or the command did nothing; the
+            // conversation goes on.
+            Err(e) => crate::messages::error(crate::exit::one_line(&e)),
         }
-        // Ctrl-C stopped this reply; the next one starts afresh.
-        cancel.store(false, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -131,24 +180,13 @@ fn handle(
     let Some(slash) = parse_slash(line) else {
         let turn = speak(chat, out, false, |chat, on_event| {
             chat.send(line.to_string(), cancel, on_event)
-        });
-        match turn {
-            Ok(turn) => report(&turn, &chat.options.format),
-            Err(e) if crate::exit::is_broken_pipe(&e) => return Err(e),
-            // The message was taken back; the conversation goes on.
-            Err(e) => crate::messages::error(format!("{e:#}")),
-        }
+        })?;
+        report(&turn, &chat.options.format);
         return Ok(Flow::Continue);
     };
-    match command(chat, slash, out, cancel) {
-        Ok(true) => Ok(Flow::Quit),
-        Ok(false) => Ok(Flow::Continue),
-        Err(e) if crate::exit::is_broken_pipe(&e) => Err(e),
-        // A bad command is a note, not the end of the conversation.
-        Err(e) => {
-            crate::messages::error(format!("{e:#}"));
-            Ok(Flow::Continue)
-        }
+    match command(chat, slash, out, cancel)? {
+        true => Ok(Flow::Quit),
+        false => Ok(Flow::Continue),
     }
 }
 
@@ -226,9 +264,10 @@ fn command(
         Slash::Bye => return Ok(true),
         Slash::Usage(usage) => return Err(Failure::Usage.err(format!("usage: {usage}"))),
         Slash::Unknown(name) => {
+            let start: String = name.chars().take(2).collect();
             let hint = COMMANDS
                 .iter()
-                .find(|c| c[1..].starts_with(&name[..name.len().min(2)]))
+                .find(|c| !start.is_empty() && c[1..].starts_with(&start))
                 .map_or(String::new(), |c| format!(" (did you mean {c}?)"));
             return Err(
                 Failure::Usage.err(format!("unknown command /{name}{hint}; /help lists them"))
@@ -258,6 +297,7 @@ fn set(chat: &mut Conversation, key: &str, value: &str) -> anyhow::Result<()> {
         "top_p" => p.top_p = number(check::probability)?,
         "repeat_penalty" => p.repeat_penalty = number(check::positive)?,
         "top_k" => p.top_k = whole()? as usize,
+        "repeat_last_n" => p.repeat_last_n = whole()? as usize,
         "seed" => chat.options.seed = whole()?,
         // 0: no limit but the context.
         "max_tokens" => chat.options.max_tokens = Some(whole()? as usize).filter(|&n| n > 0),
@@ -278,7 +318,7 @@ fn set(chat: &mut Conversation, key: &str, value: &str) -> anyhow::Result<()> {
         }
         _ => {
             return Err(Failure::Usage.err(format!(
-            "no setting {key:?}: use temperature, top_p, top_k, seed, max_tokens, repeat_penalty, format, schema or grammar"
+            "no setting {key:?}: use temperature, top_p, top_k, seed, max_tokens, repeat_penalty, repeat_last_n, format, schema or grammar"
         )))
         }
     }
