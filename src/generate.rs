@@ -160,8 +160,15 @@ pub fn generate(
 }
 
 fn forward(model: &mut Transformer, tokens: &[u32]) -> anyhow::Result<Vec<f32>> {
-    model
+    let logits = model
         .forward(tokens)
         .and_then(|l| l.to_vec1::<f32>())
-        .classify(Failure::Generation, || "the forward pass failed".into())
+        .classify(Failure::Generation, || "the forward pass failed".into())?;
+    // Sampling would turn them into some token or other, without a word.
+    if let Some(bad) = logits.iter().find(|x| !x.is_finite()) {
+        return Err(Failure::Generation.err(format!(
+            "the forward pass computed a logit of {bad}: the weights hold non-finite or damaged values, or overflow in this dtype (--dtype f32 rules that out)"
+        )));
+    }
+    Ok(logits)
 }

@@ -59,6 +59,12 @@ pub fn resolve(spec: &str) -> anyhow::Result<ModelFiles> {
 }
 
 fn gguf_file(path: &Path, spec: &str) -> anyhow::Result<ModelFiles> {
+    // Opening a FIFO would wait for a writer, and a device never ends.
+    if !path.is_file() {
+        return Err(Failure::ModelInvalid.err(format!(
+            "{spec} is not a regular file (a FIFO or a device?); pass a .gguf file or a model folder"
+        )));
+    }
     if !has_gguf_magic(path)? {
         return Err(Failure::ModelInvalid.err(format!(
             "{spec} is not a GGUF file (it does not start with \"GGUF\"); pass a .gguf file or a model folder"

@@ -29,6 +29,8 @@ pub struct Tokenizer {
     /// `[SYSTEM_PROMPT]` and `[/SYSTEM_PROMPT]`, where the format uses them.
     system: Option<(u32, u32)>,
     format: Format,
+    /// One past the largest id: a damaged tokenizer.json may skip ids.
+    vocab_size: usize,
 }
 
 /// Whether a tokenizer's pieces are byte-level (GPT-2 kind: Tekken), not
@@ -81,6 +83,7 @@ impl Tokenizer {
         let mut json: serde_json::Value =
             serde_json::from_str(&text).classify(Failure::ModelInvalid, invalid)?;
         use_sentencepiece_spacing(&mut json);
+        check_json_piece_lengths(&json)?;
         let inner: tokenizers::Tokenizer = json
             .to_string()
             .parse()
@@ -156,7 +159,13 @@ impl Tokenizer {
             byte_level(&inner),
             template,
         );
+        let vocab_size = inner
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&id| id as usize + 1);
         Tokenizer {
+            vocab_size,
             inner,
             bos,
             eos,
@@ -176,8 +185,9 @@ impl Tokenizer {
         self.eos
     }
 
+    /// Ids run from 0 to this, excluded.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn bos(&self) -> u32 {
@@ -369,6 +379,34 @@ const TOKEN_NORMAL: i32 = 1;
 const TOKEN_UNKNOWN: i32 = 2;
 const TOKEN_CONTROL: i32 = 3;
 
+/// Longer than any piece of a real vocabulary (Mistral's run to a few
+/// dozen bytes): a longer one is damage, and building a tokenizer takes
+/// time quadratic in a piece's length (a 400 kB piece: minutes).
+pub const MAX_PIECE_BYTES: usize = 1024;
+
+pub fn check_piece_length(id: usize, piece: &str) -> anyhow::Result<()> {
+    if piece.len() > MAX_PIECE_BYTES {
+        return Err(Failure::ModelInvalid.err(format!(
+            "token {id} of the vocabulary is {} bytes long, where real ones take a few dozen (at most {MAX_PIECE_BYTES}): the tokenizer is damaged",
+            piece.len()
+        )));
+    }
+    Ok(())
+}
+
+/// [`check_piece_length`] over a tokenizer.json's vocabulary and added
+/// tokens, before the tokenizer is built from them.
+fn check_json_piece_lengths(json: &serde_json::Value) -> anyhow::Result<()> {
+    let id = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as usize;
+    let added = json["added_tokens"].as_array().into_iter().flatten();
+    let added = added.filter_map(|t| Some((id(&t["id"]), t["content"].as_str()?)));
+    let vocab = json["model"]["vocab"].as_object().into_iter().flatten();
+    let vocab = vocab.map(|(piece, v)| (id(v), piece.as_str()));
+    added
+        .chain(vocab)
+        .try_for_each(|(id, piece)| check_piece_length(id, piece))
+}
+
 struct GgufVocab {
     add_bos: bool,
     tokens: Vec<String>,
@@ -423,10 +461,11 @@ impl GgufVocab {
             |key: &str| Failure::ModelInvalid.err(format!("{key} has an entry of the wrong type"));
         let tokens = array("tokenizer.ggml.tokens")?
             .iter()
-            .map(|v| {
-                v.to_string()
-                    .cloned()
-                    .map_err(|_| bad("tokenizer.ggml.tokens"))
+            .enumerate()
+            .map(|(id, v)| {
+                let piece = v.to_string().map_err(|_| bad("tokenizer.ggml.tokens"))?;
+                check_piece_length(id, piece)?;
+                Ok(piece.clone())
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let kind = if model == "llama" {

@@ -353,3 +353,122 @@ fn a_transcript_of_20000_messages_is_fitted_at_once() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_fifo_or_a_device_as_the_model_is_refused_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("m.gguf");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for path in [fifo.as_path(), Path::new("/dev/zero")] {
+        assert_refused(&ask(path), 4, "is not a regular file");
+    }
+}
+
+/// The GGUF's string array `key` with item `index` replaced by `with`.
+fn replace_string(g: &mut Gguf, key: &str, index: usize, with: &str) {
+    let array = g.get(key).unwrap();
+    let count = u64::from_le_bytes(array[4..12].try_into().unwrap()) as usize;
+    let (mut at, mut out) = (12, array[..12].to_vec());
+    for i in 0..count {
+        let len = u64::from_le_bytes(array[at..at + 8].try_into().unwrap()) as usize;
+        let item = &array[at + 8..at + 8 + len];
+        out.extend(string_value(if i == index {
+            with.as_bytes()
+        } else {
+            item
+        }));
+        at += 8 + len;
+    }
+    g.set(key, common::gguf::ARRAY, out);
+}
+
+/// Building a tokenizer takes time quadratic in a piece's length: a 100 kB
+/// piece took minutes.
+#[test]
+fn vocabulary_pieces_of_100_kb_are_refused_at_once() {
+    let long = "a".repeat(100_000);
+    let mut g = golden("tiny-k-q4_k_m.gguf");
+    replace_string(&mut g, "tokenizer.ggml.tokens", 300, &long);
+    assert_refused(
+        &ask_gguf(&g.write()),
+        4,
+        "token 300 of the vocabulary is 100000 bytes",
+    );
+
+    let dir = tiny_folder();
+    edit_json(dir.path().join("tokenizer.json"), |t| {
+        t["added_tokens"][0]["content"] = long.into()
+    });
+    assert_refused(&ask(dir.path()), 4, "is 100000 bytes long");
+}
+
+#[test]
+fn a_tokenizer_id_past_the_models_vocabulary_is_refused_at_load() {
+    let dir = tiny_folder();
+    edit_json(dir.path().join("tokenizer.json"), |t| {
+        let vocab = t["model"]["vocab"].as_object_mut().unwrap();
+        let (piece, _) = vocab.iter().find(|(_, id)| id == &300).unwrap();
+        let piece = piece.clone();
+        vocab.insert(piece, 100_000.into());
+    });
+    assert_refused(&ask(dir.path()), 4, "do not belong together");
+}
+
+/// Sampling would turn NaN logits into some token or other, without a word.
+#[test]
+fn non_finite_weights_fail_the_reply_instead_of_answering_garbage() {
+    use candle_core::Device;
+    let dir = tiny_folder();
+    let shard = dir.path().join("model-00001-of-00002.safetensors");
+    let mut tensors = candle_core::safetensors::load(&shard, &Device::Cpu).unwrap();
+    let norm = tensors.get_mut("model.norm.weight").unwrap();
+    *norm = (norm.clone() * f64::NAN).unwrap();
+    candle_core::safetensors::save(&tensors, &shard).unwrap();
+    assert_refused(&ask(dir.path()), 5, "computed a logit of NaN");
+}
+
+/// A GGUF may leave out a tied output matrix; a safetensors checkpoint
+/// whose config says its weights are untied may not.
+#[test]
+fn safetensors_without_lm_head_are_refused() {
+    use candle_core::Device;
+    let dir = tiny_folder();
+    let index = dir.path().join("model.safetensors.index.json");
+    edit_json(index, |i| {
+        i["weight_map"]
+            .as_object_mut()
+            .unwrap()
+            .remove("lm_head.weight");
+    });
+    let shard = dir.path().join("model-00001-of-00002.safetensors");
+    let mut tensors = candle_core::safetensors::load(&shard, &Device::Cpu).unwrap();
+    assert!(tensors.remove("lm_head.weight").is_some());
+    candle_core::safetensors::save(&tensors, &shard).unwrap();
+    assert_refused(&ask(dir.path()), 4, "tensor lm_head.weight is missing");
+}
+
+#[test]
+fn generation_config_values_out_of_the_flags_ranges_are_refused() {
+    for (field, value) in [
+        ("temperature", 1e39),
+        ("top_p", 5.0),
+        ("repetition_penalty", 0.0),
+    ] {
+        let dir = tiny_folder();
+        let config = serde_json::json!({ field: value });
+        std::fs::write(
+            dir.path().join("generation_config.json"),
+            config.to_string(),
+        )
+        .unwrap();
+        assert_refused(
+            &ask(dir.path()),
+            4,
+            &format!("generation_config.json: {field}"),
+        );
+    }
+}

@@ -75,6 +75,30 @@ pub struct GenerationDefaults {
     pub eos_token_id: Vec<u32>,
 }
 
+impl GenerationDefaults {
+    /// Held to the ranges the same settings have as flags: out of them a
+    /// value makes sampling uniform (a temperature of 1e39) or greedy.
+    fn checked(self, path: &Path) -> anyhow::Result<Self> {
+        use crate::settings::check;
+        type Check = fn(f32) -> Result<f32, String>;
+        let fields: [(&str, Option<f32>, Check); 3] = [
+            ("temperature", self.temperature, check::non_negative),
+            ("top_p", self.top_p, check::probability),
+            ("repetition_penalty", self.repeat_penalty, check::positive),
+        ];
+        for (name, value, check) in fields {
+            if let Some(Err(why)) = value.map(check) {
+                return Err(Failure::ModelInvalid.err(format!(
+                    "{}: {name} {}: {why}; fix or remove the file",
+                    path.display(),
+                    value.unwrap_or_default()
+                )));
+            }
+        }
+        Ok(self)
+    }
+}
+
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -176,14 +200,14 @@ pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> anyhow::Result
     };
     if tokenizer.vocab_size() > transformer.config.vocab_size {
         return Err(Failure::ModelInvalid.err(format!(
-            "the tokenizer of {} has {} tokens but the model only {}: they do not belong together",
+            "the tokenizer of {} has ids up to {} but the model only {} tokens: they do not belong together",
             files.name,
-            tokenizer.vocab_size(),
+            tokenizer.vocab_size() - 1,
             transformer.config.vocab_size
         )));
     }
     let defaults = match &files.generation_config {
-        Some(path) => read_json::<GenerationDefaults>(path)?,
+        Some(path) => read_json::<GenerationDefaults>(path)?.checked(path)?,
         None => GenerationDefaults::default(),
     };
     Ok(Model {

@@ -121,6 +121,10 @@ impl WeightSource for SafetensorsSource {
     fn rope_layout(&self) -> RopeLayout {
         RopeLayout::Halves
     }
+
+    fn output_may_be_tied(&self) -> bool {
+        false
+    }
 }
 
 fn folder_of(shards: &[PathBuf]) -> &Path {

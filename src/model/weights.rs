@@ -54,6 +54,10 @@ pub trait WeightSource {
     /// layer number in its tensor names.
     fn layers(&self) -> usize;
     fn rope_layout(&self) -> RopeLayout;
+    /// Whether a missing output matrix means the embedding's (llama.cpp
+    /// drops a tied one from GGUF files), or a damaged file (a safetensors
+    /// checkpoint, whose config.json greve holds to untied weights).
+    fn output_may_be_tied(&self) -> bool;
 }
 
 impl Weight {
@@ -129,7 +133,8 @@ pub(super) fn check_weights(c: &Config, src: &dyn WeightSource) -> anyhow::Resul
             c.num_layers
         );
     }
-    let output = src.shape(Weight::Output).map(|_| Weight::Output);
+    let tied = src.shape(Weight::Output).is_none() && src.output_may_be_tied();
+    let output = (!tied).then_some(Weight::Output);
     let globals = [Weight::TokenEmbedding, Weight::OutputNorm]
         .into_iter()
         .chain(output);

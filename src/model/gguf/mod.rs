@@ -204,4 +204,8 @@ impl WeightSource for GgufSource {
     fn rope_layout(&self) -> RopeLayout {
         RopeLayout::Interleaved
     }
+
+    fn output_may_be_tied(&self) -> bool {
+        true
+    }
 }
