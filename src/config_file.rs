@@ -79,6 +79,8 @@ pub fn parse(text: &str) -> Result<Layer, String> {
                 .rfind('\n')
                 .map_or(0, |i| i + 1);
             text[start..]
+                .lines()
+                .next()?
                 .split('=')
                 .next()
                 .map(|k| k.trim().to_string())

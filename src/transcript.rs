@@ -89,17 +89,46 @@ impl Transcript {
             transcript: self.clone(),
         };
         let json = serde_json::to_string_pretty(&file)?;
-        let folder = match path.parent() {
+        let fail = || format!("cannot save the transcript to {}", path.display());
+        // A link is followed, not replaced by a file; a file keeps its
+        // permissions, and a new one gets the umask's, not the temporary
+        // file's 0600.
+        let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let folder = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let fail = || format!("cannot save the transcript to {}", path.display());
-        let mut tmp = tempfile::NamedTempFile::new_in(folder).classify(Failure::Usage, fail)?;
+        if !folder.is_dir() {
+            return Err(Failure::Usage.err(format!(
+                "{}: there is no folder {}",
+                fail(),
+                folder.display()
+            )));
+        }
+        let mut builder = tempfile::Builder::new();
+        match std::fs::metadata(&target) {
+            Ok(existing) => builder.permissions(existing.permissions()),
+            #[cfg(unix)]
+            Err(_) => {
+                use std::os::unix::fs::PermissionsExt;
+                // Less the umask, at creation.
+                builder.permissions(std::fs::Permissions::from_mode(0o666))
+            }
+            #[cfg(not(unix))]
+            Err(_) => &mut builder,
+        };
+        let mut tmp = builder
+            .tempfile_in(folder)
+            // Its error names the temporary file, which the user never sees.
+            .map_err(|e| std::io::Error::from(e.kind()))
+            .classify(Failure::Usage, || {
+                format!("{}: in {}", fail(), folder.display())
+            })?;
         tmp.write_all(json.as_bytes())
             .classify(Failure::Usage, fail)?;
         tmp.write_all(b"\n").classify(Failure::Usage, fail)?;
         tmp.as_file().sync_all().classify(Failure::Usage, fail)?;
-        tmp.persist(path)
+        tmp.persist(&target)
             .map_err(|e| e.error)
             .classify(Failure::Usage, fail)?;
         Ok(())
@@ -126,6 +155,36 @@ mod tests {
         assert_eq!(Transcript::load(&path).unwrap(), shorter);
         // Nothing but the transcript is left in the folder.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_save_keeps_links_and_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.json");
+        Transcript::default().save(&real).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_ne!(
+            mode(&real),
+            0o600,
+            "a new file gets the umask's permissions"
+        );
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let t = Transcript {
+            messages: vec![Message::user("Salut")],
+            ..Transcript::default()
+        };
+        t.save(&link).unwrap();
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        assert_eq!(Transcript::load(&real).unwrap(), t);
+        assert_eq!(mode(&real), 0o640);
+
+        let err = t.save(&dir.path().join("no/such/file.json")).unwrap_err();
+        let folder = format!("there is no folder {}/no/such", dir.path().display());
+        assert!(format!("{err:#}").ends_with(&folder), "{err:#}");
     }
 
     #[test]

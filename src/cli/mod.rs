@@ -62,7 +62,8 @@ pub enum Command {
     /// Chat with the model: a conversation in the terminal.
     ///
     /// When stdin is not a terminal, reads one message per line (or per
-    /// \"\"\" block) and prints each reply followed by a blank line.
+    /// """ block) and prints each reply followed by a blank line; the first
+    /// failure, if any, is its exit code.
     Chat(ChatArgs),
 
     /// Show the token ids the model sees for a text or a conversation,
