@@ -215,6 +215,20 @@ fn the_strike_persona_stays_off_stdout() {
         "{}",
         stderr(&o)
     );
+    // With --json the envelope carries the notice; still no JSON reply.
+    let o = ask(m, &["--strike=totale", "--format", "json", "--json"]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let envelope: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(envelope["reply"].is_null(), "{envelope}");
+    // A chat's notice goes to stderr too.
+    let o = run(
+        &["chat", "-m", m, "--strike=totale", "--format", "json"],
+        "Un poème ?\n".as_bytes(),
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+    assert!(stderr(&o).contains("Objet : Annonce de grève illimitée"));
 }
 
 /// `/set schema`, `/set format` in a chat, and `format` in the config file.

@@ -35,14 +35,14 @@ pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow
     let structured = start.settings.format.value != Format::Text;
     // No model is needed, or even loaded, to go on strike.
     if let Some(notice) = persona::strike_notice(mode, &start.prompts, &prompt, seed) {
-        if structured && !request.json {
-            eprintln!("{notice}");
-            return Err(Failure::Generation.err(format!(
-                "on strike ({}): the notice above is no JSON; --strike=off to get some",
-                mode.name()
-            )));
+        match (structured, request.json) {
+            (true, false) => eprintln!("{notice}"),
+            (_, json) => print_notice(&notice, mode, seed, json)?,
         }
-        return print_notice(&notice, mode, seed, request.json);
+        return match structured {
+            true => Err(reply::not_json(mode)),
+            false => Ok(()),
+        };
     }
     let save = start.settings.save.clone();
     let loading = Instant::now();

@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use crate::conversation::{Conversation, Event, Options, Turn};
+use crate::exit::Failure;
 use crate::generate::{Finish, Stats};
 use crate::messages;
 use crate::persona::{self, Prompts, Wrapping};
@@ -87,6 +88,10 @@ pub fn speak(
         Ok(())
     };
     let turn = answer(conversation, &mut on_event)?;
+    if turn.notice && structured {
+        eprintln!("{}", turn.text);
+        return Err(not_json(conversation.options.mode));
+    }
     if turn.notice || structured {
         if turn.notice || turn.finish == Finish::Stop {
             writeln!(out, "{}", turn.text)?;
@@ -103,6 +108,14 @@ pub fn speak(
     }
     out.flush()?;
     Ok(turn)
+}
+
+/// A strike notice where JSON was asked for: the notice goes to stderr.
+pub fn not_json(mode: persona::Mode) -> anyhow::Error {
+    Failure::Generation.err(format!(
+        "on strike ({}): the notice above is no JSON; --strike=off (in a chat, /strike off) to get some",
+        mode.name()
+    ))
 }
 
 /// What goes around the next reply: the persona's letterhead and sign-off,
