@@ -1,13 +1,13 @@
 //! What Ctrl-C (SIGINT), SIGTERM and SIGHUP do to greve.
 //!
-//! Inside [`stoppable`] work (a reply, a benchmark) the first signal asks
+//! Inside [`stoppable`] work (a reply) the first signal asks
 //! it to stop after the current token ([`cancel`]): the partial reply is
 //! printed, and `ask` exits 130 while a chat takes the next message. A
 //! second signal quits at once, except in a chat, where a signal only ever
 //! stops a reply: quitting would lose the conversation.
 //!
 //! Anywhere else (waiting for the user's next message or a prompt on stdin,
-//! downloading, which resumes where it stopped, loading) nothing would read
+//! downloading, which resumes where it stopped, loading, a benchmark) nothing would read
 //! the request and nothing would be lost: a signal quits at once, exit 130,
 //! with the terminal as greve found it.
 

@@ -381,10 +381,10 @@ const TOKEN_CONTROL: i32 = 3;
 
 /// Longer than any piece of a real vocabulary (Mistral's run to a few
 /// dozen bytes): a longer one is damage, and building a tokenizer takes
-/// time quadratic in a piece's length (a 400 kB piece: minutes).
-pub const MAX_PIECE_BYTES: usize = 1024;
+/// time quadratic in a piece's length (160 kB: 18 s of CPU).
+const MAX_PIECE_BYTES: usize = 1024;
 
-pub fn check_piece_length(id: usize, piece: &str) -> anyhow::Result<()> {
+fn check_piece_length(id: usize, piece: &str) -> anyhow::Result<()> {
     if piece.len() > MAX_PIECE_BYTES {
         return Err(Failure::ModelInvalid.err(format!(
             "token {id} of the vocabulary is {} bytes long, where real ones take a few dozen (at most {MAX_PIECE_BYTES}): the tokenizer is damaged",

@@ -386,8 +386,8 @@ fn replace_string(g: &mut Gguf, key: &str, index: usize, with: &str) {
     g.set(key, common::gguf::ARRAY, out);
 }
 
-/// Building a tokenizer takes time quadratic in a piece's length: a 100 kB
-/// piece took minutes.
+/// Building a tokenizer takes time quadratic in a piece's length: a 160 kB
+/// piece took 18 s of CPU.
 #[test]
 fn vocabulary_pieces_of_100_kb_are_refused_at_once() {
     let long = "a".repeat(100_000);
