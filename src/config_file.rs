@@ -20,6 +20,8 @@
 //! format = "json"            # or json_schema = "person.json"
 //! system = "Réponds en français."
 //! history = false
+//! prompt_cache = true        # keys and values of system prompts on disk
+//! prompt_cache_size = "2G"   # its bound, least recently used out first
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -109,6 +111,15 @@ mod tests {
         assert_eq!(c.strike, Some(Mode::Totale));
         assert_eq!(c.history, Some(false));
         assert_eq!(parse("").unwrap(), Layer::default());
+        let c = parse("prompt_cache = false\nprompt_cache_size = \"512M\"").unwrap();
+        assert_eq!(
+            (c.prompt_cache, c.prompt_cache_size),
+            (Some(false), Some(512 << 20))
+        );
+        assert_eq!(
+            parse("prompt_cache_size = 1000").unwrap().prompt_cache_size,
+            Some(1000)
+        );
     }
 
     #[test]
@@ -125,6 +136,11 @@ mod tests {
         let e = parse("strike = \"lundi\"").unwrap_err();
         assert!(e.contains("not a strike mode"), "{e}");
         assert!(parse("threads = 0").is_err());
+        let e = parse("prompt_cache_size = \"lots\"").unwrap_err();
+        assert!(
+            e.starts_with("1: prompt_cache_size") && e.contains("not a size"),
+            "{e}"
+        );
         assert!(parse("model = ").is_err());
         assert!(!parse("a = 1\nb = [\n").unwrap_err().contains('\n'));
         // Flag-only settings are not config file keys.

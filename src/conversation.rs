@@ -13,9 +13,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::exit::Failure;
-use crate::generate::{generate, Finish, Limits, Stats};
+use crate::generate::{generate, Finish, Limits, Prompt, Stats};
 use crate::model::Model;
 use crate::persona::{self, Mode, Prompts};
+use crate::prompt_cache::{self, PromptCache};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::settings::Settings;
 use crate::structured::{Constraint, Format, Grammar};
@@ -37,6 +38,8 @@ pub struct Conversation {
     /// The output format compiled for this model's vocabulary, kept while
     /// the format stays the same.
     grammar: Option<(Format, Grammar)>,
+    /// Keys and values on disk, to start from where an earlier run left.
+    pub prompt_cache: Option<PromptCache>,
     pub last: Option<Stats>,
 }
 
@@ -102,6 +105,7 @@ impl Conversation {
             cached: Vec::new(),
             turns: 0,
             grammar: None,
+            prompt_cache: None,
             last: None,
         }
     }
@@ -232,12 +236,8 @@ impl Conversation {
             text: self.prompt_text()?,
             ids: &ids,
         })?;
-        let reuse = common_prefix(&self.cached, &ids);
-        log::debug!(
-            "turn {}: {} prompt tokens, {reuse} in the KV cache",
-            self.turns,
-            ids.len()
-        );
+        let mut reuse = common_prefix(&self.cached, &ids);
+        let checkpoint = self.fixed_prefix(&ids)?;
         let context = self.model.transformer.config.context_length;
         let room = context - ids.len();
         let max_tokens = self.options.max_tokens.map_or(room, |n| n.min(room));
@@ -252,15 +252,36 @@ impl Conversation {
         let mut sampler = Sampler::new(self.options.sampling.clone(), seed);
         // Until generation succeeds the cache holds an unknown mix.
         self.cached.clear();
-        let g = generate(
-            &mut self.model.transformer,
-            &ids,
+        let mut loaded = 0;
+        if let Some(disk) = &self.prompt_cache {
+            let restored = disk.restore(&ids, reuse, &mut self.model.transformer);
+            if restored != reuse {
+                (loaded, reuse) = (restored, restored);
+            }
+        }
+        log::debug!(
+            "turn {}: {} prompt tokens, {reuse} in the KV cache ({loaded} from disk), {checkpoint} fixed",
+            self.turns,
+            ids.len()
+        );
+        let prompt = Prompt {
+            tokens: &ids,
             reuse,
+            checkpoint,
+        };
+        let mut g = generate(
+            &mut self.model.transformer,
+            prompt,
             &mut sampler,
             &mut limits,
             cancel,
             |token| on_event(Event::Token(token)),
         )?;
+        g.stats.loaded_tokens = loaded;
+        if let (Some(disk), 0) = (&self.prompt_cache, g.stats.reused_tokens) {
+            // Computed from nothing, as a run that finds it saved would.
+            disk.save(&ids[..checkpoint], &self.model.transformer);
+        }
         let mut cached = ids;
         cached.extend(&g.tokens);
         cached.truncate(self.model.transformer.cached());
@@ -286,6 +307,35 @@ impl Conversation {
                 Grammar::new(format, &self.model.tokenizer)?.map(|g| (format.clone(), g));
         }
         self.grammar.as_ref().map(|(_, g)| g.start()).transpose()
+    }
+
+    /// Saves the keys and values of the conversation so far in the prompt
+    /// cache, for a run that resumes it (`--save`, `/save`).
+    pub fn save_context(&self) {
+        if let Some(disk) = &self.prompt_cache {
+            disk.save(&self.cached, &self.model.transformer);
+        }
+    }
+
+    /// How many of `ids` stay the same whatever the last message says: the
+    /// system prompt (the persona's too) and what comes before it. The
+    /// prompt cache keeps them; 0 when there is none, or it is short.
+    fn fixed_prefix(&self, ids: &[u32]) -> anyhow::Result<usize> {
+        let Some(system) = self.system_prompt() else {
+            return Ok(0);
+        };
+        let format = self.model.tokenizer.format();
+        let alone = |text: &str| {
+            let pieces = template::render(format, Some(&system), &[Message::user(text)])?;
+            self.model.tokenizer.encode_pieces(&pieces)
+        };
+        let a = alone("a")?;
+        let fixed = common_prefix(&a[..common_prefix(&a, &alone("b")?)], ids);
+        Ok(if fixed < prompt_cache::MIN_TOKENS {
+            0
+        } else {
+            fixed
+        })
     }
 
     fn system_prompt(&self) -> Option<String> {

@@ -29,6 +29,8 @@ pub struct Stats {
     pub prompt_tokens: usize,
     /// Of those, the ones already in the KV cache, not computed again.
     pub reused_tokens: usize,
+    /// Of those, the ones read from the prompt cache on disk.
+    pub loaded_tokens: usize,
     pub generated_tokens: usize,
     /// From the start of prefill to the first sampled token.
     pub time_to_first_token: Duration,
@@ -76,23 +78,51 @@ pub struct Limits<'a> {
     pub grammar: Option<&'a mut Constraint>,
 }
 
+/// A prompt, and how much of it the KV cache holds already.
+#[derive(Clone, Copy)]
+pub struct Prompt<'a> {
+    pub tokens: &'a [u32],
+    /// The first `reuse` tokens are the ones at the start of the KV cache
+    /// (a chat's earlier turns, a saved prefix): they are kept, and only the
+    /// rest is prefilled. 0 starts afresh.
+    pub reuse: usize,
+    /// Where the prefill breaks, so that the cache holds the first
+    /// `checkpoint` positions exactly as those tokens alone compute them:
+    /// the same bits whether they are prefilled now or were saved by an
+    /// earlier run (see `prompt_cache.rs`). 0 for no break.
+    pub checkpoint: usize,
+}
+
+impl<'a> Prompt<'a> {
+    /// All of `tokens`, computed afresh.
+    pub fn fresh(tokens: &'a [u32]) -> Self {
+        Prompt {
+            tokens,
+            reuse: 0,
+            checkpoint: 0,
+        }
+    }
+}
+
 /// Generates a reply to `prompt`, calling `on_token` with each token as it
-/// is sampled. The first `reuse` tokens of the prompt must be the ones at
-/// the start of the KV cache (a chat's earlier turns): they are kept, and
-/// only the rest is prefilled. Pass 0 to start afresh.
+/// is sampled.
 ///
 /// When it returns, the cache holds the prompt and every emitted token but
 /// the last (which was never fed back): see [`Transformer::cached`].
 pub fn generate(
     model: &mut Transformer,
-    prompt: &[u32],
-    reuse: usize,
+    prompt: Prompt,
     sampler: &mut Sampler,
     limits: &mut Limits,
     cancel: &AtomicBool,
     mut on_token: impl FnMut(u32) -> anyhow::Result<()>,
 ) -> anyhow::Result<Generation> {
     let start = Instant::now();
+    let Prompt {
+        tokens: prompt,
+        reuse,
+        checkpoint,
+    } = prompt;
     // The last prompt token always runs: its logits pick the first token.
     let reuse = reuse
         .min(prompt.len().saturating_sub(1))
@@ -112,9 +142,16 @@ pub fn generate(
     };
 
     model.truncate(reuse);
+    let parts = match checkpoint {
+        c if c > reuse && c < prompt.len() => [&prompt[reuse..c], &prompt[c..]],
+        _ => [&prompt[reuse..], &[][..]],
+    };
     let mut logits = None;
     // Batch by batch, as the transformer would anyway, to hear Ctrl-C between them.
-    for chunk in prompt[reuse..].chunks(transformer::BATCH) {
+    for chunk in parts
+        .iter()
+        .flat_map(|part| part.chunks(transformer::BATCH))
+    {
         if cancel.load(Ordering::Relaxed) {
             return finished(tokens, Finish::Interrupted, stats);
         }

@@ -18,6 +18,7 @@ pub mod interrupt;
 pub mod messages;
 pub mod model;
 pub mod persona;
+pub mod prompt_cache;
 pub mod resolve;
 pub mod sampler;
 pub mod settings;

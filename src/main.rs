@@ -47,6 +47,7 @@ fn run(invocation: greve::cli::Invocation) -> anyhow::Result<()> {
         Job::Completions(shell) => greve::cli::docs::completions(shell),
         Job::Man => greve::cli::docs::man(),
         Job::Doctor => commands::doctor::run(&settings),
+        Job::Cache { clear } => commands::cache::run(&settings, clear),
         Job::Config { path_only } => {
             commands::config::show(&settings, config_path.as_deref(), path_only)
         }

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::Device;
 use common::{goldens, write_tiny_model};
 use greve::conversation::{Conversation, Options};
-use greve::generate::{generate, Limits};
+use greve::generate::{generate, Limits, Prompt};
 use greve::model::{self, Model};
 use greve::persona::{Mode, Prompts};
 use greve::resolve::resolve;
@@ -69,8 +69,7 @@ fn fresh_reply(
     model.transformer.truncate(0);
     let g = generate(
         &mut model.transformer,
-        &ids,
-        0,
+        Prompt::fresh(&ids),
         &mut sampler,
         &mut limits,
         &AtomicBool::new(false),

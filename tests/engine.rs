@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device};
 use common::{device, golden_json, goldens, ids, until_eos, write_tiny_model};
-use greve::generate::{generate, Limits};
+use greve::generate::{generate, Limits, Prompt};
 use greve::model::{self, Model};
 use greve::resolve::resolve;
 use greve::sampler::{argmax, Sampler, SamplingParams};
@@ -54,8 +54,7 @@ fn greedy(model: &mut Model, prompt: &[u32], n: usize) -> Vec<u32> {
     let cancel = AtomicBool::new(false);
     generate(
         &mut model.transformer,
-        prompt,
-        0,
+        Prompt::fresh(prompt),
         &mut sampler,
         &mut limits,
         &cancel,

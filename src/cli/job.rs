@@ -31,6 +31,10 @@ pub enum Job {
         path_only: bool,
     },
     Doctor,
+    /// `greve cache`, or `greve cache clear`.
+    Cache {
+        clear: bool,
+    },
     Completions(clap_complete::Shell),
     Man,
 }
@@ -187,6 +191,9 @@ impl Command {
                 }
             }
             Command::Models => Job::Models,
+            Command::Cache(a) => Job::Cache {
+                clear: a.action == Some(CacheAction::Clear),
+            },
             Command::Completions(a) => Job::Completions(a.shell),
             Command::Man => Job::Man,
         };
@@ -235,6 +242,7 @@ impl TurnArgs {
         self.persona.fill(l);
         self.model.fill(l);
         self.sampling.fill(l);
+        l.prompt_cache = self.no_prompt_cache.then_some(false);
         self.format.fill(l)
     }
 }

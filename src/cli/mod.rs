@@ -89,6 +89,13 @@ pub enum Command {
     /// and token, Hub reachability, and the instruct template.
     Doctor(DoctorArgs),
 
+    /// Show the prompt cache: where it is, what it holds, its limit;
+    /// `greve cache clear` empties it.
+    ///
+    /// It keeps the keys and values of system prompts (the persona's too)
+    /// and of saved conversations, so that they are not computed again.
+    Cache(CacheArgs),
+
     /// Print a shell completion script: bash, zsh, fish, powershell or elvish.
     ///
     /// bash: `greve completions bash > ~/.local/share/bash-completion/completions/greve`;
@@ -136,6 +143,12 @@ pub struct TurnArgs {
 
     #[command(flatten)]
     pub format: FormatArgs,
+
+    /// Neither read nor write the prompt cache: the keys and values of
+    /// system prompts and saved conversations, kept on disk so that they
+    /// are not computed again (`greve cache` shows it).
+    #[arg(long)]
+    pub no_prompt_cache: bool,
 }
 
 /// Replies that are valid JSON by construction.
@@ -171,6 +184,18 @@ pub struct ConfigArgs {
 pub struct DoctorArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CacheArgs {
+    #[arg(value_enum)]
+    pub action: Option<CacheAction>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CacheAction {
+    /// Remove every entry.
+    Clear,
 }
 
 #[derive(Args, Debug)]

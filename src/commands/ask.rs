@@ -76,6 +76,7 @@ pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow
     }
     if let Some(path) = &save {
         conversation.transcript().save(path)?;
+        conversation.save_context();
     }
     match turn.finish {
         Finish::Interrupted => Err(Failure::Interrupted.err("interrupted")),
@@ -131,6 +132,8 @@ fn print_json(
         "signoff": wrapping.signoff,
         "finish_reason": turn.finish,
         "prompt_tokens": s.prompt_tokens,
+        "prefilled_tokens": s.prefilled_tokens(),
+        "loaded_tokens": s.loaded_tokens,
         "generated_tokens": s.generated_tokens,
         "seed": conversation.options.seed,
         "load_ms": load_time.as_secs_f64() * 1e3,

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::exit::Failure;
-use crate::generate::{generate, Limits, Stats};
+use crate::generate::{generate, Limits, Prompt, Stats};
 use crate::model;
 use crate::resolve;
 use crate::sampler::{Sampler, SamplingParams};
@@ -94,10 +94,14 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
             grammar: constraint.as_mut(),
         };
         let mut sampler = Sampler::new(greedy.clone(), 0);
+        let prompt = Prompt {
+            tokens: prompt,
+            reuse,
+            checkpoint: 0,
+        };
         generate(
             transformer,
             prompt,
-            reuse,
             &mut sampler,
             &mut limits,
             cancel,

@@ -101,6 +101,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
         ),
     )?;
 
+    prompt_cache(&mut r, settings)?;
+
     let cores = crate::system::cores();
     let threads = settings.threads.value.map_or(cores, usize::from);
     r.line(Status::Ok, "threads", format!("{threads} of {cores} cores"))?;
@@ -305,6 +307,29 @@ fn cache(r: &mut Report, cache: &Path) -> std::io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+fn prompt_cache(r: &mut Report, settings: &Settings) -> std::io::Result<()> {
+    match settings.prompt_cache_dir() {
+        Some(dir) => {
+            let (entries, bytes) = crate::prompt_cache::usage(&dir);
+            r.line(
+                Status::Ok,
+                "prompt cache",
+                format!(
+                    "{}: {entries} entries, {} of {} (CPU only; `greve cache clear` empties it)",
+                    dir.display(),
+                    super::cache::size(bytes),
+                    super::cache::size(settings.prompt_cache_size.value)
+                ),
+            )
+        }
+        None => r.line(
+            Status::Skip,
+            "prompt cache",
+            "off (prompt_cache = false, or no cache folder)",
+        ),
+    }
 }
 
 fn folder_size(folder: &Path) -> u64 {

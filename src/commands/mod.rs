@@ -4,6 +4,7 @@
 
 pub mod ask;
 pub mod bench;
+pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod doctor;

@@ -40,7 +40,9 @@ impl Start {
     pub fn open(self) -> anyhow::Result<Conversation> {
         let model = self.settings.open_model()?;
         let options = Options::new(&self.settings, self.prompts, &model);
+        let prompt_cache = self.settings.prompt_cache(&model);
         let mut conversation = Conversation::new(model, options);
+        conversation.prompt_cache = prompt_cache;
         conversation.restore(self.messages);
         Ok(conversation)
     }
@@ -141,10 +143,11 @@ pub fn report_dropped(turn: &Turn) {
 /// One line on a reply's speed: `--stats` and `/stats`.
 pub fn stats_line(s: &Stats, seed: u64) -> String {
     format!(
-        "prompt {} tokens ({} prefilled, {} reused from the cache), {:.1} tokens/s | reply {} tokens, {:.1} tokens/s | first token after {:.0} ms | seed {seed}",
+        "prompt {} tokens ({} prefilled, {} reused from the cache, {} of them from disk), {:.1} tokens/s | reply {} tokens, {:.1} tokens/s | first token after {:.0} ms | seed {seed}",
         s.prompt_tokens,
         s.prefilled_tokens(),
         s.reused_tokens,
+        s.loaded_tokens,
         s.prefill_tokens_per_second(),
         s.generated_tokens,
         s.decode_tokens_per_second(),

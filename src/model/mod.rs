@@ -57,6 +57,9 @@ pub struct Model {
     pub defaults: GenerationDefaults,
     /// What the user named, for messages and `--json`.
     pub name: String,
+    /// What its outputs depend on besides the tokens and the KV type: its
+    /// files' contents ([`ModelFiles::fingerprint`]), dtype and device.
+    pub fingerprint: String,
 }
 
 /// Sampling defaults from `generation_config.json`; absent fields stay `None`
@@ -215,6 +218,7 @@ pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> anyhow::Result
         tokenizer: Arc::new(tokenizer),
         defaults,
         name: files.name.clone(),
+        fingerprint: format!("{}; {dtype:?} on {device:?}", files.fingerprint()),
     })
 }
 

@@ -141,6 +141,50 @@ impl Transformer {
         }
     }
 
+    /// The bytes [`save_context`](Self::save_context) writes for `len`
+    /// positions; `None` where the cache cannot be saved yet (on a GPU).
+    pub fn saved_context_bytes(&self, len: usize) -> Option<u64> {
+        self.layers
+            .iter()
+            .try_fold(0, |total, layer| match &layer.attn.cache {
+                Cache::Host(c) => Some(total + c.saved_bytes(len)),
+                Cache::Device(_) => None,
+            })
+    }
+
+    /// Writes the keys and values of the first `len` cached positions,
+    /// layer by layer, bit for bit as cached.
+    pub fn save_context(&self, len: usize, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        for layer in &self.layers {
+            match &layer.attn.cache {
+                Cache::Host(c) => c.save(len, out)?,
+                Cache::Device(_) => return Err(on_gpu()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the cached positions with `len` read as
+    /// [`save_context`](Self::save_context) wrote them, in a model of the
+    /// same shape and KV type. On an error nothing stays cached.
+    pub fn restore_context(
+        &mut self,
+        len: usize,
+        input: &mut dyn std::io::Read,
+    ) -> std::io::Result<()> {
+        let mut result = Ok(());
+        for layer in &mut self.layers {
+            result = result.and_then(|()| match &mut layer.attn.cache {
+                Cache::Host(c) => c.restore(len, input),
+                Cache::Device(_) => Err(on_gpu()),
+            });
+        }
+        if result.is_err() {
+            self.truncate(0);
+        }
+        result
+    }
+
     /// Runs `tokens`, which follow the cached positions, and returns the
     /// logits for the token after the last one: (vocab) in f32.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Tensor> {
@@ -184,6 +228,10 @@ impl Transformer {
         let logits = self.lm_head.forward(&normed)?; // (1, 1, vocab)
         logits.flatten_all()?.to_dtype(DType::F32)
     }
+}
+
+fn on_gpu() -> std::io::Error {
+    std::io::Error::other("a GPU's KV cache cannot be saved or restored yet")
 }
 
 /// Tokens per forward pass over the layers: enough to keep the repacked

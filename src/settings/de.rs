@@ -56,3 +56,17 @@ pub fn format<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Format>, D::Erro
         ))),
     }
 }
+
+/// A size: a number of bytes, or a string with a unit ("2G").
+pub fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(Some(n)),
+        Size::Text(t) => check::size(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}

@@ -30,6 +30,7 @@ use crate::hub::{HubOptions, DEFAULT_MODEL, DEFAULT_QUANT};
 use crate::model::attention::KvType;
 use crate::model::GenerationDefaults;
 use crate::persona::Mode;
+use crate::prompt_cache::{self, PromptCache};
 use crate::sampler::SamplingParams;
 use crate::structured::Format;
 use crate::transcript::Transcript;
@@ -107,6 +108,11 @@ pub struct Layer {
     pub system: Option<String>,
     pub prompts: Option<PathBuf>,
     pub history: Option<bool>,
+    /// Keys and values of prompts kept on disk (`--no-prompt-cache`).
+    pub prompt_cache: Option<bool>,
+    /// The most the prompt cache may take on disk, in bytes.
+    #[serde(default, deserialize_with = "de::size")]
+    pub prompt_cache_size: Option<u64>,
     /// Free text or JSON (`format = "json"` in the config file).
     #[serde(default, deserialize_with = "de::format")]
     pub format: Option<Format>,
@@ -157,6 +163,8 @@ pub struct Settings {
     pub prompts: Sourced<Option<PathBuf>>,
     /// Whether `greve chat` keeps its input history on disk.
     pub history: Sourced<bool>,
+    pub prompt_cache: Sourced<bool>,
+    pub prompt_cache_size: Sourced<u64>,
     /// Free text, or JSON by construction (`--format`, `--json-schema`).
     pub format: Sourced<Format>,
     pub load: Option<PathBuf>,
@@ -192,6 +200,8 @@ impl Settings {
             system: layers.maybe(|l| &l.system),
             prompts: layers.maybe(|l| &l.prompts),
             history: layers.or(|l| &l.history, true),
+            prompt_cache: layers.or(|l| &l.prompt_cache, true),
+            prompt_cache_size: layers.or(|l| &l.prompt_cache_size, prompt_cache::DEFAULT_LIMIT),
             format: layers.or(|l| &l.format, Format::Text),
             load: flags.load.clone(),
             save: flags.save.clone(),
@@ -275,6 +285,28 @@ impl Settings {
         Ok(folders)
     }
 
+    /// Where the prompt cache is, when it is on and the platform has a
+    /// cache folder.
+    pub fn prompt_cache_dir(&self) -> Option<PathBuf> {
+        self.prompt_cache
+            .value
+            .then(prompt_cache::default_dir)
+            .flatten()
+    }
+
+    /// The prompt cache for `model`, opened with these settings.
+    pub fn prompt_cache(&self, model: &crate::model::Model) -> Option<PromptCache> {
+        let dir = self.prompt_cache_dir()?;
+        let kv = self.kv_cache.value.name();
+        let threads = candle_core::utils::get_num_threads();
+        let identity = prompt_cache::identity(&model.fingerprint, kv, threads);
+        Some(PromptCache::new(
+            dir,
+            self.prompt_cache_size.value,
+            identity,
+        ))
+    }
+
     /// The model these settings name, on their device, with their KV cache.
     pub fn open_model(&self) -> anyhow::Result<crate::model::Model> {
         let device = device(&self.device.value)?;
@@ -337,6 +369,15 @@ impl Settings {
                 }
             }),
             row("history", &self.history, bool::to_string),
+            row("prompt_cache", &self.prompt_cache, |on| {
+                match (on, self.prompt_cache_dir()) {
+                    (true, Some(dir)) => dir.display().to_string(),
+                    _ => "off".into(),
+                }
+            }),
+            row("prompt_cache_size", &self.prompt_cache_size, |b| {
+                crate::commands::cache::size(*b)
+            }),
             row("format", &self.format, |f| match f {
                 Format::Schema(schema) => crate::messages::short(&schema.to_string()),
                 Format::Lark(grammar) => crate::messages::short(grammar),

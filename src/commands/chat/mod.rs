@@ -243,6 +243,7 @@ fn command(
         },
         Slash::Save(path) => {
             chat.transcript().save(&path)?;
+            chat.save_context();
             crate::messages::note(format!("saved to {}", path.display()));
         }
         Slash::Load(path) => {

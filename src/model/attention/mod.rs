@@ -10,6 +10,8 @@
 //! (key/value head, query position). The causal mask and the sliding window
 //! are ranges of positions, never materialised.
 
+use std::io::{Read, Write};
+
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
@@ -162,6 +164,70 @@ impl HostKvCache {
         self.len += n;
     }
 
+    /// The bytes [`save`](Self::save) writes for the first `len` positions.
+    pub fn saved_bytes(&self, len: usize) -> u64 {
+        self.saved_ranges(len)
+            .iter()
+            .map(|(_, r)| r.len() as u64)
+            .sum()
+    }
+
+    /// Writes the first `len` positions as stored, bit for bit: a later
+    /// [`restore`](Self::restore) in a cache of the same kind gives the
+    /// attention exactly what it had.
+    pub fn save(&self, len: usize, out: &mut dyn Write) -> std::io::Result<()> {
+        assert!(len <= self.len, "saving positions that are not cached");
+        let arrays = self.store.bytes();
+        for (array, range) in self.saved_ranges(len) {
+            out.write_all(&arrays[array][range])?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the cache with `len` positions read as [`save`](Self::save)
+    /// wrote them. On an error the cache is left empty.
+    pub fn restore(&mut self, len: usize, input: &mut dyn Read) -> std::io::Result<()> {
+        self.len = 0;
+        if len > self.capacity {
+            self.grow(len);
+        }
+        let ranges = self.saved_ranges(len);
+        let mut arrays = self.store.bytes_mut();
+        for (array, range) in ranges {
+            input.read_exact(&mut arrays[array][range])?;
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    /// Where the first `len` positions lie, as (array of
+    /// [`Store::bytes`], byte range), head by head: whole blocks of keys,
+    /// exact rows of values.
+    fn saved_ranges(&self, len: usize) -> Vec<(usize, std::ops::Range<usize>)> {
+        let (hd, cap) = (self.head_dim, self.capacity);
+        let per_row = hd / kernels::GROUP;
+        // (values a position, in key blocks, bytes a value) of each array.
+        let arrays: &[(usize, bool, usize)] = match self.store {
+            Store::F16 { .. } => &[(hd, true, 2), (hd, false, 2)],
+            Store::Q8 { .. } => &[
+                (hd, true, 1),
+                (hd, false, 1),
+                (per_row, true, 4),
+                (per_row, false, 4),
+            ],
+        };
+        let blocks = len.next_multiple_of(kernels::BLOCK);
+        let mut ranges = Vec::new();
+        for (array, &(per, blocked, size)) in arrays.iter().enumerate() {
+            let positions = if blocked { blocks } else { len };
+            for h in 0..self.kv_heads {
+                let start = h * cap * per * size;
+                ranges.push((array, start..start + positions * per * size));
+            }
+        }
+        ranges
+    }
+
     /// Room for at least `needed` positions. Growing by half copies each
     /// position about three times over a long conversation; the room not yet
     /// written is address space, not memory ([`Zeroed`]).
@@ -196,6 +262,44 @@ impl HostKvCache {
             }
         }
         self.capacity = capacity;
+    }
+}
+
+impl Store {
+    /// Its arrays as bytes: keys, values, and the i8 store's key and value
+    /// scales.
+    fn bytes(&self) -> Vec<&[u8]> {
+        match self {
+            Store::F16 { k, v } => vec![zeroed::bytes(k), zeroed::bytes(v)],
+            Store::Q8 {
+                k,
+                v,
+                k_scale,
+                v_scale,
+            } => vec![
+                zeroed::bytes(k),
+                zeroed::bytes(v),
+                zeroed::bytes(k_scale),
+                zeroed::bytes(v_scale),
+            ],
+        }
+    }
+
+    fn bytes_mut(&mut self) -> Vec<&mut [u8]> {
+        match self {
+            Store::F16 { k, v } => vec![zeroed::bytes_mut(k), zeroed::bytes_mut(v)],
+            Store::Q8 {
+                k,
+                v,
+                k_scale,
+                v_scale,
+            } => vec![
+                zeroed::bytes_mut(k),
+                zeroed::bytes_mut(v),
+                zeroed::bytes_mut(k_scale),
+                zeroed::bytes_mut(v_scale),
+            ],
+        }
     }
 }
 
@@ -450,6 +554,43 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A restored cache attends bit for bit as the one saved, for a whole
+    /// cache and for a prefix that ends inside a key block.
+    #[test]
+    fn saved_positions_restore_bit_for_bit() {
+        let (heads, kv, hd, t) = (4, 2, 64, 40);
+        let (k, v) = (random(kv * t * hd, 4), random(kv * t * hd, 5));
+        for kind in [KvType::F16, KvType::Q8] {
+            let mut cache = HostKvCache::new(kv, hd, kind);
+            fill(&mut cache, &k, &v, kv, t, hd, &[t]);
+            for len in [t, 21] {
+                let mut saved = Vec::new();
+                cache.save(len, &mut saved).unwrap();
+                assert_eq!(saved.len() as u64, cache.saved_bytes(len));
+                let mut restored = HostKvCache::new(kv, hd, kind);
+                // Restoring replaces what was there, whatever its size.
+                let other = vec![9.0; kv * 300 * hd];
+                restored.append(&other, &other, 300);
+                restored.restore(len, &mut saved.as_slice()).unwrap();
+                assert_eq!(restored.positions(), len);
+                let mut original = HostKvCache::new(kv, hd, kind);
+                fill(&mut original, &k, &v, kv, t, hd, &[len]);
+                let q = random(heads * hd, 6);
+                assert_eq!(
+                    attend(&q, heads, 1, &restored, None),
+                    attend(&q, heads, 1, &original, None),
+                    "{kind:?}, {len} positions"
+                );
+            }
+            let mut short = HostKvCache::new(kv, hd, kind);
+            let mut saved = Vec::new();
+            cache.save(t, &mut saved).unwrap();
+            let cut = &saved[..saved.len() - 1];
+            assert!(short.restore(t, &mut &cut[..]).is_err());
+            assert_eq!(short.positions(), 0);
         }
     }
 

@@ -11,11 +11,24 @@ use std::ops::{Deref, DerefMut};
 
 use half::f16;
 
-/// Types for which all-zero bytes are a valid value.
+/// Types without padding for which any bytes, all-zero ones among them,
+/// are a valid value.
 pub trait Plain: Copy {}
 impl Plain for i8 {}
 impl Plain for f16 {}
 impl Plain for f32 {}
+
+/// The bytes of `x`, as they lie in memory.
+pub fn bytes<T: Plain>(x: &[T]) -> &[u8] {
+    // SAFETY: `Plain` types have no padding, so every byte is initialised.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), size_of_val(x)) }
+}
+
+/// The bytes of `x`, to write any values into.
+pub fn bytes_mut<T: Plain>(x: &mut [T]) -> &mut [u8] {
+    // SAFETY: as for `bytes`, and any bytes are a `T` (`Plain`).
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast(), size_of_val(x)) }
+}
 
 pub struct Zeroed<T: Plain> {
     map: Option<memmap2::MmapMut>,
