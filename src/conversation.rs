@@ -254,8 +254,12 @@ impl Conversation {
         self.cached.clear();
         let mut loaded = 0;
         if let Some(disk) = &self.prompt_cache {
-            let restored = disk.restore(&ids, reuse, &mut self.model.transformer);
-            if restored != reuse {
+            // Only an entry that holds the whole fixed prefix: a part of it
+            // would leave the rest computed from the middle, not as a run
+            // that finds the prefix saved computes it.
+            let wanted = reuse.max(checkpoint.saturating_sub(1));
+            let restored = disk.restore(&ids, wanted, &mut self.model.transformer);
+            if restored != wanted {
                 (loaded, reuse) = (restored, restored);
             }
         }

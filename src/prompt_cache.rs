@@ -117,9 +117,9 @@ impl PromptCache {
     }
 
     /// Puts in `model`'s KV cache the saved prefix of `prompt` that is
-    /// longest, when it is longer than the `have` positions it holds;
-    /// returns the positions of `prompt` it now holds. A damaged entry is
-    /// removed, and the model left with none.
+    /// longest, when it is longer than `have` positions; returns the
+    /// positions of `prompt` it now holds: `have` when no entry was loaded,
+    /// 0 when a damaged one was (it is removed).
     pub fn restore(&self, prompt: &[u32], have: usize, model: &mut Transformer) -> usize {
         let prefix = format!("{:016x}-", hash(&self.identity));
         let mut best: Option<(PathBuf, usize)> = None;
@@ -131,7 +131,7 @@ impl PromptCache {
                         best = Some((path, shared));
                     }
                 }
-                Ok(_) => {}
+                Ok(_) => self.discard(&path, "written for another model or greve"),
                 Err(why) => self.discard(&path, &why),
             }
         }
@@ -262,7 +262,7 @@ impl PromptCache {
         let temp = out.inner.into_inner().map_err(|e| e.into_error())?;
         // Something else in the entry's place (a folder, a FIFO) goes.
         if fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
-            let _ = fs::remove_dir_all(path).or_else(|_| fs::remove_file(path));
+            remove(path);
         }
         temp.persist(path).map_err(|e| e.error)?;
         Ok(true)
@@ -296,10 +296,12 @@ impl PromptCache {
         }
     }
 
+    /// Every name an entry could have, whatever is there (a folder, a
+    /// FIFO: damage to be seen and replaced).
     fn entries(&self) -> impl Iterator<Item = PathBuf> {
-        listing(&self.dir)
-            .into_iter()
-            .map(|(p, _)| p)
+        let names = fs::read_dir(&self.dir).into_iter().flatten().flatten();
+        names
+            .map(|e| e.path())
             .filter(|p| name_of(p).ends_with(".kv"))
     }
 
@@ -308,8 +310,16 @@ impl PromptCache {
             "prompt cache: ignoring {}: {why}; it will be replaced",
             path.display()
         );
-        let _ = fs::remove_file(path);
+        remove(path);
     }
+}
+
+/// Whatever is at `path` in the cache's folder, a folder too; gone already is fine.
+fn remove(path: &Path) {
+    let _ = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        _ => fs::remove_file(path),
+    };
 }
 
 /// The regular files in `dir`, with their metadata; none if it is missing.

@@ -25,6 +25,8 @@ pub fn run(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
         cmd.env_remove(var);
     }
     cmd.env("GREVE_CONFIG", "/nonexistent-greve-test-config/config.toml");
+    // The prompt cache is on, as for users, in a folder of this test run's.
+    cmd.env("XDG_CACHE_HOME", test_cache());
     for var in [
         "HF_HUB_OFFLINE",
         "HF_TOKEN",
@@ -45,6 +47,18 @@ pub fn run(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
     // The child may exit before reading stdin; a broken pipe here is fine.
     let _ = child.stdin.take().unwrap().write_all(stdin);
     child.wait_with_output().unwrap()
+}
+
+/// This test process's cache folder, in the target directory.
+fn test_cache() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("cache")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap()
+    })
+    .path()
 }
 
 pub fn stdout(o: &Output) -> String {
