@@ -252,7 +252,7 @@ impl Conversation {
         let mut sampler = Sampler::new(self.options.sampling.clone(), seed);
         // Until generation succeeds the cache holds an unknown mix.
         self.cached.clear();
-        let mut loaded = 0;
+        let (mut loaded, reading) = (0, std::time::Instant::now());
         if let Some(disk) = &self.prompt_cache {
             // Only an entry that holds the whole fixed prefix: a part of it
             // would leave the rest computed from the middle, not as a run
@@ -263,6 +263,7 @@ impl Conversation {
                 (loaded, reuse) = (restored, restored);
             }
         }
+        let read_time = reading.elapsed();
         log::debug!(
             "turn {}: {} prompt tokens, {reuse} in the KV cache ({loaded} from disk), {checkpoint} fixed",
             self.turns,
@@ -282,6 +283,9 @@ impl Conversation {
             |token| on_event(Event::Token(token)),
         )?;
         g.stats.loaded_tokens = loaded;
+        // The wait for the first token includes the read.
+        (g.stats.cache_read_time, g.stats.time_to_first_token) =
+            (read_time, g.stats.time_to_first_token + read_time);
         if let (Some(disk), 0) = (&self.prompt_cache, g.stats.reused_tokens) {
             // Computed from nothing, as a run that finds it saved would.
             disk.save(&ids[..checkpoint], &self.model.transformer);

@@ -31,8 +31,11 @@ pub struct Stats {
     pub reused_tokens: usize,
     /// Of those, the ones read from the prompt cache on disk.
     pub loaded_tokens: usize,
+    /// Looking them up and reading them (counted in `time_to_first_token`).
+    pub cache_read_time: Duration,
     pub generated_tokens: usize,
-    /// From the start of prefill to the first sampled token.
+    /// From the start of the turn's work on the model (a read from the
+    /// prompt cache, then prefill) to the first sampled token.
     pub time_to_first_token: Duration,
     pub prefill_time: Duration,
     /// Forward passes after the first token, and their time.

@@ -136,14 +136,23 @@ impl PromptCache {
             }
         }
         // The last prompt token runs all the same: its logits pick the reply's first.
-        let Some((path, shared)) = best.filter(|b| b.1.min(prompt.len() - 1) > have) else {
+        let most = prompt.len().saturating_sub(1);
+        let Some((path, shared)) = best.filter(|b| b.1.min(most) > have) else {
             return have;
         };
+        let start = std::time::Instant::now();
         match self.load(&path, model) {
-            Ok(()) => {
-                let used = shared.min(prompt.len() - 1);
+            Ok(bytes) => {
+                let used = shared.min(most);
                 model.truncate(used);
-                log::info!("prompt cache: {used} tokens from {}", path.display());
+                let time = start.elapsed().as_secs_f64();
+                log::info!(
+                    "prompt cache: {used} tokens from {} ({:.0} MB in {:.0} ms, {:.2} GB/s)",
+                    path.display(),
+                    bytes as f64 / 1e6,
+                    time * 1e3,
+                    bytes as f64 / 1e9 / time
+                );
                 // Recently used, for eviction.
                 let _ = File::options()
                     .append(true)
@@ -159,7 +168,8 @@ impl PromptCache {
         }
     }
 
-    fn load(&self, path: &Path, model: &mut Transformer) -> Result<(), String> {
+    /// Reads the entry at `path` into `model`; returns its size.
+    fn load(&self, path: &Path, model: &mut Transformer) -> Result<u64, String> {
         let entry = read_header(path)?;
         let header = &entry.header;
         if header.identity != self.identity {
@@ -199,7 +209,7 @@ impl PromptCache {
             model.truncate(0);
             return Err("its checksum does not match: the file is damaged".into());
         }
-        Ok(())
+        Ok(entry.len)
     }
 
     /// Saves the keys and values of `tokens`, the first positions of

@@ -138,6 +138,7 @@ fn print_json(
         "seed": conversation.options.seed,
         "load_ms": load_time.as_secs_f64() * 1e3,
         "ttft_ms": s.time_to_first_token.as_secs_f64() * 1e3,
+        "cache_read_ms": s.cache_read_time.as_secs_f64() * 1e3,
         "prefill_tok_s": s.prefill_tokens_per_second(),
         "decode_tok_s": s.decode_tokens_per_second(),
     });

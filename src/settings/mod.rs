@@ -297,6 +297,10 @@ impl Settings {
     /// The prompt cache for `model`, opened with these settings.
     pub fn prompt_cache(&self, model: &crate::model::Model) -> Option<PromptCache> {
         let dir = self.prompt_cache_dir()?;
+        if model.transformer.saved_context_bytes(1).is_none() {
+            log::info!("prompt cache: off on this device (its KV cache cannot be saved yet)");
+            return None;
+        }
         let kv = self.kv_cache.value.name();
         let threads = candle_core::utils::get_num_threads();
         let identity = prompt_cache::identity(&model.fingerprint, kv, threads);
