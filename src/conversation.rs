@@ -16,7 +16,7 @@ use crate::exit::Failure;
 use crate::generate::{generate, Finish, Limits, Prompt, Stats};
 use crate::model::Model;
 use crate::persona::{self, Mode, Prompts};
-use crate::prompt_cache::{self, PromptCache};
+use crate::prompt_cache::{self, Kind, Lookup, PromptCache};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::settings::Settings;
 use crate::structured::{Constraint, Format, Grammar};
@@ -40,6 +40,9 @@ pub struct Conversation {
     grammar: Option<(Format, Grammar)>,
     /// Keys and values on disk, to start from where an earlier run left.
     pub prompt_cache: Option<PromptCache>,
+    /// The messages go on from a saved conversation (the prompt cache may
+    /// hold its keys and values).
+    resumed: bool,
     pub last: Option<Stats>,
 }
 
@@ -106,6 +109,7 @@ impl Conversation {
             turns: 0,
             grammar: None,
             prompt_cache: None,
+            resumed: false,
             last: None,
         }
     }
@@ -187,6 +191,7 @@ impl Conversation {
     pub fn reset(&mut self) {
         self.messages.clear();
         self.first = 0;
+        self.resumed = false;
     }
 
     pub fn transcript(&self) -> Transcript {
@@ -200,6 +205,7 @@ impl Conversation {
     /// Goes on from saved messages (their settings are applied by the
     /// caller: see [`Settings::follow`]).
     pub fn restore(&mut self, messages: Vec<Message>) {
+        self.resumed = !messages.is_empty();
         self.messages = messages;
         self.first = 0;
     }
@@ -254,12 +260,13 @@ impl Conversation {
         self.cached.clear();
         let (mut loaded, reading) = (0, std::time::Instant::now());
         if let Some(disk) = &self.prompt_cache {
-            // Only an entry that holds the whole fixed prefix: a part of it
-            // would leave the rest computed from the middle, not as a run
-            // that finds the prefix saved computes it.
-            let wanted = reuse.max(checkpoint.saturating_sub(1));
-            let restored = disk.restore(&ids, wanted, &mut self.model.transformer);
-            if restored != wanted {
+            let lookup = Lookup {
+                prompt: &ids,
+                fixed: checkpoint,
+                resumed: self.resumed,
+            };
+            let restored = disk.restore(&lookup, reuse, &mut self.model.transformer);
+            if restored != reuse {
                 (loaded, reuse) = (restored, restored);
             }
         }
@@ -288,7 +295,7 @@ impl Conversation {
             (read_time, g.stats.time_to_first_token + read_time);
         if let (Some(disk), 0) = (&self.prompt_cache, g.stats.reused_tokens) {
             // Computed from nothing, as a run that finds it saved would.
-            disk.save(&ids[..checkpoint], &self.model.transformer);
+            disk.save(&ids[..checkpoint], Kind::Prefix, &self.model.transformer);
         }
         let mut cached = ids;
         cached.extend(&g.tokens);
@@ -321,7 +328,7 @@ impl Conversation {
     /// cache, for a run that resumes it (`--save`, `/save`).
     pub fn save_context(&self) {
         if let Some(disk) = &self.prompt_cache {
-            disk.save(&self.cached, &self.model.transformer);
+            disk.save(&self.cached, Kind::Conversation, &self.model.transformer);
         }
     }
 

@@ -86,13 +86,57 @@ fn hash(x: impl Hash) -> u64 {
     h.finish()
 }
 
-fn entry_name(identity: &str, tokens: &[u32]) -> String {
-    format!("{:016x}-{:016x}.kv", hash(identity), hash(tokens))
+fn entry_name(identity: &str, kind: Kind, tokens: &[u32]) -> String {
+    format!("{:016x}-{:016x}.kv", hash(identity), hash((kind, tokens)))
+}
+
+/// What an entry holds, which says what it may be used for.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A fixed prefix computed alone from nothing: used whole, by a prompt
+    /// whose fixed prefix it is, it holds exactly what that prompt's own
+    /// run computes.
+    Prefix,
+    /// A saved conversation: used by a run that goes on from it (`--load`),
+    /// as far as the prompt follows it, as the same chat would have gone on.
+    Conversation,
+}
+
+/// What a prompt may take from the cache.
+pub struct Lookup<'a> {
+    pub prompt: &'a [u32],
+    /// The length of its fixed prefix (see [`Kind::Prefix`]); 0 for none.
+    pub fixed: usize,
+    /// Whether it goes on from a saved conversation.
+    pub resumed: bool,
+}
+
+impl Lookup<'_> {
+    /// How many of the prompt's positions an entry of `kind` holding
+    /// `tokens` may give; 0 when it may not be used. Never the last
+    /// position: its logits pick the reply's first token.
+    fn usable(&self, kind: Kind, tokens: &[u32]) -> usize {
+        let most = self.prompt.len().saturating_sub(1);
+        let shared = common_prefix(tokens, self.prompt).min(most);
+        match kind {
+            Kind::Prefix if self.fixed >= MIN_TOKENS && tokens.len() == self.fixed => {
+                if shared == self.fixed {
+                    shared
+                } else {
+                    0
+                }
+            }
+            Kind::Conversation if self.resumed && shared >= self.fixed.max(MIN_TOKENS) => shared,
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
 struct Header {
     identity: String,
+    kind: Kind,
     tokens: Vec<u32>,
     payload: u64,
 }
@@ -116,34 +160,31 @@ impl PromptCache {
         }
     }
 
-    /// Puts in `model`'s KV cache the saved prefix of `prompt` that is
-    /// longest, when it is longer than `have` positions; returns the
-    /// positions of `prompt` it now holds: `have` when no entry was loaded,
-    /// 0 when a damaged one was (it is removed).
-    pub fn restore(&self, prompt: &[u32], have: usize, model: &mut Transformer) -> usize {
+    /// Puts in `model`'s KV cache the entry that gives the most positions of
+    /// the prompt, when that is more than the `have` it holds; returns the
+    /// positions of the prompt it now holds: `have` when no entry was
+    /// loaded, 0 when a damaged one was (it is removed).
+    pub fn restore(&self, lookup: &Lookup, have: usize, model: &mut Transformer) -> usize {
         let prefix = format!("{:016x}-", hash(&self.identity));
         let mut best: Option<(PathBuf, usize)> = None;
         for path in self.entries().filter(|p| name_of(p).starts_with(&prefix)) {
             match read_header(&path) {
                 Ok(entry) if entry.header.identity == self.identity => {
-                    let shared = common_prefix(&entry.header.tokens, prompt);
-                    if shared > best.as_ref().map_or(have, |b| b.1) {
-                        best = Some((path, shared));
+                    let usable = lookup.usable(entry.header.kind, &entry.header.tokens);
+                    if usable > best.as_ref().map_or(have, |b| b.1) {
+                        best = Some((path, usable));
                     }
                 }
                 Ok(_) => self.discard(&path, "written for another model or greve"),
                 Err(why) => self.discard(&path, &why),
             }
         }
-        // The last prompt token runs all the same: its logits pick the reply's first.
-        let most = prompt.len().saturating_sub(1);
-        let Some((path, shared)) = best.filter(|b| b.1.min(most) > have) else {
+        let Some((path, used)) = best else {
             return have;
         };
         let start = std::time::Instant::now();
         match self.load(&path, model) {
             Ok(bytes) => {
-                let used = shared.min(most);
                 model.truncate(used);
                 let time = start.elapsed().as_secs_f64();
                 log::info!(
@@ -213,22 +254,24 @@ impl PromptCache {
     }
 
     /// Saves the keys and values of `tokens`, the first positions of
-    /// `model`'s KV cache, unless the cache has them already.
-    pub fn save(&self, tokens: &[u32], model: &Transformer) {
+    /// `model`'s KV cache, as an entry of `kind`, unless the cache has it.
+    pub fn save(&self, tokens: &[u32], kind: Kind, model: &Transformer) {
         if tokens.len() < MIN_TOKENS || tokens.len() > model.cached() {
             return;
         }
         let Some(payload) = model.saved_context_bytes(tokens.len()) else {
             return;
         };
-        let path = self.dir.join(entry_name(&self.identity, tokens));
+        let path = self.dir.join(entry_name(&self.identity, kind, tokens));
         if let Ok(entry) = read_header(&path) {
-            if entry.header.identity == self.identity && entry.header.tokens == tokens {
+            let h = &entry.header;
+            if h.identity == self.identity && h.kind == kind && h.tokens == tokens {
                 return;
             }
         }
         let header = Header {
             identity: self.identity.clone(),
+            kind,
             tokens: tokens.to_vec(),
             payload,
         };
@@ -505,12 +548,48 @@ mod tests {
     }
 
     #[test]
-    fn entries_are_named_by_identity_and_tokens() {
-        let a = entry_name("model a", &[1, 2, 3]);
-        assert_eq!(a, entry_name("model a", &[1, 2, 3]));
-        assert_ne!(a, entry_name("model b", &[1, 2, 3]));
-        assert_ne!(a, entry_name("model a", &[1, 2, 4]));
+    fn entries_are_named_by_identity_kind_and_tokens() {
+        let name = |model, kind, tokens: &[u32]| entry_name(model, kind, tokens);
+        let a = name("model a", Kind::Prefix, &[1, 2, 3]);
+        assert_eq!(a, name("model a", Kind::Prefix, &[1, 2, 3]));
+        assert_ne!(a, name("model b", Kind::Prefix, &[1, 2, 3]));
+        assert_ne!(a, name("model a", Kind::Prefix, &[1, 2, 4]));
+        assert_ne!(a, name("model a", Kind::Conversation, &[1, 2, 3]));
         // Entries of one model share the first half of their names.
-        assert_eq!(a[..17], entry_name("model a", &[9])[..17]);
+        assert_eq!(a[..17], name("model a", Kind::Conversation, &[9])[..17]);
+    }
+
+    /// A prefix is used whole, by the prompt whose fixed prefix it is; a
+    /// conversation as far as a resumed prompt follows it, past its fixed
+    /// prefix; neither for a few tokens a prompt shares by chance.
+    #[test]
+    fn entries_are_used_only_where_a_miss_computes_the_same() {
+        let prompt: Vec<u32> = (0..100).collect();
+        let lookup = |fixed, resumed| Lookup {
+            prompt: &prompt,
+            fixed,
+            resumed,
+        };
+        let prefix = &prompt[..40];
+        assert_eq!(lookup(40, false).usable(Kind::Prefix, prefix), 40);
+        assert_eq!(lookup(40, true).usable(Kind::Prefix, prefix), 40);
+        // Another fixed prefix, even one that this one starts.
+        assert_eq!(lookup(50, false).usable(Kind::Prefix, prefix), 0);
+        assert_eq!(lookup(30, false).usable(Kind::Prefix, prefix), 0);
+        assert_eq!(lookup(0, false).usable(Kind::Prefix, prefix), 0);
+        let mut edited = prefix.to_vec();
+        edited[39] += 1000;
+        assert_eq!(lookup(40, false).usable(Kind::Prefix, &edited), 0);
+
+        let mut saved: Vec<u32> = prompt[..70].to_vec();
+        saved.push(7777);
+        assert_eq!(lookup(40, true).usable(Kind::Conversation, &saved), 70);
+        assert_eq!(lookup(0, true).usable(Kind::Conversation, &saved), 70);
+        assert_eq!(lookup(40, false).usable(Kind::Conversation, &saved), 0);
+        assert_eq!(lookup(80, true).usable(Kind::Conversation, &saved), 0);
+        // Short shares are chance, not a conversation going on.
+        assert_eq!(lookup(0, true).usable(Kind::Conversation, &prompt[..20]), 0);
+        // Never the prompt's last position.
+        assert_eq!(lookup(0, true).usable(Kind::Conversation, &prompt), 99);
     }
 }

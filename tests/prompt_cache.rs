@@ -13,7 +13,7 @@ use common::{goldens, stderr, stdout, write_tiny_model};
 use greve::conversation::{Conversation, Options};
 use greve::model::{self, attention::KvType, Model};
 use greve::persona::{Mode, Prompts};
-use greve::prompt_cache::PromptCache;
+use greve::prompt_cache::{Kind, Lookup, PromptCache};
 use greve::resolve::resolve;
 use greve::sampler::SamplingParams;
 use greve::structured::Format;
@@ -74,19 +74,31 @@ fn restored_prefixes_give_bit_identical_logits() {
             let (prefix, rest) = prompt.split_at(70);
             logits(&mut model, prefix);
             let computed = logits(&mut model, rest);
-            cache.save(prefix, &model.transformer);
+            cache.save(prefix, Kind::Prefix, &model.transformer);
+            cache.save(&prompt[..80], Kind::Conversation, &model.transformer);
 
+            let lookup = |prompt, fixed, resumed| Lookup {
+                prompt,
+                fixed,
+                resumed,
+            };
             let mut fresh = load(&path, kv);
-            assert_eq!(cache.restore(&prompt, 0, &mut fresh.transformer), 70);
+            let fixed = lookup(&prompt, 70, false);
+            assert_eq!(cache.restore(&fixed, 0, &mut fresh.transformer), 70);
             assert_eq!(fresh.transformer.cached(), 70);
             assert!(logits(&mut fresh, rest) == computed, "{name} {kv:?}");
 
-            // A prompt that leaves the prefix early uses what it shares.
-            let mut other = prompt[..50].to_vec();
-            other.push(prompt[50] ^ 1);
-            assert_eq!(cache.restore(&other, 0, &mut fresh.transformer), 50);
-            // Nothing longer than what the model holds: the cache keeps it.
-            assert_eq!(cache.restore(&prompt, 80, &mut fresh.transformer), 80);
+            // A resumed prompt takes the conversation as far as it follows it.
+            let mut other = prompt[..75].to_vec();
+            other.extend([prompt[75] ^ 1, 5]);
+            let resumed = lookup(&other, 70, true);
+            assert_eq!(cache.restore(&resumed, 0, &mut fresh.transformer), 75);
+            assert_eq!(fresh.transformer.cached(), 75);
+            // Nothing when the model holds more already: it keeps that.
+            assert_eq!(cache.restore(&resumed, 76, &mut fresh.transformer), 76);
+            // A prompt that leaves the prefix early takes nothing.
+            let early = lookup(&other[..60], 0, false);
+            assert_eq!(cache.restore(&early, 0, &mut fresh.transformer), 0);
         }
     }
 }
@@ -165,6 +177,26 @@ fn a_hit_answers_as_a_miss_and_no_cache_do() {
     }
 }
 
+/// A prompt that shares a few tokens with an entry by chance (the instruct
+/// format's opening, a saved conversation's first message) takes nothing
+/// from it: the keys and values it shares were computed as part of
+/// another prompt, which a run without the cache would not do.
+#[test]
+fn unrelated_prompts_take_nothing() {
+    let cache = tempfile::tempdir().unwrap();
+    let model = goldens().join("tiny-v1-f16.gguf");
+    let model = model.to_str().unwrap();
+    let saved = cache.path().join("saved.json");
+    let save = ["--strike=râleuse", "--save", saved.to_str().unwrap()];
+    ask(cache.path(), model, &save);
+    let kept = entries(cache.path()).len();
+    assert_eq!(kept, 2, "the persona's and the conversation's");
+    let (plain, _) = ask(cache.path(), model, &[]);
+    assert_eq!(loaded(&plain), 0);
+    let off = ask(cache.path(), model, &["--no-prompt-cache"]).0;
+    assert_eq!(plain["reply"], off["reply"]);
+}
+
 fn conversation(path: &Path) -> Conversation {
     let options = Options {
         system: None,
@@ -185,7 +217,8 @@ fn conversation(path: &Path) -> Conversation {
     Conversation::new(load(path, KvType::F16), options)
 }
 
-const FIRST: &str = "Bonjour ! Je voudrais comprendre pourquoi la grève continue encore.";
+const FIRST: &str = "Bonjour ! Je voudrais comprendre pourquoi la grève continue encore, \
+    et ce que les délégués ont décidé hier soir.";
 
 /// `ask --save` keeps the keys and values of the whole conversation, and
 /// `ask --load` resumes from them: it reuses what the same chat going on in
