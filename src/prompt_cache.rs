@@ -121,11 +121,8 @@ impl Lookup<'_> {
         let shared = common_prefix(tokens, self.prompt).min(most);
         match kind {
             Kind::Prefix if self.fixed >= MIN_TOKENS && tokens.len() == self.fixed => {
-                if shared == self.fixed {
-                    shared
-                } else {
-                    0
-                }
+                // Whole, or not at all.
+                shared * usize::from(shared == self.fixed)
             }
             Kind::Conversation if self.resumed && shared >= self.fixed.max(MIN_TOKENS) => shared,
             _ => 0,
