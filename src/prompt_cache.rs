@@ -120,9 +120,13 @@ impl Lookup<'_> {
         let most = self.prompt.len().saturating_sub(1);
         let shared = common_prefix(tokens, self.prompt).min(most);
         match kind {
-            Kind::Prefix if self.fixed >= MIN_TOKENS && tokens.len() == self.fixed => {
-                // Whole, or not at all.
-                shared * usize::from(shared == self.fixed)
+            // Whole, or not at all.
+            Kind::Prefix
+                if self.fixed >= MIN_TOKENS
+                    && tokens.len() == self.fixed
+                    && shared == self.fixed =>
+            {
+                shared
             }
             Kind::Conversation if self.resumed && shared >= self.fixed.max(MIN_TOKENS) => shared,
             _ => 0,
