@@ -120,6 +120,35 @@ pub fn first_line(e: &impl std::fmt::Display) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
+/// Whether `tool` (a name on the PATH, or a path) is there, for a test that
+/// needs it. When it is not, the test prints one line saying so and how to
+/// install it, and skips its work, unless `GREVE_TEST_ALL` is set (as
+/// `.ci/run` sets it, after installing every tool): then it fails.
+#[doc(hidden)]
+pub fn test_tool(tool: &str, install: &str) -> bool {
+    let found = match tool.contains('/') {
+        true => std::path::Path::new(tool).is_file(),
+        false => std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file())),
+    };
+    if found {
+        return true;
+    }
+    let demanded = std::env::var_os("GREVE_TEST_ALL").is_some_and(|v| !v.is_empty());
+    assert!(
+        !demanded,
+        "{tool} is missing, and GREVE_TEST_ALL demands every test: {install}"
+    );
+    // To the stream itself: the test harness keeps what a passing test
+    // prints with eprintln!.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: a test needs {tool}, which is not installed ({install})"
+    );
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

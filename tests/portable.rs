@@ -38,6 +38,9 @@ fn greve_on(cpu: Option<&str>, args: &[&str]) -> (String, String) {
 
 #[test]
 fn older_cpus_get_the_same_reply_with_their_own_kernels() {
+    if !greve::system::test_tool("qemu-x86_64", "apt install qemu-user") {
+        return;
+    }
     let model = goldens().join("tiny-k-q4_k_m.gguf");
     // Long enough for the prefill tiles too.
     let prompt = "Tell me about the strike in Paris and why the trains stop, ".repeat(3);

@@ -82,6 +82,9 @@ fn prompts(screen: &str) -> usize {
 
 #[test]
 fn chat_in_a_real_terminal() {
+    if !greve::system::test_tool("tmux", "apt install tmux") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let model = goldens().join("tiny-v1-q8_0.gguf");
