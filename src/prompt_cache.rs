@@ -5,9 +5,11 @@
 //! An entry is one file, named by hashes of what it depends on (the
 //! [`identity`]: the model's files, compute dtype, device, KV type, kernels,
 //! threads and greve build) and of its tokens; it holds both in full, and is
-//! used only where they match exactly and its checksum holds. A prompt
-//! takes the entry that shares the longest prefix with it, and prefills the
-//! rest. Anything wrong with a file (cut, flipped, foreign, not a file) makes
+//! used only where they match exactly and its checksum holds. An entry is a
+//! fixed prefix, used whole by the prompts it begins, or a saved
+//! conversation, used by a run that goes on from it ([`Kind`]); the prompt
+//! takes the one that gives it most and prefills the rest. Anything wrong
+//! with a file (cut, flipped, foreign, not a file) makes
 //! it a miss, with a line under `-v`, and the file is replaced; a cache that
 //! cannot be written costs one warning, never an answer.
 //!
@@ -16,7 +18,7 @@
 //! `generate::Prompt::checkpoint`), as a run that finds it must.
 //!
 //! A file: `GREVEKV1`, the header's length (u32), the header (JSON:
-//! identity, tokens, payload bytes), the payload
+//! identity, kind, tokens, payload bytes), the payload
 //! ([`Transformer::save_context`]), a CRC-32 of all of it before (u32).
 //! Numbers are little-endian; the payload is in the machine's order, which
 //! the identity names.
@@ -189,7 +191,7 @@ impl PromptCache {
                 model.truncate(used);
                 let time = start.elapsed().as_secs_f64();
                 log::info!(
-                    "prompt cache: {used} tokens from {} ({:.0} MB in {:.0} ms, {:.2} GB/s)",
+                    "prompt cache: {used} tokens from {} ({:.1} MB in {:.0} ms, {:.2} GB/s)",
                     path.display(),
                     bytes as f64 / 1e6,
                     time * 1e3,
@@ -233,14 +235,6 @@ impl PromptCache {
         }
         if entry.len != whole_size(entry.header_bytes, expected) {
             return Err(format!("{} bytes: cut short or padded", entry.len));
-        }
-        #[cfg(target_os = "linux")]
-        {
-            // Read ahead while the first bytes are checked and copied.
-            use std::os::fd::AsRawFd;
-            let fd = entry.file.as_raw_fd();
-            // SAFETY: advice on an open descriptor; it changes no memory.
-            unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_WILLNEED) };
         }
         let mut input = Crc {
             inner: BufReader::with_capacity(1 << 20, entry.file),

@@ -22,7 +22,7 @@ pub fn show(settings: &Settings, path: Option<&Path>, path_only: bool) -> anyhow
     };
     writeln!(out, "# config file: {path_text}{absent}")?;
     for (key, value, from) in settings.rows() {
-        writeln!(out, "{key:<15} {value:<40} ({})", from.name())?;
+        writeln!(out, "{key:<17} {value:<40} ({})", from.name())?;
     }
     Ok(())
 }

@@ -120,7 +120,7 @@ impl HostKvCache {
         assert_eq!(k.len(), heads * n * hd, "keys of the wrong size");
         assert_eq!(v.len(), heads * n * hd, "values of the wrong size");
         if self.len + n > self.capacity {
-            self.grow(self.len + n, false);
+            self.grow(self.len + n);
         }
         let (cap, len) = (self.capacity, self.len);
         for h in 0..heads {
@@ -189,7 +189,7 @@ impl HostKvCache {
     pub fn restore(&mut self, len: usize, input: &mut dyn Read) -> std::io::Result<()> {
         self.len = 0;
         if len > self.capacity {
-            self.grow(len, true);
+            self.grow(len);
         }
         let ranges = self.saved_ranges(len);
         let mut arrays = self.store.bytes_mut();
@@ -230,9 +230,8 @@ impl HostKvCache {
 
     /// Room for at least `needed` positions. Growing by half copies each
     /// position about three times over a long conversation; the room not yet
-    /// written is address space, not memory ([`Zeroed`]), unless asked to
-    /// `populate` it.
-    fn grow(&mut self, needed: usize, populate: bool) {
+    /// written is address space, not memory ([`Zeroed`]).
+    fn grow(&mut self, needed: usize) {
         let (heads, hd, len) = (self.kv_heads, self.head_dim, self.len);
         let old = self.capacity;
         let capacity = needed
@@ -243,7 +242,7 @@ impl HostKvCache {
         let blocks = len.next_multiple_of(kernels::BLOCK);
         match &mut self.store {
             Store::F16 { k, v } => {
-                let zeroed = || Zeroed::with(heads * capacity * hd, populate);
+                let zeroed = || Zeroed::new(heads * capacity * hd);
                 *k = regrow(k, zeroed(), heads, hd, (old, capacity), blocks);
                 *v = regrow(v, zeroed(), heads, hd, (old, capacity), len);
             }
@@ -253,11 +252,11 @@ impl HostKvCache {
                 k_scale,
                 v_scale,
             } => {
-                let zeroed = || Zeroed::with(heads * capacity * hd, populate);
+                let zeroed = || Zeroed::new(heads * capacity * hd);
                 *k = regrow(k, zeroed(), heads, hd, (old, capacity), blocks);
                 *v = regrow(v, zeroed(), heads, hd, (old, capacity), len);
                 let per_row = hd / kernels::GROUP;
-                let zeroed = || Zeroed::with(heads * capacity * per_row, populate);
+                let zeroed = || Zeroed::new(heads * capacity * per_row);
                 *k_scale = regrow(k_scale, zeroed(), heads, per_row, (old, capacity), blocks);
                 *v_scale = regrow(v_scale, zeroed(), heads, per_row, (old, capacity), len);
             }

@@ -39,20 +39,9 @@ pub struct Zeroed<T: Plain> {
 impl<T: Plain> Zeroed<T> {
     /// `len` zeroes; no memory is used until they are written.
     pub fn new(len: usize) -> Self {
-        Zeroed::with(len, false)
-    }
-
-    /// `len` zeroes, in memory at once when `populate`: for storage about
-    /// to be written whole, one call into the OS rather than a page fault
-    /// every 4 kB.
-    pub fn with(len: usize, populate: bool) -> Self {
         let bytes = len * size_of::<T>();
         let map = (bytes > 0).then(|| {
-            let mut options = memmap2::MmapOptions::new();
-            if populate {
-                options.populate();
-            }
-            options
+            memmap2::MmapOptions::new()
                 .len(bytes)
                 .map_anon()
                 .unwrap_or_else(|e| panic!("no memory for {bytes} bytes of KV cache: {e}"))
