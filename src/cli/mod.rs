@@ -160,7 +160,7 @@ pub struct FormatArgs {
     pub format: Option<String>,
 
     /// The reply is a JSON value this schema allows: a file, or the schema
-    /// itself (`{...}`). See the README for the keywords supported.
+    /// itself (`{...}`). docs/json.md lists the keywords supported.
     #[arg(long, value_name = "SCHEMA", conflicts_with = "format")]
     pub json_schema: Option<String>,
 
