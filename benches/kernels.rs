@@ -87,7 +87,7 @@ fn attention_over(layers: usize, t: usize, passes: usize) {
         let caches: Vec<HostKvCache> = (0..layers)
             .map(|_| {
                 let mut cache = HostKvCache::new(kv, hd, kind);
-                cache.append(&values, &values, t);
+                cache.append(&values, &values, t).unwrap();
                 cache
             })
             .collect();

@@ -327,7 +327,9 @@ impl Attention {
         let cache = match &mut self.cache {
             Cache::Host(cache) => {
                 let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
-                cache.append(&flat(&k)?, &flat(&v)?, n);
+                cache
+                    .append(&flat(&k)?, &flat(&v)?, n)
+                    .map_err(candle_core::Error::wrap)?;
                 let y = attention::attend(&flat(&q)?, h, n, cache, self.window);
                 let y = Tensor::from_vec(y, (b, n, h * hd), x.device())?.to_dtype(x.dtype())?;
                 return self.o.forward(&y);

@@ -114,13 +114,14 @@ impl HostKvCache {
         self.len = self.len.min(len);
     }
 
-    /// Appends `n` positions of keys and values laid out (kv_heads, n, head_dim).
-    pub fn append(&mut self, k: &[f32], v: &[f32], n: usize) {
+    /// Appends `n` positions of keys and values laid out (kv_heads, n,
+    /// head_dim); fails, appending nothing, when no memory is left for them.
+    pub fn append(&mut self, k: &[f32], v: &[f32], n: usize) -> std::io::Result<()> {
         let (heads, hd) = (self.kv_heads, self.head_dim);
         assert_eq!(k.len(), heads * n * hd, "keys of the wrong size");
         assert_eq!(v.len(), heads * n * hd, "values of the wrong size");
         if self.len + n > self.capacity {
-            self.grow(self.len + n);
+            self.grow(self.len + n)?;
         }
         let (cap, len) = (self.capacity, self.len);
         for h in 0..heads {
@@ -162,6 +163,7 @@ impl HostKvCache {
             }
         }
         self.len += n;
+        Ok(())
     }
 
     /// The bytes [`save`](Self::save) writes for the first `len` positions.
@@ -189,7 +191,7 @@ impl HostKvCache {
     pub fn restore(&mut self, len: usize, input: &mut dyn Read) -> std::io::Result<()> {
         self.len = 0;
         if len > self.capacity {
-            self.grow(len);
+            self.grow(len)?;
         }
         let ranges = self.saved_ranges(len);
         let mut arrays = self.store.bytes_mut();
@@ -231,7 +233,7 @@ impl HostKvCache {
     /// Room for at least `needed` positions. Growing by half copies each
     /// position about three times over a long conversation; the room not yet
     /// written is address space, not memory ([`Zeroed`]).
-    fn grow(&mut self, needed: usize) {
+    fn grow(&mut self, needed: usize) -> std::io::Result<()> {
         let (heads, hd, len) = (self.kv_heads, self.head_dim, self.len);
         let old = self.capacity;
         let capacity = needed
@@ -240,11 +242,15 @@ impl HostKvCache {
             .next_multiple_of(kernels::BLOCK);
         // Whole key blocks keep their layout whatever the capacity.
         let blocks = len.next_multiple_of(kernels::BLOCK);
+        // Every new array is mapped before any replaces the old, so that a
+        // failure leaves the cache as it was.
+        let (values, per_row) = (heads * capacity * hd, hd / kernels::GROUP);
+        let grown = (old, capacity);
         match &mut self.store {
             Store::F16 { k, v } => {
-                let zeroed = || Zeroed::new(heads * capacity * hd);
-                *k = regrow(k, zeroed(), heads, hd, (old, capacity), blocks);
-                *v = regrow(v, zeroed(), heads, hd, (old, capacity), len);
+                let fresh = (Zeroed::new(values)?, Zeroed::new(values)?);
+                *k = regrow(k, fresh.0, heads, hd, grown, blocks);
+                *v = regrow(v, fresh.1, heads, hd, grown, len);
             }
             Store::Q8 {
                 k,
@@ -252,16 +258,17 @@ impl HostKvCache {
                 k_scale,
                 v_scale,
             } => {
-                let zeroed = || Zeroed::new(heads * capacity * hd);
-                *k = regrow(k, zeroed(), heads, hd, (old, capacity), blocks);
-                *v = regrow(v, zeroed(), heads, hd, (old, capacity), len);
-                let per_row = hd / kernels::GROUP;
-                let zeroed = || Zeroed::new(heads * capacity * per_row);
-                *k_scale = regrow(k_scale, zeroed(), heads, per_row, (old, capacity), blocks);
-                *v_scale = regrow(v_scale, zeroed(), heads, per_row, (old, capacity), len);
+                let scales = heads * capacity * per_row;
+                let fresh = (Zeroed::new(values)?, Zeroed::new(values)?);
+                let fresh_scales = (Zeroed::new(scales)?, Zeroed::new(scales)?);
+                *k = regrow(k, fresh.0, heads, hd, grown, blocks);
+                *v = regrow(v, fresh.1, heads, hd, grown, len);
+                *k_scale = regrow(k_scale, fresh_scales.0, heads, per_row, grown, blocks);
+                *v_scale = regrow(v_scale, fresh_scales.1, heads, per_row, grown, len);
             }
         }
         self.capacity = capacity;
+        Ok(())
     }
 }
 
@@ -515,7 +522,7 @@ mod tests {
                     .flat_map(|h| x[(h * t + start) * hd..(h * t + start + n) * hd].to_vec())
                     .collect()
             };
-            cache.append(&part(k), &part(v), n);
+            cache.append(&part(k), &part(v), n).unwrap();
             start += n;
         }
     }
@@ -573,7 +580,7 @@ mod tests {
                 let mut restored = HostKvCache::new(kv, hd, kind);
                 // Restoring replaces what was there, whatever its size.
                 let other = vec![9.0; kv * 300 * hd];
-                restored.append(&other, &other, 300);
+                restored.append(&other, &other, 300).unwrap();
                 restored.restore(len, &mut saved.as_slice()).unwrap();
                 assert_eq!(restored.positions(), len);
                 let mut original = HostKvCache::new(kv, hd, kind);
@@ -598,9 +605,9 @@ mod tests {
     fn truncate_rewinds_and_new_positions_overwrite() {
         let (kv, hd) = (1, 8);
         let mut cache = HostKvCache::new(kv, hd, KvType::F16);
-        cache.append(&[1.0; 8 * 3], &[1.0; 8 * 3], 3);
+        cache.append(&[1.0; 8 * 3], &[1.0; 8 * 3], 3).unwrap();
         cache.truncate(1);
-        cache.append(&[2.0; 8], &[2.0; 8], 1);
+        cache.append(&[2.0; 8], &[2.0; 8], 1).unwrap();
         assert_eq!(cache.positions(), 2);
         let Store::F16 { k, v } = &cache.store else {
             panic!("an f16 cache")

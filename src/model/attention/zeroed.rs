@@ -37,26 +37,38 @@ pub struct Zeroed<T: Plain> {
 }
 
 impl<T: Plain> Zeroed<T> {
-    /// `len` zeroes; no memory is used until they are written.
-    pub fn new(len: usize) -> Self {
-        let bytes = len * size_of::<T>();
-        let map = (bytes > 0).then(|| {
-            memmap2::MmapOptions::new()
-                .len(bytes)
-                .map_anon()
-                .unwrap_or_else(|e| panic!("no memory for {bytes} bytes of KV cache: {e}"))
-        });
-        Zeroed {
+    /// `len` zeroes; no memory is used until they are written. Fails when
+    /// the OS grants no such mapping (an address-space limit, `ulimit -v`).
+    pub fn new(len: usize) -> std::io::Result<Self> {
+        let no_memory =
+            |why: String| std::io::Error::other(format!("no memory for KV cache: {why}"));
+        let bytes = len
+            .checked_mul(size_of::<T>())
+            .ok_or_else(|| no_memory(format!("{len} values do not fit in an address")))?;
+        let map = match bytes {
+            0 => None,
+            _ => Some(
+                memmap2::MmapOptions::new()
+                    .len(bytes)
+                    .map_anon()
+                    .map_err(|e| no_memory(format!("{bytes} bytes: {e}")))?,
+            ),
+        };
+        Ok(Zeroed {
             map,
             len,
             _type: PhantomData,
-        }
+        })
     }
 }
 
 impl<T: Plain> Default for Zeroed<T> {
     fn default() -> Self {
-        Zeroed::new(0)
+        Zeroed {
+            map: None,
+            len: 0,
+            _type: PhantomData,
+        }
     }
 }
 
@@ -90,11 +102,18 @@ mod tests {
 
     #[test]
     fn starts_zeroed_and_keeps_what_is_written() {
-        let mut a = Zeroed::<f32>::new(3000);
+        let mut a = Zeroed::<f32>::new(3000).unwrap();
         assert_eq!(a.len(), 3000);
         assert!(a.iter().all(|&x| x == 0.0));
         a[2999] = 1.5;
         assert_eq!(a[2999], 1.5);
-        assert!(Zeroed::<i8>::new(0).is_empty());
+        assert!(Zeroed::<i8>::new(0).unwrap().is_empty());
+        // More than any address space: an error to report, not a panic.
+        let err = Zeroed::<f32>::new(1 << 60).err().unwrap();
+        assert!(
+            err.to_string().starts_with("no memory for KV cache"),
+            "{err}"
+        );
+        assert!(Zeroed::<f32>::new(usize::MAX).is_err());
     }
 }
