@@ -28,6 +28,29 @@ pub enum Failure {
 }
 
 impl Failure {
+    pub const ALL: [Failure; 7] = [
+        Failure::Usage,
+        Failure::ModelNotFound,
+        Failure::ModelInvalid,
+        Failure::Generation,
+        Failure::Network,
+        Failure::Access,
+        Failure::Interrupted,
+    ];
+
+    /// A few words for `--help`.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Failure::Usage => "usage",
+            Failure::ModelNotFound => "model not found",
+            Failure::ModelInvalid => "model invalid",
+            Failure::Generation => "generation failed",
+            Failure::Network => "Hub unreachable",
+            Failure::Access => "Hub refused access",
+            Failure::Interrupted => "interrupted",
+        }
+    }
+
     pub fn code(self) -> u8 {
         match self {
             Failure::Usage => 2,
@@ -48,6 +71,15 @@ impl Failure {
             message: message.into(),
         })
     }
+}
+
+/// Every exit code in one line, for `--help` and the man page.
+pub fn codes_line() -> String {
+    let classes = Failure::ALL.map(|f| format!("{} {}", f.code(), f.summary()));
+    format!(
+        "Exit codes: 0 success, 1 other error, {}.",
+        classes.join(", ")
+    )
 }
 
 /// An error raised on purpose, carrying its class.
@@ -136,6 +168,20 @@ pub fn one_line(err: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--help` lists every code, once, in order.
+    #[test]
+    fn the_help_line_lists_every_code() {
+        let line = codes_line();
+        let codes: Vec<u8> = line
+            .split([' ', ','])
+            .filter_map(|word| word.parse().ok())
+            .collect();
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6, 7, 130], "{line}");
+        for f in Failure::ALL {
+            assert!(line.contains(f.summary()), "{line}");
+        }
+    }
 
     #[test]
     fn the_outermost_class_decides_the_code() {

@@ -2,12 +2,8 @@
 
 use std::io::Write;
 
-use clap::CommandFactory;
-
-use super::Cli;
-
 pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
-    let mut command = Cli::command();
+    let mut command = super::command();
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut command, "greve", &mut script);
     let script = with_presets(shell, &String::from_utf8_lossy(&script));
@@ -58,7 +54,7 @@ fn with_presets(shell: clap_complete::Shell, script: &str) -> String {
 
 pub fn man() -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+    clap_mangen::Man::new(super::command()).render(&mut out)?;
     out.flush()?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use candle_core::DType;
 use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use clap::{ArgMatches, FromArgMatches};
 
 use super::*;
 use crate::commands::{ask, bench, tokenize};
@@ -59,7 +59,7 @@ pub fn parse() -> Invocation {
         }
     }
     let parse_from = |args: &[&str]| {
-        let command = Cli::command().long_version(version.clone());
+        let command = command().long_version(version.clone());
         let matches = match args {
             [] => command.try_get_matches(),
             _ => command.try_get_matches_from(args),

@@ -9,7 +9,7 @@ mod job;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 pub use job::{parse, Invocation, Job};
 
@@ -20,9 +20,7 @@ use crate::settings::check;
 #[command(
     name = "greve",
     version,
-    about = "Chat with Mistral 7B on your own machine.",
-    after_help = "Exit codes: 0 success, 1 other error, 2 usage, 3 model not found, \
-                  4 model invalid, 5 generation failed, 130 interrupted."
+    about = "Chat with Mistral 7B on your own machine."
 )]
 pub struct Cli {
     /// Without a command, greve chats when stdin and stdout are a terminal.
@@ -49,6 +47,11 @@ pub struct Cli {
     /// works too (RUST_LOG=debug includes candle and hf-hub).
     #[arg(long, short = 'v', action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+}
+
+/// The command line's definition, with what the derive cannot compute.
+pub fn command() -> clap::Command {
+    Cli::command().after_help(crate::exit::codes_line())
 }
 
 #[derive(Subcommand, Debug)]
@@ -545,7 +548,6 @@ mod tests {
 
     #[test]
     fn clap_definition_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
+        command().debug_assert();
     }
 }
