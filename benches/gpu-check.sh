@@ -73,7 +73,7 @@ if wants libs; then
 fi
 
 # 2. Correctness.
-wants tests && CARGO_MANIFEST_DIR=$PWD GREVE_TEST_DEVICE=cuda step 120 "$work"/bin/engine-* --test-threads 1
+wants tests && CARGO_MANIFEST_DIR=$PWD GREVE_TEST_DEVICE=cuda step 120 "$work"/bin/integration-* engine:: --test-threads 1
 wants chat && {
 same=0 differ=0
 for file in tiny-v1-f16.gguf tiny-v1-q8_0.gguf tiny-k-q4_k_m.gguf; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds what the GPU check carries to a machine with an NVIDIA GPU, on a
-# machine without one (see README, "GPU builds"): greve and the engine test
-# binary with --features cuda, for a baseline x86-64 CPU (in one xz archive:
+# machine without one (see docs/hardware.md, "GPU builds"): greve and the test
+# binary (the engine tests run there) with --features cuda, for a baseline x86-64 CPU (in one xz archive:
 # they share candle's kernels, and the pair shrinks from 106 MB to 9), and
 # the Python gguf package the synthetic GGUF maker needs, into target/gpu/.
 # Greve binaries given as arguments (GPU builds of other commits) go along
@@ -16,15 +16,15 @@ cd "$(dirname "$0")/.."
 eval "$(bash scripts/cuda-env.sh)"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/greve-cuda/target}
 cargo build --release --features cuda
-engine=$(cargo test --release --features cuda --test engine --no-run --message-format=json |
+tests=$(cargo test --release --features cuda --test integration --no-run --message-format=json |
     python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "engine" and m.get("executable"):
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "integration" and m.get("executable"):
         print(m["executable"])')
 rm -rf target/gpu
 mkdir -p target/gpu/bin
-cp "$CARGO_TARGET_DIR/release/greve" "$engine" target/gpu/bin/
+cp "$CARGO_TARGET_DIR/release/greve" "$tests" target/gpu/bin/
 strip target/gpu/bin/*
 tar -C target/gpu -cf - bin | xz -T2 --lzma2=preset=9,dict=192MiB >target/gpu/bin.tar.xz
 rm -r target/gpu/bin

@@ -24,9 +24,10 @@ export QEMU_LD_PREFIX=/usr/aarch64-linux-gnu
 if [ $# -gt 0 ]; then
     exec cargo test --target "$target" "$@"
 fi
-cargo test --target "$target" --lib --test tokenizer
+cargo test --target "$target" --lib
+cargo test --target "$target" --test integration -- tokenizer::
 # The kernels again on a CPU without DotProd (the emulated default has it):
 # plain NEON for the products.
 QEMU_CPU=cortex-a72 cargo test --target "$target" --lib -- quant attention
-cargo test --target "$target" --test engine -- \
-    gguf_from_llama_cpp_converter_matches_transformers quantized_gguf_matches_llama_cpp
+cargo test --target "$target" --test integration -- \
+    engine::gguf_from_llama_cpp_converter_matches_transformers engine::quantized_gguf_matches_llama_cpp

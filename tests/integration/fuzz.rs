@@ -19,7 +19,7 @@
 //!
 //! runs that many cases per target and prints the tally of each.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;

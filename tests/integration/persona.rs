@@ -1,7 +1,7 @@
 //! The strike persona seen from outside: the notice without any model, the
 //! wrapping around a real reply, the flags and the prompt folders.
 
-mod common;
+use crate::common;
 
 use common::{stderr as err, stdout as out};
 

@@ -1,7 +1,7 @@
 //! `greve chat` in a real terminal (a tmux pane): typing, streaming, a
 //! command, Ctrl-C during a long reply, /save, Ctrl-D.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! `.ci/run` installs.
 #![cfg(target_arch = "x86_64")]
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

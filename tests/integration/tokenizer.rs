@@ -1,7 +1,7 @@
 //! Token ids against mistral-common: plain text and whole chats, for the V1,
 //! V3 and V7 vocabularies, from tokenizer.json and from GGUF metadata.
 
-mod common;
+use crate::common;
 
 use common::{golden_json, goldens, ids};
 use greve::model::gguf::GgufSource;

@@ -2,7 +2,7 @@
 //! and huggingface_hub lay it out, offline or with the network unreachable,
 //! and a stub Hub on 127.0.0.1 for refusals.
 
-mod common;
+use crate::common;
 
 use common::{stderr as err, stdout as out};
 

@@ -3,7 +3,7 @@
 //! one line on stderr naming the problem and the documented exit code, never
 //! a panic, an abort, a hang or a reply computed from the wrong bytes.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

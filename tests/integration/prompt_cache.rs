@@ -2,7 +2,7 @@
 //! whatever is in its folder (damage, another model's entries, a folder or a
 //! FIFO, a full bound, two writers) the reply stays the one a miss gives.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -1,7 +1,7 @@
 //! Black-box runs of the `greve` binary: what a script sees on stdout, on
 //! stderr and in the exit code, for good and bad input.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -3,7 +3,7 @@
 //! its schema shows the constraint at work. Replies are checked with the
 //! `jsonschema` crate, independently of llguidance.
 
-mod common;
+use crate::common;
 
 use common::{goldens, run, stderr, stdout, write_tiny_model};
 use serde_json::{json, Value};

@@ -1,6 +1,6 @@
 //! The config file and the precedence flag > environment > file > default.
 
-mod common;
+use crate::common;
 
 use common::{run, stderr, stdout};
 

@@ -3,7 +3,7 @@
 //! safetensors folder, and the GGUF files llama.cpp's converter made from
 //! the same weights.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::AtomicBool;
 

@@ -1,7 +1,7 @@
 //! Conversations: cache reuse must change the speed, never the text; the
 //! scripted front end, transcripts, commands and the context window.
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 use std::sync::atomic::AtomicBool;

@@ -1,7 +1,7 @@
 //! `greve tokenize` against mistral-common's ids, from every tokenizer
 //! source, without weights.
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 
