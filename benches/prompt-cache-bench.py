@@ -7,7 +7,7 @@ Two cases, as a user meets them:
     followed by the same question without the persona (plain), the cost the
     persona should come down to.
   * resume: a saved conversation of about --conversation-tokens tokens (the
-    press articles of ../shared/seeds, in turns), answered once cold with
+    pages of docs/, in turns), answered once cold with
     `--load conv.json --save saved.json`, which computes it all and saves its
     keys and values, then once warm with `--load saved.json`.
 
@@ -48,9 +48,9 @@ def run(greve, args, env):
 
 
 def conversation(tokens_wanted, chars_per_token):
-    """Alternating turns cut from the seed articles, about `tokens_wanted` long."""
-    seeds = sorted((ROOT.parent / "shared" / "seeds").glob("*.txt"))
-    text = " ".join(p.read_text() for p in seeds if "parodie" not in p.name)
+    """Alternating turns cut from greve's own documentation, about `tokens_wanted` long."""
+    pages = sorted((ROOT / "docs").glob("*.md"))
+    text = " ".join(p.read_text() for p in pages)
     words, messages, budget = text.split(), [], int(tokens_wanted * chars_per_token)
     at, used = 0, 0
     while used < budget and at < len(words):
