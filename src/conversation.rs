@@ -16,7 +16,7 @@ use crate::exit::Failure;
 use crate::generate::{generate, Finish, Limits, Prompt, Stats};
 use crate::model::Model;
 use crate::persona::{self, Mode, Prompts};
-use crate::prompt_cache::{self, Kind, Lookup, PromptCache};
+use crate::prompt_cache::{self, common_prefix, Kind, Lookup, PromptCache};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::settings::Settings;
 use crate::structured::{Constraint, Format, Grammar};
@@ -452,10 +452,6 @@ pub fn fit_window(
     Ok((start(lo), ids))
 }
 
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,12 +534,5 @@ mod tests {
         );
         let stopped = fit_window(&m, 0, 4096, tokens, &AtomicBool::new(true)).unwrap_err();
         assert_eq!(crate::exit::code_for(&stopped), 130);
-    }
-
-    #[test]
-    fn common_prefix_counts_shared_leading_tokens() {
-        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4, 5]), 2);
-        assert_eq!(common_prefix(&[], &[1]), 0);
-        assert_eq!(common_prefix(&[1, 2], &[1, 2, 3]), 2);
     }
 }

@@ -469,7 +469,8 @@ fn to_evict(mut entries: Vec<(PathBuf, u64, SystemTime)>, limit: u64) -> Vec<Pat
     gone
 }
 
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+/// How many tokens `a` and `b` share from their start.
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
@@ -548,6 +549,13 @@ mod tests {
             [PathBuf::from("old"), PathBuf::from("mid")]
         );
         assert_eq!(to_evict(entries, 0).len(), 3);
+    }
+
+    #[test]
+    fn common_prefix_counts_shared_leading_tokens() {
+        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4, 5]), 2);
+        assert_eq!(common_prefix(&[], &[1]), 0);
+        assert_eq!(common_prefix(&[1, 2], &[1, 2, 3]), 2);
     }
 
     #[test]
