@@ -218,6 +218,43 @@ impl Conversation {
         Ok(())
     }
 
+    /// Replaces the conversation with `messages`, a whole one of its own
+    /// (a server's request), answered as a first turn: same seed, same
+    /// window as `ask` would give it. The KV cache stays, for the next
+    /// answer to reuse as far as its prompt shares it.
+    pub fn replace(&mut self, messages: Vec<Message>) {
+        self.messages = messages;
+        self.first = 0;
+        self.turns = 0;
+        self.resumed = false;
+    }
+
+    /// Answers the conversation whole, or fails when it does not fit the
+    /// context: a client that sent it expects every message read. The
+    /// reply's limit shrinks to the room left.
+    pub fn answer_whole(
+        &mut self,
+        cancel: &AtomicBool,
+        on_event: impl FnMut(Event) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Turn> {
+        let context = self.model.transformer.config.context_length;
+        let system = self.system_prompt();
+        let pieces = template::render(
+            self.model.tokenizer.format(),
+            system.as_deref(),
+            &self.messages,
+        )?;
+        let n = self.model.tokenizer.encode_pieces(&pieces)?.len();
+        if n >= context {
+            return Err(Failure::Usage.err(format!(
+                "the messages take {n} tokens with the system prompt, more than the model's context of {context} leaves for a reply; shorten them"
+            )));
+        }
+        let room = context - n;
+        self.options.max_tokens = Some(self.options.max_tokens.map_or(room, |m| m.min(room)));
+        self.answer(cancel, on_event)
+    }
+
     fn answer(
         &mut self,
         cancel: &AtomicBool,

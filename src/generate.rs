@@ -190,7 +190,8 @@ pub fn generate(
         history.push(token);
         stats.generated_tokens = tokens.len();
         on_token(token)?;
-        if tokens.len() < limits.max_tokens {
+        // A stop seen in `on_token` (a stop string) saves a forward pass.
+        if tokens.len() < limits.max_tokens && !cancel.load(Ordering::Relaxed) {
             let step = Instant::now();
             logits = forward(model, &[token])?;
             stats.decode_time += step.elapsed();

@@ -21,6 +21,7 @@ pub mod persona;
 pub mod prompt_cache;
 pub mod resolve;
 pub mod sampler;
+pub mod server;
 pub mod settings;
 pub mod structured;
 pub mod system;

@@ -39,6 +39,7 @@ fn run(invocation: greve::cli::Invocation) -> anyhow::Result<()> {
     match job {
         Job::Ask(request) => commands::ask::run(settings, &request, cancel),
         Job::Chat => commands::chat::run(settings, cancel),
+        Job::Serve(options) => greve::server::run(settings, &options, cancel),
         Job::Bench(plan) => commands::bench::run(&settings, &plan, cancel),
         Job::Tokenize(request) => commands::tokenize::run(&settings, &request),
         Job::Models => commands::models::list(),

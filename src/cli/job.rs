@@ -21,6 +21,7 @@ use crate::structured::{self, Format};
 pub enum Job {
     Ask(ask::Request),
     Chat,
+    Serve(crate::server::Options),
     Bench(bench::Plan),
     Tokenize(tokenize::Request),
     Models,
@@ -145,6 +146,17 @@ impl Command {
                 l.load = a.load;
                 l.history = a.no_history.then_some(false);
                 Job::Chat
+            }
+            Command::Serve(a) => {
+                a.turn.fill(&mut l)?;
+                Job::Serve(crate::server::Options {
+                    host: a.host,
+                    port: a.port,
+                    api_key: a.api_key,
+                    cors: a.cors,
+                    queue: a.queue.into(),
+                    timeout: std::time::Duration::from_secs(a.timeout.into()),
+                })
             }
             Command::Bench(a) => {
                 a.model.fill(&mut l);

@@ -79,6 +79,14 @@ pub enum Command {
     /// Download a model into the Hub cache without chatting.
     Pull(PullArgs),
 
+    /// Serve the model over HTTP with OpenAI's chat-completions API, for
+    /// editors, agents and OpenAI client libraries.
+    ///
+    /// POST /v1/chat/completions (streamed or not), GET /v1/models, GET
+    /// /health; the settings of `ask` are the defaults of every request.
+    /// docs/server.md lists the fields supported.
+    Serve(ServeArgs),
+
     /// Show what a model resolves to: files, format, context, tokenizer,
     /// device; no weights are loaded.
     Info(InfoArgs),
@@ -330,6 +338,43 @@ pub struct AskArgs {
     /// Write the conversation, this exchange included, to FILE (atomically).
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The address to listen on: 127.0.0.1 (this machine only) or another
+    /// interface's, 0.0.0.0 for all (then set an API key).
+    #[arg(long, default_value = "127.0.0.1", value_name = "ADDRESS")]
+    pub host: String,
+
+    /// The port; 0 lets the system pick a free one (printed at start).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+
+    /// Requests must send `Authorization: Bearer KEY`.
+    #[arg(
+        long,
+        env = "GREVE_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+
+    /// Let web pages from ORIGIN (`*`: any) call the server (CORS).
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors: Option<String>,
+
+    /// How many requests may wait for the model; more are refused with 503.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub queue: u16,
+
+    /// Seconds a client has to send a request's headers, and again its
+    /// body; a slower one is dropped.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..), value_name = "SECONDS")]
+    pub timeout: u16,
+
+    #[command(flatten)]
+    pub turn: TurnArgs,
 }
 
 #[derive(Args, Debug)]

@@ -1,0 +1,725 @@
+//! OpenAI's chat-completions API as greve reads and writes it: a request's
+//! JSON checked into a [`ChatRequest`], and the JSON of replies, stream
+//! chunks, model lists and errors. Plain functions over plain data: no
+//! HTTP, no model.
+//!
+//! A request is refused (400, naming the field) rather than half-honoured:
+//! a field greve does not know, or one it knows but cannot do (`n: 2`,
+//! `logit_bias`, tools), would otherwise change the reply without a word.
+//! OpenAI's own API refuses unknown fields the same way.
+
+use serde_json::{json, Map, Value};
+
+use crate::persona::Mode;
+use crate::structured::{self, Format};
+use crate::template::{self, Message, Role};
+
+/// An error as OpenAI's API reports it, with its HTTP status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    /// OpenAI's `type`: `invalid_request_error`, `authentication_error`, …
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    /// A 400 about `param`.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        let param = param.into();
+        ApiError {
+            status: 400,
+            message: format!("{param}: {}", message.into()),
+            kind: "invalid_request_error",
+            param: Some(param),
+            code: None,
+        }
+    }
+
+    pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+        }
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    pub fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+/// A chat-completions request, checked.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    /// The system (or developer) messages before the conversation, joined.
+    pub system: Option<String>,
+    /// Alternating, from the user's first to the user's last.
+    pub messages: Vec<Message>,
+    pub stream: bool,
+    /// `stream_options.include_usage`: a last chunk with the usage.
+    pub include_usage: bool,
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// An extension, as llama-server and vLLM take it.
+    pub top_k: Option<usize>,
+    pub seed: Option<u64>,
+    /// Strings that end the reply (not returned).
+    pub stop: Vec<String>,
+    /// `response_format`, when not `text`.
+    pub format: Option<Format>,
+    /// An extension: this request's strike mode (`"strike": "totale"`).
+    pub strike: Option<Mode>,
+}
+
+/// The most stop strings a request may give, as OpenAI allows.
+const MAX_STOPS: usize = 4;
+
+/// Reads a request body.
+pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid("body", format!("not valid JSON ({e})")))?;
+    let Value::Object(fields) = value else {
+        return Err(ApiError::invalid("body", "a JSON object is expected"));
+    };
+    let mut r = ChatRequest::default();
+    let mut messages = None;
+    for (key, value) in &fields {
+        let key = key.as_str();
+        if value.is_null() && key != "messages" {
+            continue; // OpenAI's clients send null for "not set".
+        }
+        match key {
+            "model" => r.model = Some(string(key, value)?.to_string()),
+            "messages" => messages = Some(value),
+            "stream" => r.stream = boolean(key, value)?,
+            "stream_options" => r.include_usage = stream_options(value)?,
+            "max_tokens" | "max_completion_tokens" => {
+                let n = integer(key, value, 1, u32::MAX as u64)? as usize;
+                r.max_tokens = Some(r.max_tokens.map_or(n, |m| m.min(n)));
+            }
+            "temperature" => r.temperature = Some(number(key, value, 0.0, 2.0)?),
+            "top_p" => {
+                let p = number(key, value, 0.0, 1.0)?;
+                if p == 0.0 {
+                    return Err(ApiError::invalid(key, "must be above 0"));
+                }
+                r.top_p = Some(p);
+            }
+            "top_k" => r.top_k = Some(integer(key, value, 0, u32::MAX as u64)? as usize),
+            "seed" => r.seed = Some(seed(value)?),
+            "stop" => r.stop = stops(value)?,
+            "response_format" => r.format = response_format(value)?,
+            "strike" => {
+                let mode = string(key, value)?.parse().map_err(|e| ApiError::invalid(key, e))?;
+                r.strike = Some(mode);
+            }
+            "n" => must(key, value == &json!(1), "only 1 is supported")?,
+            "presence_penalty" | "frequency_penalty" => must(
+                key,
+                value.as_f64() == Some(0.0),
+                "only 0 is supported (the penalties change the reply)",
+            )?,
+            "logit_bias" => must(
+                key,
+                value.as_object().is_some_and(Map::is_empty),
+                "not supported",
+            )?,
+            "logprobs" => must(key, value == &json!(false), "not supported")?,
+            "top_logprobs" => must(key, value == &json!(0), "not supported")?,
+            "tools" | "functions" => must(
+                key,
+                value.as_array().is_some_and(Vec::is_empty),
+                "function calling is not supported yet",
+            )?,
+            "tool_choice" | "function_call" => must(
+                key,
+                value == "none" || value == "auto",
+                "function calling is not supported yet",
+            )?,
+            "modalities" => must(key, value == &json!(["text"]), "only [\"text\"] is supported")?,
+            // They change nothing in the reply.
+            "user" | "metadata" | "store" | "service_tier" | "parallel_tool_calls"
+            | "safety_identifier" | "prompt_cache_key" => {}
+            other => {
+                return Err(ApiError::invalid(
+                    other,
+                    "unknown field (greve refuses what it cannot honour; docs/server.md lists the fields)",
+                ))
+            }
+        }
+    }
+    let Some(messages) = messages else {
+        return Err(ApiError::invalid("messages", "missing"));
+    };
+    (r.system, r.messages) = conversation(messages)?;
+    Ok(r)
+}
+
+fn must(key: &str, ok: bool, why: &str) -> Result<(), ApiError> {
+    match ok {
+        true => Ok(()),
+        false => Err(ApiError::invalid(key, why)),
+    }
+}
+
+fn string<'a>(key: &str, value: &'a Value) -> Result<&'a str, ApiError> {
+    value
+        .as_str()
+        .ok_or_else(|| ApiError::invalid(key, "a string is expected"))
+}
+
+fn boolean(key: &str, value: &Value) -> Result<bool, ApiError> {
+    value
+        .as_bool()
+        .ok_or_else(|| ApiError::invalid(key, "true or false is expected"))
+}
+
+fn integer(key: &str, value: &Value, min: u64, max: u64) -> Result<u64, ApiError> {
+    value
+        .as_u64()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
+            ApiError::invalid(key, format!("an integer from {min} to {max} is expected"))
+        })
+}
+
+fn number(key: &str, value: &Value, min: f64, max: f64) -> Result<f32, ApiError> {
+    value
+        .as_f64()
+        .filter(|x| (min..=max).contains(x))
+        .map(|x| x as f32)
+        .ok_or_else(|| ApiError::invalid(key, format!("a number from {min} to {max} is expected")))
+}
+
+/// Any JSON integer: OpenAI's seeds may be negative (they keep their bits).
+fn seed(value: &Value) -> Result<u64, ApiError> {
+    value
+        .as_u64()
+        .or_else(|| value.as_i64().map(|n| n as u64))
+        .ok_or_else(|| ApiError::invalid("seed", "an integer is expected"))
+}
+
+fn stream_options(value: &Value) -> Result<bool, ApiError> {
+    let Value::Object(options) = value else {
+        return Err(ApiError::invalid("stream_options", "an object is expected"));
+    };
+    let mut usage = false;
+    for (key, value) in options {
+        match key.as_str() {
+            "include_usage" => {
+                usage = !value.is_null() && boolean("stream_options.include_usage", value)?
+            }
+            "include_obfuscation" => {}
+            other => {
+                return Err(ApiError::invalid(
+                    format!("stream_options.{other}"),
+                    "unknown field",
+                ))
+            }
+        }
+    }
+    Ok(usage)
+}
+
+fn stops(value: &Value) -> Result<Vec<String>, ApiError> {
+    let list = match value {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items
+            .iter()
+            .map(|s| string("stop", s).map(str::to_string))
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(ApiError::invalid(
+                "stop",
+                "a string or a list of strings is expected",
+            ))
+        }
+    };
+    if list.len() > MAX_STOPS {
+        return Err(ApiError::invalid(
+            "stop",
+            format!("at most {MAX_STOPS} strings"),
+        ));
+    }
+    Ok(list.into_iter().filter(|s| !s.is_empty()).collect())
+}
+
+fn response_format(value: &Value) -> Result<Option<Format>, ApiError> {
+    let kind = value.get("type").and_then(Value::as_str);
+    let bad = |e: String| ApiError::invalid("response_format", e);
+    match kind {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Format::Json)),
+        Some("json_schema") => {
+            let spec = value
+                .get("json_schema")
+                .filter(|s| s.is_object())
+                .ok_or_else(|| bad("json_schema: an object with a schema is expected".into()))?;
+            let schema = spec.get("schema").cloned().unwrap_or(json!({}));
+            structured::schema(&schema.to_string())
+                .map(Some)
+                .map_err(bad)
+        }
+        Some(other) => Err(bad(format!(
+            "type {} is not supported: use text, json_object or json_schema",
+            crate::messages::short(other)
+        ))),
+        None => Err(bad("an object with a type is expected".into())),
+    }
+}
+
+/// The system prompt and the alternating conversation of `messages`.
+fn conversation(value: &Value) -> Result<(Option<String>, Vec<Message>), ApiError> {
+    let Some(items) = value.as_array().filter(|a| !a.is_empty()) else {
+        return Err(ApiError::invalid(
+            "messages",
+            "a non-empty list is expected",
+        ));
+    };
+    let mut system: Vec<String> = Vec::new();
+    let mut messages = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let Some(fields) = item.as_object() else {
+            return Err(ApiError::invalid(param, "an object is expected"));
+        };
+        let role = fields.get("role").and_then(Value::as_str).unwrap_or("");
+        for key in fields.keys() {
+            match key.as_str() {
+                "role" | "content" | "name" | "refusal" => {}
+                "tool_calls" | "tool_call_id" | "function_call" => {
+                    return Err(ApiError::invalid(
+                        format!("{param}.{key}"),
+                        "function calling is not supported yet",
+                    ))
+                }
+                other => {
+                    return Err(ApiError::invalid(
+                        format!("{param}.{other}"),
+                        "unknown field",
+                    ))
+                }
+            }
+        }
+        let content = content(&param, fields.get("content"))?;
+        match role {
+            "system" | "developer" if messages.is_empty() => system.push(content),
+            "system" | "developer" => {
+                return Err(ApiError::invalid(
+                    param,
+                    "a system message may only come before the conversation",
+                ))
+            }
+            "user" => messages.push(Message::user(content)),
+            "assistant" => messages.push(Message::assistant(content)),
+            "tool" | "function" => {
+                return Err(ApiError::invalid(
+                    param,
+                    "function calling is not supported yet",
+                ))
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("{param}.role"),
+                    "system, developer, user or assistant is expected",
+                ))
+            }
+        }
+    }
+    template::check_turns(&messages)
+        .map_err(|e| ApiError::invalid("messages", crate::exit::one_line(&e)))?;
+    match messages.last().map(|m| m.role) {
+        Some(Role::User) => {}
+        Some(Role::Assistant) => return Err(ApiError::invalid(
+            "messages",
+            "the last message is the assistant's: end with a user message for the model to answer",
+        )),
+        None => return Err(ApiError::invalid("messages", "no user message to answer")),
+    }
+    let system = (!system.is_empty()).then(|| system.join("\n\n"));
+    Ok((system, messages))
+}
+
+/// A message's text: a string, or a list of text parts (joined).
+fn content(param: &str, value: Option<&Value>) -> Result<String, ApiError> {
+    let param = format!("{param}.content");
+    match value {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                match (part.get("type").and_then(Value::as_str), part.get("text")) {
+                    (Some("text"), Some(Value::String(s))) => text.push_str(s),
+                    (Some("text"), _) => {
+                        return Err(ApiError::invalid(
+                            format!("{param}[{j}].text"),
+                            "a string is expected",
+                        ))
+                    }
+                    _ => {
+                        return Err(ApiError::invalid(
+                            format!("{param}[{j}]"),
+                            "only text parts are supported",
+                        ))
+                    }
+                }
+            }
+            Ok(text)
+        }
+        _ => Err(ApiError::invalid(
+            param,
+            "a string or a list of text parts is expected",
+        )),
+    }
+}
+
+/// Token counts, as `usage`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: usize,
+    pub completion: usize,
+    /// Prompt tokens whose keys and values were kept from an earlier request.
+    pub cached: usize,
+}
+
+impl Usage {
+    pub fn json(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "total_tokens": self.prompt + self.completion,
+            "prompt_tokens_details": {"cached_tokens": self.cached},
+        })
+    }
+}
+
+/// What every reply and chunk of one completion carries.
+#[derive(Clone, Debug)]
+pub struct Header {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+/// A whole (non-streamed) reply.
+pub fn completion(h: &Header, content: &str, finish: &str, usage: Usage) -> Value {
+    json!({
+        "id": h.id,
+        "object": "chat.completion",
+        "created": h.created,
+        "model": h.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": finish,
+            "logprobs": null,
+        }],
+        "usage": usage.json(),
+    })
+}
+
+/// One chunk of a streamed reply: a delta, or the end with its reason.
+pub fn chunk(h: &Header, delta: Value, finish: Option<&str>) -> Value {
+    json!({
+        "id": h.id,
+        "object": "chat.completion.chunk",
+        "created": h.created,
+        "model": h.model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+    })
+}
+
+/// The last chunk of a stream asked for with `include_usage`.
+pub fn usage_chunk(h: &Header, usage: Usage) -> Value {
+    json!({
+        "id": h.id,
+        "object": "chat.completion.chunk",
+        "created": h.created,
+        "model": h.model,
+        "choices": [],
+        "usage": usage.json(),
+    })
+}
+
+/// The served model, as `/v1/models` lists it.
+pub fn model(id: &str, created: u64, context: usize) -> Value {
+    json!({
+        "id": id,
+        "object": "model",
+        "created": created,
+        "owned_by": "greve",
+        "context_length": context,
+    })
+}
+
+/// Holds back the end of a reply that may be the start of a stop string,
+/// so that no stop string, nor any part of one, is ever sent.
+#[derive(Debug, Default)]
+pub struct StopScan {
+    stops: Vec<String>,
+    held: String,
+    pub stopped: bool,
+}
+
+impl StopScan {
+    pub fn new(stops: Vec<String>) -> Self {
+        StopScan {
+            stops,
+            held: String::new(),
+            stopped: false,
+        }
+    }
+
+    /// Text that is safe to send after `text` arrives; once a stop string
+    /// is seen, what precedes it, then nothing.
+    pub fn push(&mut self, text: &str) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        self.held.push_str(text);
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
+            self.stopped = true;
+            self.held.truncate(at);
+            return std::mem::take(&mut self.held);
+        }
+        // Keep the longest tail that begins some stop string.
+        let keep = self
+            .stops
+            .iter()
+            .flat_map(|s| {
+                (1..s.len())
+                    .filter(|&n| s.is_char_boundary(n))
+                    .map(|n| &s[..n])
+            })
+            .filter(|prefix| self.held.ends_with(prefix))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        let sent = self.held.len() - keep;
+        let rest = self.held.split_off(sent);
+        std::mem::replace(&mut self.held, rest)
+    }
+
+    /// What is still held when the reply ends.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: Value) -> Result<ChatRequest, ApiError> {
+        parse_chat(v.to_string().as_bytes())
+    }
+
+    fn user(text: &str) -> Value {
+        json!({"role": "user", "content": text})
+    }
+
+    #[test]
+    fn a_full_request_is_read() {
+        let r = parse(json!({
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Bon"}, {"type": "text", "text": "jour"}]},
+                {"role": "assistant", "content": "Salut"},
+                user("Ça va ?"),
+            ],
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "max_tokens": 50,
+            "max_completion_tokens": 20,
+            "temperature": 0,
+            "top_p": 0.5,
+            "seed": -1,
+            "stop": ["\n\n", ""],
+            "response_format": {"type": "json_object"},
+            "strike": "totale",
+            "n": 1,
+            "user": "someone",
+            "presence_penalty": 0,
+            "logit_bias": {},
+            "tools": null,
+        }))
+        .unwrap();
+        assert_eq!(r.system.as_deref(), Some("Be brief."));
+        assert_eq!(
+            r.messages,
+            vec![
+                Message::user("Bonjour"),
+                Message::assistant("Salut"),
+                Message::user("Ça va ?")
+            ]
+        );
+        assert!(r.stream && r.include_usage);
+        assert_eq!(r.max_tokens, Some(20));
+        assert_eq!(
+            (r.temperature, r.top_p, r.seed),
+            (Some(0.0), Some(0.5), Some(u64::MAX))
+        );
+        assert_eq!(r.stop, vec!["\n\n".to_string()]);
+        assert_eq!(r.format, Some(Format::Json));
+        assert_eq!(r.strike, Some(Mode::Totale));
+    }
+
+    /// Every refusal names the field at fault, as `param` and in the message.
+    #[test]
+    fn what_cannot_be_honoured_is_refused_by_name() {
+        let one = |extra: Value| {
+            let mut body = json!({"messages": [user("hi")]});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            parse(body).unwrap_err()
+        };
+        for (field, value) in [
+            ("n", json!(2)),
+            ("logit_bias", json!({"42": 10})),
+            ("frequency_penalty", json!(0.5)),
+            ("logprobs", json!(true)),
+            ("tools", json!([{"type": "function"}])),
+            ("temperature", json!(3)),
+            ("temperature", json!("hot")),
+            ("top_p", json!(0)),
+            ("max_tokens", json!(0)),
+            ("max_tokens", json!(1.5)),
+            ("stop", json!(["a", "b", "c", "d", "e"])),
+            ("stream", json!("yes")),
+            ("strike", json!("lundi")),
+            ("frobnicate", json!(true)),
+        ] {
+            let e = one(json!({ field: value }));
+            assert_eq!(
+                (e.status, e.param.as_deref()),
+                (400, Some(field)),
+                "{field}: {e:?}"
+            );
+            assert!(e.message.starts_with(field), "{}", e.message);
+        }
+        let e = one(json!({"response_format": {"type": "xml"}}));
+        assert_eq!(e.param.as_deref(), Some("response_format"));
+        let e = one(
+            json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}}}),
+        );
+        assert_eq!(e.param.as_deref(), Some("response_format"));
+        let schema = json!({"type": "json_schema", "json_schema": {"name": "x", "strict": true,
+            "schema": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}});
+        assert!(matches!(
+            parse(json!({"messages": [user("hi")], "response_format": schema}))
+                .unwrap()
+                .format,
+            Some(Format::Schema(_))
+        ));
+    }
+
+    #[test]
+    fn conversations_must_be_ones_mistral_can_read() {
+        let bad = |messages: Value| parse(json!({ "messages": messages })).unwrap_err();
+        for (messages, param) in [
+            (json!([]), "messages"),
+            (json!("hi"), "messages"),
+            (
+                json!([user("a"), {"role": "assistant", "content": "b"}]),
+                "messages",
+            ),
+            (json!([user("a"), user("b")]), "messages"),
+            (json!([{"role": "assistant", "content": "a"}]), "messages"),
+            (
+                json!([user("a"), {"role": "system", "content": "s"}, user("b")]),
+                "messages[1]",
+            ),
+            (
+                json!([{"role": "robot", "content": "a"}]),
+                "messages[0].role",
+            ),
+            (json!([{"role": "user"}]), "messages[0].content"),
+            (
+                json!([{"role": "user", "content": [{"type": "image_url"}]}]),
+                "messages[0].content[0]",
+            ),
+            (json!([{"role": "tool", "content": "1"}]), "messages[0]"),
+            (
+                json!([{"role": "user", "content": "a", "mood": "x"}]),
+                "messages[0].mood",
+            ),
+        ] {
+            let e = bad(messages.clone());
+            assert_eq!(e.param.as_deref(), Some(param), "{messages}: {e:?}");
+        }
+        assert_eq!(
+            parse(json!({})).unwrap_err().param.as_deref(),
+            Some("messages")
+        );
+        assert_eq!(parse_chat(b"{").unwrap_err().param.as_deref(), Some("body"));
+        assert_eq!(
+            parse_chat(b"[1]").unwrap_err().param.as_deref(),
+            Some("body")
+        );
+        // Nesting is bounded by the JSON reader itself.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(parse_chat(deep.as_bytes()).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn system_and_developer_messages_lead() {
+        let r = parse(json!({"messages": [
+            {"role": "developer", "content": "A"}, {"role": "system", "content": "B"}, user("u")
+        ]}))
+        .unwrap();
+        assert_eq!(r.system.as_deref(), Some("A\n\nB"));
+    }
+
+    #[test]
+    fn stop_strings_are_held_back_never_sent() {
+        let run = |stops: &[&str], pieces: &[&str]| {
+            let mut s = StopScan::new(stops.iter().map(|s| s.to_string()).collect());
+            let mut out: Vec<String> = pieces.iter().map(|p| s.push(p)).collect();
+            if !s.stopped {
+                out.push(s.finish());
+            }
+            (out.concat(), s.stopped)
+        };
+        assert_eq!(
+            run(&["END"], &["Hello E", "N", "D world"]),
+            ("Hello ".into(), true)
+        );
+        assert_eq!(
+            run(&["END"], &["Hello E", "N", "d"]),
+            ("Hello ENd".into(), false)
+        );
+        assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
+        // The earliest stop wins: "abc" starts before "b".
+        assert_eq!(run(&["b", "abc"], &["xa", "bc"]), ("x".into(), true));
+        // Multi-byte stop strings are matched and held back on characters.
+        assert_eq!(run(&["é!"], &["caf", "é", "!"]), ("caf".into(), true));
+        assert_eq!(run(&["é!"], &["café", " ok"]), ("café ok".into(), false));
+        let mut s = StopScan::new(vec!["STOP".into()]);
+        assert_eq!(s.push("ab ST"), "ab ");
+        assert_eq!(s.push("x"), "STx");
+    }
+}
