@@ -507,15 +507,22 @@ async fn chat(
 
 /// The body, whole: within the size limit (413) and the time limit (408).
 async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Bytes, ApiError> {
-    let limited = Limited::new(req.into_body(), MAX_BODY);
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Ok(Ok(body)) => Ok(body.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+    let too_large = || {
+        ApiError::new(
             413,
             "invalid_request_error",
             format!("the request body is over {} MiB", MAX_BODY >> 20),
         )
-        .with_code("request_too_large")),
+        .with_code("request_too_large")
+    };
+    // What the length announces is refused before anything is read.
+    if hyper::body::Body::size_hint(req.body()).lower() > MAX_BODY as u64 {
+        return Err(too_large());
+    }
+    let limited = Limited::new(req.into_body(), MAX_BODY);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Ok(Err(e)) => Err(ApiError::new(
             400,
             "invalid_request_error",

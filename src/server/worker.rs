@@ -146,7 +146,11 @@ impl Worker {
         let turn = turn.map_err(|e| failure(&e))?;
         if turn.notice {
             if structured {
-                return Err(ApiError::new(503, "strike", turn.text).with_code("on_strike"));
+                let message = format!(
+                    "on strike ({}): no JSON today, only a strike notice; send \"strike\": \"off\" to get some",
+                    c.options.mode.name()
+                );
+                return Err(ApiError::new(503, "strike", message).with_code("on_strike"));
             }
             send(Event::Accepted);
             send(Event::Text(turn.text));
@@ -166,8 +170,11 @@ impl Worker {
             Finish::Interrupted if self.shared.stopping.load(Ordering::SeqCst) => {
                 return Err(stopping())
             }
-            // Its client left: no one reads this.
-            Finish::Interrupted => "stop",
+            Finish::Interrupted => {
+                let n = c.last.as_ref().map_or(0, |s| s.generated_tokens);
+                log::info!("reply stopped after {n} tokens: its client left");
+                "stop" // no one reads it
+            }
         };
         if let Some(signoff) = &wrapping.signoff {
             send(Event::Text(format!("\n\n{signoff}")));

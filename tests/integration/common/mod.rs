@@ -17,6 +17,19 @@ use serde_json::Value;
 /// user prompt folder or config file. RUST_BACKTRACE is set: candle then appends
 /// backtraces to its errors, and greve's must stay one line all the same.
 pub fn run(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
+    let mut child = command(args, env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The child may exit before reading stdin; a broken pipe here is fine.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().unwrap()
+}
+
+/// The greve binary with `args`, in the environment [`run`] describes.
+pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_greve"));
     cmd.args(args)
         .env("RUST_BACKTRACE", "1")
@@ -38,15 +51,7 @@ pub fn run(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The child may exit before reading stdin; a broken pipe here is fine.
-    let _ = child.stdin.take().unwrap().write_all(stdin);
-    child.wait_with_output().unwrap()
+    cmd
 }
 
 /// This test process's cache folder, in the target directory.
