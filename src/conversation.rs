@@ -1,14 +1,15 @@
-//! A conversation with a loaded model: the messages, the system prompt and
-//! persona, and the bookkeeping that lets each turn reuse the KV cache.
+//! A conversation: the messages, the system prompt and persona, and the
+//! engine that answers them — a model loaded here ([`Local`]), whose KV
+//! cache each turn reuses, or an OpenAI-compatible server ([`Remote`]).
 //!
 //! No terminal here: the front ends (`commands/chat.rs`, and
-//! `commands/ask.rs` for a conversation of one turn) read and print, this
-//! file decides what the model sees. Each turn renders the whole conversation with the
-//! instruct template, keeps the cached tokens it shares with the previous
-//! rendering and prefills only the rest, so the text never depends on the
-//! cache, only the speed. When the conversation outgrows the context, the
-//! oldest whole exchanges leave the model's window (they stay in the
-//! transcript).
+//! `commands/ask.rs` for a conversation of one turn, `server/` for a
+//! request) read and print, this file decides what the model sees. Each
+//! turn renders the whole conversation with the instruct template, keeps
+//! the cached tokens it shares with the previous rendering and prefills
+//! only the rest, so the text never depends on the cache, only the speed.
+//! When the conversation outgrows the context, the oldest whole exchanges
+//! leave the model's window (they stay in the transcript).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -17,33 +18,46 @@ use crate::generate::{generate, Finish, Limits, Prompt, Stats};
 use crate::model::Model;
 use crate::persona::{self, Mode, Prompts};
 use crate::prompt_cache::{self, common_prefix, Kind, Lookup, PromptCache};
+use crate::remote::Remote;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::settings::Settings;
 use crate::structured::{Constraint, Format, Grammar};
 use crate::template::{self, Message, Role};
+use crate::tokenizer::StreamDecoder;
 use crate::transcript::Transcript;
 
 pub struct Conversation {
-    pub model: Model,
+    /// What answers.
+    pub engine: Engine,
     /// Settings that commands may change between turns.
     pub options: Options,
     /// The whole conversation, alternating user and assistant.
     messages: Vec<Message>,
     /// Index of the first message still in the model's window (a user's).
     first: usize,
-    /// The tokens whose keys and values are in the KV cache, in order.
-    cached: Vec<u32>,
     /// Replies so far: each one samples with its own seed.
     turns: u64,
+    /// The messages go on from a saved conversation (the prompt cache may
+    /// hold its keys and values).
+    resumed: bool,
+    pub last: Option<Stats>,
+}
+
+pub enum Engine {
+    Local(Box<Local>),
+    Remote(Remote),
+}
+
+/// A model loaded in this process, and what its turns leave for the next.
+pub struct Local {
+    pub model: Model,
+    /// The tokens whose keys and values are in the KV cache, in order.
+    cached: Vec<u32>,
     /// The output format compiled for this model's vocabulary, kept while
     /// the format stays the same.
     grammar: Option<(Format, Grammar)>,
     /// Keys and values on disk, to start from where an earlier run left.
     pub prompt_cache: Option<PromptCache>,
-    /// The messages go on from a saved conversation (the prompt cache may
-    /// hold its keys and values).
-    resumed: bool,
-    pub last: Option<Stats>,
 }
 
 /// One answered message.
@@ -59,10 +73,18 @@ pub struct Turn {
 /// What happens during a turn, for a front end to show.
 pub enum Event<'a> {
     /// The prompt the model is about to read: its text with the control
-    /// tokens written out, and its ids.
+    /// tokens written out, and its ids (none for a remote engine, which
+    /// renders its own).
     Prompt { text: String, ids: &'a [u32] },
-    /// A generated token.
-    Token(u32),
+    /// More of the reply, whole characters only.
+    Text(String),
+}
+
+/// A reply from an engine.
+pub struct Reply {
+    pub text: String,
+    pub finish: Finish,
+    pub stats: Stats,
 }
 
 /// A conversation's settings besides the model.
@@ -81,36 +103,65 @@ pub struct Options {
 }
 
 impl Options {
-    /// The resolved settings, the model's defaults filling what they leave.
-    pub fn new(settings: &Settings, prompts: Prompts, model: &Model) -> Self {
+    /// The resolved settings, the model's defaults (none for a remote
+    /// one) filling what they leave.
+    pub fn new(
+        settings: &Settings,
+        prompts: Prompts,
+        defaults: &crate::model::GenerationDefaults,
+    ) -> Self {
         Options {
             system: settings.system.value.clone(),
             mode: settings.strike.value,
             safe: settings.safe.value,
             prompts,
-            sampling: settings.sampling(&model.defaults),
+            sampling: settings.sampling(defaults),
             seed: settings.seed.value,
-            max_tokens: settings.reply_limit(&model.defaults),
+            max_tokens: settings.reply_limit(defaults),
             format: settings.format.value.clone(),
         }
     }
 }
 
 impl Conversation {
+    /// A conversation with a model loaded here.
     pub fn new(mut model: Model, options: Options) -> Self {
         let planned = crate::model::PLANNED_CONTEXT.min(model.transformer.config.context_length);
         model.transformer.reserve(planned);
-        Conversation {
+        let local = Local {
             model,
+            cached: Vec::new(),
+            grammar: None,
+            prompt_cache: None,
+        };
+        Self::with_engine(Engine::Local(Box::new(local)), options)
+    }
+
+    pub fn with_engine(engine: Engine, options: Options) -> Self {
+        Conversation {
+            engine,
             options,
             messages: Vec::new(),
             first: 0,
-            cached: Vec::new(),
             turns: 0,
-            grammar: None,
-            prompt_cache: None,
             resumed: false,
             last: None,
+        }
+    }
+
+    /// The model loaded here; `None` when a server answers.
+    pub fn local(&self) -> Option<&Local> {
+        match &self.engine {
+            Engine::Local(local) => Some(local.as_ref()),
+            Engine::Remote(_) => None,
+        }
+    }
+
+    /// The model's name, as the user gave it (or the server's).
+    pub fn model_name(&self) -> &str {
+        match &self.engine {
+            Engine::Local(local) => &local.model.name,
+            Engine::Remote(remote) => &remote.model,
         }
     }
 
@@ -118,12 +169,11 @@ impl Conversation {
         &self.messages
     }
 
-    /// Tokens in the KV cache, and the model's context length.
-    pub fn context(&self) -> (usize, usize) {
-        (
-            self.cached.len(),
-            self.model.transformer.config.context_length,
-        )
+    /// Tokens in the KV cache, and the model's context length; `None`
+    /// when a server holds them.
+    pub fn context(&self) -> Option<(usize, usize)> {
+        self.local()
+            .map(|l| (l.cached.len(), l.model.transformer.config.context_length))
     }
 
     /// The seed of the next reply.
@@ -136,7 +186,7 @@ impl Conversation {
         self.turn_seed().wrapping_sub(1)
     }
 
-    /// Answers `text`. `on_token` sees each generated token as it comes.
+    /// Answers `text`. `on_event` sees the reply as it comes.
     /// On an error the message is taken back, so the conversation is as it was.
     pub fn send(
         &mut self,
@@ -237,21 +287,18 @@ impl Conversation {
         cancel: &AtomicBool,
         on_event: impl FnMut(Event) -> anyhow::Result<()>,
     ) -> anyhow::Result<Turn> {
-        let context = self.model.transformer.config.context_length;
-        let system = self.system_prompt();
-        let pieces = template::render(
-            self.model.tokenizer.format(),
-            system.as_deref(),
-            &self.messages,
-        )?;
-        let n = self.model.tokenizer.encode_pieces(&pieces)?.len();
-        if n >= context {
-            return Err(Failure::Usage.err(format!(
-                "the messages take {n} tokens with the system prompt, more than the model's context of {context} leaves for a reply; shorten them"
-            )));
+        if let Engine::Local(local) = &self.engine {
+            let system = self.system_prompt();
+            let n = local.encode(system.as_deref(), &self.messages)?.len();
+            let context = local.model.transformer.config.context_length;
+            if n >= context {
+                return Err(Failure::Usage.err(format!(
+                    "the messages take {n} tokens with the system prompt, more than the model's context of {context} leaves for a reply; shorten them"
+                )));
+            }
+            let room = context - n;
+            self.options.max_tokens = Some(self.options.max_tokens.map_or(room, |m| m.min(room)));
         }
-        let room = context - n;
-        self.options.max_tokens = Some(self.options.max_tokens.map_or(room, |m| m.min(room)));
         self.answer(cancel, on_event)
     }
 
@@ -274,25 +321,112 @@ impl Conversation {
                 dropped: 0,
             });
         }
-        let (ids, dropped) = self.fit(cancel)?;
-        on_event(Event::Prompt {
-            text: self.prompt_text()?,
-            ids: &ids,
-        })?;
+        let system = self.system_prompt();
+        let (reply, dropped) = match &mut self.engine {
+            Engine::Local(local) => {
+                let (first, ids) = local.fit(
+                    &self.messages,
+                    self.first,
+                    system.as_deref(),
+                    self.options.max_tokens,
+                    cancel,
+                )?;
+                let dropped = first - self.first;
+                self.first = first;
+                let turn = LocalTurn {
+                    ids,
+                    system: system.as_deref(),
+                    window: &self.messages[first..],
+                    options: &self.options,
+                    seed,
+                    resumed: self.resumed,
+                };
+                (local.answer(turn, cancel, &mut on_event)?, dropped)
+            }
+            Engine::Remote(remote) => {
+                let reply = remote.answer(
+                    system.as_deref(),
+                    &self.messages[self.first..],
+                    &self.options,
+                    seed,
+                    cancel,
+                    &mut on_event,
+                )?;
+                (reply, 0)
+            }
+        };
+        if !reply.text.trim().is_empty() {
+            self.messages.push(Message::assistant(reply.text.clone()));
+        }
+        self.last = Some(reply.stats);
+        Ok(Turn {
+            text: reply.text,
+            finish: reply.finish,
+            notice: false,
+            dropped,
+        })
+    }
+
+    /// Saves the keys and values of the conversation so far in the prompt
+    /// cache, for a run that resumes it (`--save`, `/save`).
+    pub fn save_context(&self) {
+        if let Some(local) = self.local() {
+            if let Some(disk) = &local.prompt_cache {
+                disk.save(&local.cached, Kind::Conversation, &local.model.transformer);
+            }
+        }
+    }
+
+    fn system_prompt(&self) -> Option<String> {
+        let o = &self.options;
+        persona::system_prompt(o.mode, o.safe, o.system.as_deref(), &o.prompts)
+    }
+}
+
+/// What a local turn needs of the conversation.
+struct LocalTurn<'a> {
+    /// The window's prompt.
+    ids: Vec<u32>,
+    system: Option<&'a str>,
+    /// The messages in the model's window, the last the user's.
+    window: &'a [Message],
+    options: &'a Options,
+    seed: u64,
+    resumed: bool,
+}
+
+impl Local {
+    /// The ids of a conversation rendered with the model's instruct format.
+    fn encode(&self, system: Option<&str>, messages: &[Message]) -> anyhow::Result<Vec<u32>> {
+        let format = self.model.tokenizer.format();
+        let pieces = template::render(format, system, messages)?;
+        self.model.tokenizer.encode_pieces(&pieces)
+    }
+
+    fn answer(
+        &mut self,
+        turn: LocalTurn,
+        cancel: &AtomicBool,
+        on_event: &mut impl FnMut(Event) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Reply> {
+        let ids = turn.ids;
+        let format = self.model.tokenizer.format();
+        let text = template::to_text(&template::render(format, turn.system, turn.window)?);
+        on_event(Event::Prompt { text, ids: &ids })?;
         let mut reuse = common_prefix(&self.cached, &ids);
-        let checkpoint = self.fixed_prefix(&ids)?;
+        let checkpoint = self.fixed_prefix(turn.system, &ids)?;
         let context = self.model.transformer.config.context_length;
         let room = context - ids.len();
-        let max_tokens = self.options.max_tokens.map_or(room, |n| n.min(room));
+        let max_tokens = turn.options.max_tokens.map_or(room, |n| n.min(room));
         let mut stop = self.model.defaults.eos_token_id.clone();
         stop.push(self.model.tokenizer.eos());
-        let mut constraint = self.constraint()?;
+        let mut constraint = self.constraint(&turn.options.format)?;
         let mut limits = Limits {
             max_tokens,
             stop: &stop,
             grammar: constraint.as_mut(),
         };
-        let mut sampler = Sampler::new(self.options.sampling.clone(), seed);
+        let mut sampler = Sampler::new(turn.options.sampling.clone(), turn.seed);
         // Until generation succeeds the cache holds an unknown mix.
         self.cached.clear();
         let (mut loaded, reading) = (0, std::time::Instant::now());
@@ -300,7 +434,7 @@ impl Conversation {
             let lookup = Lookup {
                 prompt: &ids,
                 fixed: checkpoint,
-                resumed: self.resumed,
+                resumed: turn.resumed,
             };
             let restored = disk.restore(&lookup, reuse, &mut self.model.transformer);
             if restored != reuse {
@@ -309,8 +443,7 @@ impl Conversation {
         }
         let read_time = reading.elapsed();
         log::debug!(
-            "turn {}: {} prompt tokens, {reuse} in the KV cache ({loaded} from disk), {checkpoint} fixed",
-            self.turns,
+            "{} prompt tokens, {reuse} in the KV cache ({loaded} from disk), {checkpoint} fixed",
             ids.len()
         );
         let prompt = Prompt {
@@ -318,14 +451,22 @@ impl Conversation {
             reuse,
             checkpoint,
         };
+        let tokenizer = self.model.tokenizer.clone();
+        let mut decoder = StreamDecoder::default();
         let mut g = generate(
             &mut self.model.transformer,
             prompt,
             &mut sampler,
             &mut limits,
             cancel,
-            |token| on_event(Event::Token(token)),
+            |token| match decoder.push(&tokenizer, token)? {
+                Some(text) => on_event(Event::Text(text)),
+                None => Ok(()),
+            },
         )?;
+        if let Some(rest) = decoder.finish(&tokenizer)? {
+            on_event(Event::Text(rest))?;
+        }
         g.stats.loaded_tokens = loaded;
         // The wait for the first token includes the read.
         (g.stats.cache_read_time, g.stats.time_to_first_token) =
@@ -338,22 +479,15 @@ impl Conversation {
         cached.extend(&g.tokens);
         cached.truncate(self.model.transformer.cached());
         self.cached = cached;
-        let text = self.model.tokenizer.decode(&g.tokens)?;
-        if !text.trim().is_empty() {
-            self.messages.push(Message::assistant(text.clone()));
-        }
-        self.last = Some(g.stats);
-        Ok(Turn {
-            text,
+        Ok(Reply {
+            text: tokenizer.decode(&g.tokens)?,
             finish: g.finish,
-            notice: false,
-            dropped,
+            stats: g.stats,
         })
     }
 
     /// A fresh constraint for the reply, when the format asks for one.
-    fn constraint(&mut self) -> anyhow::Result<Option<Constraint>> {
-        let format = &self.options.format;
+    fn constraint(&mut self, format: &Format) -> anyhow::Result<Option<Constraint>> {
         if !self.grammar.as_ref().is_some_and(|(f, _)| f == format) {
             self.grammar =
                 Grammar::new(format, &self.model.tokenizer)?.map(|g| (format.clone(), g));
@@ -361,26 +495,14 @@ impl Conversation {
         self.grammar.as_ref().map(|(_, g)| g.start()).transpose()
     }
 
-    /// Saves the keys and values of the conversation so far in the prompt
-    /// cache, for a run that resumes it (`--save`, `/save`).
-    pub fn save_context(&self) {
-        if let Some(disk) = &self.prompt_cache {
-            disk.save(&self.cached, Kind::Conversation, &self.model.transformer);
-        }
-    }
-
     /// How many of `ids` stay the same whatever the last message says: the
     /// system prompt (the persona's too) and what comes before it. The
     /// prompt cache keeps them; 0 when there is none, or it is short.
-    fn fixed_prefix(&self, ids: &[u32]) -> anyhow::Result<usize> {
-        let Some(system) = self.system_prompt() else {
+    fn fixed_prefix(&self, system: Option<&str>, ids: &[u32]) -> anyhow::Result<usize> {
+        if system.is_none() {
             return Ok(0);
-        };
-        let format = self.model.tokenizer.format();
-        let alone = |text: &str| {
-            let pieces = template::render(format, Some(&system), &[Message::user(text)])?;
-            self.model.tokenizer.encode_pieces(&pieces)
-        };
+        }
+        let alone = |text: &str| self.encode(system, &[Message::user(text)]);
         let a = alone("a")?;
         let fixed = common_prefix(&a[..common_prefix(&a, &alone("b")?)], ids);
         Ok(if fixed < prompt_cache::MIN_TOKENS {
@@ -390,54 +512,29 @@ impl Conversation {
         })
     }
 
-    fn system_prompt(&self) -> Option<String> {
-        let o = &self.options;
-        persona::system_prompt(o.mode, o.safe, o.system.as_deref(), &o.prompts)
-    }
-
-    /// The model's window of the conversation as text, control tokens
-    /// written out.
-    fn prompt_text(&self) -> anyhow::Result<String> {
-        let system = self.system_prompt();
-        let window = &self.messages[self.first..];
-        let pieces = template::render(self.model.tokenizer.format(), system.as_deref(), window)?;
-        Ok(template::to_text(&pieces))
-    }
-
-    /// The prompt for the conversation so far, moving the window past the
-    /// oldest exchanges until it leaves room for a reply.
-    fn fit(&mut self, cancel: &AtomicBool) -> anyhow::Result<(Vec<u32>, usize)> {
+    /// The first message of the window from `first` on that leaves room
+    /// for a reply, and the window's prompt.
+    fn fit(
+        &self,
+        messages: &[Message],
+        first: usize,
+        system: Option<&str>,
+        max_tokens: Option<usize>,
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<(usize, Vec<u32>)> {
         let context = self.model.transformer.config.context_length;
         // Room kept for the reply: the limit asked for, else an eighth of
         // the context, never more than half of it.
-        let reserve = self
-            .options
-            .max_tokens
-            .unwrap_or(context / 8)
-            .min(context / 2)
-            .max(1);
-        let system = self.system_prompt();
-        let format = self.model.tokenizer.format();
-        let tokenizer = &self.model.tokenizer;
-        let measure = |window: &[Message]| -> anyhow::Result<Vec<u32>> {
-            tokenizer.encode_pieces(&template::render(format, system.as_deref(), window)?)
-        };
-        let (first, ids) = fit_window(
-            &self.messages,
-            self.first,
-            context - reserve,
-            measure,
-            cancel,
-        )?;
+        let reserve = max_tokens.unwrap_or(context / 8).min(context / 2).max(1);
+        let measure = |window: &[Message]| self.encode(system, window);
+        let (first, ids) = fit_window(messages, first, context - reserve, measure, cancel)?;
         if ids.len() >= context {
             return Err(Failure::Usage.err(format!(
                 "this message needs {} tokens with the system prompt, more than the model's context of {context}; shorten it",
                 ids.len()
             )));
         }
-        let dropped = first - self.first;
-        self.first = first;
-        Ok((ids, dropped))
+        Ok((first, ids))
     }
 }
 

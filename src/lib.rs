@@ -19,6 +19,7 @@ pub mod messages;
 pub mod model;
 pub mod persona;
 pub mod prompt_cache;
+pub mod remote;
 pub mod resolve;
 pub mod sampler;
 pub mod server;

@@ -149,6 +149,10 @@ impl Command {
             }
             Command::Serve(a) => {
                 a.turn.fill(&mut l)?;
+                if l.remote.is_some() {
+                    return Err(Failure::Usage
+                        .err("greve serve runs a model here; --remote is for ask and chat"));
+                }
                 Job::Serve(crate::server::Options {
                     host: a.host,
                     port: a.port,
@@ -228,6 +232,7 @@ fn env_layer(flags: &mut Layer, matches: &ArgMatches) -> Layer {
     }
     take!(
         model,
+        remote,
         quant,
         device,
         threads,
@@ -254,6 +259,7 @@ impl TurnArgs {
         self.persona.fill(l);
         self.model.fill(l);
         self.sampling.fill(l);
+        l.remote = self.remote;
         l.prompt_cache = self.no_prompt_cache.then_some(false);
         self.format.fill(l)
     }

@@ -155,6 +155,13 @@ pub struct TurnArgs {
     #[command(flatten)]
     pub format: FormatArgs,
 
+    /// An OpenAI-compatible server (vLLM, TGI, llama-server, ollama, `greve
+    /// serve`) answers instead of a model loaded here: http://HOST:PORT/v1.
+    /// `--model` then names the server's model (default: its first); the
+    /// key comes from GREVE_API_KEY or OPENAI_API_KEY.
+    #[arg(long, env = "GREVE_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+
     /// Neither read nor write the prompt cache: the keys and values of
     /// system prompts and saved conversations, kept on disk so that they
     /// are not computed again (`greve cache` shows it).

@@ -125,7 +125,7 @@ fn print_json(
 ) -> anyhow::Result<()> {
     let s = conversation.last.clone().unwrap_or_default();
     let value = serde_json::json!({
-        "model": conversation.model.name,
+        "model": conversation.model_name(),
         "persona": conversation.options.mode.name(),
         "letterhead": wrapping.letterhead,
         "reply": turn.text,

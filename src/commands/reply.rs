@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use crate::conversation::{Conversation, Event, Options, Turn};
+use crate::conversation::{Conversation, Engine, Event, Options, Turn};
 use crate::exit::Failure;
 use crate::generate::{Finish, Stats};
 use crate::messages;
@@ -11,7 +11,6 @@ use crate::persona::{self, Prompts, Wrapping};
 use crate::settings::Settings;
 use crate::structured::Format;
 use crate::template::Message;
-use crate::tokenizer::StreamDecoder;
 use crate::transcript::Transcript;
 
 /// A conversation before its model is loaded: the settings, after the saved
@@ -36,13 +35,27 @@ pub fn start(mut settings: Settings) -> anyhow::Result<Start> {
 }
 
 impl Start {
-    /// Loads the model and goes on from the saved messages, if any.
+    /// Loads the model (or reaches the server that runs it) and goes on
+    /// from the saved messages, if any.
     pub fn open(self) -> anyhow::Result<Conversation> {
-        let model = self.settings.open_model()?;
-        let options = Options::new(&self.settings, self.prompts, &model);
-        let prompt_cache = self.settings.prompt_cache(&model);
-        let mut conversation = Conversation::new(model, options);
-        conversation.prompt_cache = prompt_cache;
+        let mut conversation = match &self.settings.remote.value {
+            Some(url) => {
+                let remote = self.settings.open_remote(url)?;
+                let defaults = crate::model::GenerationDefaults::default();
+                let options = Options::new(&self.settings, self.prompts, &defaults);
+                Conversation::with_engine(Engine::Remote(remote), options)
+            }
+            None => {
+                let model = self.settings.open_model()?;
+                let options = Options::new(&self.settings, self.prompts, &model.defaults);
+                let prompt_cache = self.settings.prompt_cache(&model);
+                let mut conversation = Conversation::new(model, options);
+                if let Engine::Local(local) = &mut conversation.engine {
+                    local.prompt_cache = prompt_cache;
+                }
+                conversation
+            }
+        };
         conversation.restore(self.messages);
         Ok(conversation)
     }
@@ -64,8 +77,6 @@ pub fn speak(
 ) -> anyhow::Result<Turn> {
     let structured = conversation.options.format != Format::Text;
     let wrapping = wrapping(conversation);
-    let tokenizer = conversation.model.tokenizer.clone();
-    let mut decoder = StreamDecoder::default();
     let mut on_event = |event: Event| -> anyhow::Result<()> {
         match event {
             Event::Prompt { text, ids } => {
@@ -79,13 +90,11 @@ pub fn speak(
                     out.flush()?;
                 }
             }
-            Event::Token(token) if !structured => {
-                if let Some(text) = decoder.push(&tokenizer, token)? {
-                    out.write_all(text.as_bytes())?;
-                    out.flush()?;
-                }
+            Event::Text(text) if !structured => {
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
             }
-            Event::Token(_) => {}
+            Event::Text(_) => {}
         }
         Ok(())
     };
@@ -99,9 +108,6 @@ pub fn speak(
             writeln!(out, "{}", turn.text)?;
         }
     } else {
-        if let Some(rest) = decoder.finish(&tokenizer)? {
-            write!(out, "{rest}")?;
-        }
         writeln!(out)?;
     }
     if let (false, Some(signoff)) = (turn.notice, &wrapping.signoff) {

@@ -80,12 +80,21 @@ pub fn run(settings: Settings, options: &Options, cancel: &AtomicBool) -> anyhow
     let start = reply::start(settings)?;
     let seed = (start.settings.seed.from != Source::Default).then_some(start.settings.seed.value);
     let conversation = start.open()?;
+    let Some(local) = conversation.local() else {
+        return Err(
+            Failure::Usage.err("greve serve runs a model here; --remote is for ask and chat")
+        );
+    };
+    let (model, context) = (
+        local.model.name.clone(),
+        local.model.transformer.config.context_length,
+    );
     let base = conversation.options.clone();
     let (jobs, queue) = sync_channel(options.queue);
     let shared = Arc::new(Shared::default());
     let state = Arc::new(State {
-        model: conversation.model.name.clone(),
-        context: conversation.model.transformer.config.context_length,
+        model,
+        context,
         created: now(),
         api_key: options.api_key.clone().filter(|k| !k.is_empty()),
         cors: options

@@ -15,7 +15,6 @@ use crate::conversation::{self, Conversation, Options};
 use crate::exit::{self, Failure};
 use crate::generate::Finish;
 use crate::structured::Format;
-use crate::tokenizer::StreamDecoder;
 
 /// One request, waiting for the model.
 pub struct Job {
@@ -116,8 +115,6 @@ impl Worker {
         c.options = o;
         c.replace(r.messages.clone());
         let wrapping = reply::wrapping(c);
-        let tokenizer = c.model.tokenizer.clone();
-        let mut decoder = StreamDecoder::default();
         let mut scan = StopScan::new(r.stop.clone());
         let send = |event| {
             if job.events.send(event).is_err() {
@@ -132,12 +129,10 @@ impl Worker {
                         send(Event::Text(format!("{letterhead}\n\n")));
                     }
                 }
-                conversation::Event::Token(token) => {
-                    if let Some(text) = decoder.push(&tokenizer, token)? {
-                        send_text(&send, scan.push(&text));
-                        if scan.stopped {
-                            job.cancel.store(true, Ordering::SeqCst);
-                        }
+                conversation::Event::Text(text) => {
+                    send_text(&send, scan.push(&text));
+                    if scan.stopped {
+                        job.cancel.store(true, Ordering::SeqCst);
                     }
                 }
             }
@@ -158,9 +153,6 @@ impl Worker {
                 finish: "stop",
                 usage: Usage::default(),
             });
-        }
-        if let Some(rest) = decoder.finish(&tokenizer).map_err(|e| failure(&e))? {
-            send_text(&send, scan.push(&rest));
         }
         send_text(&send, scan.finish());
         let finish = match turn.finish {

@@ -80,6 +80,8 @@ pub struct Sourced<T> {
 #[serde(deny_unknown_fields)]
 pub struct Layer {
     pub model: Option<String>,
+    /// An OpenAI-compatible server that answers instead of a local model.
+    pub remote: Option<String>,
     pub quant: Option<String>,
     #[serde(skip)]
     pub revision: Option<String>,
@@ -132,6 +134,8 @@ pub struct Layer {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     pub model: Sourced<String>,
+    /// The server's URL, when one answers (`--remote`).
+    pub remote: Sourced<Option<String>>,
     /// A GGUF quantisation or `safetensors`; `None`: the preset's default.
     pub quant: Sourced<Option<String>>,
     pub revision: Option<String>,
@@ -181,6 +185,7 @@ impl Settings {
         ]);
         Settings {
             model: layers.or(|l| &l.model, DEFAULT_MODEL.to_string()),
+            remote: layers.maybe(|l| &l.remote),
             quant: layers.maybe(|l| &l.quant),
             revision: flags.revision.clone(),
             offline: flags.offline.unwrap_or(false),
@@ -311,6 +316,32 @@ impl Settings {
         ))
     }
 
+    /// The server these settings name, and the model to ask it for (the
+    /// server's first unless `--model` names one). What only a local model
+    /// has is said to be ignored.
+    pub fn open_remote(&self, url: &str) -> anyhow::Result<crate::remote::Remote> {
+        let local_only = [
+            ("--device", self.device.from),
+            ("--threads", self.threads.from),
+            ("--kv-cache", self.kv_cache.from),
+            ("--quant", self.quant.from),
+        ];
+        for (flag, from) in local_only {
+            if from != Source::Default {
+                crate::messages::warn(format!(
+                    "{flag} does not apply with --remote: the server runs the model"
+                ));
+            }
+        }
+        if self.repeat_penalty.value.is_some_and(|p| p != 1.0) {
+            crate::messages::warn(
+                "--repeat-penalty is not part of OpenAI's API: it is not sent to the server",
+            );
+        }
+        let model = (self.model.from != Source::Default).then_some(self.model.value.as_str());
+        crate::remote::Remote::connect(url, model)
+    }
+
     /// The model these settings name, on their device, with their KV cache.
     pub fn open_model(&self) -> anyhow::Result<crate::model::Model> {
         let device = device(&self.device.value)?;
@@ -338,6 +369,11 @@ impl Settings {
         }
         vec![
             row("model", &self.model, String::clone),
+            row(
+                "remote",
+                &self.remote,
+                or_else("none: the model runs here".into()),
+            ),
             row("quant", &self.quant, or_else(DEFAULT_QUANT.into())),
             row("device", &self.device, String::clone),
             row("threads", &self.threads, or_else("all cores".into())),

@@ -258,7 +258,7 @@ fn a_saved_conversation_resumes_without_recomputing() {
     let resumed: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(resumed["reply"].as_str().unwrap(), second.text);
     // At least the first turn, and as much as the chat kept in memory.
-    let tokenizer = &chat.model.tokenizer;
+    let tokenizer = &chat.local().unwrap().model.tokenizer;
     let first = template::render(tokenizer.format(), None, &[Message::user(FIRST)]).unwrap();
     let first = tokenizer.encode_pieces(&first).unwrap();
     assert!(loaded(&resumed) as usize >= first.len(), "{resumed}");

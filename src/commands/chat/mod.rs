@@ -107,7 +107,7 @@ fn interactive(
     }
     crate::messages::note(format!(
         "chatting with {}. /help for commands, /bye or Ctrl-D to quit.",
-        chat.model.name
+        chat.model_name()
     ));
     let mut out = std::io::stdout();
     loop {
@@ -327,12 +327,19 @@ fn set(chat: &mut Conversation, key: &str, value: &str) -> anyhow::Result<()> {
 }
 
 fn show(chat: &Conversation, out: &mut impl Write) -> anyhow::Result<()> {
-    let (used, context) = chat.context();
     let p = &chat.options.sampling;
-    writeln!(out, "model        {}", chat.model.name)?;
+    writeln!(out, "model        {}", chat.model_name())?;
     writeln!(out, "strike       {}", chat.options.mode.name())?;
     writeln!(out, "format       {}", chat.options.format.name())?;
-    writeln!(out, "context      {used} of {context} tokens in the cache")?;
+    match chat.context() {
+        Some((used, context)) => {
+            writeln!(out, "context      {used} of {context} tokens in the cache")?
+        }
+        None => writeln!(
+            out,
+            "context      held by the remote server (not known here)"
+        )?,
+    }
     writeln!(out, "messages     {}", chat.messages().len())?;
     writeln!(
         out,

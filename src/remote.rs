@@ -1,0 +1,458 @@
+//! `--remote URL`: an OpenAI-compatible server answers instead of a model
+//! loaded here (vLLM, TGI, llama-server, ollama, `greve serve`). greve
+//! stays the front end: the persona's system prompt, letterhead, sign-off
+//! and notices, the REPL, transcripts and exit codes are its own.
+//!
+//! Replies stream as server-sent events, read on a thread of their own so
+//! that Ctrl-C is heard while the server thinks. Failures map to greve's
+//! exit codes: the network (6), a refused key (7), a model the server lacks
+//! (3), a request it refuses (2), a cut or malformed stream (5).
+
+use std::io::{BufRead, BufReader};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::conversation::{Event, Options, Reply};
+use crate::exit::Failure;
+use crate::generate::{Finish, Stats};
+use crate::messages::short;
+use crate::structured::Format;
+use crate::template::{Message, Role};
+
+/// A server, and the model it is asked for.
+pub struct Remote {
+    /// Its API's base, such as `http://127.0.0.1:8080/v1`.
+    base: String,
+    key: Option<String>,
+    pub model: String,
+    agent: ureq::Agent,
+}
+
+/// How long a server may take to accept a connection, and then between
+/// two pieces of a reply (a long prompt's prefill comes before the first).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Remote {
+    /// Reaches the server at `url`; `model` names the model to ask for,
+    /// else the first the server lists. The key, if any, comes from
+    /// GREVE_API_KEY or OPENAI_API_KEY.
+    pub fn connect(url: &str, model: Option<&str>) -> anyhow::Result<Remote> {
+        let key = ["GREVE_API_KEY", "OPENAI_API_KEY"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|k| !k.is_empty()));
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(CONNECT_TIMEOUT)
+            .timeout_read(READ_TIMEOUT)
+            .build();
+        let mut remote = Remote {
+            base: api_base(url)?,
+            key,
+            model: model.unwrap_or_default().to_string(),
+            agent,
+        };
+        if remote.model.is_empty() {
+            remote.model = remote.first_model()?;
+        }
+        log::info!("remote: {} at {}", remote.model, remote.base);
+        Ok(remote)
+    }
+
+    fn first_model(&self) -> anyhow::Result<String> {
+        let url = format!("{}/models", self.base);
+        let response = self.authorized(self.agent.get(&url)).call();
+        let response = response.map_err(|e| failure(&url, e))?;
+        let list: Value = serde_json::from_reader(response.into_reader())
+            .map_err(|e| Failure::Generation.err(format!("{url} sent no JSON model list: {e}")))?;
+        list["data"][0]["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Failure::ModelNotFound.err(format!("{url} lists no model; name one with --model"))
+            })
+    }
+
+    fn authorized(&self, request: ureq::Request) -> ureq::Request {
+        match &self.key {
+            Some(key) => request.set("Authorization", &format!("Bearer {key}")),
+            None => request,
+        }
+    }
+
+    /// Asks for the reply to `messages`, streaming it to `on_event`.
+    pub fn answer(
+        &self,
+        system: Option<&str>,
+        messages: &[Message],
+        options: &Options,
+        seed: u64,
+        cancel: &AtomicBool,
+        on_event: &mut impl FnMut(Event) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Reply> {
+        let body = request_body(&self.model, system, messages, options, seed)?;
+        on_event(Event::Prompt {
+            text: serde_json::to_string_pretty(&body).unwrap_or_default(),
+            ids: &[],
+        })?;
+        let url = format!("{}/chat/completions", self.base);
+        let start = Instant::now();
+        let request = self
+            .authorized(self.agent.post(&url))
+            .set("Content-Type", "application/json")
+            .set("Accept", "text/event-stream");
+        let response = request
+            .send_string(&body.to_string())
+            .map_err(|e| failure(&url, e))?;
+        let (lines, incoming) = channel();
+        let mut reader = BufReader::new(response.into_reader());
+        // Blocking reads, on their own thread: the loop below hears Ctrl-C.
+        std::thread::spawn(move || loop {
+            let mut line = Vec::new();
+            let read = reader.read_until(b'\n', &mut line);
+            let end = !matches!(read, Ok(n) if n > 0);
+            if lines.send(read.map(|_| line)).is_err() || end {
+                break;
+            }
+        });
+        let mut stream = Stream::default();
+        let mut first_text = None;
+        while !stream.done {
+            if cancel.load(Ordering::SeqCst) {
+                stream.finish = Some(Finish::Interrupted);
+                break;
+            }
+            let line = match incoming.recv_timeout(Duration::from_millis(50)) {
+                Ok(Ok(line)) if line.is_empty() => break,
+                Ok(Ok(line)) => line,
+                Ok(Err(e)) => {
+                    return Err(Failure::Network.err(format!("the reply from {url} was cut: {e}")))
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let line = String::from_utf8(line).map_err(|_| {
+                Failure::Generation.err(format!("{url} sent a line that is not UTF-8"))
+            })?;
+            let Some(text) = stream
+                .line(&line)
+                .map_err(|e| Failure::Generation.err(format!("{url}: {e}")))?
+            else {
+                continue;
+            };
+            first_text.get_or_insert_with(Instant::now);
+            on_event(Event::Text(text))?;
+        }
+        let Some(finish) = stream.finish else {
+            return Err(Failure::Generation.err(format!(
+                "the reply from {url} ended before it was complete (no finish reason, no [DONE]): the connection was cut"
+            )));
+        };
+        let first = first_text.unwrap_or_else(Instant::now);
+        let generated = stream.usage.map_or(stream.pieces, |u| u.1);
+        let stats = Stats {
+            prompt_tokens: stream.usage.map_or(0, |u| u.0),
+            reused_tokens: stream.usage.map_or(0, |u| u.2),
+            generated_tokens: generated,
+            time_to_first_token: first - start,
+            decode_steps: generated.saturating_sub(1),
+            decode_time: first.elapsed(),
+            ..Stats::default()
+        };
+        Ok(Reply {
+            text: stream.text,
+            finish,
+            stats,
+        })
+    }
+}
+
+/// The base of the API at `url`: as given, or with `/v1` when it names a
+/// server alone (`http://host:8080`).
+fn api_base(url: &str) -> anyhow::Result<String> {
+    let url = url.trim().trim_end_matches('/');
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(Failure::Usage.err(format!(
+            "--remote {}: a URL such as http://127.0.0.1:8080/v1 is expected",
+            short(url)
+        )));
+    };
+    if !matches!(scheme, "http" | "https") || rest.is_empty() {
+        return Err(Failure::Usage.err(format!(
+            "--remote {}: only http:// and https:// URLs are supported",
+            short(url)
+        )));
+    }
+    Ok(match rest.contains('/') {
+        true => url.to_string(),
+        false => format!("{url}/v1"),
+    })
+}
+
+/// The chat-completions request for a conversation and its settings.
+pub fn request_body(
+    model: &str,
+    system: Option<&str>,
+    messages: &[Message],
+    o: &Options,
+    seed: u64,
+) -> anyhow::Result<Value> {
+    let mut list: Vec<Value> = system
+        .map(|s| json!({"role": "system", "content": s}))
+        .into_iter()
+        .collect();
+    list.extend(messages.iter().map(|m| {
+        let role = match m.role {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        };
+        json!({"role": role, "content": m.content})
+    }));
+    let s = &o.sampling;
+    let mut body = json!({
+        "model": model,
+        "messages": list,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "seed": seed,
+    });
+    if s.top_k > 0 {
+        body["top_k"] = s.top_k.into();
+    }
+    if let Some(n) = o.max_tokens {
+        body["max_tokens"] = n.into();
+    }
+    body["response_format"] = match &o.format {
+        Format::Text => return Ok(body),
+        Format::Json => json!({"type": "json_object"}),
+        Format::Schema(schema) => json!({"type": "json_schema",
+            "json_schema": {"name": "greve", "schema": schema, "strict": true}}),
+        Format::Lark(_) => {
+            return Err(Failure::Usage.err(
+                "--grammar cannot be sent to a remote server (OpenAI's API has no grammars); use --json-schema",
+            ))
+        }
+    };
+    Ok(body)
+}
+
+/// A streamed reply as it is read: server-sent events, then the chunks
+/// they carry.
+#[derive(Debug, Default)]
+pub struct Stream {
+    /// The `data:` lines of the event being read.
+    data: Vec<String>,
+    pub text: String,
+    /// Pieces of text received.
+    pub pieces: usize,
+    pub finish: Option<Finish>,
+    /// Prompt, completion and cached tokens, when the server says.
+    pub usage: Option<(usize, usize, usize)>,
+    /// `[DONE]` came.
+    pub done: bool,
+}
+
+impl Stream {
+    /// Takes one line; returns the text it completes, if any.
+    pub fn line(&mut self, line: &str) -> Result<Option<String>, String> {
+        let line = line.trim_end_matches(['\n', '\r']);
+        if !line.is_empty() {
+            // Comments (keep-alives), event names and ids carry no text.
+            if let Some(data) = line.strip_prefix("data:") {
+                self.data
+                    .push(data.strip_prefix(' ').unwrap_or(data).to_string());
+            }
+            return Ok(None);
+        }
+        if self.data.is_empty() {
+            return Ok(None);
+        }
+        let data = std::mem::take(&mut self.data).join("\n");
+        self.event(&data)
+    }
+
+    fn event(&mut self, data: &str) -> Result<Option<String>, String> {
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(None);
+        }
+        let chunk: Value = serde_json::from_str(data)
+            .map_err(|e| format!("a malformed chunk in the stream ({e}): {}", short(data)))?;
+        if let Some(error) = chunk.get("error") {
+            let message = error["message"].as_str().or(error.as_str()).unwrap_or("");
+            return Err(format!(
+                "the server failed in the middle of the reply: {}",
+                short(message)
+            ));
+        }
+        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+            let n = |v: &Value| v.as_u64().unwrap_or(0) as usize;
+            self.usage = Some((
+                n(&usage["prompt_tokens"]),
+                n(&usage["completion_tokens"]),
+                n(&usage["prompt_tokens_details"]["cached_tokens"]),
+            ));
+        }
+        let Some(choice) = chunk["choices"].get(0) else {
+            return Ok(None);
+        };
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            self.finish = Some(match reason {
+                "length" => Finish::Length,
+                _ => Finish::Stop,
+            });
+        }
+        match choice["delta"]["content"].as_str() {
+            Some(text) if !text.is_empty() => {
+                self.text.push_str(text);
+                self.pieces += 1;
+                Ok(Some(text.to_string()))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A failed request as greve reports it: its class and one line.
+fn failure(url: &str, e: ureq::Error) -> anyhow::Error {
+    match e {
+        ureq::Error::Status(code, response) => {
+            let body = response.into_string().unwrap_or_default();
+            let said = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    let e = &v["error"];
+                    e["message"].as_str().or(e.as_str()).map(str::to_string)
+                })
+                .unwrap_or(body);
+            let said = short(said.lines().next().unwrap_or(""));
+            match code {
+                401 | 403 => Failure::Access.err(format!(
+                    "{url} refused the key ({code}): {said}; set GREVE_API_KEY or OPENAI_API_KEY"
+                )),
+                404 => Failure::ModelNotFound.err(format!(
+                    "{url} answered 404: {said}; check --remote and --model (GET /v1/models lists the models)"
+                )),
+                429 | 503 => Failure::Network.err(format!(
+                    "{url} is busy ({code}): {said}; retry in a moment"
+                )),
+                400..=499 => Failure::Usage.err(format!(
+                    "{url} refused the request ({code}): {said}"
+                )),
+                _ => Failure::Network.err(format!("{url} failed ({code}): {said}")),
+            }
+        }
+        ureq::Error::Transport(t) => {
+            use ureq::ErrorKind::*;
+            let what = t.to_string();
+            match t.kind() {
+                InvalidUrl | UnknownScheme => {
+                    Failure::Usage.err(format!("--remote: {url} is not a valid URL: {what}"))
+                }
+                Dns => Failure::Network.err(format!(
+                    "cannot find the server of {url}: {what}; check the host name"
+                )),
+                ConnectionFailed => Failure::Network.err(format!(
+                    "cannot connect to {url}: {what}; is the server running?"
+                )),
+                _ => Failure::Network.err(format!("the request to {url} failed: {what}")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(lines: &[&str]) -> (Stream, Vec<String>) {
+        let mut s = Stream::default();
+        let texts = lines.iter().filter_map(|l| s.line(l).unwrap()).collect();
+        (s, texts)
+    }
+
+    #[test]
+    fn events_are_read_as_servers_send_them() {
+        let (s, texts) = read(&[
+            ": keep-alive\n",
+            "event: message\r\n",
+            r#"data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}"#,
+            "\r\n",
+            r#"data:{"choices": [{"delta": {"content": "Gr"}}]}"#,
+            "",
+            r#"data: {"choices": [{"delta": {"content": "ève"}, "finish_reason": null}]}"#,
+            "",
+            r#"data: {"choices": [{"delta": {}, "finish_reason": "length"}]}"#,
+            "",
+            r#"data: {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 5}}}"#,
+            "",
+            "data: [DONE]",
+            "",
+        ]);
+        assert_eq!(texts, ["Gr", "ève"]);
+        assert_eq!(
+            (s.text.as_str(), s.finish, s.usage, s.done),
+            ("Grève", Some(Finish::Length), Some((7, 2, 5)), true)
+        );
+    }
+
+    #[test]
+    fn errors_in_a_stream_are_reported() {
+        let mut s = Stream::default();
+        s.line(r#"data: {"error": {"message": "out of memory"}}"#)
+            .unwrap();
+        assert!(s.line("").unwrap_err().contains("out of memory"));
+        let mut s = Stream::default();
+        s.line("data: {oops").unwrap();
+        assert!(s.line("").unwrap_err().contains("malformed"));
+    }
+
+    #[test]
+    fn urls_get_their_api_base() {
+        assert_eq!(api_base("http://h:8080").unwrap(), "http://h:8080/v1");
+        assert_eq!(api_base("http://h:8080/").unwrap(), "http://h:8080/v1");
+        assert_eq!(api_base("https://h/api/v1/").unwrap(), "https://h/api/v1");
+        assert!(api_base("h:8080").is_err());
+        assert!(api_base("ftp://h").is_err());
+    }
+
+    #[test]
+    fn requests_carry_the_settings() {
+        let o = Options {
+            system: None,
+            mode: crate::persona::Mode::Off,
+            safe: false,
+            prompts: crate::persona::Prompts::load::<&std::path::Path>(&[]).unwrap(),
+            sampling: crate::sampler::SamplingParams {
+                temperature: 0.0,
+                top_k: 0,
+                top_p: 0.9,
+                repeat_penalty: 1.0,
+                repeat_last_n: 64,
+            },
+            seed: 1,
+            max_tokens: Some(5),
+            format: Format::Json,
+        };
+        let body = request_body("m", Some("S"), &[Message::user("u")], &o, 9).unwrap();
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "system", "content": "S"}, {"role": "user", "content": "u"}])
+        );
+        assert_eq!(
+            (body["seed"].as_u64(), body["max_tokens"].as_u64()),
+            (Some(9), Some(5))
+        );
+        assert_eq!(body["response_format"]["type"], "json_object");
+        assert!(body.get("top_k").is_none());
+        let lark = Options {
+            format: Format::Lark("start: \"a\"".into()),
+            ..o
+        };
+        assert!(request_body("m", None, &[Message::user("u")], &lark, 9).is_err());
+    }
+}
