@@ -93,8 +93,12 @@ pub fn prompt_style() -> Style {
 /// characters with `…`, so that a forged 100 KB name or an escape sequence
 /// in a file can neither flood nor drive the user's terminal.
 pub fn short(s: &str) -> String {
-    const MAX: usize = 48;
-    match s.char_indices().nth(MAX) {
+    quoted(s, 48)
+}
+
+/// `s` escaped, in quotes, cut after `max` characters with `…`.
+pub fn quoted(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
         None => format!("{s:?}"),
         Some((cut, _)) => format!("{:?}…", &s[..cut]),
     }

@@ -146,8 +146,8 @@ impl Remote {
             on_event(Event::Text(text))?;
         }
         let Some(finish) = stream.finish else {
-            return Err(Failure::Generation.err(format!(
-                "the reply from {url} ended before it was complete (no finish reason, no [DONE]): the connection was cut"
+            return Err(Failure::Network.err(format!(
+                "the reply from {url} was cut before its end (no finish reason, no [DONE])"
             )));
         };
         let first = first_text.unwrap_or_else(Instant::now);
@@ -329,7 +329,8 @@ fn failure(url: &str, e: ureq::Error) -> anyhow::Error {
                     e["message"].as_str().or(e.as_str()).map(str::to_string)
                 })
                 .unwrap_or(body);
-            let said = short(said.lines().next().unwrap_or(""));
+            // The server's words, escaped: they reach the user's terminal.
+            let said = crate::messages::quoted(said.lines().next().unwrap_or(""), 200);
             match code {
                 401 | 403 => Failure::Access.err(format!(
                     "{url} refused the key ({code}): {said}; set GREVE_API_KEY or OPENAI_API_KEY"
@@ -348,7 +349,10 @@ fn failure(url: &str, e: ureq::Error) -> anyhow::Error {
         }
         ureq::Error::Transport(t) => {
             use ureq::ErrorKind::*;
-            let what = t.to_string();
+            let what = match std::error::Error::source(&t) {
+                Some(cause) => cause.to_string(),
+                None => t.message().unwrap_or("no detail").to_string(),
+            };
             match t.kind() {
                 InvalidUrl | UnknownScheme => {
                     Failure::Usage.err(format!("--remote: {url} is not a valid URL: {what}"))

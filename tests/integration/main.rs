@@ -13,6 +13,7 @@ mod hub;
 mod persona;
 mod portable;
 mod prompt_cache;
+mod remote;
 mod server;
 mod structured;
 mod terminal;

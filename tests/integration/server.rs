@@ -23,14 +23,14 @@ use async_openai::Client;
 use serde_json::{json, Value};
 
 /// A running `greve serve`, stopped (SIGTERM) when dropped.
-struct Server {
+pub struct Server {
     child: Child,
-    address: String,
+    pub address: String,
     stderr: Arc<Mutex<String>>,
 }
 
 impl Server {
-    fn start(model: &Path, args: &[&str]) -> Server {
+    pub fn start(model: &Path, args: &[&str]) -> Server {
         let model = model.to_str().unwrap();
         let mut all = vec!["serve", "-m", model, "--port", "0"];
         all.extend(args);
@@ -81,7 +81,7 @@ impl Server {
     }
 
     /// SIGTERM, and how it exited.
-    fn stop(mut self) -> ExitStatus {
+    pub fn stop(mut self) -> ExitStatus {
         self.signal();
         self.child.wait().unwrap()
     }
