@@ -72,7 +72,7 @@ pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow
         print_json(&conversation, &turn, &wrapping, load_time)?;
     }
     if let (true, Some(stats)) = (request.stats, &conversation.last) {
-        eprintln!("{}", reply::stats_line(stats, seed));
+        eprintln!("{}", reply::stats_line(&conversation, stats, seed));
     }
     if let Some(path) = &save {
         conversation.transcript().save(path)?;

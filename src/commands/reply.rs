@@ -146,8 +146,19 @@ pub fn report_dropped(turn: &Turn) {
     }
 }
 
-/// One line on a reply's speed: `--stats` and `/stats`.
-pub fn stats_line(s: &Stats, seed: u64) -> String {
+/// One line on a reply's speed: `--stats` and `/stats`. A remote
+/// server's prefill is not seen from here: its counts are the server's.
+pub fn stats_line(conversation: &Conversation, s: &Stats, seed: u64) -> String {
+    if conversation.local().is_none() {
+        return format!(
+            "prompt {} tokens ({} cached by the server; its prefill speed is not known here) | reply {} tokens, {:.1} tokens/s | first token after {:.0} ms | seed {seed}",
+            s.prompt_tokens,
+            s.reused_tokens,
+            s.generated_tokens,
+            s.decode_tokens_per_second(),
+            s.time_to_first_token.as_secs_f64() * 1e3
+        );
+    }
     format!(
         "prompt {} tokens ({} prefilled, {} reused from the cache, {} of them from disk), {:.1} tokens/s | reply {} tokens, {:.1} tokens/s | first token after {:.0} ms | seed {seed}",
         s.prompt_tokens,

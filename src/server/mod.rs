@@ -249,10 +249,14 @@ impl Drop for Log {
             )
         });
         let cut = if self.cut { " | client gone" } else { "" };
+        // Dropped before its response: the client left while it waited.
+        let status = match self.status {
+            0 => "- | client gone".to_string(),
+            s => s.to_string(),
+        };
         messages::note(format!(
-            "{} {}{tokens}{cut} | {:.2} s",
+            "{} {status}{tokens}{cut} | {:.2} s",
             self.request,
-            self.status,
             self.start.elapsed().as_secs_f64()
         ));
     }

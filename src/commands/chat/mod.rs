@@ -238,7 +238,7 @@ fn command(
         }
         Slash::Show => show(chat, out)?,
         Slash::Stats => match &chat.last {
-            Some(s) => writeln!(out, "{}", reply::stats_line(s, chat.last_seed()))?,
+            Some(s) => writeln!(out, "{}", reply::stats_line(chat, s, chat.last_seed()))?,
             None => writeln!(out, "(no reply yet)")?,
         },
         Slash::Save(path) => {
