@@ -3,10 +3,12 @@
 
 Two figures:
   * reuse: a growing 10-turn conversation with the persona's system prompt
-    (--strike=raleuse), sent as 10 streamed requests as an agent would, each
-    with the whole conversation so far. Time to first token (request sent ->
-    first text) with the server's KV cache reused, then again for the same
-    10 requests each preceded by an unrelated one-token request, which
+    (prompts/strike-system.txt as --system-file: the persona's prompt
+    without its letterhead, which would come before the first token), sent
+    as 10 streamed requests as an agent would, each with the whole
+    conversation so far. Time to first token (request sent -> first text)
+    with the server's KV cache reused, then again for the same 10 requests
+    each preceded by a one-token request with another system prompt, which
     leaves nothing to reuse. The replies of the first pass are the
     assistant turns of both (temperature 0). The prompt cache on disk is
     off, so that only the server's own reuse counts.
@@ -28,6 +30,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
+
+SYSTEM = str(Path(__file__).resolve().parent.parent / "prompts" / "strike-system.txt")
 
 QUESTIONS = [
     "Bonjour ! Qui êtes-vous ?",
@@ -45,7 +50,7 @@ QUESTIONS = [
 
 def start_server(greve, model, env):
     proc = subprocess.Popen(
-        [greve, "serve", "-m", model, "--port", "0", "--strike=raleuse",
+        [greve, "serve", "-m", model, "--port", "0", "--system-file", SYSTEM,
          "--no-prompt-cache", "--temperature", "0"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     for line in proc.stderr:
@@ -108,7 +113,8 @@ def main():
                          "cached_tokens": usage["prompt_tokens_details"]["cached_tokens"]})
             print(json.dumps(rows[-1]), flush=True)
         for k in range(1, a.turns + 1):
-            stream(url, [{"role": "user", "content": "x"}], 1)
+            stream(url, [{"role": "system", "content": "Autre chose."},
+                         {"role": "user", "content": "x"}], 1)
             _, usage, ttft, _ = stream(url, conversation(replies, k), a.reply_tokens)
             rows.append({"case": "no reuse", "turn": k, "ttft_s": ttft,
                          "prompt_tokens": usage["prompt_tokens"],

@@ -133,6 +133,7 @@ impl Command {
         let job = match self {
             Command::Ask(a) => {
                 a.turn.fill(&mut l)?;
+                l.remote = a.remote.remote;
                 (l.load, l.save) = (a.load, a.save);
                 Job::Ask(ask::Request {
                     prompt: a.prompt,
@@ -143,16 +144,13 @@ impl Command {
             }
             Command::Chat(a) => {
                 a.turn.fill(&mut l)?;
+                l.remote = a.remote.remote;
                 l.load = a.load;
                 l.history = a.no_history.then_some(false);
                 Job::Chat
             }
             Command::Serve(a) => {
                 a.turn.fill(&mut l)?;
-                if l.remote.is_some() {
-                    return Err(Failure::Usage
-                        .err("greve serve runs a model here; --remote is for ask and chat"));
-                }
                 Job::Serve(crate::server::Options {
                     host: a.host,
                     port: a.port,
@@ -202,6 +200,7 @@ impl Command {
             }
             Command::Config(a) => {
                 a.turn.fill(&mut l)?;
+                l.remote = a.remote.remote;
                 Job::Config {
                     path_only: a.action.as_deref() == Some("path"),
                 }
@@ -259,7 +258,6 @@ impl TurnArgs {
         self.persona.fill(l);
         self.model.fill(l);
         self.sampling.fill(l);
-        l.remote = self.remote;
         l.prompt_cache = self.no_prompt_cache.then_some(false);
         self.format.fill(l)
     }

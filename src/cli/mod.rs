@@ -135,6 +135,9 @@ pub struct ChatArgs {
 
     #[command(flatten)]
     pub turn: TurnArgs,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// What shapes a reply: the settings `ask`, `chat` and `config` share.
@@ -154,13 +157,6 @@ pub struct TurnArgs {
 
     #[command(flatten)]
     pub format: FormatArgs,
-
-    /// An OpenAI-compatible server (vLLM, TGI, llama-server, ollama, `greve
-    /// serve`) answers instead of a model loaded here: http://HOST:PORT/v1.
-    /// `--model` then names the server's model (default: its first); the
-    /// key comes from GREVE_API_KEY or OPENAI_API_KEY.
-    #[arg(long, env = "GREVE_REMOTE", value_name = "URL")]
-    pub remote: Option<String>,
 
     /// Neither read nor write the prompt cache: the keys and values of
     /// system prompts and saved conversations, kept on disk so that they
@@ -196,6 +192,9 @@ pub struct ConfigArgs {
 
     #[command(flatten)]
     pub turn: TurnArgs,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Args, Debug)]
@@ -325,6 +324,9 @@ pub struct AskArgs {
     #[command(flatten)]
     pub turn: TurnArgs,
 
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+
     /// After the reply, print token counts, time to first token and tokens/s to stderr.
     #[arg(long)]
     pub stats: bool,
@@ -345,6 +347,17 @@ pub struct AskArgs {
     /// Write the conversation, this exchange included, to FILE (atomically).
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
+}
+
+/// Where the model runs, when not here.
+#[derive(Args, Debug)]
+pub struct RemoteArgs {
+    /// An OpenAI-compatible server (vLLM, TGI, llama-server, ollama, `greve
+    /// serve`) answers instead of a model loaded here: http://HOST:PORT/v1.
+    /// `--model` then names the server's model (default: its first); the
+    /// key comes from GREVE_API_KEY or OPENAI_API_KEY.
+    #[arg(long, env = "GREVE_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -372,7 +385,7 @@ pub struct ServeArgs {
     pub cors: Option<String>,
 
     /// How many requests may wait for the model; more are refused with 503.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub queue: u16,
 
     /// Seconds a client has to send a request's headers, and again its

@@ -74,17 +74,15 @@ struct State {
 
 /// Loads the model named by `settings` and serves it until a signal sets
 /// `cancel`.
-pub fn run(settings: Settings, options: &Options, cancel: &AtomicBool) -> anyhow::Result<()> {
+pub fn run(mut settings: Settings, options: &Options, cancel: &AtomicBool) -> anyhow::Result<()> {
+    // The config file's `remote` is for ask and chat: this serves a model.
+    settings.remote.value = None;
     let listener = listen(options)?;
     let address = listener.local_addr()?;
     let start = reply::start(settings)?;
     let seed = (start.settings.seed.from != Source::Default).then_some(start.settings.seed.value);
     let conversation = start.open()?;
-    let Some(local) = conversation.local() else {
-        return Err(
-            Failure::Usage.err("greve serve runs a model here; --remote is for ask and chat")
-        );
-    };
+    let local = conversation.local().expect("no remote: a model is loaded");
     let (model, context) = (
         local.model.name.clone(),
         local.model.transformer.config.context_length,
@@ -124,10 +122,12 @@ pub fn run(settings: Settings, options: &Options, cancel: &AtomicBool) -> anyhow
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    crate::interrupt::stoppable(|| runtime.block_on(serve(listener, state, cancel)))?;
-    // The queue's sender is gone with the state: the model's thread ends.
+    let served = crate::interrupt::stoppable(|| runtime.block_on(serve(listener, state, cancel)));
+    // With the runtime go the connections left and the last holder of the
+    // queue's sender: the model's thread ends.
+    drop(runtime);
     let _ = model_thread.join();
-    Ok(())
+    served
 }
 
 fn listen(options: &Options) -> anyhow::Result<TcpListener> {
