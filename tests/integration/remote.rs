@@ -234,31 +234,15 @@ fn remote_failures_have_their_exit_codes() {
         let body = format!(r#"{{"error": {{"message": "{message}", "type": "x"}}}}"#);
         format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
     };
-    one_line(
-        &play(json_error("429 Too Many Requests", "slow down")),
-        6,
-        "slow down",
-    );
-    one_line(
-        &play(json_error("500 Internal Server Error", "boom")),
-        6,
-        "boom",
-    );
-    one_line(
-        &play(json_error("400 Bad Request", "context too long")),
-        2,
-        "context too long",
-    );
-    one_line(
-        &play(json_error("401 Unauthorized", "bad key")),
-        7,
-        "GREVE_API_KEY",
-    );
-    one_line(
-        &play(json_error("404 Not Found", "no such model")),
-        3,
-        "no such model",
-    );
+    for (status, said, code, words) in [
+        ("429 Too Many Requests", "slow down", 6, "slow down"),
+        ("500 Internal Server Error", "boom", 6, "boom"),
+        ("400 Bad Request", "context too long", 2, "context too long"),
+        ("401 Unauthorized", "bad key", 7, "GREVE_API_KEY"),
+        ("404 Not Found", "no such model", 3, "no such model"),
+    ] {
+        one_line(&play(json_error(status, said)), code, words);
+    }
     let cut = RECORDED
         .split("data: {\"choices\":[{\"finish_reason\":\"stop\"")
         .next()
