@@ -106,51 +106,28 @@ impl Remote {
         let response = request
             .send_string(&body.to_string())
             .map_err(|e| failure(&url, e))?;
-        let (lines, incoming) = channel();
-        let mut reader = BufReader::new(response.into_reader());
-        // Blocking reads, on their own thread: the loop below hears Ctrl-C.
-        std::thread::spawn(move || loop {
-            let mut line = Vec::new();
-            let read = reader.read_until(b'\n', &mut line);
-            let end = !matches!(read, Ok(n) if n > 0);
-            if lines.send(read.map(|_| line)).is_err() || end {
-                break;
-            }
-        });
         let mut stream = Stream::default();
-        let mut first_text = None;
-        while !stream.done {
-            if cancel.load(Ordering::SeqCst) {
-                stream.finish = Some(Finish::Interrupted);
-                break;
+        let first_text = match response.content_type() {
+            // A server that does not stream sends the reply whole.
+            "application/json" => {
+                let whole = response.into_string().map_err(|e| {
+                    Failure::Network
+                        .err(format!("the reply from {url} was cut before its end: {e}"))
+                })?;
+                stream
+                    .event(&whole)
+                    .map_err(|e| Failure::Generation.err(format!("{url}: {e}")))?;
+                on_event(Event::Text(stream.text.clone()))?;
+                Instant::now()
             }
-            let line = match incoming.recv_timeout(Duration::from_millis(50)) {
-                Ok(Ok(line)) if line.is_empty() => break,
-                Ok(Ok(line)) => line,
-                Ok(Err(e)) => {
-                    return Err(Failure::Network.err(format!("the reply from {url} was cut: {e}")))
-                }
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            let line = String::from_utf8(line).map_err(|_| {
-                Failure::Generation.err(format!("{url} sent a line that is not UTF-8"))
-            })?;
-            let Some(text) = stream
-                .line(&line)
-                .map_err(|e| Failure::Generation.err(format!("{url}: {e}")))?
-            else {
-                continue;
-            };
-            first_text.get_or_insert_with(Instant::now);
-            on_event(Event::Text(text))?;
-        }
+            _ => read_events(response, &url, &mut stream, cancel, on_event)?,
+        };
         let Some(finish) = stream.finish else {
             return Err(Failure::Network.err(format!(
                 "the reply from {url} was cut before its end (no finish reason, no [DONE])"
             )));
         };
-        let first = first_text.unwrap_or_else(Instant::now);
+        let first = first_text;
         let generated = stream.usage.map_or(stream.pieces, |u| u.1);
         let stats = Stats {
             prompt_tokens: stream.usage.map_or(0, |u| u.0),
@@ -167,6 +144,56 @@ impl Remote {
             stats,
         })
     }
+}
+
+/// Reads server-sent events into `stream`, passing on the text as it
+/// comes, until `[DONE]`, the end or `cancel`; returns when the first text
+/// came.
+fn read_events(
+    response: ureq::Response,
+    url: &str,
+    stream: &mut Stream,
+    cancel: &AtomicBool,
+    on_event: &mut impl FnMut(Event) -> anyhow::Result<()>,
+) -> anyhow::Result<Instant> {
+    let (lines, incoming) = channel();
+    let mut reader = BufReader::new(response.into_reader());
+    // Blocking reads, on their own thread: the loop below hears Ctrl-C.
+    std::thread::spawn(move || loop {
+        let mut line = Vec::new();
+        let read = reader.read_until(b'\n', &mut line);
+        let end = !matches!(read, Ok(n) if n > 0);
+        if lines.send(read.map(|_| line)).is_err() || end {
+            break;
+        }
+    });
+    let mut first_text = None;
+    while !stream.done {
+        if cancel.load(Ordering::SeqCst) {
+            stream.finish = Some(Finish::Interrupted);
+            break;
+        }
+        let line = match incoming.recv_timeout(Duration::from_millis(50)) {
+            Ok(Ok(line)) if line.is_empty() => break,
+            Ok(Ok(line)) => line,
+            Ok(Err(e)) => {
+                return Err(Failure::Network
+                    .err(format!("the reply from {url} was cut before its end: {e}")))
+            }
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let line = String::from_utf8(line)
+            .map_err(|_| Failure::Generation.err(format!("{url} sent a line that is not UTF-8")))?;
+        let text = stream
+            .line(&line)
+            .map_err(|e| Failure::Generation.err(format!("{url}: {e}")))?;
+        if let Some(text) = text {
+            first_text.get_or_insert_with(Instant::now);
+            on_event(Event::Text(text))?;
+        }
+    }
+    Ok(first_text.unwrap_or_else(Instant::now))
 }
 
 /// The base of the API at `url`: as given, or with `/v1` when it names a
@@ -306,7 +333,9 @@ impl Stream {
                 _ => Finish::Stop,
             });
         }
-        match choice["delta"]["content"].as_str() {
+        // A chunk's delta, or a whole reply's message.
+        let content = choice.get("delta").or(choice.get("message"));
+        match content.and_then(|c| c["content"].as_str()) {
             Some(text) if !text.is_empty() => {
                 self.text.push_str(text);
                 self.pieces += 1;

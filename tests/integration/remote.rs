@@ -311,3 +311,18 @@ fn remote_failures_have_their_exit_codes() {
     );
     one_line(&other, 3, "llama");
 }
+
+/// A server that ignores `stream` and sends the reply whole.
+#[test]
+fn a_whole_reply_is_taken_too() {
+    let body = r#"{"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Grève générale !"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 4}}"#;
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (address, _) = stub(response.into_bytes(), vec![]);
+    let url = format!("http://{address}");
+    let o = ask(&["--remote", &url, "--model", "m"], &["hi"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "Grève générale !\n");
+}
