@@ -326,3 +326,46 @@ fn a_whole_reply_is_taken_too() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "Grève générale !\n");
 }
+
+/// Ctrl-C while the server is slow: the partial reply stays printed, the
+/// stream is closed, greve exits 130 at once.
+#[test]
+fn ctrl_c_closes_the_stream() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = [0; 65536];
+        let _ = stream.read(&mut buf);
+        let first = r#"data: {"choices": [{"delta": {"content": "On ne lâche rien"}}]}"#;
+        let head =
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+        stream
+            .write_all(format!("{head}{first}\n\n").as_bytes())
+            .unwrap();
+        // Then nothing, until greve closes the connection.
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        matches!(stream.read(&mut buf), Ok(0))
+    });
+    let mut child = common::command(&["ask", "--remote", &url, "--model", "m", "hi"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = [0; 16];
+    out.read_exact(&mut seen).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(
+        format!("{}{rest}", String::from_utf8_lossy(&seen)),
+        "On ne lâche rien\n"
+    );
+    assert!(server.join().unwrap(), "the connection stayed open");
+}
