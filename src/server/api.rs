@@ -88,8 +88,9 @@ pub struct ChatRequest {
     pub strike: Option<Mode>,
 }
 
-/// The most stop strings a request may give, as OpenAI allows.
-const MAX_STOPS: usize = 4;
+/// The most stop strings a request may give: OpenAI allows 4, but some
+/// clients send a template's worth, as llama-server takes them.
+const MAX_STOPS: usize = 16;
 
 /// Reads a request body.
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
@@ -608,7 +609,7 @@ mod tests {
             ("top_p", json!(0)),
             ("max_tokens", json!(0)),
             ("max_tokens", json!(1.5)),
-            ("stop", json!(["a", "b", "c", "d", "e"])),
+            ("stop", Value::from(vec!["s"; 17])),
             ("stream", json!("yes")),
             ("strike", json!("lundi")),
             ("frobnicate", json!(true)),
