@@ -150,10 +150,16 @@ pub fn report_dropped(turn: &Turn) {
 /// server's prefill is not seen from here: its counts are the server's.
 pub fn stats_line(conversation: &Conversation, s: &Stats, seed: u64) -> String {
     if conversation.local().is_none() {
+        // A server that sends no usage leaves the prompt's size unknown.
+        let prompt = match s.prompt_tokens {
+            0 => "prompt size not reported by the server".to_string(),
+            n => format!(
+                "prompt {n} tokens ({} cached by the server; its prefill speed is not known here)",
+                s.reused_tokens
+            ),
+        };
         return format!(
-            "prompt {} tokens ({} cached by the server; its prefill speed is not known here) | reply {} tokens, {:.1} tokens/s | first token after {:.0} ms | seed {seed}",
-            s.prompt_tokens,
-            s.reused_tokens,
+            "{prompt} | reply {} tokens, {:.1} tokens/s | first token after {:.0} ms | seed {seed}",
             s.generated_tokens,
             s.decode_tokens_per_second(),
             s.time_to_first_token.as_secs_f64() * 1e3

@@ -153,9 +153,10 @@ fn chunked(status: &str, content_type: &str, body: &str, end: bool) -> Vec<u8> {
     out
 }
 
-/// A stream in the shape llama-server sends: `role` first with null
-/// content, extra fields (`system_fingerprint`, `timings`), a keep-alive
-/// comment, usage on the last chunk with the finish reason.
+/// A stream written in the shape llama-server sends (not recorded): `role`
+/// first with null content, extra fields (`system_fingerprint`,
+/// `timings`), a keep-alive comment, usage on the last chunk with the
+/// finish reason.
 const RECORDED: &str = concat!(
     r#"data: {"choices":[{"finish_reason":null,"index":0,"delta":{"role":"assistant","content":null}}],"created":1764979200,"id":"chatcmpl-Xq3","model":"mistral-7b","system_fingerprint":"b6400","object":"chat.completion.chunk"}"#,
     "\n\n: keep-alive\n\n",
@@ -368,4 +369,28 @@ fn ctrl_c_closes_the_stream() {
         "On ne lâche rien\n"
     );
     assert!(server.join().unwrap(), "the connection stayed open");
+}
+
+/// A stream recorded from another server (llama-cpp-python's, serving the
+/// tiny V1 model: tests/goldens/record_remote_stream.py) played back byte
+/// for byte, cut every 13 bytes: greve prints the reply that server gave,
+/// which is also the reply greve gives running the model itself.
+#[test]
+fn a_stream_recorded_from_llama_cpp_python_plays_back() {
+    let recorded = std::fs::read(common::goldens().join("remote-stream.http")).unwrap();
+    let golden = common::golden_json("remote-stream.json");
+    let content = golden["content"].as_str().unwrap();
+    let request = &golden["request"];
+    let prompt = request["messages"][0]["content"].as_str().unwrap();
+    let max = request["max_tokens"].to_string();
+    let cuts = (13..recorded.len()).step_by(13).collect();
+    let (address, _) = stub(recorded, cuts);
+    let url = format!("http://{address}/v1");
+    let greedy = ["--temperature", "0", "--max-tokens", max.as_str(), prompt];
+    let o = ask(&["--remote", &url, "--model", "tiny"], &greedy, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{content}\n"));
+    let path = common::goldens().join("tiny-v1-f16.gguf");
+    let here = ask(&["-m", path.to_str().unwrap()], &greedy, &[]);
+    assert_eq!(stdout(&here), stdout(&o), "greve and llama.cpp disagree");
 }
