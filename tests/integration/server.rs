@@ -593,13 +593,24 @@ fn keys_and_queue_limits() {
     running.write_all(request.as_bytes()).unwrap();
     let mut first = [0; 64];
     assert!(running.read(&mut first).unwrap() > 0);
-    let mut waiting = TcpStream::connect(a).unwrap();
-    waiting.write_all(request.as_bytes()).unwrap();
-    // Time for the second to reach the queue.
-    std::thread::sleep(Duration::from_millis(500));
-    let (status, head, reply) = post(a, "/v1/chat/completions", hi, key);
-    assert_eq!(error_of(status, &reply).0, 503);
+    // Requests until one is refused: the queue's one place is taken by
+    // the first that reaches it, and that one waits (its read times out).
+    let mut waiting = Vec::new();
+    let refused = loop {
+        assert!(waiting.len() < 3, "no request was refused");
+        let mut s = TcpStream::connect(a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut reply = [0; 4096];
+        match s.read(&mut reply) {
+            Ok(n) if n > 0 => break String::from_utf8_lossy(&reply[..n]).into_owned(),
+            _ => waiting.push(s),
+        }
+    };
+    let (head, reply) = refused.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     assert!(head.to_lowercase().contains("retry-after:"), "{head}");
+    error_of(503, reply);
     drop((running, waiting));
     assert!(server.stop().success());
 }
