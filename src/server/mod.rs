@@ -131,7 +131,10 @@ pub fn run(mut settings: Settings, options: &Options, cancel: &AtomicBool) -> an
 }
 
 fn listen(options: &Options) -> anyhow::Result<TcpListener> {
-    let host = options.host.trim_start_matches('[').trim_end_matches(']');
+    let host = match options.host.trim_start_matches('[').trim_end_matches(']') {
+        "localhost" => "127.0.0.1",
+        host => host,
+    };
     let ip: IpAddr = host.parse().map_err(|_| {
         Failure::Usage.err(format!(
             "--host {}: an IP address is expected, such as 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)",

@@ -471,6 +471,16 @@ fn a_client_that_leaves_stops_its_reply() {
         seen.extend_from_slice(&buf[..n]);
     }
     drop(s);
+    // A client that gives up waiting for a whole reply.
+    let whole = body.replace("\"stream\": true", "\"stream\": false");
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{whole}",
+        whole.len()
+    );
+    let mut s = TcpStream::connect(&server.address).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(s);
     let expected = ask(&model, "", &[], "Bonjour", 8);
     let client = server.client();
     let (text, _, _) = block_on(complete(&client, greedy(vec![user("Bonjour")], 8)));
@@ -483,7 +493,8 @@ fn a_client_that_leaves_stops_its_reply() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no cancellation in {log}"));
     assert!(stopped < 30000 / 10, "{stopped} tokens");
-    assert!(log.contains("client gone"), "{log}");
+    assert!(log.contains("200 | client gone"), "{log}");
+    assert!(log.contains("- | client gone"), "{log}");
 }
 
 /// Four clients at once: each gets its own complete reply, the one it gets
