@@ -221,7 +221,7 @@ impl Conversation {
                 }
                 turn
             }
-            Some(Role::User) => self.answer(cancel, on_event),
+            Some(Role::User | Role::Tool) => self.answer(cancel, on_event),
             None => Err(Failure::Usage.err("nothing to retry: the conversation is empty")),
         }
     }

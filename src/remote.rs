@@ -230,12 +230,21 @@ pub fn request_body(
         .map(|s| json!({"role": "system", "content": s}))
         .into_iter()
         .collect();
-    list.extend(messages.iter().map(|m| {
-        let role = match m.role {
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        };
-        json!({"role": role, "content": m.content})
+    list.extend(messages.iter().map(|m| match m.role {
+        Role::User => json!({"role": "user", "content": m.content}),
+        Role::Assistant if !m.tool_calls.is_empty() => {
+            let calls: Vec<Value> = m
+                .tool_calls
+                .iter()
+                .map(|c| {
+                    json!({"id": c.id, "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments}})
+                })
+                .collect();
+            json!({"role": "assistant", "content": null, "tool_calls": calls})
+        }
+        Role::Assistant => json!({"role": "assistant", "content": m.content}),
+        Role::Tool => json!({"role": "tool", "content": m.content, "tool_call_id": m.tool_call_id}),
     }));
     let s = &o.sampling;
     let mut body = json!({

@@ -36,26 +36,55 @@ pub enum Format {
 pub enum Role {
     User,
     Assistant,
+    /// A tool's result, answering an assistant's call.
+    Tool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
     pub role: Role,
     pub content: String,
+    /// An assistant's calls to tools (its content then empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// A tool message's: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+/// A call the model made to a tool.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// A JSON object, as text.
+    pub arguments: String,
+}
+
+/// A function the model may call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: String,
+    /// A JSON schema of its arguments.
+    pub parameters: serde_json::Value,
 }
 
 impl Message {
     pub fn user(content: impl Into<String>) -> Self {
-        Message {
-            role: Role::User,
-            content: content.into(),
-        }
+        Self::new(Role::User, content)
     }
 
     pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new(Role::Assistant, content)
+    }
+
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
         Message {
-            role: Role::Assistant,
+            role,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
     }
 }
@@ -69,6 +98,11 @@ pub enum Piece {
     EndInst,
     BeginSystem,
     EndSystem,
+    BeginTools,
+    EndTools,
+    ToolCalls,
+    BeginToolResults,
+    EndToolResults,
     /// Text encoded on its own, as one SentencePiece call.
     Text(String),
 }
@@ -80,11 +114,22 @@ pub fn render(
     system: Option<&str>,
     messages: &[Message],
 ) -> anyhow::Result<Vec<Piece>> {
-    if messages.len().is_multiple_of(2) && !messages.is_empty() {
+    render_with_tools(format, system, &[], messages)
+}
+
+/// Renders a conversation for the model to answer: one that ends with the
+/// user's turn or with tools' results, the tools it may call announced.
+pub fn render_with_tools(
+    format: Format,
+    system: Option<&str>,
+    tools: &[Tool],
+    messages: &[Message],
+) -> anyhow::Result<Vec<Piece>> {
+    if messages.last().is_some_and(|m| m.role == Role::Assistant) {
         return Err(Failure::Usage
             .err("the conversation ends with the assistant: add a user message for it to answer"));
     }
-    render_conversation(format, system, messages)
+    pieces(format, system, tools, messages)
 }
 
 /// Renders any alternating conversation starting with the user; one that
@@ -92,15 +137,32 @@ pub fn render(
 pub fn render_conversation(
     format: Format,
     system: Option<&str>,
+    tools: &[Tool],
+    messages: &[Message],
+) -> anyhow::Result<Vec<Piece>> {
+    pieces(format, system, tools, messages)
+}
+
+fn pieces(
+    format: Format,
+    system: Option<&str>,
+    tools: &[Tool],
     messages: &[Message],
 ) -> anyhow::Result<Vec<Piece>> {
     check_alternation(messages)?;
+    let calls = messages.iter().any(|m| m.role == Role::Tool);
+    if (calls || !tools.is_empty()) && format != Format::V3 {
+        return Err(Failure::Usage.err(match format {
+            Format::V1 => "tools: Mistral 7B v0.1 and v0.2 have no tool tokens in their format; function calling needs v0.3 or NeMo",
+            _ => "tools: function calling with Mistral Small 3.x's format (V7) is not supported yet; v0.3 and NeMo have it",
+        }));
+    }
     let system = system.filter(|s| !s.is_empty());
     let users: Vec<usize> = (0..messages.len())
         .filter(|&i| messages[i].role == Role::User)
         .collect();
-    // V1 puts the system prompt in the first user turn, V3 in the last one,
-    // V7 before every turn.
+    // V1 puts the system prompt in the first user turn, V3 in the last one
+    // (with the tools), V7 before every turn.
     let system_turn = match format {
         Format::V1 => users.first(),
         Format::V3 => users.last(),
@@ -117,6 +179,11 @@ pub fn render_conversation(
     for (i, message) in messages.iter().enumerate() {
         match message.role {
             Role::User => {
+                if users.last() == Some(&i) && !tools.is_empty() {
+                    pieces.push(Piece::BeginTools);
+                    pieces.push(Piece::Text(tools_json(tools)));
+                    pieces.push(Piece::EndTools);
+                }
                 let text = match system {
                     Some(system) if Some(i) == system_turn => {
                         format!("{system}\n\n{}", message.content)
@@ -132,6 +199,11 @@ pub fn render_conversation(
                     }
                 }
             }
+            Role::Assistant if !message.tool_calls.is_empty() => {
+                pieces.push(Piece::ToolCalls);
+                pieces.push(Piece::Text(calls_json(&message.tool_calls)));
+                pieces.push(Piece::Eos);
+            }
             Role::Assistant => {
                 let text = match format {
                     Format::V1 => message.content.as_str(),
@@ -140,9 +212,93 @@ pub fn render_conversation(
                 pieces.push(Piece::Text(text.to_string()));
                 pieces.push(Piece::Eos);
             }
+            Role::Tool => {
+                let result = serde_json::json!({
+                    "content": json_or_text(&message.content),
+                    "call_id": message.tool_call_id.as_deref().unwrap_or(""),
+                });
+                pieces.push(Piece::BeginToolResults);
+                pieces.push(Piece::Text(python_json(&result)));
+                pieces.push(Piece::EndToolResults);
+            }
         }
     }
     Ok(pieces)
+}
+
+/// The tools as mistral-common lists them (`[AVAILABLE_TOOLS]`).
+fn tools_json(tools: &[Tool]) -> String {
+    let list: Vec<serde_json::Value> = tools
+        .iter()
+        .map(|t| {
+            serde_json::json!({"type": "function", "function": {
+                "name": t.name, "description": t.description, "parameters": t.parameters,
+            }})
+        })
+        .collect();
+    python_json(&serde_json::Value::Array(list))
+}
+
+/// An assistant's calls as mistral-common writes them (`[TOOL_CALLS]`).
+fn calls_json(calls: &[ToolCall]) -> String {
+    let list: Vec<serde_json::Value> = calls
+        .iter()
+        .map(|c| {
+            let mut call =
+                serde_json::json!({"name": c.name, "arguments": json_or_text(&c.arguments)});
+            if !c.id.is_empty() && c.id != "null" {
+                call["id"] = c.id.clone().into();
+            }
+            call
+        })
+        .collect();
+    python_json(&serde_json::Value::Array(list))
+}
+
+/// `text` parsed when it is JSON, else as it is, as mistral-common reads
+/// arguments and results.
+fn json_or_text(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| text.into())
+}
+
+/// JSON as Python's `json.dumps(value, ensure_ascii=False)` writes it, which
+/// is what the models were trained on: `, ` and `: ` between items, keys
+/// in their order, non-ASCII as it is. (Floats in exponent form are the one
+/// difference left: Python writes `1e-05`, this `1e-5`.)
+pub fn python_json(value: &serde_json::Value) -> String {
+    struct Python;
+    impl serde_json::ser::Formatter for Python {
+        fn begin_array_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first {
+                Ok(())
+            } else {
+                writer.write_all(b", ")
+            }
+        }
+
+        fn begin_object_key<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            self.begin_array_value(writer, first)
+        }
+
+        fn begin_object_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+        ) -> std::io::Result<()> {
+            writer.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, Python);
+    serde::Serialize::serialize(value, &mut serializer).expect("a JSON value serialises");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 fn check_alternation(messages: &[Message]) -> anyhow::Result<()> {
@@ -150,28 +306,43 @@ fn check_alternation(messages: &[Message]) -> anyhow::Result<()> {
         return Err(Failure::Usage.err("the conversation has no message to answer"));
     }
     check_turns(messages)?;
-    if let Some(i) = messages.iter().position(|m| m.content.is_empty()) {
+    let empty = |m: &Message| m.content.is_empty() && m.tool_calls.is_empty();
+    if let Some(i) = messages.iter().position(empty) {
         return Err(Failure::Usage.err(format!("message {} is empty", i + 1)));
+    }
+    let both = |m: &Message| !m.content.is_empty() && !m.tool_calls.is_empty();
+    if let Some(i) = messages.iter().position(both) {
+        return Err(Failure::Usage.err(format!(
+            "message {} has both text and tool calls, which Mistral's format cannot carry in one turn",
+            i + 1
+        )));
     }
     Ok(())
 }
 
-/// Turns alternate, starting with the user, as Mistral's format requires.
+/// Turns alternate, starting with the user, as Mistral's format requires;
+/// an assistant's tool calls are followed by the tools' results, then the
+/// assistant again.
 pub fn check_turns(messages: &[Message]) -> anyhow::Result<()> {
+    let mut before: Option<(Role, bool)> = None;
     for (i, message) in messages.iter().enumerate() {
-        let expected = if i % 2 == 0 {
-            Role::User
-        } else {
-            Role::Assistant
+        let calls = !message.tool_calls.is_empty();
+        let expected: &[Role] = match before {
+            None | Some((Role::Assistant, false)) => &[Role::User],
+            Some((Role::User, _)) => &[Role::Assistant],
+            Some((Role::Assistant, true)) => &[Role::Tool],
+            Some((Role::Tool, _)) => &[Role::Tool, Role::Assistant],
         };
-        if message.role != expected {
+        if !expected.contains(&message.role) || (calls && message.role != Role::Assistant) {
+            let names: Vec<String> = expected.iter().map(|r| format!("{r:?}")).collect();
             return Err(Failure::Usage.err(format!(
-                "message {} is from the {:?} but the {:?} should speak: turns must alternate, starting with the user",
+                "message {} is from the {:?} but the {} should speak: turns must alternate, starting with the user (tool results after the assistant's calls)",
                 i + 1,
                 message.role,
-                expected
+                names.join(" or the ")
             )));
         }
+        before = Some((message.role, calls));
     }
     Ok(())
 }
@@ -187,6 +358,11 @@ pub fn to_text(pieces: &[Piece]) -> String {
             Piece::EndInst => "[/INST]",
             Piece::BeginSystem => "[SYSTEM_PROMPT]",
             Piece::EndSystem => "[/SYSTEM_PROMPT]",
+            Piece::BeginTools => "[AVAILABLE_TOOLS]",
+            Piece::EndTools => "[/AVAILABLE_TOOLS]",
+            Piece::ToolCalls => "[TOOL_CALLS]",
+            Piece::BeginToolResults => "[TOOL_RESULTS]",
+            Piece::EndToolResults => "[/TOOL_RESULTS]",
             Piece::Text(t) => t.as_str(),
         })
         .collect()
@@ -283,6 +459,41 @@ mod tests {
         )
         .is_err());
         assert!(render(Format::V1, None, &[Message::user("")]).is_err());
+    }
+
+    #[test]
+    fn json_is_written_as_python_writes_it() {
+        let value = serde_json::json!({"b": [1, 2.5, "é\n"], "a": {"x": null, "y": true}});
+        assert_eq!(
+            python_json(&value),
+            r#"{"b": [1, 2.5, "é\n"], "a": {"x": null, "y": true}}"#
+        );
+    }
+
+    #[test]
+    fn tool_calls_and_results_take_their_turns() {
+        let call = ToolCall {
+            id: "abcDEF123".into(),
+            name: "f".into(),
+            arguments: "{\"x\": 1}".into(),
+        };
+        let calling = Message {
+            tool_calls: vec![call],
+            ..Message::assistant("")
+        };
+        let result = Message {
+            tool_call_id: Some("abcDEF123".into()),
+            ..Message::new(Role::Tool, "ok")
+        };
+        let good = [Message::user("a"), calling.clone(), result.clone()];
+        assert!(check_turns(&good).is_ok());
+        assert!(check_turns(&[Message::user("a"), calling.clone(), Message::user("b")]).is_err());
+        assert!(check_turns(&[Message::user("a"), Message::assistant("b"), result]).is_err());
+        let both = Message {
+            content: "text".into(),
+            ..calling
+        };
+        assert!(render_with_tools(Format::V3, None, &[], &[Message::user("a"), both]).is_err());
     }
 
     #[test]

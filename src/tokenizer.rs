@@ -28,9 +28,22 @@ pub struct Tokenizer {
     inst: Option<(u32, u32)>,
     /// `[SYSTEM_PROMPT]` and `[/SYSTEM_PROMPT]`, where the format uses them.
     system: Option<(u32, u32)>,
+    /// The function-calling control tokens, where the vocabulary has them.
+    tools: Option<ToolTokens>,
     format: Format,
     /// One past the largest id: a damaged tokenizer.json may skip ids.
     vocab_size: usize,
+}
+
+/// `[AVAILABLE_TOOLS]`, `[/AVAILABLE_TOOLS]`, `[TOOL_CALLS]`,
+/// `[TOOL_RESULTS]` and `[/TOOL_RESULTS]`.
+#[derive(Clone, Copy)]
+struct ToolTokens {
+    begin_tools: u32,
+    end_tools: u32,
+    calls: u32,
+    begin_results: u32,
+    end_results: u32,
 }
 
 /// Whether a tokenizer's pieces are byte-level (GPT-2 kind: Tekken), not
@@ -153,6 +166,15 @@ impl Tokenizer {
         };
         let inst = control_id("[INST]").zip(control_id("[/INST]"));
         let system = control_id("[SYSTEM_PROMPT]").zip(control_id("[/SYSTEM_PROMPT]"));
+        let tools = (|| {
+            Some(ToolTokens {
+                begin_tools: control_id("[AVAILABLE_TOOLS]")?,
+                end_tools: control_id("[/AVAILABLE_TOOLS]")?,
+                calls: control_id("[TOOL_CALLS]")?,
+                begin_results: control_id("[TOOL_RESULTS]")?,
+                end_results: control_id("[/TOOL_RESULTS]")?,
+            })
+        })();
         let format = instruct_format(
             inst.is_some(),
             system.is_some(),
@@ -172,6 +194,7 @@ impl Tokenizer {
             add_bos,
             inst,
             system: system.filter(|_| format == Format::V7),
+            tools,
             format,
         }
     }
@@ -242,6 +265,24 @@ impl Tokenizer {
                     })?;
                     let opens = matches!(piece, Piece::BeginInst | Piece::BeginSystem);
                     ids.push(if opens { begin } else { end });
+                }
+                Piece::BeginTools
+                | Piece::EndTools
+                | Piece::ToolCalls
+                | Piece::BeginToolResults
+                | Piece::EndToolResults => {
+                    let t = self.tools.ok_or_else(|| {
+                        Failure::Usage.err(
+                            "tools: this model's vocabulary has no function-calling tokens ([TOOL_CALLS])",
+                        )
+                    })?;
+                    ids.push(match piece {
+                        Piece::BeginTools => t.begin_tools,
+                        Piece::EndTools => t.end_tools,
+                        Piece::ToolCalls => t.calls,
+                        Piece::BeginToolResults => t.begin_results,
+                        _ => t.end_results,
+                    });
                 }
                 Piece::Text(text) => ids.extend(self.encode(text)?),
             }

@@ -4,11 +4,12 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde_json::Value;
 
 use crate::exit::{Classify, Failure};
+use crate::server::api::{self, ApiError};
 use crate::settings::Settings;
-use crate::template::{self, Message, Role};
+use crate::template::{self, Message, Tool};
 use crate::tokenizer::Tokenizer;
 use crate::transcript::Transcript;
 
@@ -40,9 +41,10 @@ pub fn run(settings: &Settings, args: &Request) -> anyhow::Result<()> {
     }
     let (ids, text) = match &args.chat {
         Some(path) => {
-            let (system, messages) = read_chat(path)?;
+            let (system, tools, messages) = read_chat(path)?;
+            let format = tokenizer.format();
             let pieces =
-                template::render_conversation(tokenizer.format(), system.as_deref(), &messages)
+                template::render_conversation(format, system.as_deref(), &tools, &messages)
                     .classify(Failure::Usage, || path.display().to_string())?;
             (
                 tokenizer.encode_pieces(&pieces)?,
@@ -122,52 +124,30 @@ fn parse_ids(args: &[String], vocab: usize) -> anyhow::Result<Vec<u32>> {
         .collect()
 }
 
-/// A conversation file: a transcript saved by `/save`, or a plain JSON list
-/// of `{role, content}` messages where `system` messages make the system
-/// prompt (joined by blank lines, as mistral-common does).
-fn read_chat(path: &Path) -> anyhow::Result<(Option<String>, Vec<Message>)> {
+/// A conversation file: a transcript saved by `/save`, an OpenAI request
+/// body (`messages`, and `tools` if any), or a plain JSON list of messages;
+/// `system` messages make the system prompt (joined by blank lines, as
+/// mistral-common does).
+fn read_chat(path: &Path) -> anyhow::Result<(Option<String>, Vec<Tool>, Vec<Message>)> {
     let text = std::fs::read_to_string(path)
         .classify(Failure::Usage, || format!("cannot read {}", path.display()))?;
-    if text.trim_start().starts_with('{') {
+    let value: Value = serde_json::from_str(&text)
+        .classify(Failure::Usage, || format!("{} is not JSON", path.display()))?;
+    if value.get("format").is_some() {
         let t = Transcript::load(path)?;
-        return Ok((t.system, t.messages));
+        return Ok((t.system, Vec::new(), t.messages));
     }
-    #[derive(Deserialize)]
-    struct Plain {
-        role: String,
-        content: String,
-    }
-    let plain: Vec<Plain> = serde_json::from_str(&text).classify(Failure::Usage, || {
-        format!(
-            "{} is neither a greve transcript nor a JSON list of {{\"role\", \"content\"}} messages",
-            path.display()
-        )
-    })?;
-    let mut system = Vec::new();
-    let mut messages = Vec::new();
-    for (i, m) in plain.into_iter().enumerate() {
-        let role = match m.role.as_str() {
-            "system" => {
-                system.push(m.content);
-                continue;
-            }
-            "user" => Role::User,
-            "assistant" => Role::Assistant,
-            other => {
-                return Err(Failure::Usage.err(format!(
-                    "{}: message {} has role {}; use system, user or assistant",
-                    path.display(),
-                    i + 1,
-                    crate::messages::short(other)
-                )))
-            }
-        };
-        messages.push(Message {
-            role,
-            content: m.content,
-        });
-    }
-    Ok(((!system.is_empty()).then(|| system.join("\n\n")), messages))
+    let bad = |e: ApiError| Failure::Usage.err(format!("{}: {}", path.display(), e.message));
+    let (messages, tools) = match &value {
+        Value::Object(body) => (
+            body.get("messages").unwrap_or(&Value::Null),
+            body.get("tools"),
+        ),
+        list => (list, None),
+    };
+    let (system, messages) = api::messages(messages).map_err(bad)?;
+    let tools = tools.map(api::tools).transpose().map_err(bad)?;
+    Ok((system, tools.unwrap_or_default(), messages))
 }
 
 #[cfg(test)]

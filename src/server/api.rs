@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::persona::Mode;
 use crate::structured::{self, Format};
-use crate::template::{self, Message, Role};
+use crate::template::{self, Message, Role, Tool, ToolCall};
 
 /// An error as OpenAI's API reports it, with its HTTP status.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,6 +86,8 @@ pub struct ChatRequest {
     pub format: Option<Format>,
     /// An extension: this request's strike mode (`"strike": "totale"`).
     pub strike: Option<Mode>,
+    /// Functions the model may call.
+    pub tools: Vec<Tool>,
 }
 
 /// The most stop strings a request may give: OpenAI allows 4, but some
@@ -144,11 +146,8 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
             )?,
             "logprobs" => must(key, value == &json!(false), "not supported")?,
             "top_logprobs" => must(key, value == &json!(0), "not supported")?,
-            "tools" | "functions" => must(
-                key,
-                value.as_array().is_some_and(Vec::is_empty),
-                "function calling is not supported yet",
-            )?,
+            "tools" => r.tools = tools(value)?,
+            "functions" => must(key, false, "deprecated by OpenAI: send tools")?,
             "tool_choice" | "function_call" => must(
                 key,
                 value == "none" || value == "auto",
@@ -169,7 +168,15 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let Some(messages) = messages else {
         return Err(ApiError::invalid("messages", "missing"));
     };
-    (r.system, r.messages) = conversation(messages)?;
+    (r.system, r.messages) = self::messages(messages)?;
+    match r.messages.last().map(|m| m.role) {
+        Some(Role::User | Role::Tool) => {}
+        Some(Role::Assistant) => return Err(ApiError::invalid(
+            "messages",
+            "the last message is the assistant's: end with a user message for the model to answer",
+        )),
+        None => return Err(ApiError::invalid("messages", "no user message to answer")),
+    }
     Ok(r)
 }
 
@@ -286,8 +293,8 @@ fn response_format(value: &Value) -> Result<Option<Format>, ApiError> {
     }
 }
 
-/// The system prompt and the alternating conversation of `messages`.
-fn conversation(value: &Value) -> Result<(Option<String>, Vec<Message>), ApiError> {
+/// The system prompt and the conversation of `messages`.
+pub fn messages(value: &Value) -> Result<(Option<String>, Vec<Message>), ApiError> {
     let Some(items) = value.as_array().filter(|a| !a.is_empty()) else {
         return Err(ApiError::invalid(
             "messages",
@@ -303,59 +310,159 @@ fn conversation(value: &Value) -> Result<(Option<String>, Vec<Message>), ApiErro
         };
         let role = fields.get("role").and_then(Value::as_str).unwrap_or("");
         for key in fields.keys() {
-            match key.as_str() {
-                "role" | "content" | "name" | "refusal" => {}
-                "tool_calls" | "tool_call_id" | "function_call" => {
-                    return Err(ApiError::invalid(
-                        format!("{param}.{key}"),
-                        "function calling is not supported yet",
-                    ))
-                }
-                other => {
-                    return Err(ApiError::invalid(
-                        format!("{param}.{other}"),
-                        "unknown field",
-                    ))
-                }
+            let known = match key.as_str() {
+                "role" | "content" | "name" => true,
+                "refusal" | "tool_calls" => role == "assistant",
+                "tool_call_id" => role == "tool",
+                _ => false,
+            };
+            if !known {
+                return Err(ApiError::invalid(format!("{param}.{key}"), "unknown field"));
             }
         }
-        let content = content(&param, fields.get("content"))?;
-        match role {
-            "system" | "developer" if messages.is_empty() => system.push(content),
+        let calls = match fields.get("tool_calls") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(calls) => tool_calls(&format!("{param}.tool_calls"), calls)?,
+        };
+        let content = match fields.get("content") {
+            // An assistant that calls tools may say nothing.
+            None | Some(Value::Null) if !calls.is_empty() => String::new(),
+            c => content(&param, c)?,
+        };
+        let message = match role {
+            "system" | "developer" if messages.is_empty() => {
+                system.push(content);
+                continue;
+            }
             "system" | "developer" => {
                 return Err(ApiError::invalid(
                     param,
                     "a system message may only come before the conversation",
                 ))
             }
-            "user" => messages.push(Message::user(content)),
-            "assistant" => messages.push(Message::assistant(content)),
-            "tool" | "function" => {
-                return Err(ApiError::invalid(
-                    param,
-                    "function calling is not supported yet",
-                ))
+            "user" => Message::user(content),
+            "assistant" => Message {
+                tool_calls: calls,
+                ..Message::assistant(content)
+            },
+            "tool" => {
+                let id = fields.get("tool_call_id").and_then(Value::as_str);
+                let Some(id) = id.filter(|id| !id.is_empty()) else {
+                    return Err(ApiError::invalid(
+                        format!("{param}.tool_call_id"),
+                        "the id of the call this answers is expected",
+                    ));
+                };
+                Message {
+                    tool_call_id: Some(id.to_string()),
+                    ..Message::new(Role::Tool, content)
+                }
             }
             _ => {
                 return Err(ApiError::invalid(
                     format!("{param}.role"),
-                    "system, developer, user or assistant is expected",
+                    "system, developer, user, assistant or tool is expected",
                 ))
             }
-        }
+        };
+        messages.push(message);
     }
     template::check_turns(&messages)
         .map_err(|e| ApiError::invalid("messages", crate::exit::one_line(&e)))?;
-    match messages.last().map(|m| m.role) {
-        Some(Role::User) => {}
-        Some(Role::Assistant) => return Err(ApiError::invalid(
-            "messages",
-            "the last message is the assistant's: end with a user message for the model to answer",
-        )),
-        None => return Err(ApiError::invalid("messages", "no user message to answer")),
-    }
     let system = (!system.is_empty()).then(|| system.join("\n\n"));
     Ok((system, messages))
+}
+
+/// An assistant's `tool_calls`, as OpenAI shapes them.
+fn tool_calls(param: &str, value: &Value) -> Result<Vec<ToolCall>, ApiError> {
+    let Some(items) = value.as_array() else {
+        return Err(ApiError::invalid(param, "a list of calls is expected"));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(j, call)| {
+            let param = format!("{param}[{j}]");
+            let text = |v: &Value, what: &str| {
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    ApiError::invalid(format!("{param}.{what}"), "a string is expected")
+                })
+            };
+            if call.get("type").is_some_and(|t| t != "function") {
+                return Err(ApiError::invalid(
+                    format!("{param}.type"),
+                    "only function calls are supported",
+                ));
+            }
+            let function = &call["function"];
+            Ok(ToolCall {
+                id: text(&call["id"], "id")?,
+                name: text(&function["name"], "function.name")?,
+                arguments: text(&function["arguments"], "function.arguments")?,
+            })
+        })
+        .collect()
+}
+
+/// The `tools` a request declares, as OpenAI shapes them: functions with
+/// a name, a description and a JSON schema of their arguments.
+pub fn tools(value: &Value) -> Result<Vec<Tool>, ApiError> {
+    let Some(items) = value.as_array() else {
+        return Err(ApiError::invalid("tools", "a list of tools is expected"));
+    };
+    let mut tools: Vec<Tool> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let param = format!("tools[{i}]");
+        if item.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(ApiError::invalid(
+                format!("{param}.type"),
+                "\"function\" is expected",
+            ));
+        }
+        let function = &item["function"];
+        let name = function["name"].as_str().unwrap_or("");
+        let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if name.is_empty() || name.len() > 64 || !name.chars().all(valid) {
+            return Err(ApiError::invalid(
+                format!("{param}.function.name"),
+                "1 to 64 letters, digits, _ or - are expected",
+            ));
+        }
+        if tools.iter().any(|t| t.name == name) {
+            return Err(ApiError::invalid(
+                format!("{param}.function.name"),
+                format!("{name} is declared twice"),
+            ));
+        }
+        let description = match &function["description"] {
+            Value::Null => String::new(),
+            d => d
+                .as_str()
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        format!("{param}.function.description"),
+                        "a string is expected",
+                    )
+                })?
+                .to_string(),
+        };
+        let parameters = match &function["parameters"] {
+            Value::Null => json!({"type": "object", "properties": {}}),
+            p @ Value::Object(_) => p.clone(),
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("{param}.function.parameters"),
+                    "a JSON schema (an object) is expected",
+                ))
+            }
+        };
+        tools.push(Tool {
+            name: name.to_string(),
+            description,
+            parameters,
+        });
+    }
+    Ok(tools)
 }
 
 /// A message's text: a string, or a list of text parts (joined).
@@ -603,7 +710,6 @@ mod tests {
             ("logit_bias", json!({"42": 10})),
             ("frequency_penalty", json!(0.5)),
             ("logprobs", json!(true)),
-            ("tools", json!([{"type": "function"}])),
             ("temperature", json!(3)),
             ("temperature", json!("hot")),
             ("top_p", json!(0)),
@@ -663,7 +769,14 @@ mod tests {
                 json!([{"role": "user", "content": [{"type": "image_url"}]}]),
                 "messages[0].content[0]",
             ),
-            (json!([{"role": "tool", "content": "1"}]), "messages[0]"),
+            (
+                json!([{"role": "tool", "content": "1"}]),
+                "messages[0].tool_call_id",
+            ),
+            (
+                json!([{"role": "tool", "content": "1", "tool_call_id": "a"}]),
+                "messages",
+            ),
             (
                 json!([{"role": "user", "content": "a", "mood": "x"}]),
                 "messages[0].mood",
@@ -684,6 +797,112 @@ mod tests {
         // Nesting is bounded by the JSON reader itself.
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(parse_chat(deep.as_bytes()).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn tools_and_calls_are_read_and_checked() {
+        let meteo = json!({"type": "function", "function": {"name": "meteo", "parameters": {"type": "object"}}});
+        let r = parse(json!({
+            "tools": [meteo],
+            "messages": [
+                user("Lyon ?"),
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "abcDEF123", "type": "function", "function": {"name": "meteo", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "abcDEF123", "content": "gris"},
+            ],
+        }))
+        .unwrap();
+        assert_eq!(r.tools[0].name, "meteo");
+        assert_eq!(r.tools[0].description, "");
+        assert_eq!(r.messages[1].tool_calls[0].arguments, "{}");
+        assert_eq!(r.messages[2].tool_call_id.as_deref(), Some("abcDEF123"));
+        let bad_tools = |tools: Value| tools_param(tools);
+        assert_eq!(bad_tools(json!({"type": "function"})), "tools");
+        assert_eq!(bad_tools(json!([{"type": "retrieval"}])), "tools[0].type");
+        assert_eq!(
+            bad_tools(json!([{"type": "function", "function": {"name": "a b"}}])),
+            "tools[0].function.name"
+        );
+        assert_eq!(bad_tools(json!([meteo, meteo])), "tools[1].function.name");
+        let bad = json!([{"type": "function", "function": {"name": "f", "parameters": []}}]);
+        assert_eq!(bad_tools(bad), "tools[0].function.parameters");
+    }
+
+    /// Any body, however damaged, is read or refused, never a panic: a
+    /// valid one cut, with bytes flipped, and with each field's value
+    /// swapped for values of every other JSON type.
+    #[test]
+    fn damaged_bodies_are_refused_not_fatal() {
+        use rand::{Rng, SeedableRng};
+        let body = json!({
+            "model": "m", "stream": true, "stream_options": {"include_usage": true},
+            "max_tokens": 5, "temperature": 0.5, "top_p": 0.9, "top_k": 3, "seed": 1,
+            "stop": ["x"], "response_format": {"type": "json_object"}, "strike": "off",
+            "tools": [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}],
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": [{"type": "text", "text": "u"}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "abcDEF123", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "abcDEF123", "content": "r"},
+            ],
+        });
+        assert!(parse(body.clone()).is_ok());
+        let text = body.to_string().into_bytes();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..3000 {
+            let mut damaged = text.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..damaged.len());
+                damaged[at] = rng.random();
+            }
+            damaged.truncate(rng.random_range(0..=damaged.len()));
+            let _ = parse_chat(&damaged);
+        }
+        let values = [
+            json!(null),
+            json!(true),
+            json!(-1),
+            json!(1e300),
+            json!("s"),
+            json!([]),
+            json!([1]),
+            json!({}),
+            json!({"a": 1}),
+        ];
+        let mut paths: Vec<Vec<String>> = Vec::new();
+        fn walk(v: &Value, at: Vec<String>, out: &mut Vec<Vec<String>>) {
+            out.push(at.clone());
+            match v {
+                Value::Object(m) => m
+                    .iter()
+                    .for_each(|(k, v)| walk(v, [at.clone(), vec![k.clone()]].concat(), out)),
+                Value::Array(a) => a
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, v)| walk(v, [at.clone(), vec![i.to_string()]].concat(), out)),
+                _ => {}
+            }
+        }
+        walk(&body, Vec::new(), &mut paths);
+        for path in &paths {
+            for value in &values {
+                let mut changed = body.clone();
+                let mut slot = &mut changed;
+                for key in path {
+                    slot = match slot {
+                        Value::Array(a) => &mut a[key.parse::<usize>().unwrap()],
+                        v => &mut v[key.as_str()],
+                    };
+                }
+                *slot = value.clone();
+                let _ = parse(changed);
+            }
+        }
+    }
+
+    fn tools_param(tools: Value) -> String {
+        let e = parse(json!({"messages": [user("x")], "tools": tools})).unwrap_err();
+        e.param.unwrap()
     }
 
     #[test]

@@ -421,6 +421,14 @@ async fn chat(
 ) -> Result<Reply, ApiError> {
     let body = read_body(req, state.timeout).await?;
     let request = api::parse_chat(&body)?;
+    if !request.tools.is_empty() {
+        // Rendered exactly (`greve tokenize --chat`), but calls are not yet
+        // generated, constrained and parsed: a reply would be raw text.
+        return Err(ApiError::invalid(
+            "tools",
+            "function calling is not supported yet: the calls would come back as text",
+        ));
+    }
     if let Some(model) = &request.model {
         state.serves(model)?;
     }

@@ -193,3 +193,37 @@ fn gguf_vocabulary_encodes_like_llama_cpp() {
         assert_eq!(line_ids(&o), ids(&case["ids"]), "{text:?}");
     }
 }
+
+/// `--chat` takes an OpenAI request body with tools: the ids the model
+/// sees, mistral-common's.
+#[test]
+fn chats_with_tools_give_mistral_commons_ids() {
+    let golden = golden_json("tools.json");
+    for case in golden["v3"].as_array().unwrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("request.json");
+        std::fs::write(&file, case["request"].to_string()).unwrap();
+        let model = path("tiny-v3-f16.gguf");
+        let o = greve(
+            &["tokenize", "-m", &model, "--chat", file.to_str().unwrap()],
+            b"",
+        );
+        assert_eq!(line_ids(&o), ids(&case["ids"]), "{}", case["text"]);
+    }
+    // A format without tool tokens says so.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("request.json");
+    std::fs::write(&file, golden["v3"][0]["request"].to_string()).unwrap();
+    let o = greve(
+        &[
+            "tokenize",
+            "-m",
+            &path("tiny-v1-f16.gguf"),
+            "--chat",
+            file.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no tool tokens"));
+}

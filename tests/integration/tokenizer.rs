@@ -27,13 +27,13 @@ fn messages(chat: &serde_json::Value) -> Vec<Message> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| Message {
-            role: if m[0] == "user" {
+        .map(|m| {
+            let role = if m[0] == "user" {
                 Role::User
             } else {
                 Role::Assistant
-            },
-            content: m[1].as_str().unwrap().to_string(),
+            };
+            Message::new(role, m[1].as_str().unwrap())
         })
         .collect()
 }
@@ -250,4 +250,61 @@ fn a_tekken_folder_takes_its_format_from_the_chat_template() {
     assert_eq!(format(Some("[INST]{{ m }}[/INST]"), None), Format::V3);
     assert_eq!(format(Some(v7), None), Format::V7);
     assert_eq!(format(None, Some(v7)), Format::V7);
+}
+
+/// Conversations with tools (declared, called, answered; two calls in one
+/// turn; results as JSON and as text; calls in the history of a chat that
+/// declares none), read from OpenAI request bodies by greve's API parser:
+/// mistral-common's ids, with v0.3's vocabulary (tokenizer.json and GGUF)
+/// and NeMo's Tekken (GGUF). tests/goldens/tools_goldens.py made them.
+#[test]
+fn tool_conversations_encode_like_mistral_common() {
+    use greve::server::api;
+    let golden = golden_json("tools.json");
+    let vocabularies = [
+        ("v3", from_json("v3")),
+        ("v3", from_gguf("v3")),
+        ("tekken", from_gguf_file("tiny-tekken-f16.gguf")),
+    ];
+    for (version, tok) in &vocabularies {
+        assert_eq!(tok.format(), Format::V3);
+        for (i, case) in golden[version].as_array().unwrap().iter().enumerate() {
+            let request = &case["request"];
+            let (system, messages) = api::messages(&request["messages"]).unwrap();
+            let tools = match request.get("tools") {
+                Some(tools) => api::tools(tools).unwrap(),
+                None => Vec::new(),
+            };
+            let pieces =
+                template::render_with_tools(tok.format(), system.as_deref(), &tools, &messages)
+                    .unwrap();
+            let got = tok.encode_pieces(&pieces).unwrap();
+            assert_eq!(
+                got,
+                ids(&case["ids"]),
+                "{version} case {i}: {}\n{}",
+                template::to_text(&pieces),
+                case["text"]
+            );
+        }
+    }
+}
+
+/// Formats without tool tokens refuse tools rather than drop them.
+#[test]
+fn tools_need_a_format_that_has_them() {
+    let tools = [template::Tool {
+        name: "f".into(),
+        description: String::new(),
+        parameters: serde_json::json!({"type": "object"}),
+    }];
+    let messages = [Message::user("x")];
+    for format in [Format::V1, Format::V7] {
+        let e = template::render_with_tools(format, None, &tools, &messages).unwrap_err();
+        assert!(format!("{e}").starts_with("tools:"), "{e}");
+    }
+    let e = from_json("v1")
+        .encode_pieces(&[template::Piece::ToolCalls])
+        .unwrap_err();
+    assert!(format!("{e}").contains("[TOOL_CALLS]"), "{e}");
 }

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Token ids of conversations with tools, as mistral-common encodes them,
+for tests/integration/tokenizer.rs to hold greve's rendering to.
+
+Each case is an OpenAI request body (`messages`, `tools`), read by
+mistral-common's own `ChatCompletionRequest.from_openai` and encoded by
+`encode_chat_completion` with the V3 SentencePiece vocabulary (Mistral 7B
+v0.3) and NeMo's Tekken (V3): greve reads the same body with its API parser.
+
+usage: pip install 'mistral-common[sentencepiece]'; python3 tests/goldens/tools_goldens.py
+"""
+import json
+import os
+
+import mistral_common
+from mistral_common.protocol.instruct.request import ChatCompletionRequest
+from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(os.path.dirname(mistral_common.__file__), "data")
+VOCABULARIES = {
+    "v3": os.path.join(DATA, "mistral_instruct_tokenizer_240323.model.v3"),
+    "tekken": os.path.join(DATA, "tekken_240911.json"),
+}
+
+METEO = {"type": "function", "function": {
+    "name": "meteo",
+    "description": "La météo d'une ville, aujourd'hui",
+    "parameters": {"type": "object", "properties": {
+        "ville": {"type": "string", "description": "Le nom de la ville"},
+        "unite": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        "required": ["ville"]}}}
+GREVES = {"type": "function", "function": {
+    "name": "greves_du_jour",
+    "description": "Les grèves annoncées",
+    "parameters": {"type": "object", "properties": {
+        "secteur": {"type": "string"}, "jours": {"type": "integer", "minimum": 1}}}}}
+
+
+def call(id, name, arguments):
+    return {"id": id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+
+
+CASES = [
+    {"tools": [METEO], "messages": [
+        {"role": "user", "content": "Quel temps fait-il à Lyon ?"}]},
+    {"tools": [METEO, GREVES], "messages": [
+        {"role": "system", "content": "Réponds brièvement."},
+        {"role": "user", "content": "Quel temps à Besançon ?"},
+        {"role": "assistant", "content": None, "tool_calls": [call("abcDEF123", "meteo", {"ville": "Besançon"})]},
+        {"role": "tool", "tool_call_id": "abcDEF123", "content": json.dumps({"ciel": "gris", "temp": 4})},
+        {"role": "assistant", "content": "Gris, 4 degrés."},
+        {"role": "user", "content": "Et les grèves ?"}]},
+    {"tools": [METEO, GREVES], "messages": [
+        {"role": "user", "content": "Météo à Paris et grèves dans les transports ?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            call("abcDEF123", "meteo", {"ville": "Paris", "unite": "celsius"}),
+            call("zyx987WVU", "greves_du_jour", {"secteur": "transports", "jours": 2})]},
+        {"role": "tool", "tool_call_id": "abcDEF123", "content": "Pluie fine."},
+        {"role": "tool", "tool_call_id": "zyx987WVU", "content": json.dumps([{"ligne": "RER B"}, {"ligne": "13"}])}]},
+    {"messages": [
+        {"role": "user", "content": "Et hier ?"},
+        {"role": "assistant", "content": None, "tool_calls": [call("Q1w2E3r4T", "meteo", {"ville": "Nantes"})]},
+        {"role": "tool", "tool_call_id": "Q1w2E3r4T", "content": "{\"ciel\": \"bleu\"}"},
+        {"role": "assistant", "content": "Bleu.  "},
+        {"role": "user", "content": "Merci !"}]},
+]
+
+
+def main():
+    golden = {"mistral_common": mistral_common.__version__}
+    for version, path in VOCABULARIES.items():
+        tokenizer = MistralTokenizer.from_file(path)
+        cases = []
+        for case in CASES:
+            request = ChatCompletionRequest.from_openai(case["messages"], tools=case.get("tools"))
+            tokenized = tokenizer.encode_chat_completion(request)
+            cases.append({"request": case, "ids": tokenized.tokens, "text": tokenized.text})
+        golden[version] = cases
+    with open(os.path.join(HERE, "tools.json"), "w") as f:
+        json.dump(golden, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
