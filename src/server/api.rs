@@ -82,7 +82,7 @@ pub struct ChatRequest {
     pub seed: Option<u64>,
     /// Strings that end the reply (not returned).
     pub stop: Vec<String>,
-    /// `response_format`, when not `text`.
+    /// `response_format`, when given (else the server's `--format`).
     pub format: Option<Format>,
     /// An extension: this request's strike mode (`"strike": "totale"`).
     pub strike: Option<Mode>,
@@ -273,7 +273,7 @@ fn response_format(value: &Value) -> Result<Option<Format>, ApiError> {
     let kind = value.get("type").and_then(Value::as_str);
     let bad = |e: String| ApiError::invalid("response_format", e);
     match kind {
-        Some("text") => Ok(None),
+        Some("text") => Ok(Some(Format::Text)),
         Some("json_object") => Ok(Some(Format::Json)),
         Some("json_schema") => {
             let spec = value
