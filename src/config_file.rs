@@ -47,12 +47,7 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Layer> {
         return Ok(Layer::default());
     };
     log::info!("config file {}", path.display());
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Failure::Usage.err(format!(
-            "cannot read the config file {}: {e}",
-            path.display()
-        ))
-    })?;
+    let text = crate::text_file::read_user(path, "the config file", 1 << 20)?;
     let mut layer =
         parse(&text).map_err(|e| Failure::Usage.err(format!("{}:{e}", path.display())))?;
     if let Some(schema) = layer.json_schema.take() {

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use crate::exit::{Classify, Failure};
+use crate::exit::Failure;
 
 /// How much the model is on strike, after French strike practice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,15 +111,7 @@ impl Prompts {
                 if !path.exists() {
                     continue;
                 }
-                let read = std::fs::read(&path).classify(Failure::Usage, || {
-                    format!("cannot read the prompt file {}", path.display())
-                })?;
-                *text = String::from_utf8(read).map_err(|_| {
-                    Failure::Usage.err(format!(
-                        "the prompt file {} is not valid UTF-8",
-                        path.display()
-                    ))
-                })?;
+                *text = crate::text_file::read_user(&path, "the prompt file", 16 << 20)?;
             }
         }
         let get = |name: &str| -> anyhow::Result<(String, String)> {

@@ -76,8 +76,8 @@ pub fn schema(text: &str) -> Result<Format, String> {
 /// A schema or a grammar from a file; `parse` is [`schema`] or [`lark`].
 /// Errors name the file.
 pub fn from_file(path: &Path, parse: fn(&str) -> Result<Format, String>) -> Result<Format, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = crate::text_file::read_user(path, "the file", 16 << 20)
+        .map_err(|e| crate::exit::one_line(&e))?;
     parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 

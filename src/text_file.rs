@@ -1,6 +1,10 @@
-//! A model's text files (config.json, tokenizer.json, an index…): read
-//! whole, bounded, UTF-8, with the exit code each failure deserves.
+//! Text files read whole, bounded and UTF-8, with the exit code each
+//! failure deserves: a model's (config.json, tokenizer.json, an index…)
+//! and the user's (a system prompt, a schema, a transcript, the config
+//! file). The bound holds for what the file's size does not tell: a FIFO,
+//! `/dev/zero`.
 
+use std::io::Read;
 use std::path::Path;
 
 use crate::exit::{Classify, Failure};
@@ -28,9 +32,16 @@ pub fn read_text(path: &Path) -> anyhow::Result<String> {
             MOST >> 20
         )));
     }
-    let bytes = std::fs::read(path).classify(Failure::ModelNotFound, || {
+    let bytes = read_at_most(path, MOST).classify(Failure::ModelNotFound, || {
         format!("cannot read {}", path.display())
     })?;
+    if bytes.len() as u64 > MOST {
+        return Err(Failure::ModelInvalid.err(format!(
+            "{} is larger than any model's text file ({} MB at most); is it the right file?",
+            path.display(),
+            MOST >> 20
+        )));
+    }
     String::from_utf8(bytes).map_err(|e| {
         Failure::ModelInvalid.err(format!(
             "{} is not UTF-8 text (bad byte at {}); download it again",
@@ -38,4 +49,36 @@ pub fn read_text(path: &Path) -> anyhow::Result<String> {
             e.utf8_error().valid_up_to()
         ))
     })
+}
+
+/// A file the user names, read whole up to `most` bytes: `what` says what
+/// it is in the errors, which are all usage errors (exit 2).
+pub fn read_user(path: &Path, what: &str, most: u64) -> anyhow::Result<String> {
+    let bytes = read_at_most(path, most).classify(Failure::Usage, || {
+        format!("cannot read {what} {}", path.display())
+    })?;
+    if bytes.len() as u64 > most {
+        return Err(Failure::Usage.err(format!(
+            "{what} {} is over {} MB, more than greve reads; is it the right file?",
+            path.display(),
+            (most >> 20).max(1)
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        Failure::Usage.err(format!(
+            "{what} {} is not valid UTF-8 (bad byte at {}); convert it, e.g. with iconv -t UTF-8",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+/// Up to `most` + 1 bytes of the file: one more than allowed tells it is
+/// too large without reading on.
+fn read_at_most(path: &Path, most: u64) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(most + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }

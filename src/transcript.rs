@@ -50,19 +50,7 @@ impl Transcript {
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         // Far above a lifetime of chat; what is loaded is held in memory.
-        const MOST: u64 = 256 << 20;
-        let len = std::fs::metadata(path).map_or(0, |m| m.len());
-        if len > MOST {
-            return Err(Failure::Usage.err(format!(
-                "the transcript {} is {} MB; greve loads transcripts of up to {} MB",
-                path.display(),
-                len >> 20,
-                MOST >> 20
-            )));
-        }
-        let text = std::fs::read_to_string(path).classify(Failure::Usage, || {
-            format!("cannot read the transcript {}", path.display())
-        })?;
+        let text = crate::text_file::read_user(path, "the transcript", 256 << 20)?;
         let file: File = serde_json::from_str(&text).classify(Failure::Usage, || {
             format!("{} is not a greve transcript", path.display())
         })?;

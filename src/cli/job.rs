@@ -11,7 +11,7 @@ use clap::{ArgMatches, FromArgMatches};
 
 use super::*;
 use crate::commands::{ask, bench, tokenize};
-use crate::exit::{Classify, Failure};
+use crate::exit::Failure;
 use crate::model::attention::KvType;
 use crate::settings::Layer;
 use crate::structured::{self, Format};
@@ -292,17 +292,11 @@ impl SystemArgs {
     fn fill(self, l: &mut Layer) -> anyhow::Result<()> {
         l.system = match (self.system, self.system_file) {
             (Some(text), _) => Some(text),
-            (None, Some(path)) => {
-                let bytes = std::fs::read(&path).classify(Failure::Usage, || {
-                    format!("cannot read --system-file {}", path.display())
-                })?;
-                Some(String::from_utf8(bytes).map_err(|_| {
-                    Failure::Usage.err(format!(
-                        "--system-file {} is not valid UTF-8",
-                        path.display()
-                    ))
-                })?)
-            }
+            (None, Some(path)) => Some(crate::text_file::read_user(
+                &path,
+                "--system-file",
+                1 << 20,
+            )?),
             (None, None) => None,
         };
         Ok(())

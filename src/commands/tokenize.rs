@@ -129,8 +129,7 @@ fn parse_ids(args: &[String], vocab: usize) -> anyhow::Result<Vec<u32>> {
 /// `system` messages make the system prompt (joined by blank lines, as
 /// mistral-common does).
 fn read_chat(path: &Path) -> anyhow::Result<(Option<String>, Vec<Tool>, Vec<Message>)> {
-    let text = std::fs::read_to_string(path)
-        .classify(Failure::Usage, || format!("cannot read {}", path.display()))?;
+    let text = crate::text_file::read_user(path, "the conversation", 256 << 20)?;
     let value: Value = serde_json::from_str(&text)
         .classify(Failure::Usage, || format!("{} is not JSON", path.display()))?;
     if value.get("format").is_some() {

@@ -763,3 +763,40 @@ fn candle_s_kernels_answer_when_asked_for() {
         stdout(&doctor)
     );
 }
+
+/// Files the user names are read whole but bounded: an endless one (a
+/// device, a FIFO) or one not UTF-8 is one line and exit 2, at once.
+#[test]
+fn endless_and_binary_user_files_are_refused() {
+    let model = gguf("tiny-v1-f16.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let latin1 = dir.path().join("latin1.txt");
+    std::fs::write(&latin1, b"caf\xe9").unwrap();
+    let latin1 = latin1.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec!["ask", "-m", &model, "--system-file", "/dev/zero", "hi"],
+            "over 1 MB",
+        ),
+        (
+            vec!["ask", "-m", &model, "--json-schema", "/dev/zero", "hi"],
+            "over 16 MB",
+        ),
+        (
+            vec!["ask", "-m", &model, "--load", "/dev/zero", "hi"],
+            "over 256 MB",
+        ),
+        (
+            vec!["tokenize", "-m", &model, "--chat", "/dev/zero"],
+            "over 256 MB",
+        ),
+        (
+            vec!["ask", "-m", &model, "--system-file", latin1, "hi"],
+            "not valid UTF-8 (bad byte at 3)",
+        ),
+    ] {
+        assert_fails(&greve(&args, b""), 2, needle);
+    }
+    let o = common::run(&["config"], b"", &[("GREVE_CONFIG", "/dev/zero")]);
+    assert_fails(&o, 2, "the config file /dev/zero is over 1 MB");
+}
