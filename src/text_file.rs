@@ -22,52 +22,45 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<
 /// or not UTF-8 is "invalid" (exit 4).
 pub fn read_text(path: &Path) -> anyhow::Result<String> {
     // The largest real one, a Tekken tokenizer.json, is under 20 MB.
-    const MOST: u64 = 256 << 20;
-    let len = std::fs::metadata(path).map_or(0, |m| m.len());
-    if len > MOST {
-        return Err(Failure::ModelInvalid.err(format!(
-            "{} is {} MB, larger than any model's text file ({} MB at most); is it the right file?",
-            path.display(),
-            len >> 20,
-            MOST >> 20
-        )));
-    }
-    let bytes = read_at_most(path, MOST).classify(Failure::ModelNotFound, || {
-        format!("cannot read {}", path.display())
-    })?;
-    if bytes.len() as u64 > MOST {
-        return Err(Failure::ModelInvalid.err(format!(
-            "{} is larger than any model's text file ({} MB at most); is it the right file?",
-            path.display(),
-            MOST >> 20
-        )));
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        Failure::ModelInvalid.err(format!(
-            "{} is not UTF-8 text (bad byte at {}); download it again",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        ))
-    })
+    let classes = (Failure::ModelNotFound, Failure::ModelInvalid);
+    let name = path.display().to_string();
+    read_whole(path, 256 << 20, classes, &name, "download it again")
 }
 
 /// A file the user names, read whole up to `most` bytes: `what` says what
 /// it is in the errors, which are all usage errors (exit 2).
 pub fn read_user(path: &Path, what: &str, most: u64) -> anyhow::Result<String> {
-    let bytes = read_at_most(path, most).classify(Failure::Usage, || {
-        format!("cannot read {what} {}", path.display())
-    })?;
-    if bytes.len() as u64 > most {
-        return Err(Failure::Usage.err(format!(
-            "{what} {} is over {} MB, more than greve reads; is it the right file?",
-            path.display(),
+    let name = format!("{what} {}", path.display());
+    let fix = "convert it, e.g. with iconv -t UTF-8";
+    read_whole(path, most, (Failure::Usage, Failure::Usage), &name, fix)
+}
+
+/// `path` read whole, up to `most` bytes; `missing` and `invalid` class
+/// the failures, `fix` says how to mend text that is not UTF-8.
+fn read_whole(
+    path: &Path,
+    most: u64,
+    (missing, invalid): (Failure, Failure),
+    name: &str,
+    fix: &str,
+) -> anyhow::Result<String> {
+    let too_large = || {
+        invalid.err(format!(
+            "{name} is over {} MB, more than greve reads; is it the right file?",
             (most >> 20).max(1)
-        )));
+        ))
+    };
+    // What the size tells is refused unread; the bound catches the rest.
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > most) {
+        return Err(too_large());
+    }
+    let bytes = read_at_most(path, most).classify(missing, || format!("cannot read {name}"))?;
+    if bytes.len() as u64 > most {
+        return Err(too_large());
     }
     String::from_utf8(bytes).map_err(|e| {
-        Failure::Usage.err(format!(
-            "{what} {} is not valid UTF-8 (bad byte at {}); convert it, e.g. with iconv -t UTF-8",
-            path.display(),
+        invalid.err(format!(
+            "{name} is not UTF-8 text (bad byte at {}); {fix}",
             e.utf8_error().valid_up_to()
         ))
     })

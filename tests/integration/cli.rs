@@ -792,7 +792,7 @@ fn endless_and_binary_user_files_are_refused() {
         ),
         (
             vec!["ask", "-m", &model, "--system-file", latin1, "hi"],
-            "not valid UTF-8 (bad byte at 3)",
+            "not UTF-8 text (bad byte at 3)",
         ),
     ] {
         assert_fails(&greve(&args, b""), 2, needle);
