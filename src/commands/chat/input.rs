@@ -63,6 +63,14 @@ pub enum Slash {
     Unknown(String),
 }
 
+/// The keys `/set` takes, for its usage line and its error.
+macro_rules! set_keys {
+    () => {
+        "temperature, top_p, top_k, seed, max_tokens, repeat_penalty, repeat_last_n, format, schema, grammar"
+    };
+}
+pub(crate) use set_keys;
+
 pub const COMMANDS: [&str; 14] = [
     "/help", "/system", "/reset", "/retry", "/undo", "/set", "/show", "/stats", "/save", "/load",
     "/strike", "/greve", "/bye", "/exit",
@@ -84,9 +92,7 @@ pub fn parse_slash(line: &str) -> Option<Slash> {
         ("undo", _) => Slash::Undo,
         ("set", arg) => match arg.and_then(|a| a.split_once(char::is_whitespace)) {
             Some((key, value)) => Slash::Set(key.to_string(), value.trim().to_string()),
-            None => Slash::Usage(
-                "/set KEY VALUE (temperature, top_p, top_k, seed, max_tokens, repeat_penalty, repeat_last_n, format, schema, grammar)",
-            ),
+            None => Slash::Usage(concat!("/set KEY VALUE (", set_keys!(), ")")),
         },
         ("show", _) => Slash::Show,
         ("stats", _) => Slash::Stats,

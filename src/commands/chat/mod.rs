@@ -319,8 +319,9 @@ fn set(chat: &mut Conversation, key: &str, value: &str) -> anyhow::Result<()> {
         }
         _ => {
             return Err(Failure::Usage.err(format!(
-            "no setting {key:?}: use temperature, top_p, top_k, seed, max_tokens, repeat_penalty, repeat_last_n, format, schema or grammar"
-        )))
+                "no setting {key:?}: use one of {}",
+                input::set_keys!()
+            )))
         }
     }
     Ok(())
