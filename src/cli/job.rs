@@ -272,9 +272,9 @@ impl FormatArgs {
                 Some(structured::from_file(&path, structured::lark).map_err(usage("--grammar"))?);
             return Ok(());
         }
-        l.format = match (self.format.as_deref(), self.json_schema) {
-            (Some("json"), _) => Some(Format::Json),
-            (Some(_), _) => Some(Format::Text),
+        l.format = match (self.format, self.json_schema) {
+            (Some(FormatArg::Json), _) => Some(Format::Json),
+            (Some(FormatArg::Text), _) => Some(Format::Text),
             (None, Some(schema)) if schema.trim_start().starts_with('{') => {
                 Some(structured::schema(&schema).map_err(usage("--json-schema"))?)
             }

@@ -170,8 +170,8 @@ pub struct TurnArgs {
 pub struct FormatArgs {
     /// `json`: the reply is one JSON object, and nothing else (constrained
     /// decoding); `text` (the default): free text.
-    #[arg(long, value_parser = ["json", "text"], value_name = "FORMAT")]
-    pub format: Option<String>,
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<FormatArg>,
 
     /// The reply is a JSON value this schema allows: a file, or the schema
     /// itself (`{...}`). docs/json.md lists the keywords supported.
@@ -487,6 +487,12 @@ pub struct ModelArgs {
     /// precision.
     #[arg(long, value_enum, env = "GREVE_KV_CACHE", value_name = "TYPE")]
     pub kv_cache: Option<KvCacheArg>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Json,
+    Text,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
