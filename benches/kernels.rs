@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use greve::model::attention::{self, HostKvCache, KvType};
-use greve::model::quant::{self, Format, Q8Block, QK};
+use greve::model::quant::{self, Q8Block, QuantFormat, QK};
 
 /// Columns of Mistral 7B's up/gate projections (the hidden size).
 const K: usize = 4096;
@@ -21,7 +21,7 @@ fn main() {
     }
     let x: Vec<f32> = (0..K).map(|i| (i as f32 * 0.37).sin()).collect();
     let acts: Vec<Q8Block> = x.chunks_exact(QK).map(Q8Block::quantize).collect();
-    for format in [Format::Q4K, Format::Q6K] {
+    for format in [QuantFormat::Q4K, QuantFormat::Q6K] {
         let row_bytes = K / QK * format.block_bytes();
         // 32 rows stay in L1/L2; 256 MB do not fit any cache.
         for (place, rows, passes) in [
@@ -112,12 +112,12 @@ fn attention_over(layers: usize, t: usize, passes: usize) {
 }
 
 /// Blocks of arbitrary quants with scale 1.0 (f16 0x3C00), so no NaN appears.
-fn weights(format: Format, rows: usize, row_bytes: usize) -> Vec<u8> {
+fn weights(format: QuantFormat, rows: usize, row_bytes: usize) -> Vec<u8> {
     let mut w: Vec<u8> = (0..rows * row_bytes).map(|i| (i * 7 % 251) as u8).collect();
     for block in w.chunks_exact_mut(format.block_bytes()) {
         let scales: &[usize] = match format {
-            Format::Q4K => &[0, 2],
-            Format::Q6K => &[208],
+            QuantFormat::Q4K => &[0, 2],
+            QuantFormat::Q6K => &[208],
         };
         for &at in scales {
             block[at..at + 2].copy_from_slice(&[0x00, 0x3C]);

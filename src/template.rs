@@ -25,7 +25,7 @@ use crate::exit::Failure;
 
 /// Which instruct format a model was trained on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
+pub enum Instruct {
     V1,
     V3,
     V7,
@@ -110,7 +110,7 @@ pub enum Piece {
 /// Renders a conversation that ends with the user's turn, ready for the model
 /// to answer. Messages must alternate, starting and ending with the user.
 pub fn render(
-    format: Format,
+    format: Instruct,
     system: Option<&str>,
     messages: &[Message],
 ) -> anyhow::Result<Vec<Piece>> {
@@ -120,7 +120,7 @@ pub fn render(
 /// Renders a conversation for the model to answer: one that ends with the
 /// user's turn or with tools' results, the tools it may call announced.
 pub fn render_with_tools(
-    format: Format,
+    format: Instruct,
     system: Option<&str>,
     tools: &[Tool],
     messages: &[Message],
@@ -135,7 +135,7 @@ pub fn render_with_tools(
 /// Renders any alternating conversation starting with the user; one that
 /// ends with the assistant ends with EOS, as `mistral-common` encodes it.
 pub fn render_conversation(
-    format: Format,
+    format: Instruct,
     system: Option<&str>,
     tools: &[Tool],
     messages: &[Message],
@@ -144,16 +144,16 @@ pub fn render_conversation(
 }
 
 fn pieces(
-    format: Format,
+    format: Instruct,
     system: Option<&str>,
     tools: &[Tool],
     messages: &[Message],
 ) -> anyhow::Result<Vec<Piece>> {
     check_alternation(messages)?;
     let calls = messages.iter().any(|m| m.role == Role::Tool);
-    if (calls || !tools.is_empty()) && format != Format::V3 {
+    if (calls || !tools.is_empty()) && format != Instruct::V3 {
         return Err(Failure::Usage.err(match format {
-            Format::V1 => "tools: Mistral 7B v0.1 and v0.2 have no tool tokens in their format; function calling needs v0.3 or NeMo",
+            Instruct::V1 => "tools: Mistral 7B v0.1 and v0.2 have no tool tokens in their format; function calling needs v0.3 or NeMo",
             _ => "tools: function calling with Mistral Small 3.x's format (V7) is not supported yet; v0.3 and NeMo have it",
         }));
     }
@@ -164,14 +164,14 @@ fn pieces(
     // V1 puts the system prompt in the first user turn, V3 in the last one
     // (with the tools), V7 before every turn.
     let system_turn = match format {
-        Format::V1 => users.first(),
-        Format::V3 => users.last(),
-        Format::V7 => None,
+        Instruct::V1 => users.first(),
+        Instruct::V3 => users.last(),
+        Instruct::V7 => None,
     }
     .copied();
 
     let mut pieces = vec![Piece::Bos];
-    if let (Format::V7, Some(system)) = (format, system) {
+    if let (Instruct::V7, Some(system)) = (format, system) {
         pieces.push(Piece::BeginSystem);
         pieces.push(Piece::Text(system.to_string()));
         pieces.push(Piece::EndSystem);
@@ -191,8 +191,8 @@ fn pieces(
                     _ => message.content.clone(),
                 };
                 match format {
-                    Format::V1 => pieces.push(Piece::Text(format!("[INST] {text} [/INST]"))),
-                    Format::V3 | Format::V7 => {
+                    Instruct::V1 => pieces.push(Piece::Text(format!("[INST] {text} [/INST]"))),
+                    Instruct::V3 | Instruct::V7 => {
                         pieces.push(Piece::BeginInst);
                         pieces.push(Piece::Text(text));
                         pieces.push(Piece::EndInst);
@@ -206,8 +206,8 @@ fn pieces(
             }
             Role::Assistant => {
                 let text = match format {
-                    Format::V1 => message.content.as_str(),
-                    Format::V3 | Format::V7 => message.content.trim_end_matches(' '),
+                    Instruct::V1 => message.content.as_str(),
+                    Instruct::V3 | Instruct::V7 => message.content.trim_end_matches(' '),
                 };
                 pieces.push(Piece::Text(text.to_string()));
                 pieces.push(Piece::Eos);
@@ -383,7 +383,7 @@ mod tests {
             Message::assistant("b "),
             Message::user("c"),
         ];
-        let pieces = render(Format::V1, Some("sys"), &messages).unwrap();
+        let pieces = render(Instruct::V1, Some("sys"), &messages).unwrap();
         assert_eq!(
             pieces,
             vec![
@@ -403,7 +403,7 @@ mod tests {
             Message::assistant("b  "),
             Message::user("c"),
         ];
-        let pieces = render(Format::V3, Some("sys"), &messages).unwrap();
+        let pieces = render(Instruct::V3, Some("sys"), &messages).unwrap();
         assert_eq!(
             pieces,
             vec![
@@ -427,14 +427,14 @@ mod tests {
             Message::assistant("Salut !  "),
             Message::user("Et ensuite ?"),
         ];
-        let pieces = render(Format::V7, Some("Sois bref."), &messages).unwrap();
+        let pieces = render(Instruct::V7, Some("Sois bref."), &messages).unwrap();
         // mistral-common 1.13.1, InstructTokenizerV7.
         assert_eq!(
             to_text(&pieces),
             "<s>[SYSTEM_PROMPT]Sois bref.[/SYSTEM_PROMPT][INST]Bonjour[/INST]Salut !</s>[INST]Et ensuite ?[/INST]"
         );
         assert_eq!(pieces[1], Piece::BeginSystem);
-        let without = render(Format::V7, None, &messages).unwrap();
+        let without = render(Instruct::V7, None, &messages).unwrap();
         assert_eq!(without[1], Piece::BeginInst);
     }
 
@@ -442,23 +442,28 @@ mod tests {
     fn an_empty_system_prompt_is_no_system_prompt() {
         let messages = [Message::user("a")];
         assert_eq!(
-            render(Format::V1, Some(""), &messages).unwrap(),
-            render(Format::V1, None, &messages).unwrap()
+            render(Instruct::V1, Some(""), &messages).unwrap(),
+            render(Instruct::V1, None, &messages).unwrap()
         );
     }
 
     #[test]
     fn turns_must_alternate_and_end_with_the_user() {
-        assert!(render(Format::V1, None, &[]).is_err());
-        assert!(render(Format::V1, None, &[Message::assistant("x")]).is_err());
-        assert!(render(Format::V1, None, &[Message::user("x"), Message::user("y")]).is_err());
+        assert!(render(Instruct::V1, None, &[]).is_err());
+        assert!(render(Instruct::V1, None, &[Message::assistant("x")]).is_err());
         assert!(render(
-            Format::V1,
+            Instruct::V1,
+            None,
+            &[Message::user("x"), Message::user("y")]
+        )
+        .is_err());
+        assert!(render(
+            Instruct::V1,
             None,
             &[Message::user("x"), Message::assistant("y")]
         )
         .is_err());
-        assert!(render(Format::V1, None, &[Message::user("")]).is_err());
+        assert!(render(Instruct::V1, None, &[Message::user("")]).is_err());
     }
 
     #[test]
@@ -493,12 +498,12 @@ mod tests {
             content: "text".into(),
             ..calling
         };
-        assert!(render_with_tools(Format::V3, None, &[], &[Message::user("a"), both]).is_err());
+        assert!(render_with_tools(Instruct::V3, None, &[], &[Message::user("a"), both]).is_err());
     }
 
     #[test]
     fn text_form_spells_out_control_tokens() {
-        let pieces = render(Format::V3, None, &[Message::user("hi")]).unwrap();
+        let pieces = render(Instruct::V3, None, &[Message::user("hi")]).unwrap();
         assert_eq!(to_text(&pieces), "<s>[INST]hi[/INST]");
     }
 }

@@ -15,7 +15,7 @@ use candle_core::quantized::gguf_file::Value;
 use serde_json::json;
 
 use crate::exit::{Classify, Failure};
-use crate::template::{Format, Piece};
+use crate::template::{Instruct, Piece};
 
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -30,7 +30,7 @@ pub struct Tokenizer {
     system: Option<(u32, u32)>,
     /// The function-calling control tokens, where the vocabulary has them.
     tools: Option<ToolTokens>,
-    format: Format,
+    format: Instruct,
     /// One past the largest id: a damaged tokenizer.json may skip ids.
     vocab_size: usize,
 }
@@ -66,14 +66,14 @@ pub fn instruct_format(
     system_tokens: bool,
     byte_level: bool,
     template: Option<&str>,
-) -> Format {
+) -> Instruct {
     match (inst, system_tokens, template) {
-        (false, _, _) => Format::V1,
-        (true, false, _) => Format::V3,
-        (true, true, Some(t)) if t.contains("[SYSTEM_PROMPT]") => Format::V7,
-        (true, true, Some(_)) => Format::V3,
-        (true, true, None) if byte_level => Format::V3,
-        (true, true, None) => Format::V7,
+        (false, _, _) => Instruct::V1,
+        (true, false, _) => Instruct::V3,
+        (true, true, Some(t)) if t.contains("[SYSTEM_PROMPT]") => Instruct::V7,
+        (true, true, Some(_)) => Instruct::V3,
+        (true, true, None) if byte_level => Instruct::V3,
+        (true, true, None) => Instruct::V7,
     }
 }
 
@@ -193,14 +193,14 @@ impl Tokenizer {
             eos,
             add_bos,
             inst,
-            system: system.filter(|_| format == Format::V7),
+            system: system.filter(|_| format == Instruct::V7),
             tools,
             format,
         }
     }
 
     /// The instruct format this vocabulary and template were made for.
-    pub fn format(&self) -> Format {
+    pub fn format(&self) -> Instruct {
         self.format
     }
 

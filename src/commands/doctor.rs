@@ -9,7 +9,7 @@ use crate::exit::Failure;
 use crate::hub::{Hub, HubOptions};
 use crate::model;
 use crate::settings::Settings;
-use crate::template::{self, Format, Message};
+use crate::template::{self, Instruct, Message};
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Status {
@@ -371,11 +371,11 @@ fn template_check(r: &mut Report, settings: &Settings) -> std::io::Result<()> {
         .collect();
     // The references are for Mistral's vocabularies: SentencePiece, Tekken.
     let want: &[u32] = match (tokenizer.format(), tokenizer.vocab_size()) {
-        (Format::V1, 32000) => &V1_IDS,
-        (Format::V3, 32768) => &V3_IDS,
-        (Format::V7, 32768) => &V7_IDS,
-        (Format::V3, 131072) => &TEKKEN_V3_IDS,
-        (Format::V7, 131072) => &TEKKEN_V7_IDS,
+        (Instruct::V1, 32000) => &V1_IDS,
+        (Instruct::V3, 32768) => &V3_IDS,
+        (Instruct::V7, 32768) => &V7_IDS,
+        (Instruct::V3, 131072) => &TEKKEN_V3_IDS,
+        (Instruct::V7, 131072) => &TEKKEN_V7_IDS,
         (format, size) => {
             return r.line(
                 Status::Skip,

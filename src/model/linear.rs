@@ -16,7 +16,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Module, Result, Tensor};
 use memmap2::Mmap;
 
-use super::quant::{self, Format};
+use super::quant::{self, QuantFormat};
 
 /// Runs `$body` with `$B` bound to candle's block type for a quantised
 /// `$dtype`, and `$fallback` for the formats without blocks.
@@ -270,10 +270,10 @@ impl MappedMatrix {
         let greve = !super::isa::candle_products();
         match self.dtype {
             GgmlDType::Q4K if greve => {
-                quant::matmul(Format::Q4K, self.bytes(), (m, k, n), &xs, &mut out)
+                quant::matmul(QuantFormat::Q4K, self.bytes(), (m, k, n), &xs, &mut out)
             }
             GgmlDType::Q6K if greve => {
-                quant::matmul(Format::Q6K, self.bytes(), (m, k, n), &xs, &mut out)
+                quant::matmul(QuantFormat::Q6K, self.bytes(), (m, k, n), &xs, &mut out)
             }
             dtype => with_block_type!(dtype, B => {
                 let blocks = self.blocks::<B>().ok_or_else(|| {

@@ -5,7 +5,7 @@ use crate::common;
 
 use common::{golden_json, goldens, ids};
 use greve::model::gguf::GgufSource;
-use greve::template::{self, Format, Message, Role};
+use greve::template::{self, Instruct, Message, Role};
 use greve::tokenizer::{SpecialTokens, StreamDecoder, Tokenizer};
 
 fn from_json(version: &str) -> Tokenizer {
@@ -90,7 +90,7 @@ fn gguf_vocabulary_encodes_like_mistral_common() {
 #[test]
 fn tekken_gguf_vocabulary_encodes_like_mistral_common() {
     let tok = from_gguf_file("tiny-tekken-f16.gguf");
-    assert_eq!(tok.format(), Format::V3);
+    assert_eq!(tok.format(), Instruct::V3);
     assert_eq!(tok.vocab_size(), 131072);
     check_against_mistral_common(&tok, "tekken", "GGUF");
     let golden = golden_json("tokens-tekken.json");
@@ -123,17 +123,17 @@ fn tekken_with_small_s_template_renders_v7_like_mistral_common() {
         candle_core::quantized::gguf_file::Value::String(small.into()),
     );
     let tok = Tokenizer::from_gguf(&metadata).unwrap();
-    assert_eq!(tok.format(), Format::V7);
+    assert_eq!(tok.format(), Instruct::V7);
     check_against_mistral_common(&tok, "tekken-v7", "GGUF with Small's template");
 }
 
 #[test]
 fn the_instruct_format_follows_the_vocabulary() {
-    assert_eq!(from_json("v1").format(), Format::V1);
-    assert_eq!(from_json("v3").format(), Format::V3);
-    assert_eq!(from_json("v7").format(), Format::V7);
-    assert_eq!(from_gguf("v1").format(), Format::V1);
-    assert_eq!(from_gguf("v3").format(), Format::V3);
+    assert_eq!(from_json("v1").format(), Instruct::V1);
+    assert_eq!(from_json("v3").format(), Instruct::V3);
+    assert_eq!(from_json("v7").format(), Instruct::V7);
+    assert_eq!(from_gguf("v1").format(), Instruct::V1);
+    assert_eq!(from_gguf("v3").format(), Instruct::V3);
 }
 
 #[test]
@@ -183,7 +183,7 @@ fn an_accented_letter_split_over_byte_tokens_comes_out_whole() {
 #[test]
 fn the_template_tells_v7_from_nemos_v3() {
     use greve::tokenizer::instruct_format;
-    use Format::*;
+    use Instruct::*;
     // SentencePiece: the control tokens settle it.
     assert_eq!(instruct_format(false, false, false, None), V1);
     assert_eq!(instruct_format(true, false, false, None), V3);
@@ -246,10 +246,10 @@ fn a_tekken_folder_takes_its_format_from_the_chat_template() {
             .unwrap()
             .format()
     };
-    assert_eq!(format(None, None), Format::V3);
-    assert_eq!(format(Some("[INST]{{ m }}[/INST]"), None), Format::V3);
-    assert_eq!(format(Some(v7), None), Format::V7);
-    assert_eq!(format(None, Some(v7)), Format::V7);
+    assert_eq!(format(None, None), Instruct::V3);
+    assert_eq!(format(Some("[INST]{{ m }}[/INST]"), None), Instruct::V3);
+    assert_eq!(format(Some(v7), None), Instruct::V7);
+    assert_eq!(format(None, Some(v7)), Instruct::V7);
 }
 
 /// Conversations with tools (declared, called, answered; two calls in one
@@ -267,7 +267,7 @@ fn tool_conversations_encode_like_mistral_common() {
         ("tekken", from_gguf_file("tiny-tekken-f16.gguf")),
     ];
     for (version, tok) in &vocabularies {
-        assert_eq!(tok.format(), Format::V3);
+        assert_eq!(tok.format(), Instruct::V3);
         for (i, case) in golden[version].as_array().unwrap().iter().enumerate() {
             let request = &case["request"];
             let (system, messages) = api::messages(&request["messages"]).unwrap();
@@ -299,7 +299,7 @@ fn tools_need_a_format_that_has_them() {
         parameters: serde_json::json!({"type": "object"}),
     }];
     let messages = [Message::user("x")];
-    for format in [Format::V1, Format::V7] {
+    for format in [Instruct::V1, Instruct::V7] {
         let e = template::render_with_tools(format, None, &tools, &messages).unwrap_err();
         assert!(format!("{e}").starts_with("tools:"), "{e}");
     }

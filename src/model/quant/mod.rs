@@ -69,19 +69,19 @@ impl Q8Block {
     }
 }
 
-/// The weight formats with kernels of their own.
+/// The quantised weight formats with kernels of their own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
+pub enum QuantFormat {
     Q4K,
     Q6K,
 }
 
-impl Format {
+impl QuantFormat {
     /// Bytes per block of 256 weights.
     pub const fn block_bytes(self) -> usize {
         match self {
-            Format::Q4K => q4k::BLOCK_BYTES,
-            Format::Q6K => q6k::BLOCK_BYTES,
+            QuantFormat::Q4K => q4k::BLOCK_BYTES,
+            QuantFormat::Q6K => q6k::BLOCK_BYTES,
         }
     }
 }
@@ -109,7 +109,7 @@ pub fn isas() -> Vec<Isa> {
 /// with the kernels of `isa` (one of [`isas`]).
 pub fn dot<const T: usize>(
     isa: Isa,
-    format: Format,
+    format: QuantFormat,
     row: &[u8],
     acts: [&[Q8Block]; T],
 ) -> [f32; T] {
@@ -118,32 +118,32 @@ pub fn dot<const T: usize>(
         "this CPU cannot run the {isa:?} kernels"
     );
     match (isa, format) {
-        (Isa::Scalar, Format::Q4K) => acts.map(|a| q4k::dot_scalar(row, a)),
-        (Isa::Scalar, Format::Q6K) => acts.map(|a| q6k::dot_scalar(row, a)),
+        (Isa::Scalar, QuantFormat::Q4K) => acts.map(|a| q4k::dot_scalar(row, a)),
+        (Isa::Scalar, QuantFormat::Q6K) => acts.map(|a| q6k::dot_scalar(row, a)),
         // SAFETY (all the arms below): asserted above, this CPU runs `isa`.
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, Format::Q4K) => unsafe { q4k::dot_avx2(row, acts) },
+        (Isa::Avx2, QuantFormat::Q4K) => unsafe { q4k::dot_avx2(row, acts) },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, Format::Q6K) => unsafe { q6k::dot_avx2(row, acts) },
+        (Isa::Avx2, QuantFormat::Q6K) => unsafe { q6k::dot_avx2(row, acts) },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, Format::Q4K) => unsafe { q4k::dot_avx512(row, acts) },
+        (Isa::Avx512, QuantFormat::Q4K) => unsafe { q4k::dot_avx512(row, acts) },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, Format::Q6K) => unsafe { q6k::dot_avx512(row, acts) },
+        (Isa::Avx512, QuantFormat::Q6K) => unsafe { q6k::dot_avx512(row, acts) },
         #[cfg(target_arch = "aarch64")]
-        (Isa::Neon, Format::Q4K) => unsafe { q4k::dot_neon(row, acts) },
+        (Isa::Neon, QuantFormat::Q4K) => unsafe { q4k::dot_neon(row, acts) },
         #[cfg(target_arch = "aarch64")]
-        (Isa::Neon, Format::Q6K) => unsafe { q6k::dot_neon(row, acts) },
+        (Isa::Neon, QuantFormat::Q6K) => unsafe { q6k::dot_neon(row, acts) },
         #[cfg(target_arch = "aarch64")]
-        (Isa::DotProd, Format::Q4K) => unsafe { q4k::dot_dotprod(row, acts) },
+        (Isa::DotProd, QuantFormat::Q4K) => unsafe { q4k::dot_dotprod(row, acts) },
         #[cfg(target_arch = "aarch64")]
-        (Isa::DotProd, Format::Q6K) => unsafe { q6k::dot_dotprod(row, acts) },
+        (Isa::DotProd, QuantFormat::Q6K) => unsafe { q6k::dot_dotprod(row, acts) },
     }
 }
 
 /// `out[t][r] = Σ_k x[t][k] · w[r][k]` for `m` tokens of `k` values against
 /// `n` rows of `format` blocks; `out` is (m, n), row-major like `x`.
 pub fn matmul(
-    format: Format,
+    format: QuantFormat,
     w: &[u8],
     (m, k, n): (usize, usize, usize),
     x: &[f32],
@@ -202,7 +202,7 @@ pub fn matmul(
 #[cfg(target_arch = "x86_64")]
 unsafe fn matmul_packed(
     isa: Isa,
-    format: Format,
+    format: QuantFormat,
     w: &[u8],
     row_bytes: usize,
     n: usize,
@@ -247,7 +247,7 @@ unsafe fn matmul_packed(
 #[cfg(target_arch = "x86_64")]
 unsafe fn by_tokens<const T: usize>(
     isa: Isa,
-    format: Format,
+    format: QuantFormat,
     tile: &packed::Tile,
     acts: &[&[Q8Block]],
     write: &dyn Fn(usize, &[f32; packed::ROWS]),
@@ -390,7 +390,7 @@ mod tests {
 
     /// Random blocks of `format` whose scales are sane f16 values (random
     /// bytes there would make infinities and NaNs).
-    pub fn random_rows(format: Format, rows: usize, k: usize, seed: u64) -> Vec<u8> {
+    pub fn random_rows(format: QuantFormat, rows: usize, k: usize, seed: u64) -> Vec<u8> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut bytes = vec![0u8; rows * k / QK * format.block_bytes()];
         rng.fill(&mut bytes[..]);
@@ -399,11 +399,11 @@ mod tests {
         };
         for block in bytes.chunks_exact_mut(format.block_bytes()) {
             match format {
-                Format::Q4K => {
+                QuantFormat::Q4K => {
                     block[0..2].copy_from_slice(&f16(&mut rng));
                     block[2..4].copy_from_slice(&f16(&mut rng));
                 }
-                Format::Q6K => block[208..210].copy_from_slice(&f16(&mut rng)),
+                QuantFormat::Q6K => block[208..210].copy_from_slice(&f16(&mut rng)),
             }
         }
         bytes
@@ -416,14 +416,14 @@ mod tests {
 
     /// The same product through candle: dequantised weights, f32 matmul.
     fn reference(
-        format: Format,
+        format: QuantFormat,
         w: &[u8],
         (m, k, n): (usize, usize, usize),
         x: &[f32],
     ) -> Vec<f32> {
         let dtype = match format {
-            Format::Q4K => GgmlDType::Q4K,
-            Format::Q6K => GgmlDType::Q6K,
+            QuantFormat::Q4K => GgmlDType::Q4K,
+            QuantFormat::Q6K => GgmlDType::Q6K,
         };
         let storage = QStorage::from_data(Cow::Borrowed(w), &Device::Cpu, dtype).unwrap();
         let w = QTensor::new(storage, (n, k))
@@ -454,10 +454,10 @@ mod tests {
         // 7 tokens: one group of TOKENS and a remainder; 37 rows: a partial
         // work item; 35 tokens and 32 rows: repacked tiles, where the CPU has them.
         for (format, (m, k, n)) in [
-            (Format::Q4K, (7, 512, 37)),
-            (Format::Q6K, (7, 512, 37)),
-            (Format::Q4K, (35, 512, 32)),
-            (Format::Q6K, (35, 256, 32)),
+            (QuantFormat::Q4K, (7, 512, 37)),
+            (QuantFormat::Q6K, (7, 512, 37)),
+            (QuantFormat::Q4K, (35, 512, 32)),
+            (QuantFormat::Q6K, (35, 256, 32)),
         ] {
             let w = random_rows(format, n, k, 1);
             let x = random_acts(m, k, 2);
@@ -477,7 +477,7 @@ mod tests {
         // Every ARM64 CPU has NEON, so its kernels are always among these.
         #[cfg(target_arch = "aarch64")]
         assert!(isas().contains(&Isa::Neon) || isa::cap() == Isa::Scalar);
-        for format in [Format::Q4K, Format::Q6K] {
+        for format in [QuantFormat::Q4K, QuantFormat::Q6K] {
             let row = random_rows(format, 1, k, 4);
             let scalar = dot(Isa::Scalar, format, &row, acts);
             for isa in isas() {
@@ -497,7 +497,7 @@ mod tests {
         let x = random_acts(TOKENS, k, 6);
         let acts: Vec<Q8Block> = x.chunks_exact(QK).map(Q8Block::quantize).collect();
         let acts: [&[Q8Block]; TOKENS] = std::array::from_fn(|t| &acts[t * 2..(t + 1) * 2]);
-        for format in [Format::Q4K, Format::Q6K] {
+        for format in [QuantFormat::Q4K, QuantFormat::Q6K] {
             let rows = random_rows(format, packed::ROWS, k, 7);
             let row_bytes = k / QK * format.block_bytes();
             let mut tile = packed::Tile::default();

@@ -12,7 +12,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::Q8Block;
-use super::{q4k, q6k, Format, QK};
+use super::{q4k, q6k, QuantFormat, QK};
 
 /// Rows per tile: one 512-bit register of i32 sums.
 pub const ROWS: usize = 16;
@@ -41,14 +41,14 @@ pub struct Tile {
 
 impl Tile {
     /// Repacks rows `rows[r * row_bytes..]` (16 of them) of `format`.
-    pub fn pack(&mut self, format: Format, rows: &[u8], row_bytes: usize) {
+    pub fn pack(&mut self, format: QuantFormat, rows: &[u8], row_bytes: usize) {
         let blocks = row_bytes / format.block_bytes();
         let sub = sub_blocks(format);
         self.blocks = blocks;
         self.quants.resize(blocks * QK * ROWS, 0);
         self.scales.resize(blocks * sub * ROWS, 0.0);
         self.mins.resize(
-            if format == Format::Q4K {
+            if format == QuantFormat::Q4K {
                 blocks * 8 * ROWS
             } else {
                 0
@@ -60,14 +60,14 @@ impl Tile {
             let row = &rows[r * row_bytes..(r + 1) * row_bytes];
             for (b, block) in row.chunks_exact(format.block_bytes()).enumerate() {
                 match format {
-                    Format::Q4K => {
+                    QuantFormat::Q4K => {
                         let (scales, mins) = q4k::unpack(block, &mut quants);
                         for s in 0..8 {
                             self.scales[(b * 8 + s) * ROWS + r] = scales[s];
                             self.mins[(b * 8 + s) * ROWS + r] = mins[s];
                         }
                     }
-                    Format::Q6K => {
+                    QuantFormat::Q6K => {
                         let scales = q6k::unpack(block, &mut quants);
                         for (s, scale) in scales.into_iter().enumerate() {
                             self.scales[(b * 16 + s) * ROWS + r] = scale;
@@ -83,10 +83,10 @@ impl Tile {
     }
 }
 
-fn sub_blocks(format: Format) -> usize {
+fn sub_blocks(format: QuantFormat) -> usize {
     match format {
-        Format::Q4K => 8,
-        Format::Q6K => 16,
+        QuantFormat::Q4K => 8,
+        QuantFormat::Q6K => 16,
     }
 }
 
@@ -109,13 +109,13 @@ pub fn available() -> bool {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn products<const T: usize>(
-    format: Format,
+    format: QuantFormat,
     tile: &Tile,
     acts: [&[Q8Block]; T],
 ) -> [[f32; ROWS]; T] {
     match format {
-        Format::Q4K => products_of::<T, 8>(tile, acts),
-        Format::Q6K => products_of::<T, 16>(tile, acts),
+        QuantFormat::Q4K => products_of::<T, 8>(tile, acts),
+        QuantFormat::Q6K => products_of::<T, 16>(tile, acts),
     }
 }
 
@@ -196,15 +196,15 @@ unsafe fn products_of<const T: usize, const SUB: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn products_avx2<const T: usize>(
-    format: Format,
+    format: QuantFormat,
     tile: &Tile,
     acts: [&[Q8Block]; T],
 ) -> [[f32; ROWS]; T] {
     let mut out = [[0f32; ROWS]; T];
     for half in 0..2 {
         let sums = match format {
-            Format::Q4K => half_products::<T, 8, 8>(tile, acts, half),
-            Format::Q6K => half_products::<T, 16, 2>(tile, acts, half),
+            QuantFormat::Q4K => half_products::<T, 8, 8>(tile, acts, half),
+            QuantFormat::Q6K => half_products::<T, 16, 2>(tile, acts, half),
         };
         for t in 0..T {
             out[t][8 * half..8 * half + 8].copy_from_slice(&sums[t]);
