@@ -569,6 +569,12 @@ pub fn fit_window(
         }
         render(&messages[start(k).min(messages.len())..])
     };
+    // Most turns fit whole: one rendering, no search.
+    let ids = measure(lo)?;
+    if ids.len() <= budget || lo == hi {
+        return Ok((start(lo), ids));
+    }
+    lo += 1;
     while lo < hi {
         let mid = (lo + hi) / 2;
         let ids = measure(mid)?;

@@ -51,7 +51,12 @@ impl Transcript {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         // Far above a lifetime of chat; what is loaded is held in memory.
         let text = crate::text_file::read_user(path, "the transcript", 256 << 20)?;
-        let file: File = serde_json::from_str(&text).classify(Failure::Usage, || {
+        Self::parse(&text, path)
+    }
+
+    /// A transcript from the text of the file at `path` (named in errors).
+    pub fn parse(text: &str, path: &Path) -> anyhow::Result<Self> {
+        let file: File = serde_json::from_str(text).classify(Failure::Usage, || {
             format!("{} is not a greve transcript", path.display())
         })?;
         if file.format != FORMAT || file.version != VERSION {

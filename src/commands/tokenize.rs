@@ -133,7 +133,7 @@ fn read_chat(path: &Path) -> anyhow::Result<(Option<String>, Vec<Tool>, Vec<Mess
     let value: Value = serde_json::from_str(&text)
         .classify(Failure::Usage, || format!("{} is not JSON", path.display()))?;
     if value.get("format").is_some() {
-        let t = Transcript::load(path)?;
+        let t = Transcript::parse(&text, path)?;
         return Ok((t.system, Vec::new(), t.messages));
     }
     let bad = |e: ApiError| Failure::Usage.err(format!("{}: {}", path.display(), e.message));
