@@ -22,8 +22,9 @@ use crate::remote::Remote;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::settings::Settings;
 use crate::structured::{Constraint, Format, Grammar};
-use crate::template::{self, Message, Role};
+use crate::template::{self, Message, Role, ToolCall};
 use crate::tokenizer::StreamDecoder;
+use crate::tools::{self, Tools};
 use crate::transcript::Transcript;
 
 pub struct Conversation {
@@ -63,6 +64,8 @@ pub struct Local {
 /// One answered message.
 pub struct Turn {
     pub text: String,
+    /// The functions the reply calls (its text then empty).
+    pub tool_calls: Vec<ToolCall>,
     pub finish: Finish,
     /// The persona answered with its strike notice instead of the model.
     pub notice: bool,
@@ -83,6 +86,7 @@ pub enum Event<'a> {
 /// A reply from an engine.
 pub struct Reply {
     pub text: String,
+    pub tool_calls: Vec<ToolCall>,
     pub finish: Finish,
     pub stats: Stats,
 }
@@ -100,6 +104,8 @@ pub struct Options {
     pub max_tokens: Option<usize>,
     /// Free text, or JSON by construction.
     pub format: Format,
+    /// Functions the model may call.
+    pub tools: Tools,
 }
 
 impl Options {
@@ -119,6 +125,7 @@ impl Options {
             seed: settings.seed.value,
             max_tokens: settings.reply_limit(defaults),
             format: settings.format.value.clone(),
+            tools: settings.tools.clone(),
         }
     }
 }
@@ -206,6 +213,43 @@ impl Conversation {
         turn
     }
 
+    /// Answers the calls of the last reply with their results, in the
+    /// order of the calls, and goes on. On an error the results are taken
+    /// back.
+    pub fn send_results(
+        &mut self,
+        results: Vec<String>,
+        cancel: &AtomicBool,
+        on_event: impl FnMut(Event) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Turn> {
+        let calls = match self.messages.last() {
+            Some(m) if !m.tool_calls.is_empty() => m.tool_calls.clone(),
+            _ => {
+                return Err(Failure::Usage.err(
+                    "no tool call to answer: the conversation's last message is not a call (load the transcript that holds it)",
+                ))
+            }
+        };
+        if results.len() != calls.len() {
+            return Err(Failure::Usage.err(format!(
+                "the last reply made {} tool calls, and {} results were given: give one per call, in their order",
+                calls.len(),
+                results.len()
+            )));
+        }
+        let n = self.messages.len();
+        self.messages
+            .extend(calls.iter().zip(results).map(|(call, result)| Message {
+                tool_call_id: Some(call.id.clone()),
+                ..Message::new(Role::Tool, result)
+            }));
+        let turn = self.answer(cancel, on_event);
+        if turn.is_err() {
+            self.messages.truncate(n);
+        }
+        turn
+    }
+
     /// Answers the last message again (a new seed, so a new reply when sampling).
     pub fn retry(
         &mut self,
@@ -231,7 +275,13 @@ impl Conversation {
         if self.messages.is_empty() {
             return false;
         }
-        let keep = (self.messages.len() - 1) / 2 * 2;
+        // Back to before the last user message, with the calls and results
+        // that answered it.
+        let keep = self
+            .messages
+            .iter()
+            .rposition(|m| m.role == Role::User)
+            .unwrap_or(0);
         self.messages.truncate(keep);
         self.first = self.first.min(keep);
         true
@@ -289,7 +339,9 @@ impl Conversation {
     ) -> anyhow::Result<Turn> {
         if let Engine::Local(local) = &self.engine {
             let system = self.system_prompt();
-            let n = local.encode(system.as_deref(), &self.messages)?.len();
+            let n = local
+                .encode(system.as_deref(), &self.options.tools, &self.messages)?
+                .len();
             let context = local.model.transformer.config.context_length;
             if n >= context {
                 return Err(Failure::Usage.err(format!(
@@ -316,6 +368,7 @@ impl Conversation {
             self.messages.push(Message::assistant(notice.clone()));
             return Ok(Turn {
                 text: notice,
+                tool_calls: Vec::new(),
                 finish: Finish::Stop,
                 notice: true,
                 dropped: 0,
@@ -328,7 +381,7 @@ impl Conversation {
                     &self.messages,
                     self.first,
                     system.as_deref(),
-                    self.options.max_tokens,
+                    &self.options,
                     cancel,
                 )?;
                 let dropped = first - self.first;
@@ -355,12 +408,18 @@ impl Conversation {
                 (reply, 0)
             }
         };
-        if !reply.text.trim().is_empty() {
+        if !reply.tool_calls.is_empty() {
+            self.messages.push(Message {
+                tool_calls: reply.tool_calls.clone(),
+                ..Message::assistant("")
+            });
+        } else if !reply.text.trim().is_empty() {
             self.messages.push(Message::assistant(reply.text.clone()));
         }
         self.last = Some(reply.stats);
         Ok(Turn {
             text: reply.text,
+            tool_calls: reply.tool_calls,
             finish: reply.finish,
             notice: false,
             dropped,
@@ -397,9 +456,14 @@ struct LocalTurn<'a> {
 
 impl Local {
     /// The ids of a conversation rendered with the model's instruct format.
-    fn encode(&self, system: Option<&str>, messages: &[Message]) -> anyhow::Result<Vec<u32>> {
+    fn encode(
+        &self,
+        system: Option<&str>,
+        tools: &Tools,
+        messages: &[Message],
+    ) -> anyhow::Result<Vec<u32>> {
         let format = self.model.tokenizer.format();
-        let pieces = template::render(format, system, messages)?;
+        let pieces = template::render_with_tools(format, system, &tools.list, messages)?;
         self.model.tokenizer.encode_pieces(&pieces)
     }
 
@@ -411,16 +475,25 @@ impl Local {
     ) -> anyhow::Result<Reply> {
         let ids = turn.ids;
         let format = self.model.tokenizer.format();
-        let text = template::to_text(&template::render(format, turn.system, turn.window)?);
+        let tools = &turn.options.tools;
+        let pieces = template::render_with_tools(format, turn.system, &tools.list, turn.window)?;
+        let text = template::to_text(&pieces);
         on_event(Event::Prompt { text, ids: &ids })?;
         let mut reuse = common_prefix(&self.cached, &ids);
-        let checkpoint = self.fixed_prefix(turn.system, &ids)?;
+        let checkpoint = self.fixed_prefix(turn.system, tools, &ids)?;
         let context = self.model.transformer.config.context_length;
         let room = context - ids.len();
         let max_tokens = turn.options.max_tokens.map_or(room, |n| n.min(room));
         let mut stop = self.model.defaults.eos_token_id.clone();
         stop.push(self.model.tokenizer.eos());
-        let mut constraint = self.constraint(&turn.options.format)?;
+        let calls_token = self.model.tokenizer.tool_calls_token();
+        let format = match calls_token {
+            Some(token) => tools
+                .reply_format(&turn.options.format, token)
+                .map_err(|e| Failure::Usage.err(format!("tools: {e}")))?,
+            None => turn.options.format.clone(),
+        };
+        let mut constraint = self.constraint(&format)?;
         let mut limits = Limits {
             max_tokens,
             stop: &stop,
@@ -453,18 +526,25 @@ impl Local {
         };
         let tokenizer = self.model.tokenizer.clone();
         let mut decoder = StreamDecoder::default();
+        // A reply that starts with the calls token is calls, read whole
+        // at the end: none of it is text.
+        let (mut calling, mut first) = (false, true);
         let mut g = generate(
             &mut self.model.transformer,
             prompt,
             &mut sampler,
             &mut limits,
             cancel,
-            |token| match decoder.push(&tokenizer, token)? {
-                Some(text) => on_event(Event::Text(text)),
-                None => Ok(()),
+            |token| {
+                calling |= first && Some(token) == calls_token;
+                first = false;
+                match decoder.push(&tokenizer, token)? {
+                    Some(text) if !calling => on_event(Event::Text(text)),
+                    _ => Ok(()),
+                }
             },
         )?;
-        if let Some(rest) = decoder.finish(&tokenizer)? {
+        if let (Some(rest), false) = (decoder.finish(&tokenizer)?, calling) {
             on_event(Event::Text(rest))?;
         }
         g.stats.loaded_tokens = loaded;
@@ -479,9 +559,30 @@ impl Local {
         cached.extend(&g.tokens);
         cached.truncate(self.model.transformer.cached());
         self.cached = cached;
+        let text = tokenizer.decode(&g.tokens)?;
+        if !calling {
+            return Ok(Reply {
+                text,
+                tool_calls: Vec::new(),
+                finish: g.finish,
+                stats: g.stats,
+            });
+        }
+        // A list of calls cut short (the token limit, Ctrl-C) is no call.
+        let tool_calls = match g.finish {
+            Finish::Stop => {
+                tools::parse_calls(&text, turn.seed).map_err(|e| Failure::Generation.err(e))?
+            }
+            _ => Vec::new(),
+        };
+        let finish = match g.finish {
+            Finish::Stop => Finish::ToolCalls,
+            other => other,
+        };
         Ok(Reply {
-            text: tokenizer.decode(&g.tokens)?,
-            finish: g.finish,
+            text: String::new(),
+            tool_calls,
+            finish,
             stats: g.stats,
         })
     }
@@ -498,11 +599,16 @@ impl Local {
     /// How many of `ids` stay the same whatever the last message says: the
     /// system prompt (the persona's too) and what comes before it. The
     /// prompt cache keeps them; 0 when there is none, or it is short.
-    fn fixed_prefix(&self, system: Option<&str>, ids: &[u32]) -> anyhow::Result<usize> {
+    fn fixed_prefix(
+        &self,
+        system: Option<&str>,
+        tools: &Tools,
+        ids: &[u32],
+    ) -> anyhow::Result<usize> {
         if system.is_none() {
             return Ok(0);
         }
-        let alone = |text: &str| self.encode(system, &[Message::user(text)]);
+        let alone = |text: &str| self.encode(system, tools, &[Message::user(text)]);
         let a = alone("a")?;
         let fixed = common_prefix(&a[..common_prefix(&a, &alone("b")?)], ids);
         Ok(if fixed < prompt_cache::MIN_TOKENS {
@@ -519,14 +625,18 @@ impl Local {
         messages: &[Message],
         first: usize,
         system: Option<&str>,
-        max_tokens: Option<usize>,
+        options: &Options,
         cancel: &AtomicBool,
     ) -> anyhow::Result<(usize, Vec<u32>)> {
         let context = self.model.transformer.config.context_length;
         // Room kept for the reply: the limit asked for, else an eighth of
         // the context, never more than half of it.
-        let reserve = max_tokens.unwrap_or(context / 8).min(context / 2).max(1);
-        let measure = |window: &[Message]| self.encode(system, window);
+        let reserve = options
+            .max_tokens
+            .unwrap_or(context / 8)
+            .min(context / 2)
+            .max(1);
+        let measure = |window: &[Message]| self.encode(system, &options.tools, window);
         let (first, ids) = fit_window(messages, first, context - reserve, measure, cancel)?;
         if ids.len() >= context {
             return Err(Failure::Usage.err(format!(
@@ -538,9 +648,10 @@ impl Local {
     }
 }
 
-/// The first message index from `first` on whose rendering fits `budget`
-/// tokens, moving by whole exchanges and never past the last user message,
-/// with that rendering.
+/// The first user message from `first` on whose window (it and all that
+/// follows) renders within `budget` tokens, never past the last user
+/// message, with that rendering: the window moves by whole exchanges (a
+/// user's message, and the replies, calls and results that answer it).
 ///
 /// A rendering only shrinks as its window starts later, so the start is
 /// found by bisection, and no window longer than `budget` messages is ever
@@ -554,26 +665,31 @@ pub fn fit_window(
     render: impl Fn(&[Message]) -> anyhow::Result<Vec<u32>>,
     cancel: &AtomicBool,
 ) -> anyhow::Result<(usize, Vec<u32>)> {
-    // Start k is messages[first + 2k..]; the last start holds only the
-    // last user message (and maybe its reply), which is always kept.
-    let start = |k: usize| first + 2 * k;
-    let last = messages.len().saturating_sub(first + 1).div_ceil(2);
-    let too_many = messages.len().saturating_sub(first + budget);
-    let (mut lo, mut hi) = (too_many.div_ceil(2).min(last), last);
-    let mut fitting: Option<(usize, Vec<u32>)> = None;
+    let mut starts: Vec<usize> = (first..messages.len())
+        .filter(|&i| messages[i].role == Role::User)
+        .collect();
+    if starts.first() != Some(&first) {
+        starts.insert(0, first);
+    }
     let measure = |k: usize| -> anyhow::Result<Vec<u32>> {
         if cancel.load(Ordering::Relaxed) {
             return Err(
                 Failure::Interrupted.err("stopped while fitting the conversation into the context")
             );
         }
-        render(&messages[start(k).min(messages.len())..])
+        render(&messages[starts[k].min(messages.len())..])
     };
+    // A window of more messages than `budget` cannot fit.
+    let too_many = messages.len().saturating_sub(budget);
+    let last = starts.len() - 1;
+    let (mut lo, hi) = (starts.partition_point(|&i| i < too_many).min(last), last);
     // Most turns fit whole: one rendering, no search.
     let ids = measure(lo)?;
     if ids.len() <= budget || lo == hi {
-        return Ok((start(lo), ids));
+        return Ok((starts[lo], ids));
     }
+    let mut hi = hi;
+    let mut fitting: Option<(usize, Vec<u32>)> = None;
     lo += 1;
     while lo < hi {
         let mid = (lo + hi) / 2;
@@ -589,7 +705,7 @@ pub fn fit_window(
         Some((k, ids)) if k == lo => ids,
         _ => measure(lo)?,
     };
-    Ok((start(lo), ids))
+    Ok((starts[lo], ids))
 }
 
 #[cfg(test)]
@@ -636,10 +752,11 @@ mod tests {
     #[test]
     fn the_window_is_the_one_a_plain_walk_finds() {
         let walk = |m: &[Message], mut first: usize, budget: usize| loop {
-            if tokens(&m[first..]).unwrap().len() <= budget || first + 1 >= m.len() {
-                return first;
+            let next = (first + 1..m.len()).find(|&i| m[i].role == Role::User);
+            match next {
+                Some(next) if tokens(&m[first..]).unwrap().len() > budget => first = next,
+                _ => return first,
             }
-            first += 2;
         };
         for n in 0..12 {
             let m = conversation(n);

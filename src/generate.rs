@@ -21,6 +21,10 @@ pub enum Finish {
     Length,
     /// Ctrl-C.
     Interrupted,
+    /// The reply is a call to functions (set by the conversation, which
+    /// reads the calls).
+    #[serde(rename = "tool_calls")]
+    ToolCalls,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -29,4 +29,5 @@ pub mod system;
 pub mod template;
 pub mod text_file;
 pub mod tokenizer;
+pub mod tools;
 pub mod transcript;

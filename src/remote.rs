@@ -20,7 +20,8 @@ use crate::exit::Failure;
 use crate::generate::{Finish, Stats};
 use crate::messages::short;
 use crate::structured::Format;
-use crate::template::{Message, Role};
+use crate::template::{Message, Role, Tool, ToolCall};
+use crate::tools::Choice;
 
 /// A server, and the model it is asked for.
 pub struct Remote {
@@ -139,8 +140,13 @@ impl Remote {
             ..Stats::default()
         };
         Ok(Reply {
+            // Some servers end a reply of calls with "stop".
+            finish: match stream.calls.is_empty() {
+                true => finish,
+                false => Finish::ToolCalls,
+            },
+            tool_calls: stream.calls,
             text: stream.text,
-            finish,
             stats,
         })
     }
@@ -262,6 +268,19 @@ pub fn request_body(
     if let Some(n) = o.max_tokens {
         body["max_tokens"] = n.into();
     }
+    let tools = &o.tools;
+    if !tools.list.is_empty() {
+        body["tools"] = tools.list.iter().map(Tool::openai).collect();
+        body["tool_choice"] = match &tools.choice {
+            Choice::None => "none".into(),
+            Choice::Auto => "auto".into(),
+            Choice::Required => "required".into(),
+            Choice::Named(name) => json!({"type": "function", "function": {"name": name}}),
+        };
+        if !tools.parallel {
+            body["parallel_tool_calls"] = false.into();
+        }
+    }
     body["response_format"] = match &o.format {
         Format::Text => return Ok(body),
         Format::Json => json!({"type": "json_object"}),
@@ -285,6 +304,8 @@ pub struct Stream {
     pub text: String,
     /// Pieces of text received.
     pub pieces: usize,
+    /// The calls, as their pieces add up.
+    pub calls: Vec<ToolCall>,
     pub finish: Option<Finish>,
     /// Prompt, completion and cached tokens, when the server says.
     pub usage: Option<(usize, usize, usize)>,
@@ -339,11 +360,15 @@ impl Stream {
         if let Some(reason) = choice["finish_reason"].as_str() {
             self.finish = Some(match reason {
                 "length" => Finish::Length,
+                "tool_calls" | "function_call" => Finish::ToolCalls,
                 _ => Finish::Stop,
             });
         }
         // A chunk's delta, or a whole reply's message.
         let content = choice.get("delta").or(choice.get("message"));
+        if let Some(Value::Array(calls)) = content.map(|c| &c["tool_calls"]) {
+            self.add_calls(calls)?;
+        }
         match content.and_then(|c| c["content"].as_str()) {
             Some(text) if !text.is_empty() => {
                 self.text.push_str(text);
@@ -352,6 +377,38 @@ impl Stream {
             }
             _ => Ok(None),
         }
+    }
+}
+
+impl Stream {
+    /// Pieces of calls: a whole reply's calls, or a stream's deltas, each
+    /// numbered by `index`, its id and name coming once, its arguments in
+    /// pieces to add up.
+    fn add_calls(&mut self, calls: &[Value]) -> Result<(), String> {
+        for (position, call) in calls.iter().enumerate() {
+            let index = call["index"].as_u64().map_or(position, |i| i as usize);
+            if index > self.calls.len() || index > 1024 {
+                return Err(format!(
+                    "a tool call out of order: {}",
+                    short(&call.to_string())
+                ));
+            }
+            if index == self.calls.len() {
+                self.calls.push(ToolCall {
+                    id: String::new(),
+                    name: String::new(),
+                    arguments: String::new(),
+                });
+            }
+            let c = &mut self.calls[index];
+            let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+            if let Some(id) = call["id"].as_str() {
+                c.id = id.to_string();
+            }
+            c.name += &text(&call["function"]["name"]);
+            c.arguments += &text(&call["function"]["arguments"]);
+        }
+        Ok(())
     }
 }
 
@@ -442,6 +499,44 @@ mod tests {
         );
     }
 
+    /// Calls come whole or in pieces, numbered; their arguments add up.
+    #[test]
+    fn calls_are_read_whole_and_in_pieces() {
+        let (s, texts) = read(&[
+            r#"data: {"choices": [{"delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": "abcDEF123", "type": "function", "function": {"name": "meteo", "arguments": ""}}]}}]}"#,
+            "",
+            r#"data: {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"ville\": "}}]}}]}"#,
+            "",
+            r#"data: {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"Lyon\"}"}}, {"index": 1, "id": "x", "function": {"name": "heure", "arguments": "{}"}}]}}]}"#,
+            "",
+            r#"data: {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]}"#,
+            "",
+        ]);
+        assert!(texts.is_empty());
+        assert_eq!(s.finish, Some(Finish::ToolCalls));
+        let calls: Vec<_> = s
+            .calls
+            .iter()
+            .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str()))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("abcDEF123", "meteo", r#"{"ville": "Lyon"}"#),
+                ("x", "heure", "{}")
+            ]
+        );
+        let mut whole = Stream::default();
+        whole
+            .event(r#"{"choices": [{"message": {"content": null, "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}, "finish_reason": "tool_calls"}]}"#)
+            .unwrap();
+        assert_eq!(whole.calls[0].name, "f");
+        let mut skipping = Stream::default();
+        assert!(skipping
+            .event(r#"{"choices": [{"delta": {"tool_calls": [{"index": 3}]}}]}"#)
+            .is_err());
+    }
+
     #[test]
     fn errors_in_a_stream_are_reported() {
         let mut s = Stream::default();
@@ -479,6 +574,7 @@ mod tests {
             seed: 1,
             max_tokens: Some(5),
             format: Format::Json,
+            tools: crate::tools::Tools::default(),
         };
         let body = request_body("m", Some("S"), &[Message::user("u")], &o, 9).unwrap();
         assert_eq!(
@@ -491,6 +587,22 @@ mod tests {
         );
         assert_eq!(body["response_format"]["type"], "json_object");
         assert!(body.get("top_k").is_none());
+        let tools = Options {
+            tools: crate::tools::Tools {
+                list: vec![Tool {
+                    name: "f".into(),
+                    description: "d".into(),
+                    parameters: json!({"type": "object"}),
+                }],
+                choice: Choice::Named("f".into()),
+                parallel: false,
+            },
+            ..o.clone()
+        };
+        let body = request_body("m", None, &[Message::user("u")], &tools, 9).unwrap();
+        assert_eq!(body["tools"][0]["function"]["name"], "f");
+        assert_eq!(body["tool_choice"]["function"]["name"], "f");
+        assert_eq!(body["parallel_tool_calls"], false);
         let lark = Options {
             format: Format::Lark("start: \"a\"".into()),
             ..o

@@ -40,9 +40,7 @@ impl Format {
         }
     }
 
-    /// The schema llguidance compiles. Unless the schema says otherwise
-    /// (`x-guidance`), the JSON has a space after each `,` and `:` and no
-    /// other whitespace: free whitespace lets a model pad a reply forever.
+    /// The grammar llguidance compiles.
     fn grammar(&self) -> Option<TopLevelGrammar> {
         let mut schema = match self {
             Format::Text => return None,
@@ -50,14 +48,22 @@ impl Format {
             Format::Json => json!({"type": "object"}),
             Format::Schema(schema) => schema.clone(),
         };
-        if let Some(object) = schema.as_object_mut() {
-            object.entry("x-guidance").or_insert(json!({
-                "whitespace_flexible": false,
-                "item_separator": ", ",
-                "key_separator": ": ",
-            }));
-        }
+        with_spacing(&mut schema);
         Some(TopLevelGrammar::from_json_schema(schema))
+    }
+}
+
+/// Unless the schema says otherwise (`x-guidance`), the JSON has a space
+/// after each `,` and `:` and no other whitespace, as Python's `json.dumps`
+/// writes it (and Mistral's tool calls): free whitespace lets a model pad a
+/// reply forever.
+pub fn with_spacing(schema: &mut Value) {
+    if let Some(object) = schema.as_object_mut() {
+        object.entry("x-guidance").or_insert(json!({
+            "whitespace_flexible": false,
+            "item_separator": ", ",
+            "key_separator": ": ",
+        }));
     }
 }
 

@@ -226,17 +226,19 @@ fn pieces(
     Ok(pieces)
 }
 
+impl Tool {
+    /// As OpenAI's API declares it, which is also how mistral-common lists
+    /// it to the model.
+    pub fn openai(&self) -> serde_json::Value {
+        serde_json::json!({"type": "function", "function": {
+            "name": self.name, "description": self.description, "parameters": self.parameters,
+        }})
+    }
+}
+
 /// The tools as mistral-common lists them (`[AVAILABLE_TOOLS]`).
 fn tools_json(tools: &[Tool]) -> String {
-    let list: Vec<serde_json::Value> = tools
-        .iter()
-        .map(|t| {
-            serde_json::json!({"type": "function", "function": {
-                "name": t.name, "description": t.description, "parameters": t.parameters,
-            }})
-        })
-        .collect();
-    python_json(&serde_json::Value::Array(list))
+    python_json(&tools.iter().map(Tool::openai).collect())
 }
 
 /// An assistant's calls as mistral-common writes them (`[TOOL_CALLS]`).

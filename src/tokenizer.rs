@@ -204,6 +204,12 @@ impl Tokenizer {
         self.format
     }
 
+    /// `[TOOL_CALLS]`, which starts a reply that calls functions, where
+    /// the vocabulary has the function-calling tokens.
+    pub fn tool_calls_token(&self) -> Option<u32> {
+        self.tools.map(|t| t.calls)
+    }
+
     pub fn eos(&self) -> u32 {
         self.eos
     }

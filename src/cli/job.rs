@@ -15,6 +15,7 @@ use crate::exit::Failure;
 use crate::model::attention::KvType;
 use crate::settings::Layer;
 use crate::structured::{self, Format};
+use crate::tools::{Choice, Tools};
 
 /// What a command asks for, once its settings are set apart.
 #[derive(Debug)]
@@ -135,7 +136,10 @@ impl Command {
                 a.turn.fill(&mut l)?;
                 l.remote = a.remote.remote;
                 (l.load, l.save) = (a.load, a.save);
+                let tool_results = a.tools.tool_result.clone();
+                l.tools = a.tools.read()?;
                 Job::Ask(ask::Request {
+                    tool_results,
                     prompt: a.prompt,
                     json: a.json,
                     stats: a.stats,
@@ -285,6 +289,38 @@ impl FormatArgs {
             (None, None) => None,
         };
         Ok(())
+    }
+}
+
+impl ToolArgs {
+    /// The tools of `--tools`, checked, with their choice.
+    fn read(&self) -> anyhow::Result<Option<Tools>> {
+        let Some(path) = &self.tools else {
+            return Ok(None);
+        };
+        let bad = |e: String| Failure::Usage.err(format!("--tools {}: {e}", path.display()));
+        let text = crate::text_file::read_user(path, "--tools", 16 << 20)?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not JSON ({e})")))?;
+        // The list alone, or a request body that holds it.
+        let list = value.get("tools").unwrap_or(&value);
+        let list = crate::server::api::tools(list).map_err(|e| bad(e.message))?;
+        let choice = match &self.tool_choice {
+            Some(choice) => choice
+                .parse()
+                .map_err(|e| Failure::Usage.err(format!("--tool-choice: {e}")))?,
+            None => Choice::Auto,
+        };
+        let tools = Tools {
+            list,
+            choice,
+            parallel: !self.no_parallel_tool_calls,
+        };
+        tools.check().map_err(|(at, e)| match at.as_str() {
+            "choice" => Failure::Usage.err(format!("--tool-choice: {e}")),
+            i => bad(format!("tools[{i}].function.parameters: {e}")),
+        })?;
+        Ok(Some(tools))
     }
 }
 

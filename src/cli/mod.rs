@@ -347,6 +347,40 @@ pub struct AskArgs {
     /// Write the conversation, this exchange included, to FILE (atomically).
     #[arg(long, value_name = "FILE")]
     pub save: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tools: ToolArgs,
+}
+
+/// Function calling (docs/tools.md).
+#[derive(Args, Debug)]
+pub struct ToolArgs {
+    /// Functions the model may call: a JSON file holding OpenAI's `tools`
+    /// list. A reply that calls them prints each call as a line of JSON
+    /// (`id`, `name`, `arguments`) instead of text.
+    #[arg(long, value_name = "FILE")]
+    pub tools: Option<PathBuf>,
+
+    /// `auto` (the default): text or calls, as the model decides;
+    /// `required`: one call or more; `none`: text only; or a function's
+    /// name: one call to it.
+    #[arg(long, value_name = "CHOICE", requires = "tools")]
+    pub tool_choice: Option<String>,
+
+    /// At most one call per reply.
+    #[arg(long, requires = "tools")]
+    pub no_parallel_tool_calls: bool,
+
+    /// The result of the loaded conversation's last call, instead of a
+    /// prompt: the model answers with it. Repeat it for a reply that made
+    /// several calls, in their order.
+    #[arg(
+        long,
+        value_name = "TEXT",
+        requires = "load",
+        conflicts_with = "prompt"
+    )]
+    pub tool_result: Vec<String>,
 }
 
 /// Where the model runs, when not here.

@@ -25,16 +25,28 @@ pub struct Request {
     pub stats: bool,
     /// The rendered prompt and its ids on stderr before the reply.
     pub verbose_prompt: bool,
+    /// Results of the loaded conversation's last calls, answered instead
+    /// of a prompt.
+    pub tool_results: Vec<String>,
 }
 
 /// A conversation of one turn: `greve chat`'s, printed the same way.
 pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow::Result<()> {
-    let prompt = read_prompt(&request.prompt)?;
+    let results = request.tool_results.clone();
+    let prompt = match results.is_empty() {
+        true => read_prompt(&request.prompt)?,
+        false => String::new(),
+    };
     let start = reply::start(settings)?;
     let (mode, seed) = (start.settings.strike.value, start.settings.seed.value);
-    let structured = start.settings.format.value != Format::Text;
+    let structured =
+        start.settings.format.value != Format::Text || start.settings.tools.must_call();
     // No model is needed, or even loaded, to go on strike.
-    if let Some(notice) = persona::strike_notice(mode, &start.prompts, &prompt, seed) {
+    let notice = match results.is_empty() {
+        true => persona::strike_notice(mode, &start.prompts, &prompt, seed),
+        false => None,
+    };
+    if let Some(notice) = notice {
         match (structured, request.json) {
             (true, false) => eprintln!("{notice}"),
             (_, json) => print_notice(&notice, mode, seed, json)?,
@@ -50,9 +62,13 @@ pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow
     let load_time = loading.elapsed();
 
     let wrapping = reply::wrapping(&conversation);
-    let send = |c: &mut Conversation, on_event: &mut dyn FnMut(Event) -> anyhow::Result<()>| {
-        c.send(prompt, cancel, on_event)
-    };
+    let send =
+        |c: &mut Conversation, on_event: &mut dyn FnMut(Event) -> anyhow::Result<()>| match results
+            .is_empty()
+        {
+            true => c.send(prompt, cancel, on_event),
+            false => c.send_results(results, cancel, on_event),
+        };
     let turn = crate::interrupt::stoppable(|| match request.json {
         true => speak(
             &mut conversation,
@@ -78,12 +94,15 @@ pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow
         conversation.transcript().save(path)?;
         conversation.save_context();
     }
+    let options = &conversation.options;
+    // A list of calls cut short leaves no text.
+    let call = options.tools.may_call() && turn.text.is_empty();
     match turn.finish {
         Finish::Interrupted => Err(Failure::Interrupted.err("interrupted")),
-        Finish::Length if structured => Err(Failure::Generation.err(format!(
+        Finish::Length if structured || call => Err(Failure::Generation.err(format!(
             "the reply reached its limit of {} tokens before it was complete ({}), so none was printed; raise --max-tokens",
             conversation.last.map_or(0, |s| s.generated_tokens),
-            conversation.options.format.name()
+            if call { "a tool call" } else { options.format.name() }
         ))),
         _ => Ok(()),
     }
@@ -129,6 +148,7 @@ fn print_json(
         "persona": conversation.options.mode.name(),
         "letterhead": wrapping.letterhead,
         "reply": turn.text,
+        "tool_calls": turn.tool_calls.iter().map(reply::call_json).collect::<Vec<_>>(),
         "signoff": wrapping.signoff,
         "finish_reason": turn.finish,
         "prompt_tokens": s.prompt_tokens,

@@ -10,7 +10,7 @@ use crate::messages;
 use crate::persona::{self, Prompts, Wrapping};
 use crate::settings::Settings;
 use crate::structured::Format;
-use crate::template::Message;
+use crate::template::{Message, ToolCall};
 use crate::transcript::Transcript;
 
 /// A conversation before its model is loaded: the settings, after the saved
@@ -75,7 +75,8 @@ pub fn speak(
         &mut dyn FnMut(Event) -> anyhow::Result<()>,
     ) -> anyhow::Result<Turn>,
 ) -> anyhow::Result<Turn> {
-    let structured = conversation.options.format != Format::Text;
+    let o = &conversation.options;
+    let structured = o.format != Format::Text || o.tools.must_call();
     let wrapping = wrapping(conversation);
     let mut on_event = |event: Event| -> anyhow::Result<()> {
         match event {
@@ -99,6 +100,13 @@ pub fn speak(
         Ok(())
     };
     let turn = answer(conversation, &mut on_event)?;
+    if !turn.tool_calls.is_empty() {
+        for call in &turn.tool_calls {
+            writeln!(out, "{}", call_json(call))?;
+        }
+        out.flush()?;
+        return Ok(turn);
+    }
     if turn.notice && structured {
         eprintln!("{}", turn.text);
         return Err(not_json(conversation.options.mode));
@@ -118,20 +126,31 @@ pub fn speak(
     Ok(turn)
 }
 
-/// A strike notice where JSON was asked for: the notice goes to stderr.
+/// A call as `greve ask` prints it: one line of JSON, its arguments an
+/// object (OpenAI's API sends them as a string).
+pub fn call_json(call: &ToolCall) -> serde_json::Value {
+    let arguments: serde_json::Value =
+        serde_json::from_str(&call.arguments).unwrap_or_else(|_| call.arguments.clone().into());
+    serde_json::json!({"id": call.id, "name": call.name, "arguments": arguments})
+}
+
+/// A strike notice where JSON or a call was asked for: the notice goes to
+/// stderr.
 pub fn not_json(mode: persona::Mode) -> anyhow::Error {
     Failure::Generation.err(format!(
-        "on strike ({}): the notice above is no JSON; --strike=off (in a chat, /strike off) to get some",
+        "on strike ({}): the notice above is no JSON and calls no tool; --strike=off (in a chat, /strike off) to get some",
         mode.name()
     ))
 }
 
 /// What goes around the next reply: the persona's letterhead and sign-off,
-/// never around JSON.
+/// never around JSON, nor around a reply that may be a call.
 pub fn wrapping(conversation: &Conversation) -> Wrapping {
     let o = &conversation.options;
     match o.format {
-        Format::Text => persona::wrapping(o.mode, conversation.turn_seed(), &o.prompts),
+        Format::Text if !o.tools.may_call() => {
+            persona::wrapping(o.mode, conversation.turn_seed(), &o.prompts)
+        }
         _ => Wrapping::default(),
     }
 }

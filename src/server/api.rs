@@ -5,7 +5,7 @@
 //!
 //! A request is refused (400, naming the field) rather than half-honoured:
 //! a field greve does not know, or one it knows but cannot do (`n: 2`,
-//! `logit_bias`, tools), would otherwise change the reply without a word.
+//! `logit_bias`), would otherwise change the reply without a word.
 //! OpenAI's own API refuses unknown fields the same way.
 
 use serde_json::{json, Map, Value};
@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::persona::Mode;
 use crate::structured::{self, Format};
 use crate::template::{self, Message, Role, Tool, ToolCall};
+use crate::tools::{Choice, Tools};
 
 /// An error as OpenAI's API reports it, with its HTTP status.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,8 +87,8 @@ pub struct ChatRequest {
     pub format: Option<Format>,
     /// An extension: this request's strike mode (`"strike": "totale"`).
     pub strike: Option<Mode>,
-    /// Functions the model may call.
-    pub tools: Vec<Tool>,
+    /// Functions the model may call, and whether it must.
+    pub tools: Tools,
 }
 
 /// The most stop strings a request may give: OpenAI allows 4, but some
@@ -146,17 +147,16 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
             )?,
             "logprobs" => must(key, value == &json!(false), "not supported")?,
             "top_logprobs" => must(key, value == &json!(0), "not supported")?,
-            "tools" => r.tools = tools(value)?,
-            "functions" => must(key, false, "deprecated by OpenAI: send tools")?,
-            "tool_choice" | "function_call" => must(
-                key,
-                value == "none" || value == "auto",
-                "function calling is not supported yet",
-            )?,
+            "tools" => r.tools.list = tools(value)?,
+            "tool_choice" => r.tools.choice = tool_choice(value)?,
+            "parallel_tool_calls" => r.tools.parallel = boolean(key, value)?,
+            "functions" | "function_call" => {
+                must(key, false, "deprecated by OpenAI: send tools and tool_choice")?
+            }
             "modalities" => must(key, value == &json!(["text"]), "only [\"text\"] is supported")?,
             // They change nothing in the reply.
-            "user" | "metadata" | "store" | "service_tier" | "parallel_tool_calls"
-            | "safety_identifier" | "prompt_cache_key" => {}
+            "user" | "metadata" | "store" | "service_tier" | "safety_identifier"
+            | "prompt_cache_key" => {}
             other => {
                 return Err(ApiError::invalid(
                     other,
@@ -165,6 +165,10 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
             }
         }
     }
+    r.tools.check().map_err(|(at, e)| match at.as_str() {
+        "choice" => ApiError::invalid("tool_choice", e),
+        i => ApiError::invalid(format!("tools[{i}].function.parameters"), e),
+    })?;
     let Some(messages) = messages else {
         return Err(ApiError::invalid("messages", "missing"));
     };
@@ -309,7 +313,10 @@ pub fn messages(value: &Value) -> Result<(Option<String>, Vec<Message>), ApiErro
             return Err(ApiError::invalid(param, "an object is expected"));
         };
         let role = fields.get("role").and_then(Value::as_str).unwrap_or("");
-        for key in fields.keys() {
+        // Clients send a reply's message back as they got it, with its
+        // empty fields.
+        let set = fields.iter().filter(|(_, v)| !v.is_null());
+        for (key, _) in set {
             let known = match key.as_str() {
                 "role" | "content" | "name" => true,
                 "refusal" | "tool_calls" => role == "assistant",
@@ -402,6 +409,27 @@ fn tool_calls(param: &str, value: &Value) -> Result<Vec<ToolCall>, ApiError> {
             })
         })
         .collect()
+}
+
+/// `tool_choice`: `"none"`, `"auto"`, `"required"`, or one function
+/// (`{"type": "function", "function": {"name": "f"}}`).
+fn tool_choice(value: &Value) -> Result<Choice, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "tool_choice",
+            "\"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": NAME}} is expected",
+        )
+    };
+    match value {
+        Value::String(s) if ["none", "auto", "required"].contains(&s.as_str()) => {
+            s.parse().map_err(|_| bad())
+        }
+        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
+            let name = value["function"]["name"].as_str().ok_or_else(bad)?;
+            Ok(Choice::Named(name.to_string()))
+        }
+        _ => Err(bad()),
+    }
 }
 
 /// The `tools` a request declares, as OpenAI shapes them: functions with
@@ -527,7 +555,19 @@ pub struct Header {
 }
 
 /// A whole (non-streamed) reply.
-pub fn completion(h: &Header, content: &str, finish: &str, usage: Usage) -> Value {
+pub fn completion(
+    h: &Header,
+    content: &str,
+    calls: &[ToolCall],
+    finish: &str,
+    usage: Usage,
+) -> Value {
+    let message = match calls {
+        [] => json!({"role": "assistant", "content": content}),
+        calls => {
+            json!({"role": "assistant", "content": null, "tool_calls": self::calls(calls, false)})
+        }
+    };
     json!({
         "id": h.id,
         "object": "chat.completion",
@@ -535,12 +575,28 @@ pub fn completion(h: &Header, content: &str, finish: &str, usage: Usage) -> Valu
         "model": h.model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": content},
+            "message": message,
             "finish_reason": finish,
             "logprobs": null,
         }],
         "usage": usage.json(),
     })
+}
+
+/// A reply's calls, as OpenAI lists them; a stream's deltas number them.
+pub fn calls(calls: &[ToolCall], numbered: bool) -> Value {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let mut call = json!({"id": c.id, "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments}});
+            if numbered {
+                call["index"] = index.into();
+            }
+            call
+        })
+        .collect()
 }
 
 /// One chunk of a streamed reply: a delta, or the end with its reason.
@@ -812,8 +868,9 @@ mod tests {
             ],
         }))
         .unwrap();
-        assert_eq!(r.tools[0].name, "meteo");
-        assert_eq!(r.tools[0].description, "");
+        assert_eq!(r.tools.list[0].name, "meteo");
+        assert_eq!(r.tools.list[0].description, "");
+        assert_eq!((&r.tools.choice, r.tools.parallel), (&Choice::Auto, true));
         assert_eq!(r.messages[1].tool_calls[0].arguments, "{}");
         assert_eq!(r.messages[2].tool_call_id.as_deref(), Some("abcDEF123"));
         let bad_tools = |tools: Value| tools_param(tools);
@@ -826,6 +883,38 @@ mod tests {
         assert_eq!(bad_tools(json!([meteo, meteo])), "tools[1].function.name");
         let bad = json!([{"type": "function", "function": {"name": "f", "parameters": []}}]);
         assert_eq!(bad_tools(bad), "tools[0].function.parameters");
+        let unenforceable = json!([{"type": "function", "function": {"name": "f",
+            "parameters": {"type": "object", "properties": {"a": {"type": "array", "uniqueItems": true}}}}}]);
+        assert_eq!(bad_tools(unenforceable), "tools[0].function.parameters");
+
+        let with = |extra: Value| {
+            let mut body = json!({"messages": [user("x")], "tools": [meteo]});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            parse(body).map(|r| r.tools)
+        };
+        let named = json!({"type": "function", "function": {"name": "meteo"}});
+        let tools = with(json!({"tool_choice": named, "parallel_tool_calls": false})).unwrap();
+        assert_eq!(tools.choice, Choice::Named("meteo".into()));
+        assert!(!tools.parallel);
+        assert_eq!(
+            with(json!({"tool_choice": "required"})).unwrap().choice,
+            Choice::Required
+        );
+        for choice in [
+            json!("sometimes"),
+            json!({"type": "function", "function": {"name": "pluie"}}),
+            json!({"type": "function"}),
+            json!(3),
+        ] {
+            let e = with(json!({ "tool_choice": choice })).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("tool_choice"), "{choice}: {e:?}");
+        }
+        let e = parse(json!({"messages": [user("x")], "tool_choice": "required"})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tool_choice"));
+        let e = with(json!({"function_call": "auto"})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("function_call"));
     }
 
     /// Any body, however damaged, is read or refused, never a panic: a

@@ -421,14 +421,6 @@ async fn chat(
 ) -> Result<Reply, ApiError> {
     let body = read_body(req, state.timeout).await?;
     let request = api::parse_chat(&body)?;
-    if !request.tools.is_empty() {
-        // Rendered exactly (`greve tokenize --chat`), but calls are not yet
-        // generated, constrained and parsed: a reply would be raw text.
-        return Err(ApiError::invalid(
-            "tools",
-            "function calling is not supported yet: the calls would come back as text",
-        ));
-    }
     if let Some(model) = &request.model {
         state.serves(model)?;
     }
@@ -505,15 +497,16 @@ async fn chat(
             .expect("static headers are valid");
         return Ok(Reply::Stream(response));
     }
-    let mut content = String::new();
+    let (mut content, mut calls) = (String::new(), Vec::new());
     loop {
         match rx.recv().await {
             Some(Event::Text(text)) => content.push_str(&text),
+            Some(Event::Calls(list)) => calls = list,
             Some(Event::Done { finish, usage }) => {
                 guard.done();
                 log.usage = Some(usage);
                 return Ok(Reply::Json(api::completion(
-                    &header, &content, finish, usage,
+                    &header, &content, &calls, finish, usage,
                 )));
             }
             Some(Event::Failed(e)) => return Err(e),
@@ -603,6 +596,12 @@ impl hyper::body::Body for Sse {
                 Some(Event::Accepted) => continue,
                 Some(Event::Text(text)) => {
                     let delta = serde_json::json!({ "content": text });
+                    return data(event(&api::chunk(&this.header, delta, None)));
+                }
+                Some(Event::Calls(calls)) => {
+                    // Whole calls in one delta: clients add up the pieces
+                    // of each call's arguments, and one piece is a sum.
+                    let delta = serde_json::json!({ "tool_calls": api::calls(&calls, true) });
                     return data(event(&api::chunk(&this.header, delta, None)));
                 }
                 Some(Event::Done { finish, usage }) => {

@@ -15,6 +15,7 @@ use crate::conversation::{self, Conversation, Options};
 use crate::exit::{self, Failure};
 use crate::generate::Finish;
 use crate::structured::Format;
+use crate::template::ToolCall;
 
 /// One request, waiting for the model.
 pub struct Job {
@@ -30,6 +31,8 @@ pub enum Event {
     Accepted,
     /// More of the reply.
     Text(String),
+    /// The reply's calls, whole (sent once, before `Done`).
+    Calls(Vec<ToolCall>),
     Done {
         finish: &'static str,
         usage: Usage,
@@ -110,7 +113,9 @@ impl Worker {
         if let Some(format) = &r.format {
             o.format = format.clone();
         }
-        let structured = o.format != Format::Text;
+        o.tools = r.tools.clone();
+        // What a strike notice cannot be.
+        let structured = o.format != Format::Text || o.tools.must_call();
         let c = &mut self.conversation;
         c.options = o;
         c.replace(r.messages.clone());
@@ -142,7 +147,7 @@ impl Worker {
         if turn.notice {
             if structured {
                 let message = format!(
-                    "on strike ({}): no JSON today, only a strike notice; send \"strike\": \"off\" to get some",
+                    "on strike ({}): no JSON and no tool call today, only a strike notice; send \"strike\": \"off\" to get some",
                     c.options.mode.name()
                 );
                 return Err(ApiError::new(503, "strike", message).with_code("on_strike"));
@@ -155,9 +160,13 @@ impl Worker {
             });
         }
         send_text(&send, scan.finish());
+        if !turn.tool_calls.is_empty() {
+            send(Event::Calls(turn.tool_calls));
+        }
         let finish = match turn.finish {
             _ if scan.stopped => "stop",
             Finish::Stop => "stop",
+            Finish::ToolCalls => "tool_calls",
             Finish::Length => "length",
             Finish::Interrupted if self.shared.stopping.load(Ordering::SeqCst) => {
                 return Err(stopping())

@@ -18,6 +18,7 @@ pub mod check;
 mod de;
 mod device;
 
+use crate::tools::Tools;
 use std::path::PathBuf;
 
 use candle_core::DType;
@@ -128,6 +129,9 @@ pub struct Layer {
     /// Where to save the conversation after the reply (`greve ask`).
     #[serde(skip)]
     pub save: Option<PathBuf>,
+    /// Functions the model may call (`greve ask --tools`).
+    #[serde(skip)]
+    pub tools: Option<Tools>,
 }
 
 /// Everything a command needs to know, resolved.
@@ -173,6 +177,7 @@ pub struct Settings {
     pub format: Sourced<Format>,
     pub load: Option<PathBuf>,
     pub save: Option<PathBuf>,
+    pub tools: Tools,
 }
 
 impl Settings {
@@ -210,6 +215,7 @@ impl Settings {
             format: layers.or(|l| &l.format, Format::Text),
             load: flags.load.clone(),
             save: flags.save.clone(),
+            tools: flags.tools.clone().unwrap_or_default(),
         }
     }
 

@@ -46,6 +46,7 @@ fn chat_with(name: &str, max_tokens: usize, system: Option<&str>) -> Conversatio
         seed: 0,
         max_tokens: Some(max_tokens),
         format: Format::Text,
+        tools: greve::tools::Tools::default(),
     };
     Conversation::new(load(name), config)
 }

@@ -19,3 +19,4 @@ mod structured;
 mod terminal;
 mod tokenize;
 mod tokenizer;
+mod tools;

@@ -213,6 +213,7 @@ fn conversation(path: &Path) -> Conversation {
         seed: 0,
         max_tokens: Some(12),
         format: Format::Text,
+        tools: greve::tools::Tools::default(),
     };
     Conversation::new(load(path, KvType::F16), options)
 }

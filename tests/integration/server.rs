@@ -65,7 +65,7 @@ impl Server {
         }
     }
 
-    fn client(&self) -> Client<OpenAIConfig> {
+    pub fn client(&self) -> Client<OpenAIConfig> {
         self.client_with_key("none")
     }
 
@@ -104,7 +104,7 @@ impl Drop for Server {
     }
 }
 
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -131,7 +131,7 @@ fn http(address: &str, request: &[u8]) -> (u16, String, String) {
     (status, head.to_string(), body.to_string())
 }
 
-fn post(address: &str, path: &str, body: &str, headers: &str) -> (u16, String, String) {
+pub fn post(address: &str, path: &str, body: &str, headers: &str) -> (u16, String, String) {
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
         body.len()
@@ -145,7 +145,7 @@ fn get(address: &str, path: &str, headers: &str) -> (u16, String, String) {
 }
 
 /// An error reply: its status and `{"error": {...}}` with a one-line message.
-fn error_of(status: u16, body: &str) -> (u16, Value) {
+pub fn error_of(status: u16, body: &str) -> (u16, Value) {
     let value: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
     let error = value["error"].clone();
     let message = error["message"].as_str().unwrap();
