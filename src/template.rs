@@ -102,6 +102,8 @@ pub enum Piece {
     EndTools,
     ToolCalls,
     BeginToolResults,
+    /// V7: between a result's call id and its content.
+    BeginToolContent,
     EndToolResults,
     /// Text encoded on its own, as one SentencePiece call.
     Text(String),
@@ -151,11 +153,18 @@ fn pieces(
 ) -> anyhow::Result<Vec<Piece>> {
     check_alternation(messages)?;
     let calls = messages.iter().any(|m| m.role == Role::Tool);
-    if (calls || !tools.is_empty()) && format != Instruct::V3 {
-        return Err(Failure::Usage.err(match format {
-            Instruct::V1 => "tools: Mistral 7B v0.1 and v0.2 have no tool tokens in their format; function calling needs v0.3 or NeMo",
-            _ => "tools: function calling with Mistral Small 3.x's format (V7) is not supported yet; v0.3 and NeMo have it",
-        }));
+    if (calls || !tools.is_empty()) && format == Instruct::V1 {
+        return Err(Failure::Usage.err(
+            "tools: Mistral 7B v0.1 and v0.2 have no tool tokens in their format; function calling needs v0.3, NeMo or Small 3.x",
+        ));
+    }
+    // V7 writes an assistant's text before its calls; V3 has no room for both.
+    let both = |m: &Message| !m.content.is_empty() && !m.tool_calls.is_empty();
+    if let (Instruct::V3, Some(i)) = (format, messages.iter().position(both)) {
+        return Err(Failure::Usage.err(format!(
+            "message {} has both text and tool calls, which this model's format (V3) cannot carry in one turn",
+            i + 1
+        )));
     }
     let system = system.filter(|s| !s.is_empty());
     let users: Vec<usize> = (0..messages.len())
@@ -200,6 +209,10 @@ fn pieces(
                 }
             }
             Role::Assistant if !message.tool_calls.is_empty() => {
+                let text = message.content.trim_end_matches(' ');
+                if !text.is_empty() {
+                    pieces.push(Piece::Text(text.to_string()));
+                }
                 pieces.push(Piece::ToolCalls);
                 pieces.push(Piece::Text(calls_json(&message.tool_calls)));
                 pieces.push(Piece::Eos);
@@ -211,6 +224,14 @@ fn pieces(
                 };
                 pieces.push(Piece::Text(text.to_string()));
                 pieces.push(Piece::Eos);
+            }
+            Role::Tool if format == Instruct::V7 => {
+                pieces.push(Piece::BeginToolResults);
+                let id = message.tool_call_id.as_deref().unwrap_or("");
+                pieces.push(Piece::Text(id.to_string()));
+                pieces.push(Piece::BeginToolContent);
+                pieces.push(Piece::Text(message.content.clone()));
+                pieces.push(Piece::EndToolResults);
             }
             Role::Tool => {
                 let result = serde_json::json!({
@@ -312,13 +333,6 @@ fn check_alternation(messages: &[Message]) -> anyhow::Result<()> {
     if let Some(i) = messages.iter().position(empty) {
         return Err(Failure::Usage.err(format!("message {} is empty", i + 1)));
     }
-    let both = |m: &Message| !m.content.is_empty() && !m.tool_calls.is_empty();
-    if let Some(i) = messages.iter().position(both) {
-        return Err(Failure::Usage.err(format!(
-            "message {} has both text and tool calls, which Mistral's format cannot carry in one turn",
-            i + 1
-        )));
-    }
     Ok(())
 }
 
@@ -364,6 +378,7 @@ pub fn to_text(pieces: &[Piece]) -> String {
             Piece::EndTools => "[/AVAILABLE_TOOLS]",
             Piece::ToolCalls => "[TOOL_CALLS]",
             Piece::BeginToolResults => "[TOOL_RESULTS]",
+            Piece::BeginToolContent => "[TOOL_CONTENT]",
             Piece::EndToolResults => "[/TOOL_RESULTS]",
             Piece::Text(t) => t.as_str(),
         })

@@ -36,7 +36,7 @@ pub struct Tokenizer {
 }
 
 /// `[AVAILABLE_TOOLS]`, `[/AVAILABLE_TOOLS]`, `[TOOL_CALLS]`,
-/// `[TOOL_RESULTS]` and `[/TOOL_RESULTS]`.
+/// `[TOOL_RESULTS]` and `[/TOOL_RESULTS]`, and V7's `[TOOL_CONTENT]`.
 #[derive(Clone, Copy)]
 struct ToolTokens {
     begin_tools: u32,
@@ -44,6 +44,7 @@ struct ToolTokens {
     calls: u32,
     begin_results: u32,
     end_results: u32,
+    content: Option<u32>,
 }
 
 /// Whether a tokenizer's pieces are byte-level (GPT-2 kind: Tekken), not
@@ -173,6 +174,7 @@ impl Tokenizer {
                 calls: control_id("[TOOL_CALLS]")?,
                 begin_results: control_id("[TOOL_RESULTS]")?,
                 end_results: control_id("[/TOOL_RESULTS]")?,
+                content: control_id("[TOOL_CONTENT]"),
             })
         })();
         let format = instruct_format(
@@ -276,6 +278,7 @@ impl Tokenizer {
                 | Piece::EndTools
                 | Piece::ToolCalls
                 | Piece::BeginToolResults
+                | Piece::BeginToolContent
                 | Piece::EndToolResults => {
                     let t = self.tools.ok_or_else(|| {
                         Failure::Usage.err(
@@ -287,6 +290,9 @@ impl Tokenizer {
                         Piece::EndTools => t.end_tools,
                         Piece::ToolCalls => t.calls,
                         Piece::BeginToolResults => t.begin_results,
+                        Piece::BeginToolContent => t.content.ok_or_else(|| {
+                            Failure::Usage.err("tools: this model's vocabulary has no [TOOL_CONTENT] token, which its format (V7) needs")
+                        })?,
                         _ => t.end_results,
                     });
                 }

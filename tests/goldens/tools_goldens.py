@@ -5,12 +5,14 @@ for tests/integration/tokenizer.rs to hold greve's rendering to.
 Each case is an OpenAI request body (`messages`, `tools`), read by
 mistral-common's own `ChatCompletionRequest.from_openai` and encoded by
 `encode_chat_completion` with the V3 SentencePiece vocabulary (Mistral 7B
-v0.3) and NeMo's Tekken (V3): greve reads the same body with its API parser.
+v0.3), NeMo's Tekken (V3), the V7 SentencePiece vocabulary and Tekken as V7
+(Mistral Small 3.x's format): greve reads the same body with its API parser.
 
 usage: pip install 'mistral-common[sentencepiece]'; python3 tests/goldens/tools_goldens.py
 """
 import json
 import os
+import tempfile
 
 import mistral_common
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
@@ -21,6 +23,10 @@ DATA = os.path.join(os.path.dirname(mistral_common.__file__), "data")
 VOCABULARIES = {
     "v3": os.path.join(DATA, "mistral_instruct_tokenizer_240323.model.v3"),
     "tekken": os.path.join(DATA, "tekken_240911.json"),
+    "v7": os.path.join(DATA, "mistral_instruct_tokenizer_241114.model.v7"),
+    # NeMo's vocabulary with its config's version set to v7, as Small 3.x
+    # has it (tests/goldens/make_goldens.py does the same).
+    "tekken-v7": os.path.join(DATA, "tekken_240911.json"),
 }
 
 METEO = {"type": "function", "function": {
@@ -65,14 +71,33 @@ CASES = [
         {"role": "assistant", "content": "Bleu.  "},
         {"role": "user", "content": "Merci !"}]},
 ]
+# V7 also writes an assistant's text before its calls.
+CASES_V7 = CASES + [
+    {"tools": [METEO], "messages": [
+        {"role": "system", "content": "Réponds brièvement."},
+        {"role": "user", "content": "Quel temps à Brest ?"},
+        {"role": "assistant", "content": "Je regarde.", "tool_calls": [call("abcDEF123", "meteo", {"ville": "Brest"})]},
+        {"role": "tool", "tool_call_id": "abcDEF123", "content": "Crachin."}]},
+]
+
+
+def mistral_tokenizer(version):
+    if version != "tekken-v7":
+        return MistralTokenizer.from_file(VOCABULARIES[version])
+    tekken = json.load(open(VOCABULARIES[version]))
+    tekken["config"]["version"] = "v7"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "tekken.json")
+        json.dump(tekken, open(path, "w"))
+        return MistralTokenizer.from_file(path)
 
 
 def main():
     golden = {"mistral_common": mistral_common.__version__}
-    for version, path in VOCABULARIES.items():
-        tokenizer = MistralTokenizer.from_file(path)
+    for version in VOCABULARIES:
+        tokenizer = mistral_tokenizer(version)
         cases = []
-        for case in CASES:
+        for case in CASES_V7 if "v7" in version else CASES:
             request = ChatCompletionRequest.from_openai(case["messages"], tools=case.get("tools"))
             tokenized = tokenizer.encode_chat_completion(request)
             cases.append({"request": case, "ids": tokenized.tokens, "text": tokenized.text})

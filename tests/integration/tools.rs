@@ -524,3 +524,73 @@ fn the_strike_never_dresses_up_a_call() {
     let (status, error) = error_of(status, &text);
     assert_eq!((status, &error["code"]), (503, &json!("on_strike")));
 }
+
+/// Mistral Small 3.x's format (V7): the tiny Tekken model with Small's chat
+/// template calls, takes the results between `[TOOL_RESULTS]` and
+/// `[TOOL_CONTENT]`, and answers.
+#[test]
+fn small_s_format_calls_and_reads_results() {
+    use crate::common::gguf::{string_value, Gguf, STRING};
+    let dir = tempfile::tempdir().unwrap();
+    let mut gguf = Gguf::read(&std::fs::read(goldens().join("tiny-tekken-f16.gguf")).unwrap());
+    let small = b"{{- bos_token }}[SYSTEM_PROMPT]{{ system_message }}[/SYSTEM_PROMPT]";
+    gguf.set("tokenizer.chat_template", STRING, string_value(small));
+    let model = dir.path().join("small.gguf");
+    std::fs::write(&model, gguf.write()).unwrap();
+    let file = dir.path().join("tools.json");
+    std::fs::write(&file, tools().to_string()).unwrap();
+    let saved = dir.path().join("t.json");
+    let (tools_path, saved) = (file.to_str().unwrap(), saved.to_str().unwrap());
+    let o = ask(
+        &model,
+        &[
+            "--tools",
+            tools_path,
+            "--tool-choice",
+            "required",
+            "--no-parallel-tool-calls",
+            "--seed",
+            "2",
+            "-n",
+            "120",
+            "--save",
+            saved,
+            "--system",
+            "Sois bref.",
+            "Lyon ?",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let call: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let id = call["id"].as_str().unwrap();
+    check_call(
+        id,
+        call["name"].as_str().unwrap(),
+        &call["arguments"].to_string(),
+    );
+    let o = ask(
+        &model,
+        &[
+            "--tools",
+            tools_path,
+            "--tool-choice",
+            "none",
+            "-n",
+            "8",
+            "--load",
+            saved,
+            "--tool-result",
+            "Crachin.",
+            "--verbose-prompt",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let prompt = stderr(&o);
+    let expected = format!("[TOOL_RESULTS]{id}[TOOL_CONTENT]Crachin.[/TOOL_RESULTS]");
+    assert!(prompt.contains(&expected), "{prompt}");
+    assert!(
+        prompt.starts_with("<s>[SYSTEM_PROMPT]Sois bref.[/SYSTEM_PROMPT]"),
+        "{prompt}"
+    );
+    assert!(!stdout(&o).trim().is_empty());
+}
