@@ -66,6 +66,16 @@ impl Default for Tools {
     }
 }
 
+/// Why a set of tools cannot be honoured, for the caller to name the
+/// fault as its interface does (a flag, a request's field).
+#[derive(Debug, PartialEq)]
+pub enum Fault {
+    /// The choice names no declared function, or requires one of none.
+    Choice(String),
+    /// The schema of the `tool`th function's arguments.
+    Schema { tool: usize, why: String },
+}
+
 impl Tools {
     /// Whether the reply may be a call.
     pub fn may_call(&self) -> bool {
@@ -78,30 +88,24 @@ impl Tools {
     }
 
     /// Checks that the choice can be honoured with these tools, and that
-    /// every schema of arguments can be enforced. `Err` is (what is at
-    /// fault, why), for the caller to name it as its interface does.
-    pub fn check(&self) -> Result<(), (String, String)> {
+    /// every schema of arguments can be enforced.
+    pub fn check(&self) -> Result<(), Fault> {
         match &self.choice {
             Choice::Required if self.list.is_empty() => {
-                return Err(("choice".into(), "\"required\" needs tools to call".into()))
+                return Err(Fault::Choice("\"required\" needs tools to call".into()))
             }
             Choice::Named(name) if !self.list.iter().any(|t| &t.name == name) => {
-                return Err((
-                    "choice".into(),
-                    format!("{} is not one of the tools", crate::messages::short(name)),
-                ))
+                let name = crate::messages::short(name);
+                return Err(Fault::Choice(format!("{name} is not one of the tools")));
             }
             _ => {}
         }
-        for (i, tool) in self.list.iter().enumerate() {
-            structured::check(&Format::Schema(arguments_schema(&tool.parameters))).map_err(
-                |e| {
-                    (
-                        format!("{i}"),
-                        format!("the schema cannot be enforced: {e}"),
-                    )
-                },
-            )?;
+        for (tool, t) in self.list.iter().enumerate() {
+            let schema = Format::Schema(arguments_schema(&t.parameters));
+            structured::check(&schema).map_err(|e| Fault::Schema {
+                tool,
+                why: format!("the schema cannot be enforced: {e}"),
+            })?;
         }
         Ok(())
     }
@@ -236,17 +240,18 @@ mod tests {
         let mut tools = meteo();
         assert_eq!(tools.check(), Ok(()));
         tools.choice = Choice::Named("pluie".into());
-        assert_eq!(tools.check().unwrap_err().0, "choice");
+        assert!(matches!(tools.check(), Err(Fault::Choice(_))));
         tools.choice = Choice::Required;
         tools.list[1].parameters = json!({"type": "array", "uniqueItems": true});
-        let (at, why) = tools.check().unwrap_err();
-        assert_eq!(at, "1");
+        let Err(Fault::Schema { tool: 1, why }) = tools.check() else {
+            panic!("the second tool's schema is at fault")
+        };
         assert!(why.contains("uniqueItems"), "{why}");
         let none = Tools {
             choice: Choice::Required,
             ..Tools::default()
         };
-        assert_eq!(none.check().unwrap_err().0, "choice");
+        assert!(matches!(none.check(), Err(Fault::Choice(_))));
     }
 
     /// Every grammar compiles; a choice of none leaves out the calls, a

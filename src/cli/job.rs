@@ -15,7 +15,7 @@ use crate::exit::Failure;
 use crate::model::attention::KvType;
 use crate::settings::Layer;
 use crate::structured::{self, Format};
-use crate::tools::{Choice, Tools};
+use crate::tools::{Choice, Fault, Tools};
 
 /// What a command asks for, once its settings are set apart.
 #[derive(Debug)]
@@ -316,9 +316,9 @@ impl ToolArgs {
             choice,
             parallel: !self.no_parallel_tool_calls,
         };
-        tools.check().map_err(|(at, e)| match at.as_str() {
-            "choice" => Failure::Usage.err(format!("--tool-choice: {e}")),
-            i => bad(format!("tools[{i}].function.parameters: {e}")),
+        tools.check().map_err(|fault| match fault {
+            Fault::Choice(why) => Failure::Usage.err(format!("--tool-choice: {why}")),
+            Fault::Schema { tool, why } => bad(format!("tools[{tool}].function.parameters: {why}")),
         })?;
         Ok(Some(tools))
     }

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::persona::Mode;
 use crate::structured::{self, Format};
 use crate::template::{self, Message, Role, Tool, ToolCall};
-use crate::tools::{Choice, Tools};
+use crate::tools::{Choice, Fault, Tools};
 
 /// An error as OpenAI's API reports it, with its HTTP status.
 #[derive(Clone, Debug, PartialEq)]
@@ -165,9 +165,11 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
             }
         }
     }
-    r.tools.check().map_err(|(at, e)| match at.as_str() {
-        "choice" => ApiError::invalid("tool_choice", e),
-        i => ApiError::invalid(format!("tools[{i}].function.parameters"), e),
+    r.tools.check().map_err(|fault| match fault {
+        Fault::Choice(why) => ApiError::invalid("tool_choice", why),
+        Fault::Schema { tool, why } => {
+            ApiError::invalid(format!("tools[{tool}].function.parameters"), why)
+        }
     })?;
     let Some(messages) = messages else {
         return Err(ApiError::invalid("messages", "missing"));
