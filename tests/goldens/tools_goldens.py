@@ -12,22 +12,13 @@ usage: pip install 'mistral-common[sentencepiece]'; python3 tests/goldens/tools_
 """
 import json
 import os
-import tempfile
 
 import mistral_common
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
-from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+from vocabularies import mistral_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.path.join(os.path.dirname(mistral_common.__file__), "data")
-VOCABULARIES = {
-    "v3": os.path.join(DATA, "mistral_instruct_tokenizer_240323.model.v3"),
-    "tekken": os.path.join(DATA, "tekken_240911.json"),
-    "v7": os.path.join(DATA, "mistral_instruct_tokenizer_241114.model.v7"),
-    # NeMo's vocabulary with its config's version set to v7, as Small 3.x
-    # has it (tests/goldens/make_goldens.py does the same).
-    "tekken-v7": os.path.join(DATA, "tekken_240911.json"),
-}
 
 METEO = {"type": "function", "function": {
     "name": "meteo",
@@ -81,20 +72,10 @@ CASES_V7 = CASES + [
 ]
 
 
-def mistral_tokenizer(version):
-    if version != "tekken-v7":
-        return MistralTokenizer.from_file(VOCABULARIES[version])
-    tekken = json.load(open(VOCABULARIES[version]))
-    tekken["config"]["version"] = "v7"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "tekken.json")
-        json.dump(tekken, open(path, "w"))
-        return MistralTokenizer.from_file(path)
-
 
 def main():
     golden = {"mistral_common": mistral_common.__version__}
-    for version in VOCABULARIES:
+    for version in ("v3", "tekken", "v7", "tekken-v7"):
         tokenizer = mistral_tokenizer(version)
         cases = []
         for case in CASES_V7 if "v7" in version else CASES:

@@ -37,6 +37,13 @@ fn tools() -> Value {
     ])
 }
 
+/// `tools()` in a file in `dir`, as `--tools` reads it.
+fn tools_file(dir: &Path) -> String {
+    let file = dir.join("tools.json");
+    std::fs::write(&file, tools().to_string()).unwrap();
+    file.to_str().unwrap().to_string()
+}
+
 /// The schema of a declared function's arguments.
 fn schema_of(name: &str) -> Option<Value> {
     tools()
@@ -233,9 +240,7 @@ fn ask(model: &Path, args: &[&str]) -> std::process::Output {
 fn a_call_and_its_result_round_trip_through_the_server_and_ask() {
     let model = goldens().join("tiny-v3-f16.gguf");
     let dir = tempfile::tempdir().unwrap();
-    let tools_file = dir.path().join("tools.json");
-    std::fs::write(&tools_file, tools().to_string()).unwrap();
-    let tools_path = tools_file.to_str().unwrap();
+    let tools_path = &tools_file(dir.path());
     let transcript = dir.path().join("t.json");
     let saved = transcript.to_str().unwrap();
 
@@ -479,9 +484,7 @@ fn bad_tools_are_refused_before_generation() {
 fn the_strike_never_dresses_up_a_call() {
     let model = goldens().join("tiny-v3-f16.gguf");
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tools.json");
-    std::fs::write(&file, tools().to_string()).unwrap();
-    let tools_path = file.to_str().unwrap();
+    let tools_path = &tools_file(dir.path());
     let common = ["--tools", tools_path, "--seed", "5", "-n", "120"];
     let o = ask(
         &model,
@@ -537,10 +540,9 @@ fn small_s_format_calls_and_reads_results() {
     gguf.set("tokenizer.chat_template", STRING, string_value(small));
     let model = dir.path().join("small.gguf");
     std::fs::write(&model, gguf.write()).unwrap();
-    let file = dir.path().join("tools.json");
-    std::fs::write(&file, tools().to_string()).unwrap();
+    let tools_path = &tools_file(dir.path());
     let saved = dir.path().join("t.json");
-    let (tools_path, saved) = (file.to_str().unwrap(), saved.to_str().unwrap());
+    let saved = saved.to_str().unwrap();
     let o = ask(
         &model,
         &[
