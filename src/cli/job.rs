@@ -172,6 +172,7 @@ impl Command {
                     gen_tokens: a.gen_tokens,
                     repetitions: a.repetitions,
                     depth: a.depth,
+                    candle: a.baseline.is_some(),
                     json: a.json,
                 })
             }

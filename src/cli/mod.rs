@@ -310,9 +310,21 @@ pub struct BenchArgs {
     #[arg(long, short = 'd', value_name = "N", default_value_t = 0)]
     pub depth: usize,
 
+    /// Also run another engine on the same file and tokens, alternating
+    /// with greve run by run, and print greve's speed over its: `candle`,
+    /// candle-transformers' stock Mistral (safetensors) and quantised
+    /// llama (GGUF) pipelines. Both models are in memory at once.
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    pub baseline: Option<BaselineArg>,
+
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BaselineArg {
+    Candle,
 }
 
 #[derive(Args, Debug)]

@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::exit::Failure;
 use crate::generate::{generate, Limits, Prompt, Stats};
 use crate::model;
+use crate::model::stock::Stock;
 use crate::resolve;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::settings::{self, Settings};
@@ -28,6 +29,8 @@ pub struct Plan {
     pub repetitions: usize,
     /// Tokens already in the context for the second measurement (0: none).
     pub depth: usize,
+    /// Also run candle-transformers' stock pipeline, alternating with greve.
+    pub candle: bool,
     pub json: bool,
 }
 
@@ -121,9 +124,20 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
         run_once(&mut transformer, &deep[..args.depth], 0, 0)?;
         transformer.swap_context(&mut deep_context);
     }
-    let (mut runs, mut deep_runs) = (Vec::new(), Vec::new());
+    let mut stock = match args.candle {
+        true => {
+            let mut stock = Stock::load(&files, &device, dtype)?;
+            stock_run(&mut stock, &prompt[..prompt.len().min(8)], 2, cancel)?;
+            Some(stock)
+        }
+        false => None,
+    };
+    let (mut runs, mut deep_runs, mut stock_runs) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.repetitions.max(1) {
         runs.push(run_once(&mut transformer, &prompt, 0, args.gen_tokens)?);
+        if let Some(stock) = &mut stock {
+            stock_runs.push(stock_run(stock, &prompt, args.gen_tokens, cancel)?);
+        }
         if args.depth > 0 {
             transformer.swap_context(&mut deep_context);
             let run = run_once(&mut transformer, &deep, args.depth, args.gen_tokens);
@@ -144,6 +158,21 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
     );
     let ratios: Vec<f64> = deep_tg.iter().zip(&tg).map(|(d, s)| d / s).collect();
     let ttft = each(&runs, |s| s.time_to_first_token.as_secs_f64());
+    let candle = (!stock_runs.is_empty()).then(|| {
+        let (stock_pp, stock_tg) = (
+            each(&stock_runs, Stats::prefill_tokens_per_second),
+            each(&stock_runs, Stats::decode_tokens_per_second),
+        );
+        let over =
+            |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a / b).collect() };
+        Baseline {
+            engine: "candle-transformers",
+            prefill_tok_s: mean(&stock_pp),
+            decode_tok_s: mean(&stock_tg),
+            prefill_ratio: mean(&over(&pp, &stock_pp)),
+            decode_ratio: mean(&over(&tg, &stock_tg)),
+        }
+    });
     let report = Report {
         model: files.name.clone(),
         format: settings.format.value.name(),
@@ -166,6 +195,7 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
             decode_ratio: mean(&ratios),
             decode_ratio_sd: sd(&ratios),
         }),
+        baseline: candle,
         peak_rss_mib: crate::system::peak_rss().map(|b| b as f64 / (1 << 20) as f64),
     };
     if args.json {
@@ -192,7 +222,20 @@ struct Report {
     ttft_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     at_depth: Option<AtDepth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline: Option<Baseline>,
     peak_rss_mib: Option<f64>,
+}
+
+/// Another engine on the same file and tokens, run by run after greve's.
+#[derive(serde::Serialize)]
+struct Baseline {
+    engine: &'static str,
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+    /// greve's speed over the baseline's, run by run.
+    prefill_ratio: f64,
+    decode_ratio: f64,
 }
 
 /// The same prompt and generation after `depth` tokens of context.
@@ -243,10 +286,55 @@ impl Report {
                 d.decode_ratio_sd
             );
         }
+        if let Some(b) = &self.baseline {
+            println!(
+                "{}  pp{} {:.2} tokens/s, tg{} {:.2} tokens/s: greve {:.2}× and {:.2}× as fast",
+                b.engine,
+                self.prompt_tokens,
+                b.prefill_tok_s,
+                self.gen_tokens,
+                b.decode_tok_s,
+                b.prefill_ratio,
+                b.decode_ratio
+            );
+        }
         if let Some(rss) = self.peak_rss_mib {
             println!("peak RSS    {rss:.0} MiB");
         }
     }
+}
+
+/// The stock pipeline's prefill of `prompt` and `gen` greedy tokens after
+/// it, timed as `generate` times greve's.
+fn stock_run(
+    stock: &mut Stock,
+    prompt: &[u32],
+    gen: usize,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Stats> {
+    let failed = |e: anyhow::Error| Failure::Generation.err(format!("candle-transformers: {e}"));
+    stock.clear();
+    let start = Instant::now();
+    let mut logits = stock.forward(prompt, 0).map_err(failed)?;
+    let mut stats = Stats {
+        prompt_tokens: prompt.len(),
+        prefill_time: start.elapsed(),
+        generated_tokens: gen,
+        ..Stats::default()
+    };
+    for step in 1..gen {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Failure::Interrupted.err("interrupted"));
+        }
+        let token = crate::sampler::argmax(&logits);
+        let timed = Instant::now();
+        logits = stock
+            .forward(&[token], prompt.len() + step - 1)
+            .map_err(failed)?;
+        stats.decode_time += timed.elapsed();
+        stats.decode_steps += 1;
+    }
+    Ok(stats)
 }
 
 fn mean(xs: &[f64]) -> f64 {

@@ -15,6 +15,7 @@ pub mod isa;
 pub mod linear;
 pub mod quant;
 pub mod safetensors;
+pub mod stock;
 pub mod transformer;
 pub mod weights;
 

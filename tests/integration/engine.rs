@@ -454,3 +454,61 @@ fn one_row_products_match_exact_sums() {
         }
     }
 }
+
+/// candle-transformers' stock pipelines, written by others on the same
+/// candle, give greve's logits on the same files: its Mistral model on a
+/// safetensors folder, its quantised llama model on GGUF files, f16 and
+/// quantised, after the prompt and at each greedy step after it.
+#[test]
+fn candle_transformers_gives_the_same_logits() {
+    use greve::model::stock::Stock;
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), "v3");
+    let prompts = |version: &str| -> Vec<Vec<u32>> {
+        let golden = golden_json(&format!("tiny-{version}.json"));
+        let cases = golden["continuations"].as_array().unwrap().clone();
+        cases.iter().map(|c| ids(&c["prompt"])).collect()
+    };
+    // Full-precision weights differ by greve's f16 KV cache (candle's is
+    // f32); quantised ones also by how each engine quantises the
+    // activations for its products, as much as greve and llama.cpp differ
+    // (`quantized_gguf_matches_llama_cpp`).
+    for (path, version, tolerance) in [
+        (dir.path().to_path_buf(), "v3", 2e-3),
+        (goldens().join("tiny-v1-f16.gguf"), "v1", 2e-3),
+        (goldens().join("tiny-v3-f16.gguf"), "v3", 2e-3),
+        (goldens().join("tiny-v1-q8_0.gguf"), "v1", 0.3),
+        (goldens().join("tiny-k-q4_k_m.gguf"), "k", 0.3),
+        (goldens().join("tiny-k-q6_k.gguf"), "k", 0.3),
+    ] {
+        let files = resolve(path.to_str().unwrap()).unwrap();
+        let mut greve = model::load(&files, &Device::Cpu, DType::F32).unwrap();
+        let mut stock = Stock::load(&files, &Device::Cpu, DType::F32).unwrap();
+        for prompt in prompts(version) {
+            let name = format!("{} {prompt:?}", path.display());
+            let mut ours = fresh_logits(&mut greve, &prompt);
+            stock.clear();
+            let mut theirs = stock.forward(&prompt, 0).unwrap();
+            for step in 0..4 {
+                assert_eq!(ours.len(), theirs.len());
+                let worst = ours
+                    .iter()
+                    .zip(&theirs)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    worst <= tolerance,
+                    "{name}, step {step}: logits {worst} apart"
+                );
+                let next = argmax(&ours);
+                ours = greve
+                    .transformer
+                    .forward(&[next])
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                theirs = stock.forward(&[next], prompt.len() + step).unwrap();
+            }
+        }
+    }
+}
