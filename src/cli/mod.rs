@@ -370,7 +370,7 @@ pub struct ToolArgs {
     /// Functions the model may call: a JSON file holding OpenAI's `tools`
     /// list. A reply that calls them prints each call as a line of JSON
     /// (`id`, `name`, `arguments`) instead of text.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "grammar")]
     pub tools: Option<PathBuf>,
 
     /// `auto` (the default): text or calls, as the model decides;

@@ -6,6 +6,7 @@ mod common;
 mod chat;
 mod cli;
 mod config;
+mod docs;
 mod engine;
 mod fuzz;
 mod hostile;
