@@ -297,7 +297,7 @@ impl Conversation {
     pub fn transcript(&self) -> Transcript {
         Transcript {
             system: self.options.system.clone(),
-            persona: (self.options.mode != Mode::Off).then(|| self.options.mode.name().to_string()),
+            persona: (self.options.mode != Mode::Off).then_some(self.options.mode),
             messages: self.messages.clone(),
         }
     }
@@ -311,11 +311,10 @@ impl Conversation {
     }
 
     /// Replaces the conversation and its settings with a saved one.
-    pub fn load(&mut self, t: Transcript) -> anyhow::Result<()> {
-        self.options.mode = t.mode()?;
+    pub fn load(&mut self, t: Transcript) {
+        self.options.mode = t.mode();
         self.options.system = t.system;
         self.restore(t.messages);
-        Ok(())
     }
 
     /// Replaces the conversation with `messages`, a whole one of its own

@@ -26,8 +26,8 @@ const VERSION: u32 = 1;
 pub struct Transcript {
     /// The user's system prompt (the persona's is not repeated here).
     pub system: Option<String>,
-    /// The strike mode's name, or null when off.
-    pub persona: Option<String>,
+    /// The strike mode, or null when off.
+    pub persona: Option<Mode>,
     pub messages: Vec<Message>,
 }
 
@@ -41,11 +41,8 @@ struct File {
 
 impl Transcript {
     /// The strike mode the conversation was saved with.
-    pub fn mode(&self) -> anyhow::Result<Mode> {
-        match &self.persona {
-            Some(name) => name.parse().map_err(|e: String| Failure::Usage.err(e)),
-            None => Ok(Mode::Off),
-        }
+    pub fn mode(&self) -> Mode {
+        self.persona.unwrap_or(Mode::Off)
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {
@@ -138,7 +135,7 @@ mod tests {
         let path = dir.path().join("chat.json");
         let t = Transcript {
             system: Some("Sois bref.".into()),
-            persona: Some("râleuse".into()),
+            persona: Some(Mode::Raleuse),
             messages: vec![Message::user("Salut"), Message::assistant("Quoi encore ?")],
         };
         t.save(&path).unwrap();
@@ -194,5 +191,18 @@ mod tests {
         .unwrap();
         assert!(format!("{:#}", Transcript::load(&path).unwrap_err()).contains("alternate"));
         assert!(Transcript::load(&dir.path().join("missing.json")).is_err());
+        std::fs::write(
+            &path,
+            r#"{"format": "greve-transcript", "version": 1, "system": null, "persona": "lundi",
+                "messages": []}"#,
+        )
+        .unwrap();
+        let e = format!("{:#}", Transcript::load(&path).unwrap_err());
+        assert!(e.contains("\"lundi\" is not a strike mode"), "{e}");
+        // Every mode's name reads back as that mode.
+        for mode in [Mode::Off, Mode::Raleuse, Mode::Totale, Mode::Perlee] {
+            let json = serde_json::to_string(&mode).unwrap();
+            assert_eq!(serde_json::from_str::<Mode>(&json).unwrap(), mode);
+        }
     }
 }

@@ -24,7 +24,7 @@ pub struct Start {
 pub fn start(mut settings: Settings) -> anyhow::Result<Start> {
     let transcript = settings.load.as_deref().map(Transcript::load).transpose()?;
     if let Some(t) = &transcript {
-        settings.follow(t)?;
+        settings.follow(t);
     }
     let prompts = Prompts::load(&settings.prompt_folders()?)?;
     Ok(Start {

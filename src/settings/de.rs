@@ -4,7 +4,6 @@ use serde::{Deserialize, Deserializer};
 
 use super::check;
 use crate::model::attention::KvType;
-use crate::persona::Mode;
 use crate::structured::Format;
 
 fn checked<'de, D: Deserializer<'de>>(
@@ -39,11 +38,6 @@ pub fn kv_cache<'de, D: Deserializer<'de>>(d: D) -> Result<Option<KvType>, D::Er
     check::kv_cache(&name)
         .map(Some)
         .map_err(serde::de::Error::custom)
-}
-
-pub fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mode>, D::Error> {
-    let name = String::deserialize(d)?;
-    name.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 pub fn format<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Format>, D::Error> {

@@ -105,7 +105,7 @@ pub struct Layer {
     pub repeat_last_n: Option<usize>,
     pub seed: Option<u64>,
     pub max_tokens: Option<usize>,
-    #[serde(default, deserialize_with = "de::mode")]
+    #[serde(default)]
     pub strike: Option<Mode>,
     pub safe: Option<bool>,
     pub system: Option<String>,
@@ -221,10 +221,10 @@ impl Settings {
 
     /// A saved conversation's persona and system prompt, where neither a
     /// flag nor the environment chose them.
-    pub fn follow(&mut self, transcript: &Transcript) -> anyhow::Result<()> {
+    pub fn follow(&mut self, transcript: &Transcript) {
         if self.strike.from > Source::Transcript {
             self.strike = Sourced {
-                value: transcript.mode()?,
+                value: transcript.mode(),
                 from: Source::Transcript,
             };
         }
@@ -234,7 +234,6 @@ impl Settings {
                 from: Source::Transcript,
             };
         }
-        Ok(())
     }
 
     /// The sampling values, the model's filling what no one set.
@@ -546,7 +545,7 @@ mod tests {
     fn a_transcript_beats_the_file_but_not_flags_or_environment() {
         let t = Transcript {
             system: Some("saved".into()),
-            persona: Some("totale".into()),
+            persona: Some(Mode::Totale),
             messages: Vec::new(),
         };
         let file = Layer {
@@ -555,7 +554,7 @@ mod tests {
             ..Layer::default()
         };
         let mut s = resolve(Layer::default(), Layer::default(), file.clone());
-        s.follow(&t).unwrap();
+        s.follow(&t);
         assert_eq!(s.system.value.as_deref(), Some("saved"));
         assert_eq!(
             (s.strike.value, s.strike.from),
@@ -571,19 +570,9 @@ mod tests {
             ..Layer::default()
         };
         let mut s = resolve(flags, env, file);
-        s.follow(&t).unwrap();
+        s.follow(&t);
         assert_eq!(s.system.value.as_deref(), Some("env"));
         assert_eq!((s.strike.value, s.strike.from), (Mode::Off, Source::Flag));
-
-        let bad = Transcript {
-            persona: Some("lundi".into()),
-            ..t
-        };
-        assert!(
-            resolve(Layer::default(), Layer::default(), Layer::default())
-                .follow(&bad)
-                .is_err()
-        );
     }
 
     #[test]

@@ -247,7 +247,7 @@ fn command(
             crate::messages::note(format!("saved to {}", path.display()));
         }
         Slash::Load(path) => {
-            chat.load(Transcript::load(&path)?)?;
+            chat.load(Transcript::load(&path)?);
             crate::messages::note(format!(
                 "loaded {} messages from {}",
                 chat.messages().len(),
