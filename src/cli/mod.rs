@@ -517,7 +517,7 @@ pub struct ModelArgs {
 
     /// Where to run: auto (the default), cpu, cuda, cuda:N or metal.
     #[arg(long, env = "GREVE_DEVICE", value_name = "DEVICE")]
-    pub device: Option<String>,
+    pub device: Option<crate::settings::DeviceSpec>,
 
     /// Compute dtype for safetensors weights (GGUF always computes in f32).
     /// Default: bf16 on GPU; on CPU f32 when it fits in memory, else bf16.

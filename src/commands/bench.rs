@@ -15,7 +15,7 @@ use crate::model;
 use crate::model::stock::Stock;
 use crate::resolve;
 use crate::sampler::{Sampler, SamplingParams};
-use crate::settings::{self, Settings};
+use crate::settings::Settings;
 use crate::structured::{Format, Grammar};
 
 /// What to measure, as llama-bench's flags say it.
@@ -41,7 +41,7 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
     // The model as `ask` resolves it, without its tokenizer: the prompt is
     // random ids, so a bare GGUF will do.
     let files = crate::resolve::resolve_any(&settings.model.value, &settings.hub_options())?;
-    let device = settings::device(&settings.device.value)?;
+    let device = settings.device.value.open()?;
     let dtype = model::compute_dtype(&files, &device, settings.dtype);
     let loading = Instant::now();
     let mut transformer = model::load_transformer(&files, &device, dtype)?;

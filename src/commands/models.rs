@@ -7,7 +7,7 @@ use crate::hub::{self, DEFAULT_MODEL, DEFAULT_QUANT, PRESETS};
 use crate::model::WeightFiles;
 use crate::model::{self, config::Config, gguf::GgufSource};
 use crate::resolve::resolve_any;
-use crate::settings::{self, Settings};
+use crate::settings::Settings;
 
 /// Lists the presets; sizes are those of the Hub files, memory what
 /// [`model::memory_needed`] says for a conversation of
@@ -92,7 +92,7 @@ pub fn info(settings: &Settings) -> anyhow::Result<()> {
     let spec = settings.model.value.as_str();
     let hub_opts = settings.hub_options();
     let files = resolve_any(spec, &hub_opts)?;
-    let device = settings::device(&settings.device.value)?;
+    let device = settings.device.value.open()?;
     let dtype = model::compute_dtype(&files, &device, settings.dtype);
     let tokenizer = crate::resolve::open_tokenizer(spec, &hub_opts)?;
     let mut out = std::io::stdout().lock();

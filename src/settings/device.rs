@@ -1,25 +1,75 @@
 //! `--device`: which device a name means, and why it cannot be had.
 
+use std::fmt;
+use std::str::FromStr;
+
 use candle_core::Device;
 
 use crate::exit::Failure;
 
-/// `auto` takes the GPU this build supports when one is there, else the CPU.
-pub fn device(spec: &str) -> anyhow::Result<Device> {
-    let unknown = || {
-        Failure::Usage.err(format!(
-            "--device {spec:?} is not a device: use auto, cpu, cuda, cuda:N or metal"
-        ))
-    };
-    match spec {
-        "auto" => Ok(auto_device()),
-        "cpu" => Ok(Device::Cpu),
-        "metal" => gpu("metal", cfg!(feature = "metal"), || Device::new_metal(0)),
-        "cuda" => gpu("cuda", cfg!(feature = "cuda"), || open_cuda(0)),
-        _ => {
-            let ordinal = spec.strip_prefix("cuda:").ok_or_else(unknown)?;
-            let n: usize = ordinal.parse().map_err(|_| unknown())?;
-            gpu("cuda", cfg!(feature = "cuda"), || open_cuda(n))
+/// Where a model runs, as `--device`, `GREVE_DEVICE` and the config file
+/// name it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The GPU this build supports when one is there, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// The CUDA device of this ordinal (`cuda` is `cuda:0`).
+    Cuda(usize),
+    Metal,
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let unknown = || {
+            format!(
+                "{} is not a device: use auto, cpu, cuda, cuda:N or metal",
+                crate::messages::short(s)
+            )
+        };
+        Ok(match s {
+            "auto" => DeviceSpec::Auto,
+            "cpu" => DeviceSpec::Cpu,
+            "metal" => DeviceSpec::Metal,
+            "cuda" => DeviceSpec::Cuda(0),
+            _ => {
+                let ordinal = s.strip_prefix("cuda:").ok_or_else(unknown)?;
+                DeviceSpec::Cuda(ordinal.parse().map_err(|_| unknown())?)
+            }
+        })
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(0) => f.write_str("cuda"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceSpec::Metal => f.write_str("metal"),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = <String as serde::Deserialize>::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl DeviceSpec {
+    /// The device, or why this build or machine cannot give it.
+    pub fn open(self) -> anyhow::Result<Device> {
+        match self {
+            DeviceSpec::Auto => Ok(auto_device()),
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Metal => gpu("metal", cfg!(feature = "metal"), || Device::new_metal(0)),
+            DeviceSpec::Cuda(n) => gpu("cuda", cfg!(feature = "cuda"), || open_cuda(n)),
         }
     }
 }

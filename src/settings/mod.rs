@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use candle_core::DType;
 use serde::Deserialize;
 
-pub use device::device;
+pub use device::DeviceSpec;
 
 use crate::exit::Failure;
 use crate::hub::{HubOptions, DEFAULT_MODEL, DEFAULT_QUANT};
@@ -88,7 +88,7 @@ pub struct Layer {
     pub revision: Option<String>,
     #[serde(skip)]
     pub offline: Option<bool>,
-    pub device: Option<String>,
+    pub device: Option<DeviceSpec>,
     #[serde(skip)]
     pub dtype: Option<DType>,
     #[serde(default, deserialize_with = "de::threads")]
@@ -144,8 +144,7 @@ pub struct Settings {
     pub quant: Sourced<Option<String>>,
     pub revision: Option<String>,
     pub offline: bool,
-    /// `auto`, `cpu`, `cuda`, `cuda:N` or `metal`; parsed by [`device`].
-    pub device: Sourced<String>,
+    pub device: Sourced<DeviceSpec>,
     /// `None`: chosen from the device and the memory at load time.
     pub dtype: Option<DType>,
     /// `None`: all cores.
@@ -194,7 +193,7 @@ impl Settings {
             quant: layers.maybe(|l| &l.quant),
             revision: flags.revision.clone(),
             offline: flags.offline.unwrap_or(false),
-            device: layers.or(|l| &l.device, "auto".to_string()),
+            device: layers.or(|l| &l.device, DeviceSpec::Auto),
             dtype: flags.dtype,
             threads: layers.maybe(|l| &l.threads),
             kv_cache: layers.or(|l| &l.kv_cache, KvType::F16),
@@ -349,7 +348,7 @@ impl Settings {
 
     /// The model these settings name, on their device, with their KV cache.
     pub fn open_model(&self) -> anyhow::Result<crate::model::Model> {
-        let device = device(&self.device.value)?;
+        let device = self.device.value.open()?;
         let files = crate::resolve::resolve_any(&self.model.value, &self.hub_options())?;
         let mut model = crate::model::open(&files, &device, self.dtype)?;
         model.transformer.set_kv_type(self.kv_cache.value);
@@ -380,7 +379,7 @@ impl Settings {
                 or_else("none: the model runs here".into()),
             ),
             row("quant", &self.quant, or_else(DEFAULT_QUANT.into())),
-            row("device", &self.device, String::clone),
+            row("device", &self.device, DeviceSpec::to_string),
             row("threads", &self.threads, or_else("all cores".into())),
             row("kv_cache", &self.kv_cache, |k| k.name().into()),
             row("strike", &self.strike, |m| m.name().into()),
@@ -604,12 +603,19 @@ mod tests {
 
     #[test]
     fn devices_are_parsed_and_missing_features_explained() {
-        assert!(device("cpu").unwrap().is_cpu());
-        assert!(device("auto").is_ok());
-        assert!(device("gpu").is_err());
+        let device = |s: &str| s.parse::<DeviceSpec>();
+        assert!(device("cpu").unwrap().open().unwrap().is_cpu());
+        assert!(device("auto").unwrap().open().is_ok());
+        assert_eq!(device("cuda:2"), Ok(DeviceSpec::Cuda(2)));
+        assert!(device("gpu")
+            .unwrap_err()
+            .contains("auto, cpu, cuda, cuda:N or metal"));
         assert!(device("cuda:x").is_err());
+        for name in ["auto", "cpu", "cuda", "cuda:3", "metal"] {
+            assert_eq!(device(name).unwrap().to_string(), name);
+        }
         if !cfg!(feature = "cuda") {
-            let err = device("cuda:1").unwrap_err();
+            let err = DeviceSpec::Cuda(1).open().unwrap_err();
             assert!(format!("{err}").contains("--features cuda"));
         }
     }

@@ -90,7 +90,10 @@ pub fn device() -> Device {
     let wanted = std::env::var("GREVE_TEST_DEVICE").unwrap_or_default();
     match wanted.as_str() {
         "" => Device::Cpu,
-        spec => greve::settings::device(spec)
+        spec => spec
+            .parse::<greve::settings::DeviceSpec>()
+            .map_err(anyhow::Error::msg)
+            .and_then(|d| d.open())
             .unwrap_or_else(|e| panic!("GREVE_TEST_DEVICE={spec}: {e}")),
     }
 }
