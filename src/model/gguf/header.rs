@@ -156,7 +156,9 @@ fn place(
 ) -> Result<Range<usize>, String> {
     let what = || format!("tensor {}", short(name));
     let (block, size) = (dtype.block_size(), dtype.type_size());
-    let columns = *dims.last().expect("at least one dimension");
+    let columns = *dims
+        .last()
+        .expect("the header's reader allows 1 to MAX_DIMS dimensions");
     if !columns.is_multiple_of(block) {
         return Err(format!(
             "{} has rows of {columns} values, not whole {:?} blocks of {block}",

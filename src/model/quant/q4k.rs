@@ -207,7 +207,7 @@ fn scales_and_mins_words(block: &[u8]) -> [u32; 4] {
         u32::from_le_bytes(
             block[SCALES + 4 * i..SCALES + 4 * i + 4]
                 .try_into()
-                .unwrap(),
+                .expect("a slice of 4 bytes"),
         )
     };
     let (s0, s4, s8) = (word(0), word(1), word(2));
