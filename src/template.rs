@@ -89,6 +89,28 @@ impl Message {
     }
 }
 
+/// The instruct format of a vocabulary: V1 spells `[INST]` out as text, V3
+/// has it as a control token, V7 also `[SYSTEM_PROMPT]`. NeMo's Tekken
+/// vocabulary (V3) has `[SYSTEM_PROMPT]` too, unused, so where the tokens do
+/// not settle it the chat template does (`tokenizer_config.json`, GGUF
+/// `tokenizer.chat_template`); with no template, only Mistral's V7
+/// SentencePiece vocabulary has the token and uses it.
+pub fn instruct_format(
+    inst: bool,
+    system_tokens: bool,
+    byte_level: bool,
+    template: Option<&str>,
+) -> Instruct {
+    match (inst, system_tokens, template) {
+        (false, _, _) => Instruct::V1,
+        (true, false, _) => Instruct::V3,
+        (true, true, Some(t)) if t.contains("[SYSTEM_PROMPT]") => Instruct::V7,
+        (true, true, Some(_)) => Instruct::V3,
+        (true, true, None) if byte_level => Instruct::V3,
+        (true, true, None) => Instruct::V7,
+    }
+}
+
 /// One unit of a rendered prompt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Piece {

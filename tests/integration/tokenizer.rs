@@ -188,7 +188,7 @@ fn an_accented_letter_split_over_byte_tokens_comes_out_whole() {
 
 #[test]
 fn the_template_tells_v7_from_nemos_v3() {
-    use greve::tokenizer::instruct_format;
+    use greve::template::instruct_format;
     use Instruct::*;
     // SentencePiece: the control tokens settle it.
     assert_eq!(instruct_format(false, false, false, None), V1);
