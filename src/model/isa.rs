@@ -102,6 +102,18 @@ pub fn candle_products() -> bool {
     *CANDLE.get_or_init(|| std::env::var("GREVE_KERNELS").as_deref() == Ok("candle"))
 }
 
+/// Whether the integer kernels' AVX-512 code runs here: beyond AVX-512 F
+/// it takes BW and VNNI (Ice Lake, Zen 4 and later; not Skylake-X), the
+/// one decision on it for the products, the prefill tiles and attention.
+#[cfg(target_arch = "x86_64")]
+pub fn avx512_integers() -> bool {
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    *VNNI.get_or_init(|| {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx512f") && has!("avx512bw") && has!("avx512vnni")
+    })
+}
+
 /// The best instruction set this CPU runs, within the cap.
 pub fn best() -> Isa {
     static BEST: OnceLock<Isa> = OnceLock::new();

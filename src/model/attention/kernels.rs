@@ -116,7 +116,7 @@ pub fn scores_i8(
     assert!(query_scales.len() * hd >= queries.len() * per_row);
     #[cfg(target_arch = "x86_64")]
     {
-        let vnni = level == Isa::Avx512 && has_vnni();
+        let vnni = level == Isa::Avx512 && crate::model::isa::avx512_integers();
         if vnni || level >= Isa::Avx2 {
             return by_groups(queries.len() / hd, |first, g| {
                 let q = (&queries[first * hd..], &query_scales[first * per_row..]);
@@ -170,12 +170,6 @@ pub fn scores_i8(
             scores[j * stride + s] = score;
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_vnni() -> bool {
-    use std::arch::is_x86_feature_detected as has;
-    has!("avx512bw") && has!("avx512vnni")
 }
 
 /// `out[j] = Σ_s weights[j · stride + s] · values[s]` for the group's heads

@@ -91,14 +91,10 @@ fn sub_blocks(format: QuantFormat) -> usize {
 }
 
 /// Whether this CPU runs the tile kernels.
-#[cfg(target_arch = "x86_64")]
 pub fn available() -> bool {
-    use std::arch::is_x86_feature_detected as has;
-    has!("avx512f") && has!("avx512bw") && has!("avx512vnni")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::model::isa::avx512_integers();
+    #[cfg(not(target_arch = "x86_64"))]
     false
 }
 
