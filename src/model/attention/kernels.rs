@@ -692,7 +692,7 @@ unsafe fn scores_neon<const G: usize>(
 /// are exact in i32, so the scores are the scalar loop's, bit for bit.
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]
-unsafe fn scores_i8_arm<D: crate::model::quant::neon::Dot8, const G: usize>(
+unsafe fn scores_i8_arm<D: crate::model::isa::neon::Dot8, const G: usize>(
     (q, q_scale): (&[i8], &[f32]),
     (blocks, k_scale): (&[i8], &[f32]),
     hd: usize,
@@ -738,7 +738,7 @@ unsafe fn scores_i8_neon<const G: usize>(
     stride: usize,
     out: &mut [f32],
 ) {
-    scores_i8_arm::<crate::model::quant::neon::Widening, G>(q, k, hd, stride, out)
+    scores_i8_arm::<crate::model::isa::neon::Widening, G>(q, k, hd, stride, out)
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -750,7 +750,7 @@ unsafe fn scores_i8_dotprod<const G: usize>(
     stride: usize,
     out: &mut [f32],
 ) {
-    scores_i8_arm::<crate::model::quant::neon::DotProd, G>(q, k, hd, stride, out)
+    scores_i8_arm::<crate::model::isa::neon::DotProd, G>(q, k, hd, stride, out)
 }
 
 #[cfg(target_arch = "aarch64")]

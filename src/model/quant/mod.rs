@@ -12,8 +12,6 @@
 //! Prefill reuses each weight block for [`TOKENS`] tokens at a time while it
 //! sits in registers and L1, which is what makes a batch cheaper per token.
 
-#[cfg(target_arch = "aarch64")]
-pub(crate) mod neon;
 pub mod packed;
 pub mod q4k;
 pub mod q6k;

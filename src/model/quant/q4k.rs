@@ -125,7 +125,7 @@ pub(super) unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
 }
 
 /// One row against `T` activation rows on ARM64, with `D`'s byte products
-/// (see [`super::neon`]): per 32-weight sub-block an integer dot product of
+/// (see [`crate::model::isa::neon`]): per 32-weight sub-block an integer dot product of
 /// the nibbles with the activations, times the sub-block's scale; the mins
 /// go through the activations' sums of 16, as in the other versions.
 ///
@@ -133,7 +133,7 @@ pub(super) unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
 /// The CPU must run `D` (NEON is every ARM64 CPU's; `sdot` wants DotProd).
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]
-unsafe fn dot_arm<D: super::neon::Dot8, const T: usize>(
+unsafe fn dot_arm<D: crate::model::isa::neon::Dot8, const T: usize>(
     row: &[u8],
     acts: [&[Q8Block]; T],
 ) -> [f32; T] {
@@ -169,7 +169,7 @@ unsafe fn dot_arm<D: super::neon::Dot8, const T: usize>(
             let s = a.sums.as_ptr();
             // The two sums of 16 of each sub-block, added pairwise.
             let pairs = vpaddq_s16(vld1q_s16(s), vld1q_s16(s.add(8)));
-            let m = super::neon::dot_i16(pairs, mins);
+            let m = crate::model::isa::neon::dot_i16(pairs, mins);
             acc[t] += a.d * (d * vaddvq_s32(sums[t]) as f32 - dmin * m as f32);
         }
     }
@@ -183,7 +183,7 @@ unsafe fn dot_arm<D: super::neon::Dot8, const T: usize>(
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 pub unsafe fn dot_neon<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
-    dot_arm::<super::neon::Widening, T>(row, acts)
+    dot_arm::<crate::model::isa::neon::Widening, T>(row, acts)
 }
 
 /// [`dot_arm`] with `sdot`.
@@ -193,7 +193,7 @@ pub unsafe fn dot_neon<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn dot_dotprod<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
-    dot_arm::<super::neon::DotProd, T>(row, acts)
+    dot_arm::<crate::model::isa::neon::DotProd, T>(row, acts)
 }
 
 /// The sixteen 6-bit numbers as bytes, the eight scales then the eight

@@ -67,7 +67,7 @@ pub fn dot_scalar(row: &[u8], acts: &[Q8Block]) -> f32 {
 /// The CPU must run `D`.
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]
-unsafe fn dot_arm<D: super::neon::Dot8, const T: usize>(
+unsafe fn dot_arm<D: crate::model::isa::neon::Dot8, const T: usize>(
     row: &[u8],
     acts: [&[Q8Block]; T],
 ) -> [f32; T] {
@@ -106,8 +106,8 @@ unsafe fn dot_arm<D: super::neon::Dot8, const T: usize>(
         for t in 0..T {
             let a = &acts[t][b];
             let s = a.sums.as_ptr();
-            let offset = super::neon::dot_i16(vld1q_s16(s), scales_lo)
-                + super::neon::dot_i16(vld1q_s16(s.add(8)), scales_hi);
+            let offset = crate::model::isa::neon::dot_i16(vld1q_s16(s), scales_lo)
+                + crate::model::isa::neon::dot_i16(vld1q_s16(s.add(8)), scales_hi);
             acc[t] += a.d * d * (vaddvq_s32(sums[t]) - 32 * offset) as f32;
         }
     }
@@ -121,7 +121,7 @@ unsafe fn dot_arm<D: super::neon::Dot8, const T: usize>(
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 pub unsafe fn dot_neon<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
-    dot_arm::<super::neon::Widening, T>(row, acts)
+    dot_arm::<crate::model::isa::neon::Widening, T>(row, acts)
 }
 
 /// [`dot_arm`] with `sdot`.
@@ -131,7 +131,7 @@ pub unsafe fn dot_neon<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn dot_dotprod<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
-    dot_arm::<super::neon::DotProd, T>(row, acts)
+    dot_arm::<crate::model::isa::neon::DotProd, T>(row, acts)
 }
 
 /// One row against `T` activation rows (see [`super::q4k::dot_avx2`]; the

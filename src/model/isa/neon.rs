@@ -1,5 +1,5 @@
-//! What the ARM64 kernels in [`super::q4k`], [`super::q6k`] and the
-//! attention's i8 scores share: the product of 16 signed bytes with 16
+//! What the ARM64 kernels of the products (`quant/q4k.rs`, `quant/q6k.rs`)
+//! and the attention's i8 scores share: the product of 16 signed bytes with 16
 //! others, summed into four i32 lanes (each lane the sum of four
 //! neighbouring products). The kernels are
 //! written once over [`Dot8`] and compiled twice: with the dot-product
