@@ -173,6 +173,7 @@ impl Command {
                     repetitions: a.repetitions,
                     depth: a.depth,
                     candle: a.baseline.is_some(),
+                    breakdown: a.breakdown,
                     json: a.json,
                 })
             }

@@ -317,6 +317,13 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_name = "ENGINE")]
     pub baseline: Option<BaselineArg>,
 
+    /// One more run after the others, whose decode is timed part by part:
+    /// the Q4_K and Q6_K products, the other products, attention, and the
+    /// rest (norms, rope, sampling, threads waiting between products). CPU
+    /// only: a GPU's work is timed when queued, not when done.
+    #[arg(long)]
+    pub breakdown: bool,
+
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,

@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::exit::Failure;
 use crate::generate::{generate, Limits, Prompt, Stats};
 use crate::model;
+use crate::model::profile::{self, Part};
 use crate::model::stock::Stock;
 use crate::resolve;
 use crate::sampler::{Sampler, SamplingParams};
@@ -31,6 +32,8 @@ pub struct Plan {
     pub depth: usize,
     /// Also run candle-transformers' stock pipeline, alternating with greve.
     pub candle: bool,
+    /// One more run whose decode is timed part by part.
+    pub breakdown: bool,
     pub json: bool,
 }
 
@@ -86,10 +89,11 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
             (Grammar::new(format, &tokenizer)?, vec![tokenizer.eos()])
         }
     };
-    let run_once = |transformer: &mut model::transformer::Transformer,
+    let run_with = |transformer: &mut model::transformer::Transformer,
                     prompt: &[u32],
                     reuse: usize,
-                    gen: usize| {
+                    gen: usize,
+                    on_token: &mut dyn FnMut(u32) -> anyhow::Result<()>| {
         let mut constraint = grammar.as_ref().map(Grammar::start).transpose()?;
         let mut limits = Limits {
             max_tokens: gen,
@@ -108,10 +112,15 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
             &mut sampler,
             &mut limits,
             cancel,
-            |_| Ok(()),
+            on_token,
         )
         .map(|g| g.stats)
     };
+    let run_once =
+        |transformer: &mut model::transformer::Transformer,
+         prompt: &[u32],
+         reuse: usize,
+         gen: usize| { run_with(transformer, prompt, reuse, gen, &mut |_| Ok(())) };
 
     // Warm-up: fault the weights in and start the thread pools.
     transformer.reserve(args.prompt_tokens + args.gen_tokens);
@@ -145,6 +154,24 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
             deep_runs.push(run?);
         }
     }
+    // One more run whose decode is timed part by part: the timing starts
+    // with the first sampled token, after the prefill.
+    let breakdown = match args.breakdown {
+        true => {
+            let mut started = false;
+            let stats = run_with(&mut transformer, &prompt, 0, args.gen_tokens, &mut |_| {
+                if !started {
+                    profile::set(true);
+                    started = true;
+                }
+                Ok(())
+            });
+            let spent = profile::spent();
+            profile::set(false);
+            Some(Breakdown::new(&stats?, spent))
+        }
+        false => None,
+    };
     let each = |runs: &[Stats], figure: fn(&Stats) -> f64| -> Vec<f64> {
         runs.iter().map(figure).collect()
     };
@@ -196,6 +223,7 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
             decode_ratio_sd: sd(&ratios),
         }),
         baseline: candle,
+        breakdown,
         peak_rss_mib: crate::system::peak_rss().map(|b| b as f64 / (1 << 20) as f64),
     };
     if args.json {
@@ -224,7 +252,49 @@ struct Report {
     at_depth: Option<AtDepth>,
     #[serde(skip_serializing_if = "Option::is_none")]
     baseline: Option<Baseline>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    breakdown: Option<Breakdown>,
     peak_rss_mib: Option<f64>,
+}
+
+/// Where a decoded token's time went, in one more run.
+#[derive(serde::Serialize)]
+struct Breakdown {
+    /// Milliseconds per decoded token, in all.
+    token_ms: f64,
+    /// Each part's, the rest (norms, rope, the sampler, threads waiting
+    /// between products) last.
+    parts: Vec<PartTime>,
+}
+
+#[derive(serde::Serialize)]
+struct PartTime {
+    part: &'static str,
+    ms: f64,
+    share: f64,
+}
+
+impl Breakdown {
+    fn new(stats: &Stats, spent: [std::time::Duration; 4]) -> Self {
+        let steps = stats.decode_steps.max(1) as f64;
+        let token_ms = stats.decode_time.as_secs_f64() * 1e3 / steps;
+        let mut parts: Vec<(&'static str, f64)> = Part::ALL
+            .iter()
+            .zip(spent)
+            .map(|(part, t)| (part.name(), t.as_secs_f64() * 1e3 / steps))
+            .collect();
+        let timed: f64 = parts.iter().map(|p| p.1).sum();
+        parts.push(("the rest", (token_ms - timed).max(0.0)));
+        let parts = parts
+            .into_iter()
+            .map(|(part, ms)| PartTime {
+                part,
+                ms,
+                share: ms / token_ms.max(f64::MIN_POSITIVE),
+            })
+            .collect();
+        Breakdown { token_ms, parts }
+    }
 }
 
 /// Another engine on the same file and tokens, run by run after greve's.
@@ -297,6 +367,17 @@ impl Report {
                 b.prefill_ratio,
                 b.decode_ratio
             );
+        }
+        if let Some(b) = &self.breakdown {
+            println!("decode      {:.1} ms a token:", b.token_ms);
+            for p in &b.parts {
+                println!(
+                    "  {:<16} {:>7.2} ms {:>5.1} %",
+                    p.part,
+                    p.ms,
+                    p.share * 100.0
+                );
+            }
         }
         if let Some(rss) = self.peak_rss_mib {
             println!("peak RSS    {rss:.0} MiB");

@@ -16,6 +16,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Module, Result, Tensor};
 use memmap2::Mmap;
 
+use super::profile::{self, Part};
 use super::quant::{self, QuantFormat};
 
 /// Runs `$body` with `$B` bound to candle's block type for a quantised
@@ -77,7 +78,7 @@ impl Linear {
     /// `self` applied to `x`: (…, in) → (…, out).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Linear::Candle(w) => {
+            Linear::Candle(w) => profile::time(Part::OtherProducts, || {
                 if let QMatMul::Tensor(dense) = w {
                     let matvec = match dense.device().is_cpu() {
                         true => super::dense::matvec,
@@ -88,7 +89,7 @@ impl Linear {
                     }
                 }
                 w.forward(x)
-            }
+            }),
             Linear::Mapped(w) => w.forward(x),
         }
     }
@@ -269,18 +270,21 @@ impl MappedMatrix {
         let mut out = vec![0f32; m * n];
         let greve = !super::isa::candle_products();
         match self.dtype {
-            GgmlDType::Q4K if greve => {
+            GgmlDType::Q4K if greve => profile::time(Part::Q4K, || {
                 quant::matmul(QuantFormat::Q4K, self.bytes(), (m, k, n), &xs, &mut out)
-            }
-            GgmlDType::Q6K if greve => {
+            }),
+            GgmlDType::Q6K if greve => profile::time(Part::Q6K, || {
                 quant::matmul(QuantFormat::Q6K, self.bytes(), (m, k, n), &xs, &mut out)
-            }
-            dtype => with_block_type!(dtype, B => {
-                let blocks = self.blocks::<B>().ok_or_else(|| {
-                    candle_core::Error::Msg(format!("{dtype:?} blocks misaligned in the file"))
-                })?;
-                k_quants::matmul::<B>((m, k, n), &xs, blocks, &mut out)?
-            }, else other => candle_core::bail!("no kernel for {other:?} blocks")),
+            }),
+            dtype => profile::time(Part::OtherProducts, || -> Result<()> {
+                with_block_type!(dtype, B => {
+                    let blocks = self.blocks::<B>().ok_or_else(|| {
+                        candle_core::Error::Msg(format!("{dtype:?} blocks misaligned in the file"))
+                    })?;
+                    k_quants::matmul::<B>((m, k, n), &xs, blocks, &mut out)?
+                }, else other => candle_core::bail!("no kernel for {other:?} blocks"));
+                Ok(())
+            })?,
         }
         Tensor::from_vec(out, out_shape, x.device())?.to_dtype(x_dtype)
     }

@@ -13,6 +13,7 @@ pub mod gguf;
 pub mod gpu_kv_cache;
 pub mod isa;
 pub mod linear;
+pub mod profile;
 pub mod quant;
 pub mod safetensors;
 pub mod stock;

@@ -15,6 +15,7 @@ use super::config::Config;
 use super::cuda;
 use super::gpu_kv_cache::GpuKvCache;
 use super::linear::{Linear, Projections};
+use super::profile::{self, Part};
 use super::weights::check_weights;
 use super::weights::{Embedding, RopeLayout, Weight, WeightSource};
 use crate::exit::{Classify, Failure};
@@ -330,7 +331,10 @@ impl Attention {
                 cache
                     .append(&flat(&k)?, &flat(&v)?, n)
                     .map_err(candle_core::Error::wrap)?;
-                let y = attention::attend(&flat(&q)?, h, n, cache, self.window);
+                let q = flat(&q)?;
+                let y = profile::time(Part::Attention, || {
+                    attention::attend(&q, h, n, cache, self.window)
+                });
                 let y = Tensor::from_vec(y, (b, n, h * hd), x.device())?.to_dtype(x.dtype())?;
                 return self.o.forward(&y);
             }
