@@ -596,3 +596,70 @@ fn small_s_format_calls_and_reads_results() {
     );
     assert!(!stdout(&o).trim().is_empty());
 }
+
+/// With `auto`, on v0.3's real vocabulary: a reply may open with text or
+/// with the calls token, never put the calls token after text, and a call
+/// goes only where the grammar of the declared functions lets it (each
+/// token of a text checked against the mask, as sampling would meet it).
+#[test]
+fn auto_means_text_or_a_valid_call_never_a_mix() {
+    use greve::structured::{Format, Grammar};
+    use greve::tokenizer::{SpecialTokens, Tokenizer};
+    use greve::tools::{Choice, Tools};
+    let path = goldens().join("tokenizer-v3.json");
+    let tok = Tokenizer::from_json_file(&path, &SpecialTokens::default()).unwrap();
+    let calls = tok.tool_calls_token().unwrap();
+    let tools = Tools {
+        list: greve::server::api::tools(&tools()).unwrap(),
+        choice: Choice::Auto,
+        parallel: true,
+    };
+    let grammar = Grammar::new(&tools.reply_format(&Format::Text, calls).unwrap(), &tok)
+        .unwrap()
+        .unwrap();
+    let allowed = |c: &mut greve::structured::Constraint, token: u32| {
+        let mut logits = vec![0f32; tok.vocab_size()];
+        c.mask(&mut logits).unwrap();
+        logits[token as usize].is_finite()
+    };
+    // Whether the reply `text` (after the calls token, when `call`) can be
+    // sampled, to its end.
+    let follows = |call: bool, text: &str| {
+        let mut c = grammar.start().unwrap();
+        let ids = [
+            call.then_some(calls).into_iter().collect(),
+            tok.encode(text).unwrap(),
+        ]
+        .concat();
+        for id in ids {
+            if !allowed(&mut c, id) {
+                return false;
+            }
+            c.accept(id).unwrap();
+        }
+        allowed(&mut c, tok.eos())
+    };
+    assert!(follows(false, "Il fait beau."));
+    assert!(follows(true, r#"[{"name": "heure", "arguments": {}}]"#));
+    assert!(follows(
+        true,
+        r#"[{"name": "meteo", "arguments": {"ville": "Lyon", "unite": "celsius"}}, {"name": "heure", "arguments": {}}]"#
+    ));
+    for bad in [
+        r#"[{"name": "pluie", "arguments": {}}]"#,
+        r#"[{"name": "meteo", "arguments": {"ville": "Lyon"}}]"#,
+        r#"[{"name": "meteo", "arguments": {"ville": 3, "unite": "celsius"}}]"#,
+        r#"[{"name": "heure", "arguments": {"x": 1}}]"#,
+        r#"[{"name": "heure", "arguments": {}}] et voilà"#,
+        r#"[{"name": "heure", "arguments": {}}"#,
+    ] {
+        assert!(!follows(true, bad), "{bad}");
+    }
+    // Text first: the calls token is ruled out from then on.
+    let mut c = grammar.start().unwrap();
+    assert!(allowed(&mut c, calls));
+    for id in tok.encode("Je regarde").unwrap() {
+        c.accept(id).unwrap();
+    }
+    assert!(!allowed(&mut c, calls));
+}
