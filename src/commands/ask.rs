@@ -30,21 +30,27 @@ pub struct Request {
     pub tool_results: Vec<String>,
 }
 
+/// What the turn answers.
+enum Input {
+    Prompt(String),
+    /// The results of the loaded conversation's last calls.
+    Results(Vec<String>),
+}
+
 /// A conversation of one turn: `greve chat`'s, printed the same way.
 pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow::Result<()> {
-    let results = request.tool_results.clone();
-    let prompt = match results.is_empty() {
-        true => read_prompt(&request.prompt)?,
-        false => String::new(),
+    let input = match request.tool_results.is_empty() {
+        true => Input::Prompt(read_prompt(&request.prompt)?),
+        false => Input::Results(request.tool_results.clone()),
     };
     let start = reply::start(settings)?;
     let (mode, seed) = (start.settings.strike.value, start.settings.seed.value);
     let structured =
         start.settings.format.value != Format::Text || start.settings.tools.must_call();
     // No model is needed, or even loaded, to go on strike.
-    let notice = match results.is_empty() {
-        true => persona::strike_notice(mode, &start.prompts, &prompt, seed),
-        false => None,
+    let notice = match &input {
+        Input::Prompt(prompt) => persona::strike_notice(mode, &start.prompts, prompt, seed),
+        Input::Results(_) => None,
     };
     if let Some(notice) = notice {
         match (structured, request.json) {
@@ -63,11 +69,9 @@ pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow
 
     let wrapping = reply::wrapping(&conversation);
     let send =
-        |c: &mut Conversation, on_event: &mut dyn FnMut(Event) -> anyhow::Result<()>| match results
-            .is_empty()
-        {
-            true => c.send(prompt, cancel, on_event),
-            false => c.send_results(results, cancel, on_event),
+        |c: &mut Conversation, on_event: &mut dyn FnMut(Event) -> anyhow::Result<()>| match input {
+            Input::Prompt(prompt) => c.send(prompt, cancel, on_event),
+            Input::Results(results) => c.send_results(results, cancel, on_event),
         };
     let turn = crate::interrupt::stoppable(|| match request.json {
         true => speak(
