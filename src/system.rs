@@ -12,9 +12,28 @@ pub fn available_memory() -> Option<u64> {
     proc_kib("/proc/meminfo", "MemAvailable:").map(|kib| kib * 1024)
 }
 
-/// The process's peak resident memory (Linux's VmHWM), in bytes.
+/// The process's peak resident memory, in bytes: Linux's VmHWM (its
+/// getrusage figure keeps the high-water mark of the process before exec).
+#[cfg(target_os = "linux")]
 pub fn peak_rss() -> Option<u64> {
     proc_kib("/proc/self/status", "VmHWM:").map(|kib| kib * 1024)
+}
+
+/// The process's peak resident memory, in bytes (getrusage counts bytes on macOS).
+#[cfg(target_os = "macos")]
+pub fn peak_rss() -> Option<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage only writes the struct it is handed.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: zeroed is a valid rusage, and getrusage succeeded.
+    u64::try_from(unsafe { usage.assume_init() }.ru_maxrss).ok()
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+pub fn peak_rss() -> Option<u64> {
+    None
 }
 
 /// The number on the `key` line of a /proc file, in kB there.
