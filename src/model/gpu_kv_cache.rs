@@ -1,4 +1,5 @@
-//! Per-layer keys and values of the positions seen so far, written in place.
+//! Per-layer keys and values of the positions seen so far, written in
+//! place, as candle tensors on a GPU; and attention over them.
 //!
 //! Storage is allocated once for the length the caller plans (`reserve`:
 //! the conversation's planned context, or a benchmark's exact length), so
@@ -7,7 +8,7 @@
 //! the conversation, not to the model's 32k-token context. `truncate`
 //! rewinds it (a retried reply, a Ctrl-C).
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::cuda;
 
@@ -42,7 +43,7 @@ impl GpuKvCache {
 
     /// Appends (batch, kv_heads, n, head_dim) keys and values and returns
     /// views of all positions so far.
-    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let needed = self.len + k.dim(2)?;
         let kv = match self.storage.take() {
             Some(kv) if kv.dim(3)? >= needed => kv,
@@ -64,6 +65,74 @@ impl GpuKvCache {
         self.storage = Some(kv);
         Ok((keys.narrow(2, 0, needed)?, values.narrow(2, 0, needed)?))
     }
+
+    /// Appends the keys and values `k`, `v` (b, kv, n, hd) of `n` new
+    /// positions and returns the attention of their queries `q` (b, h, n,
+    /// hd) over all positions so far, (b, n, h·hd).
+    pub fn attend(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        window: Option<usize>,
+    ) -> Result<Tensor> {
+        let (b, h, n, hd) = q.dims4()?;
+        let pos = self.len;
+        let (k, v) = self.append(k, v)?; // (b, kv, t, hd)
+        if let Some(y) = cuda::decode_attention(q, &k, &v, window)? {
+            return y.reshape((b, n, h * hd));
+        }
+        let (kv, t) = (k.dim(1)?, k.dim(2)?);
+
+        // Grouped-query attention without copying K and V per query head:
+        // the h/kv query heads that share a key/value head are stacked along
+        // the sequence axis, so one matmul per kv head serves them all.
+        let group = h / kv;
+        let q = q.reshape((b, kv, group * n, hd))?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // (b, kv, group·n, t)
+        let scores = match attention_mask(pos, n, window, q.dtype(), q.device())? {
+            Some(m) => scores.reshape((b, kv, group, n, t))?.broadcast_add(&m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores.reshape((b, kv, group * n, t))?)?;
+        let y = probs.matmul(&v)?; // (b, kv, group·n, hd)
+        y.reshape((b, h, n, hd))?
+            .transpose(1, 2)?
+            .reshape((b, n, h * hd))
+    }
+}
+
+/// The additive mask for `n` new positions after `pos` cached ones:
+/// (n, pos + n), 0 where attention is allowed and -inf elsewhere. A position
+/// sees itself and earlier positions, at most `window` of them. `None` when
+/// nothing is masked (one new token within the window).
+fn attention_mask(
+    pos: usize,
+    n: usize,
+    window: Option<usize>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let t = pos + n;
+    let window = window.unwrap_or(usize::MAX);
+    if n == 1 && t <= window {
+        return Ok(None);
+    }
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            let query = pos + i;
+            (0..t).map(move |key| {
+                if key <= query && query - key < window {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (n, t), device)?
+        .to_dtype(dtype)
+        .map(Some)
 }
 
 /// New storage of `capacity` positions holding the first `len` of `old`.
@@ -81,7 +150,47 @@ fn grow(old: Option<&Tensor>, like: &Tensor, len: usize, capacity: usize) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
+
+    fn mask(pos: usize, n: usize, window: Option<usize>) -> Vec<Vec<bool>> {
+        let m = attention_mask(pos, n, window, DType::F32, &Device::Cpu).unwrap();
+        match m {
+            None => vec![vec![true; pos + n]; n],
+            Some(m) => m
+                .to_vec2::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(|row| row.into_iter().map(|x| x == 0.0).collect())
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn causal_mask_over_the_cache() {
+        // Two new positions (2, 3) after two cached ones:
+        //        keys 0 1 2 3
+        //  query 2:   x x x .
+        //  query 3:   x x x x
+        assert_eq!(
+            mask(2, 2, None),
+            vec![vec![true, true, true, false], vec![true, true, true, true]]
+        );
+    }
+
+    #[test]
+    fn sliding_window_hides_old_positions() {
+        // Window 2: each position sees itself and the one before.
+        assert_eq!(
+            mask(0, 3, Some(2)),
+            vec![
+                vec![true, false, false],
+                vec![true, true, false],
+                vec![false, true, true]
+            ]
+        );
+        // A single decoded token past the window still gets a mask.
+        assert_eq!(mask(3, 1, Some(2)), vec![vec![false, false, true, true]]);
+        assert_eq!(mask(1, 1, Some(2)), vec![vec![true, true]]);
+    }
 
     fn block(start: usize, n: usize) -> Tensor {
         Tensor::arange(start as u32, (start + n) as u32, &Device::Cpu)

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::k_quants::{self, GgmlType};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use memmap2::Mmap;
 
 use super::profile::{self, Part};
@@ -106,15 +106,21 @@ pub enum Projections {
 }
 
 impl Projections {
-    /// Stacks `parts` when `stack` is asked and they are held alike (the
-    /// same dtype, in candle's tensors); keeps them apart otherwise.
-    pub fn new(parts: Vec<Linear>, stack: bool) -> Result<Self> {
-        Ok(
-            match stack.then(|| stacked(&parts)).transpose()?.flatten() {
-                Some((matrix, rows)) => Projections::Stacked { matrix, rows },
-                None => Projections::Separate(parts),
-            },
-        )
+    /// `parts` as the model on `device` runs them best: stacked on a GPU.
+    pub fn new(parts: Vec<Linear>, device: &Device) -> Result<Self> {
+        match device.is_cpu() {
+            true => Ok(Projections::Separate(parts)),
+            false => Self::stack(parts),
+        }
+    }
+
+    /// Stacks `parts` where they are held alike (the same dtype, in
+    /// candle's tensors); keeps them apart otherwise.
+    fn stack(parts: Vec<Linear>) -> Result<Self> {
+        Ok(match stacked(&parts)? {
+            Some((matrix, rows)) => Projections::Stacked { matrix, rows },
+            None => Projections::Separate(parts),
+        })
     }
 
     /// The `N` projections of `x`, in the order they were given.
@@ -140,15 +146,21 @@ impl Projections {
             .map_err(|_| candle_core::Error::Msg(format!("{count} projections, not {N}")))
     }
 
-    /// The stacked matrix, where it is one tensor of candle's.
-    pub fn stacked_tensor(&self) -> Option<&Tensor> {
-        match self {
-            Projections::Stacked {
-                matrix: Linear::Candle(QMatMul::Tensor(w)),
-                ..
-            } => Some(w),
-            _ => None,
+    /// SwiGLU's gate over two projections, gate then up:
+    /// `silu(gate(x)) * up(x)`. Stacked in one tensor on a GPU, both
+    /// products and the gate are one kernel of greve's.
+    pub fn swiglu(&self, x: &Tensor) -> Result<Tensor> {
+        if let Projections::Stacked {
+            matrix: Linear::Candle(QMatMul::Tensor(w)),
+            ..
+        } = self
+        {
+            if let Some(gated) = super::cuda::matvec_gated(w, x)? {
+                return Ok(gated);
+            }
         }
+        let [gate, up] = self.forward(x)?;
+        super::ops::silu_mul(&gate, &up)
     }
 }
 
@@ -293,7 +305,6 @@ impl MappedMatrix {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     fn values(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1().unwrap()
@@ -315,8 +326,9 @@ mod tests {
         };
         for make in [dense, blocks] {
             let parts = || matrices.iter().map(make).collect::<Vec<_>>();
-            let separate = Projections::new(parts(), false).unwrap();
-            let stacked = Projections::new(parts(), true).unwrap();
+            let separate = Projections::new(parts(), &Device::Cpu).unwrap();
+            assert!(matches!(separate, Projections::Separate(_)));
+            let stacked = Projections::stack(parts()).unwrap();
             assert!(matches!(stacked, Projections::Stacked { .. }));
             let (want, got) = (
                 separate.forward::<3>(&x).unwrap(),
@@ -333,7 +345,7 @@ mod tests {
         // Matrices held differently stay apart.
         let mixed = vec![dense(&matrices[0]), blocks(&matrices[1])];
         assert!(matches!(
-            Projections::new(mixed, true).unwrap(),
+            Projections::stack(mixed).unwrap(),
             Projections::Separate(_)
         ));
     }

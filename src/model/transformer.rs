@@ -10,12 +10,11 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::attention::{self, HostKvCache, KvType};
+use super::attention::KvType;
 use super::config::Config;
-use super::cuda;
-use super::gpu_kv_cache::GpuKvCache;
+use super::kv_cache::KvCache;
 use super::linear::{Linear, Projections};
-use super::profile::{self, Part};
+use super::ops;
 use super::weights::check_weights;
 use super::weights::{Embedding, RopeLayout, Weight, WeightSource};
 use crate::exit::{Classify, Failure};
@@ -44,7 +43,7 @@ impl Transformer {
         })?;
         let d = c.hidden_size;
         let matrix = |src: &mut dyn WeightSource, w: Weight| src.matrix(w, w.matrix_shape(c));
-        let stack = |parts| Projections::new(parts, !device.is_cpu());
+        let stack = |parts| Projections::new(parts, device);
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
             layers.push(Block {
@@ -61,7 +60,7 @@ impl Transformer {
                     head_dim: c.head_dim,
                     rope: src.rope_layout(),
                     window: c.sliding_window,
-                    cache: Cache::new(c, device, KvType::default()),
+                    cache: KvCache::new(c, device, KvType::default()),
                 },
                 ffn_norm: RmsNorm::new(src.dense(Weight::FfnNorm(l), &[d])?, c.rms_norm_eps),
                 ffn: FeedForward {
@@ -110,19 +109,15 @@ impl Transformer {
         let caches = self.layers.iter();
         Context(
             caches
-                .map(|_| Cache::new(&self.config, &self.device, kind))
+                .map(|_| KvCache::new(&self.config, &self.device, kind))
                 .collect(),
         )
     }
 
-    /// Plans the KV cache in use for `positions` in all, so that a GPU
-    /// allocates it once rather than growing it (each growth copies the
-    /// cache and briefly holds it twice). The CPU's grows as it fills.
+    /// Plans the KV cache in use for `positions` in all (see [`KvCache::reserve`]).
     pub fn reserve(&mut self, positions: usize) {
         for layer in &mut self.layers {
-            if let Cache::Device(cache) = &mut layer.attn.cache {
-                cache.reserve(positions);
-            }
+            layer.attn.cache.reserve(positions);
         }
     }
 
@@ -145,22 +140,15 @@ impl Transformer {
     /// The bytes [`save_context`](Self::save_context) writes for `len`
     /// positions; `None` where the cache cannot be saved yet (on a GPU).
     pub fn saved_context_bytes(&self, len: usize) -> Option<u64> {
-        self.layers
-            .iter()
-            .try_fold(0, |total, layer| match &layer.attn.cache {
-                Cache::Host(c) => Some(total + c.saved_bytes(len)),
-                Cache::Device(_) => None,
-            })
+        let layers = self.layers.iter();
+        layers.map(|layer| layer.attn.cache.saved_bytes(len)).sum()
     }
 
     /// Writes the keys and values of the first `len` cached positions,
     /// layer by layer, bit for bit as cached.
     pub fn save_context(&self, len: usize, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         for layer in &self.layers {
-            match &layer.attn.cache {
-                Cache::Host(c) => c.save(len, out)?,
-                Cache::Device(_) => return Err(on_gpu()),
-            }
+            layer.attn.cache.save(len, out)?;
         }
         Ok(())
     }
@@ -175,10 +163,7 @@ impl Transformer {
     ) -> std::io::Result<()> {
         let mut result = Ok(());
         for layer in &mut self.layers {
-            result = result.and_then(|()| match &mut layer.attn.cache {
-                Cache::Host(c) => c.restore(len, input),
-                Cache::Device(_) => Err(on_gpu()),
-            });
+            result = result.and_then(|()| layer.attn.cache.restore(len, input));
         }
         if result.is_err() {
             self.truncate(0);
@@ -207,17 +192,7 @@ impl Transformer {
             .rows(tokens, self.dtype, &self.device)?
             .unsqueeze(0)?; // (1, n, d)
         let (cos, sin) = self.rope.tables(pos, n, self.dtype, &self.device)?;
-        let positions = Positions {
-            cos,
-            sin,
-            // The CPU attention applies the mask as ranges of positions.
-            mask: match self.device.is_cpu() {
-                true => None,
-                false => {
-                    attention_mask(pos, n, self.config.sliding_window, self.dtype, &self.device)?
-                }
-            },
-        };
+        let positions = Positions { cos, sin };
         let mut delta = None;
         for layer in &mut self.layers {
             let (stream, output) = layer.forward(&x, delta.as_ref(), &positions)?;
@@ -231,20 +206,15 @@ impl Transformer {
     }
 }
 
-fn on_gpu() -> std::io::Error {
-    std::io::Error::other("a GPU's KV cache cannot be saved or restored yet")
-}
-
 /// Tokens per forward pass over the layers: enough to keep the repacked
 /// prefill tiles busy, few enough that activations (and a GPU's attention
 /// scores, heads × batch × context) stay small.
 pub const BATCH: usize = 512;
 
-/// Where the new tokens sit: their rotary angles and the attention mask.
+/// Where the new tokens sit: their rotary angles.
 struct Positions {
-    cos: Tensor,          // (n, hd/2)
-    sin: Tensor,          // (n, hd/2)
-    mask: Option<Tensor>, // (n, cached + n), None when nothing is hidden
+    cos: Tensor, // (n, hd/2)
+    sin: Tensor, // (n, hd/2)
 }
 
 struct Block {
@@ -279,102 +249,24 @@ struct Attention {
     head_dim: usize,
     rope: RopeLayout,
     window: Option<usize>,
-    cache: Cache,
-}
-
-/// Keys and values: in host memory (f16 or i8) for the CPU kernels, as
-/// candle tensors on a GPU.
-enum Cache {
-    Host(HostKvCache),
-    Device(GpuKvCache),
+    cache: KvCache,
 }
 
 /// The KV caches of every layer, set aside: see [`Transformer::swap_context`].
-pub struct Context(Vec<Cache>);
-
-impl Cache {
-    fn new(c: &Config, device: &Device, kind: KvType) -> Self {
-        match device.is_cpu() {
-            true => Cache::Host(HostKvCache::new(c.num_kv_heads, c.head_dim, kind)),
-            false => Cache::Device(GpuKvCache::default()),
-        }
-    }
-
-    fn positions(&self) -> usize {
-        match self {
-            Cache::Host(c) => c.positions(),
-            Cache::Device(c) => c.positions(),
-        }
-    }
-
-    fn truncate(&mut self, len: usize) {
-        match self {
-            Cache::Host(c) => c.truncate(len),
-            Cache::Device(c) => c.truncate(len),
-        }
-    }
-}
+pub struct Context(Vec<KvCache>);
 
 impl Attention {
     fn forward(&mut self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
-        let (cos, sin, mask) = (&positions.cos, &positions.sin, positions.mask.as_ref());
+        let (cos, sin) = (&positions.cos, &positions.sin);
         let (b, n, _) = x.dims3()?;
         let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
         let split = |t: Tensor, heads| t.reshape((b, n, heads, hd))?.transpose(1, 2)?.contiguous();
         let [q, k, v] = self.qkv.forward(x)?;
-        let q = self.rotate(split(q, h)?, cos, sin)?; // (b, h, n, hd)
-        let k = self.rotate(split(k, kv)?, cos, sin)?; // (b, kv, n, hd)
+        let q = ops::rope(split(q, h)?, cos, sin, self.rope)?; // (b, h, n, hd)
+        let k = ops::rope(split(k, kv)?, cos, sin, self.rope)?; // (b, kv, n, hd)
         let v = split(v, kv)?;
-        let cache = match &mut self.cache {
-            Cache::Host(cache) => {
-                let flat = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
-                cache
-                    .append(&flat(&k)?, &flat(&v)?, n)
-                    .map_err(candle_core::Error::wrap)?;
-                let q = flat(&q)?;
-                let y = profile::time(Part::Attention, || {
-                    attention::attend(&q, h, n, cache, self.window)
-                });
-                let y = Tensor::from_vec(y, (b, n, h * hd), x.device())?.to_dtype(x.dtype())?;
-                return self.o.forward(&y);
-            }
-            Cache::Device(cache) => cache,
-        };
-        let (k, v) = cache.append(&k, &v)?; // (b, kv, t, hd)
-        if let Some(y) = cuda::decode_attention(&q, &k, &v, self.window)? {
-            return self.o.forward(&y.reshape((b, n, h * hd))?);
-        }
-        let t = k.dim(2)?;
-
-        // Grouped-query attention without copying K and V per query head:
-        // the h/kv query heads that share a key/value head are stacked along
-        // the sequence axis, so one matmul per kv head serves them all.
-        let group = h / kv;
-        let q = q.reshape((b, kv, group * n, hd))?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?; // (b, kv, group·n, t)
-        let scores = match mask {
-            Some(m) => scores.reshape((b, kv, group, n, t))?.broadcast_add(m)?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores.reshape((b, kv, group * n, t))?)?;
-        let y = probs.matmul(&v)?; // (b, kv, group·n, hd)
-        let y = y
-            .reshape((b, h, n, hd))?
-            .transpose(1, 2)?
-            .reshape((b, n, h * hd))?;
+        let y = self.cache.attend(&q, &k, &v, self.window)?; // (b, n, h·hd)
         self.o.forward(&y)
-    }
-
-    /// `x` rotated, in place where a kernel can (`x` is this layer's own).
-    fn rotate(&self, x: Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let interleaved = self.rope == RopeLayout::Interleaved;
-        if cuda::rope_in_place(&x, cos, sin, interleaved)? {
-            return Ok(x);
-        }
-        match self.rope {
-            RopeLayout::Halves => candle_nn::rotary_emb::rope(&x, cos, sin),
-            RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(&x, cos, sin),
-        }
     }
 }
 
@@ -386,17 +278,7 @@ struct FeedForward {
 
 impl FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(w) = self.gate_up.stacked_tensor() {
-            if let Some(gated) = cuda::matvec_gated(w, x)? {
-                return self.down.forward(&gated);
-            }
-        }
-        let [gate, up] = self.gate_up.forward(x)?;
-        let gated = match cuda::silu_mul(&gate, &up)? {
-            Some(gated) => gated,
-            None => (candle_nn::ops::silu(&gate)? * up)?,
-        };
-        self.down.forward(&gated)
+        self.down.forward(&self.gate_up.swiglu(x)?)
     }
 }
 
@@ -410,22 +292,13 @@ impl RmsNorm {
         RmsNorm { weight, eps }
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32)
-    }
-
     /// `x + residual` (the residual stream after a sublayer) and its norm
-    /// (the next sublayer's input), in one kernel where there is one.
+    /// (the next sublayer's input).
     fn after_residual(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-        let Some(residual) = residual else {
-            return Ok((x.clone(), self.forward(x)?));
-        };
-        if let Some(both) = cuda::add_rms_norm(x, residual, &self.weight, self.eps as f32)? {
-            return Ok(both);
+        match residual {
+            Some(residual) => ops::add_rms_norm(x, residual, &self.weight, self.eps),
+            None => Ok((x.clone(), ops::rms_norm(x, &self.weight, self.eps)?)),
         }
-        let x = (x + residual)?;
-        let normed = self.forward(&x)?;
-        Ok((x, normed))
     }
 }
 
@@ -462,83 +335,9 @@ impl Rope {
     }
 }
 
-/// The additive mask for `n` new positions after `pos` cached ones:
-/// (n, pos + n), 0 where attention is allowed and -inf elsewhere. A position
-/// sees itself and earlier positions, at most `window` of them. `None` when
-/// nothing is masked (one new token within the window).
-fn attention_mask(
-    pos: usize,
-    n: usize,
-    window: Option<usize>,
-    dtype: DType,
-    device: &Device,
-) -> Result<Option<Tensor>> {
-    let t = pos + n;
-    let window = window.unwrap_or(usize::MAX);
-    if n == 1 && t <= window {
-        return Ok(None);
-    }
-    let mask: Vec<f32> = (0..n)
-        .flat_map(|i| {
-            let query = pos + i;
-            (0..t).map(move |key| {
-                if key <= query && query - key < window {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Tensor::from_vec(mask, (n, t), device)?
-        .to_dtype(dtype)
-        .map(Some)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn mask(pos: usize, n: usize, window: Option<usize>) -> Vec<Vec<bool>> {
-        let m = attention_mask(pos, n, window, DType::F32, &Device::Cpu).unwrap();
-        match m {
-            None => vec![vec![true; pos + n]; n],
-            Some(m) => m
-                .to_vec2::<f32>()
-                .unwrap()
-                .into_iter()
-                .map(|row| row.into_iter().map(|x| x == 0.0).collect())
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn causal_mask_over_the_cache() {
-        // Two new positions (2, 3) after two cached ones:
-        //        keys 0 1 2 3
-        //  query 2:   x x x .
-        //  query 3:   x x x x
-        assert_eq!(
-            mask(2, 2, None),
-            vec![vec![true, true, true, false], vec![true, true, true, true]]
-        );
-    }
-
-    #[test]
-    fn sliding_window_hides_old_positions() {
-        // Window 2: each position sees itself and the one before.
-        assert_eq!(
-            mask(0, 3, Some(2)),
-            vec![
-                vec![true, false, false],
-                vec![true, true, false],
-                vec![false, true, true]
-            ]
-        );
-        // A single decoded token past the window still gets a mask.
-        assert_eq!(mask(3, 1, Some(2)), vec![vec![false, false, true, true]]);
-        assert_eq!(mask(1, 1, Some(2)), vec![vec![true, true]]);
-    }
 
     #[test]
     fn rope_angles_start_at_the_cached_position() {
