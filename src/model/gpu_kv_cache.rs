@@ -66,9 +66,9 @@ impl GpuKvCache {
         Ok((keys.narrow(2, 0, needed)?, values.narrow(2, 0, needed)?))
     }
 
-    /// Appends the keys and values `k`, `v` (b, kv, n, hd) of `n` new
-    /// positions and returns the attention of their queries `q` (b, h, n,
-    /// hd) over all positions so far, (b, n, h·hd).
+    /// [`KvCache::attend`](super::kv_cache::KvCache::attend) in tensors: the
+    /// decoding kernel of greve's for one new token on a GPU, candle's
+    /// products with a mask otherwise.
     pub fn attend(
         &mut self,
         q: &Tensor,
