@@ -122,3 +122,22 @@ pub fn best() -> Isa {
     static BEST: OnceLock<Isa> = OnceLock::new();
     *BEST.get_or_init(|| levels().last().map_or(Isa::Scalar, |&best| best.min(cap())))
 }
+
+/// Asks for the cache line at `p` before it is needed: streaming weights or
+/// a KV cache, the hardware prefetchers alone leave the stream well short
+/// of the memory's bandwidth (they stop at every 4 KiB page).
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    // SAFETY: a prefetch never faults, whatever the address.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast(), std::arch::x86_64::_MM_HINT_T0)
+    }
+    // SAFETY: as above (the intrinsic is not stable Rust yet).
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        std::arch::asm!("prfm pldl1keep, [{p}]", p = in(reg) p, options(nostack, readonly, preserves_flags))
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = p;
+}

@@ -70,6 +70,9 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
     let nibble = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); T];
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+        if T == 1 {
+            super::prefetch_ahead::<BLOCK_BYTES>(block.as_ptr());
+        }
         let [w0, w1, w2, w3] = scales_and_mins_words(block).map(|w| w as i32);
         let sm = _mm_set_epi32(w3, w2, w1, w0);
         // Each min repeated for the two 16-value sums of its sub-block.
@@ -246,6 +249,9 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
     let mut acc = [_mm512_setzero_ps(); T];
     let mut acc_mins = [_mm_setzero_ps(); T];
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+        if T == 1 {
+            super::prefetch_ahead::<BLOCK_BYTES>(block.as_ptr());
+        }
         let [w0, w1, w2, w3] = scales_and_mins_words(block).map(|w| w as i32);
         let bytes = _mm_set_epi32(w3, w2, w1, w0);
         let all = _mm512_broadcast_i32x4(bytes);

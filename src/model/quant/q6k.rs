@@ -147,6 +147,9 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
     let pair = _mm256_set1_epi8(0x30);
     let mut acc = [_mm256_setzero_ps(); T];
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+        if T == 1 {
+            super::prefetch_ahead::<BLOCK_BYTES>(block.as_ptr());
+        }
         let p = block.as_ptr();
         let scales = _mm_loadu_si128(p.add(SCALES).cast());
         let all_scales = _mm256_cvtepi8_epi16(scales);
@@ -234,6 +237,9 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
     });
     let mut acc = [_mm512_setzero_ps(); T];
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+        if T == 1 {
+            super::prefetch_ahead::<BLOCK_BYTES>(block.as_ptr());
+        }
         let p = block.as_ptr();
         let all_scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(SCALES).cast()));
         let scales: [__m512i; 4] = std::array::from_fn(|i| {

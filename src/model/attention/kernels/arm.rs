@@ -177,13 +177,3 @@ pub(super) unsafe fn mix_neon<E: Elem, const G: usize>(
 pub(super) unsafe fn softmax_neon(x: &mut [f32], scale: f32) -> f32 {
     softmax_with::<std::arch::aarch64::float32x4_t>(x, scale)
 }
-
-/// Asks for the cache line at `p` before it is needed (as on x86-64).
-#[inline(always)]
-pub(super) fn prefetch<T>(p: *const T) {
-    // SAFETY: a prefetch never faults, whatever the address (the intrinsic
-    // is not stable Rust yet).
-    unsafe {
-        std::arch::asm!("prfm pldl1keep, [{p}]", p = in(reg) p, options(nostack, readonly, preserves_flags))
-    }
-}

@@ -5,6 +5,7 @@
 use half::f16;
 
 use super::*;
+use crate::model::isa::prefetch;
 
 /// Two passes, `V::N` lanes at a time: the maximum, then the exponentials
 /// and their sum.

@@ -6,6 +6,7 @@ use half::f16;
 
 use super::lanes::*;
 use super::*;
+use crate::model::isa::prefetch;
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn softmax_f16c(x: &mut [f32], scale: f32) -> f32 {
@@ -310,13 +311,4 @@ pub(super) unsafe fn mix_512<E: Elem, const G: usize>(
     out: &mut [f32],
 ) {
     mix_with::<E, std::arch::x86_64::__m512, G, 4>(weights, stride, values, hd, out)
-}
-
-/// Asks for the cache line at `p` before it is needed: the hardware
-/// prefetchers alone leave the cache's stream well short of the memory's
-/// bandwidth.
-#[inline(always)]
-pub(super) fn prefetch<T>(p: *const T) {
-    // SAFETY: a prefetch never faults, whatever the address.
-    unsafe { std::arch::x86_64::_mm_prefetch(p.cast(), std::arch::x86_64::_MM_HINT_T0) }
 }
