@@ -73,8 +73,7 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
         if T == 1 {
             super::prefetch_ahead::<BLOCK_BYTES>(block.as_ptr());
         }
-        let [w0, w1, w2, w3] = scales_and_mins_words(block).map(|w| w as i32);
-        let sm = _mm_set_epi32(w3, w2, w1, w0);
+        let sm = scales_and_mins_sse(block);
         // Each min repeated for the two 16-value sums of its sub-block.
         let mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm));
         let scales = _mm256_broadcastsi128_si256(sm);
@@ -97,7 +96,7 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
         let (d, dmin) = super::f16_pair_at(block, 0);
         for t in 0..T {
             let a = &acts[t][b];
-            let a_sums = _mm256_loadu_si256(a.sums.as_ptr().cast());
+            let a_sums = super::load256(a.sums.as_ptr().cast());
             let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(a_sums, mins));
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), _mm256_set1_ps(d * a.d), acc[t]);
             acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(-dmin * a.d), acc[t]);
@@ -225,6 +224,29 @@ fn scales_and_mins_words(block: &[u8]) -> [u32; 4] {
     ]
 }
 
+/// [`scales_and_mins_words`] in one register, unpacked with vector
+/// instructions: the scalar version's shifts and masks and the four inserts
+/// into a register were a fifth of the AVX kernels' instructions a block.
+///
+/// # Safety
+/// The CPU must have AVX2, and `block` be a whole block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn scales_and_mins_sse(block: &[u8]) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::*;
+    debug_assert!(block.len() >= SCALES + 16);
+    // Words s0, s4, s8 (and four bytes of nibbles, unused).
+    let v = _mm_loadu_si128(block.as_ptr().add(SCALES).cast());
+    // (s0, s8, s4, s8), the second s8 shifted to its high nibbles.
+    let low = _mm_srlv_epi32(_mm_shuffle_epi32(v, 0x98), _mm_set_epi32(4, 0, 0, 0));
+    let low = _mm_and_si128(low, _mm_set_epi32(0x0F0F_0F0F, 0x3F3F_3F3F, 0x0F0F_0F0F, 0x3F3F_3F3F));
+    // The top two bits of s0 and s4's bytes, moved to bits 4 and 5.
+    let top = _mm_srli_epi32(_mm_shuffle_epi32(v, 0x50), 2);
+    let top = _mm_and_si128(top, _mm_set_epi32(0x3030_3030, 0, 0x3030_3030, 0));
+    _mm_or_si128(low, top)
+}
+
 /// [`dot_avx2`] with 512-bit registers: 64 weights (two sub-blocks, each
 /// with its scale in its half of the lanes) per multiply, and VNNI's
 /// multiply-accumulate for the scales.
@@ -236,31 +258,26 @@ fn scales_and_mins_words(block: &[u8]) -> [u32; 4] {
 pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
     use std::arch::x86_64::*;
     let nibble = _mm512_set1_epi8(0x0F);
-    // Byte shuffles that spread scale 2p over the i16 lanes of the low
-    // 256 bits and scale 2p + 1 over the high ones (0x80 bytes make zeros).
-    let spread: [__m512i; 4] = std::array::from_fn(|p| {
+    // Byte shuffles that spread scale 2j over the i16 lanes of the low
+    // 256 bits and scale 2j + 1 over the high ones (0x80 bytes make zeros).
+    let spread: [__m512i; 4] = std::array::from_fn(|j| {
         let bytes: [u8; 64] = std::array::from_fn(|i| match (i % 2, i < 32) {
             (1, _) => 0x80,
-            (_, true) => 2 * p as u8,
-            (_, false) => 2 * p as u8 + 1,
+            (_, true) => 2 * j as u8,
+            (_, false) => 2 * j as u8 + 1,
         });
         _mm512_loadu_si512(bytes.as_ptr().cast())
     });
     let mut acc = [_mm512_setzero_ps(); T];
-    let mut acc_mins = [_mm_setzero_ps(); T];
+    let mut acc_mins = [_mm256_setzero_ps(); T];
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
         if T == 1 {
             super::prefetch_ahead::<BLOCK_BYTES>(block.as_ptr());
         }
-        let [w0, w1, w2, w3] = scales_and_mins_words(block).map(|w| w as i32);
-        let bytes = _mm_set_epi32(w3, w2, w1, w0);
-        let all = _mm512_broadcast_i32x4(bytes);
-        let scales: [__m512i; 4] = std::array::from_fn(|p| _mm512_shuffle_epi8(all, spread[p]));
-        let mins = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(bytes, bytes));
-        let (mins_lo, mins_hi) = (
-            _mm_unpacklo_epi16(mins, mins),
-            _mm_unpackhi_epi16(mins, mins),
-        );
+        let sm = scales_and_mins_sse(block);
+        let all = _mm512_broadcast_i32x4(sm);
+        // Each min repeated for the two 16-value sums of its sub-block.
+        let mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm));
         let mut sums = [_mm512_setzero_si512(); T];
         for half in 0..2 {
             let q = _mm512_loadu_si512(block.as_ptr().add(QS + 64 * half).cast());
@@ -272,7 +289,7 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
                 _mm512_shuffle_i64x2(lo, hi, 0xEE),
             ];
             for (c, w) in w.into_iter().enumerate() {
-                let scale = scales[2 * half + c];
+                let scale = _mm512_shuffle_epi8(all, spread[2 * half + c]);
                 for t in 0..T {
                     let a =
                         _mm512_loadu_si512(acts[t][b].qs.as_ptr().add(128 * half + 64 * c).cast());
@@ -283,21 +300,15 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
         let (d, dmin) = super::f16_pair_at(block, 0);
         for t in 0..T {
             let a = &acts[t][b];
-            let s = a.sums.as_ptr();
-            let m = _mm_add_epi32(
-                _mm_madd_epi16(_mm_loadu_si128(s.cast()), mins_lo),
-                _mm_madd_epi16(_mm_loadu_si128(s.add(8).cast()), mins_hi),
-            );
+            let a_sums = super::load256(a.sums.as_ptr().cast());
+            let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(a_sums, mins));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), _mm512_set1_ps(d * a.d), acc[t]);
-            acc_mins[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(m), _mm_set1_ps(-dmin * a.d), acc_mins[t]);
+            acc_mins[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(dmin * a.d), acc_mins[t]);
         }
     }
     let mut out = [0f32; T];
     for t in 0..T {
-        let m = acc_mins[t];
-        let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-        let m = _mm_add_ss(m, _mm_movehdup_ps(m));
-        out[t] = _mm512_reduce_add_ps(acc[t]) + _mm_cvtss_f32(m);
+        out[t] = _mm512_reduce_add_ps(acc[t]) - hsum(acc_mins[t]);
     }
     out
 }
