@@ -20,29 +20,35 @@ fn main() {
         return attention_decode();
     }
     let x: Vec<f32> = (0..K).map(|i| (i as f32 * 0.37).sin()).collect();
-    let acts: Vec<Q8Block> = x.chunks_exact(QK).map(Q8Block::quantize).collect();
+    let natural: Vec<Q8Block> = x.chunks_exact(QK).map(Q8Block::quantize).collect();
     for format in [QuantFormat::Q4K, QuantFormat::Q6K] {
         let row_bytes = K / QK * format.block_bytes();
-        // 32 rows stay in L1/L2; 256 MB do not fit any cache.
-        for (place, rows, passes) in [
-            ("cache", 32, 20_000),
-            ("memory", (256 << 20) / row_bytes, 3),
+        // 32 rows stay in L1/L2; 256 MB do not fit any cache. The best run
+        // counts: a shared machine's other work only ever slows one down.
+        for (place, rows, runs, passes) in [
+            ("cache", 32, 15, 1500),
+            ("memory", (256 << 20) / row_bytes, 3, 1),
         ] {
             let w = weights(format, rows, row_bytes);
             for isa in quant::isas() {
-                let start = Instant::now();
+                let mut acts = natural.clone();
+                quant::prepare(isa, format, &mut acts);
+                let mut best = f64::MAX;
                 let mut sink = 0f32;
-                for _ in 0..passes {
-                    for row in w.chunks_exact(row_bytes) {
-                        sink += quant::dot(isa, format, row, [&acts[..]])[0];
+                for _ in 0..runs {
+                    let start = Instant::now();
+                    for _ in 0..passes {
+                        for row in w.chunks_exact(row_bytes) {
+                            sink += quant::dot(isa, format, row, [&acts[..]])[0];
+                        }
                     }
+                    best = best.min(start.elapsed().as_secs_f64());
                 }
-                let seconds = start.elapsed().as_secs_f64();
                 let blocks = (passes * rows * K / QK) as f64;
                 println!(
-                    "{format:?} {isa:?} {place}: {:.2} ns/block, {:.1} GB/s (checksum {sink:.0})",
-                    seconds / blocks * 1e9,
-                    blocks * format.block_bytes() as f64 / seconds / 1e9
+                    "{format:?} {isa:?} {place}: {:.2} ns/block, {:.1} GB/s, best of {runs} (checksum {sink:.0})",
+                    best / blocks * 1e9,
+                    blocks * format.block_bytes() as f64 / best / 1e9
                 );
             }
         }

@@ -105,8 +105,21 @@ pub fn isas() -> Vec<Isa> {
     isa::levels().into_iter().filter(|&l| l <= isa()).collect()
 }
 
+/// Puts quantised activations in the order the kernels of `isa` for
+/// `format` read them: the AVX-512 Q4_K product's
+/// ([`q4k::swap_sub_blocks`]); the others read them as quantised.
+pub fn prepare(isa: Isa, format: QuantFormat, acts: &mut [Q8Block]) {
+    #[cfg(target_arch = "x86_64")]
+    if (isa, format) == (Isa::Avx512, QuantFormat::Q4K) {
+        q4k::swap_sub_blocks(acts);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (isa, format, acts);
+}
+
 /// Dot products of one weight row with `T` rows of quantised activations,
-/// with the kernels of `isa` (one of [`isas`]).
+/// with the kernels of `isa` (one of [`isas`]), the activations as
+/// [`prepare`] leaves them for `isa` and `format`.
 pub fn dot<const T: usize>(
     isa: Isa,
     format: QuantFormat,
@@ -157,16 +170,18 @@ pub fn matmul(
     assert_eq!(w.len(), n * row_bytes, "weights of the wrong size");
     assert_eq!(x.len(), m * k, "activations of the wrong size");
     assert_eq!(out.len(), m * n, "output of the wrong size");
-    let acts = quantize(x, m, k);
-    let acts: Vec<&[Q8Block]> = acts.chunks_exact(k / QK).collect();
+    let mut acts = quantize(x, m, k);
     let isa = isa();
     let out_ptr = Disjoint::new(out);
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 && m >= packed::MIN_TOKENS && n.is_multiple_of(packed::ROWS) {
+        let acts: Vec<&[Q8Block]> = acts.chunks_exact(k / QK).collect();
         // SAFETY: `isa()` saw (at least) AVX2 and FMA on this CPU.
         unsafe { matmul_packed(isa, format, w, row_bytes, n, &acts, &out_ptr) };
         return;
     }
+    prepare(isa, format, &mut acts);
+    let acts: Vec<&[Q8Block]> = acts.chunks_exact(k / QK).collect();
     let items = n.div_ceil(ROWS_PER_ITEM);
     candle_core::utils::barrier_pool().execute_chunked(items, |range| {
         let rows = range.start * ROWS_PER_ITEM..(range.end * ROWS_PER_ITEM).min(n);
@@ -493,8 +508,8 @@ mod tests {
     fn every_instruction_set_gives_the_scalar_result() {
         let k = 1024;
         let x = random_acts(TOKENS, k, 3);
-        let acts: Vec<Q8Block> = x.chunks_exact(QK).map(Q8Block::quantize).collect();
-        let acts: [&[Q8Block]; TOKENS] = std::array::from_fn(|t| &acts[t * 4..(t + 1) * 4]);
+        let blocks: Vec<Q8Block> = x.chunks_exact(QK).map(Q8Block::quantize).collect();
+        let acts: [&[Q8Block]; TOKENS] = std::array::from_fn(|t| &blocks[t * 4..(t + 1) * 4]);
         // Every ARM64 CPU has NEON, so its kernels are always among these.
         #[cfg(target_arch = "aarch64")]
         assert!(isas().contains(&Isa::Neon) || isa::cap() == Isa::Scalar);
@@ -502,6 +517,10 @@ mod tests {
             let row = random_rows(format, 1, k, 4);
             let scalar = dot(Isa::Scalar, format, &row, acts);
             for isa in isas() {
+                let mut prepared = blocks.clone();
+                prepare(isa, format, &mut prepared);
+                let acts: [&[Q8Block]; TOKENS] =
+                    std::array::from_fn(|t| &prepared[t * 4..(t + 1) * 4]);
                 assert_close(&dot(isa, format, &row, acts), &scalar, 1e-5);
                 assert_close(&dot(isa, format, &row, [acts[2]]), &scalar[2..3], 1e-5);
             }

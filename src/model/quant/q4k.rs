@@ -240,16 +240,34 @@ unsafe fn scales_and_mins_sse(block: &[u8]) -> std::arch::x86_64::__m128i {
     let v = _mm_loadu_si128(block.as_ptr().add(SCALES).cast());
     // (s0, s8, s4, s8), the second s8 shifted to its high nibbles.
     let low = _mm_srlv_epi32(_mm_shuffle_epi32(v, 0x98), _mm_set_epi32(4, 0, 0, 0));
-    let low = _mm_and_si128(low, _mm_set_epi32(0x0F0F_0F0F, 0x3F3F_3F3F, 0x0F0F_0F0F, 0x3F3F_3F3F));
+    let low = _mm_and_si128(
+        low,
+        _mm_set_epi32(0x0F0F_0F0F, 0x3F3F_3F3F, 0x0F0F_0F0F, 0x3F3F_3F3F),
+    );
     // The top two bits of s0 and s4's bytes, moved to bits 4 and 5.
     let top = _mm_srli_epi32(_mm_shuffle_epi32(v, 0x50), 2);
     let top = _mm_and_si128(top, _mm_set_epi32(0x3030_3030, 0, 0x3030_3030, 0));
     _mm_or_si128(low, top)
 }
 
+/// Puts each block's activations in the order [`dot_avx512`] reads them:
+/// in every 128, the sub-blocks of 32 in the order 0, 2, 1, 3, that of a
+/// 64-byte load of nibbles (its low nibbles are two sub-blocks 64 weights
+/// apart, its high nibbles the two after each).
+pub fn swap_sub_blocks(blocks: &mut [Q8Block]) {
+    for block in blocks {
+        for quarter in block.qs.chunks_exact_mut(128) {
+            let (first, second) = quarter.split_at_mut(64);
+            first[32..].swap_with_slice(&mut second[..32]);
+        }
+    }
+}
+
 /// [`dot_avx2`] with 512-bit registers: 64 weights (two sub-blocks, each
 /// with its scale in its half of the lanes) per multiply, and VNNI's
-/// multiply-accumulate for the scales.
+/// multiply-accumulate for the scales. The activations come in the order
+/// of the nibbles ([`swap_sub_blocks`]), which spares the weights a shuffle
+/// into the activations' order: 10 % of the product's time on Zen 4.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW and VNNI, and AVX2, FMA and F16C.
@@ -258,13 +276,15 @@ unsafe fn scales_and_mins_sse(block: &[u8]) -> std::arch::x86_64::__m128i {
 pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
     use std::arch::x86_64::*;
     let nibble = _mm512_set1_epi8(0x0F);
-    // Byte shuffles that spread scale 2j over the i16 lanes of the low
-    // 256 bits and scale 2j + 1 over the high ones (0x80 bytes make zeros).
-    let spread: [__m512i; 4] = std::array::from_fn(|j| {
+    // Byte shuffles that spread the scales of the two sub-blocks in the
+    // p-th 64 weights (sub-blocks s and s + 2, s = 4·(p / 2) + p % 2) over
+    // the i16 lanes of the low and the high 256 bits (0x80 bytes make zeros).
+    let spread: [__m512i; 4] = std::array::from_fn(|p| {
+        let s = (4 * (p / 2) + p % 2) as u8;
         let bytes: [u8; 64] = std::array::from_fn(|i| match (i % 2, i < 32) {
             (1, _) => 0x80,
-            (_, true) => 2 * j as u8,
-            (_, false) => 2 * j as u8 + 1,
+            (_, true) => s,
+            (_, false) => s + 2,
         });
         _mm512_loadu_si512(bytes.as_ptr().cast())
     });
@@ -283,12 +303,7 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
             let q = _mm512_loadu_si512(block.as_ptr().add(QS + 64 * half).cast());
             let lo = _mm512_and_si512(q, nibble);
             let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), nibble);
-            // Chunk 2·half: its low then high nibbles; the same for chunk 2·half + 1.
-            let w = [
-                _mm512_shuffle_i64x2(lo, hi, 0x44),
-                _mm512_shuffle_i64x2(lo, hi, 0xEE),
-            ];
-            for (c, w) in w.into_iter().enumerate() {
+            for (c, w) in [lo, hi].into_iter().enumerate() {
                 let scale = _mm512_shuffle_epi8(all, spread[2 * half + c]);
                 for t in 0..T {
                     let a =
