@@ -237,7 +237,7 @@ unsafe fn half_products<const T: usize, const SUB: usize, const WIDEN: usize>(
             for first in (s * groups..(s + 1) * groups).step_by(WIDEN) {
                 let mut narrow = [_mm256_setzero_si256(); T];
                 for g in first..first + WIDEN {
-                    let w = _mm256_loadu_si256(quants.add(g * 4 * ROWS).cast());
+                    let w = super::load256(quants.add(g * 4 * ROWS).cast());
                     for t in 0..T {
                         let a = acts[t][b]
                             .qs

@@ -190,7 +190,7 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
         let (_, d) = super::f16_pair_at(block, D - 2);
         for t in 0..T {
             let a = &acts[t][b];
-            let a_sums = _mm256_loadu_si256(a.sums.as_ptr().cast());
+            let a_sums = super::load256(a.sums.as_ptr().cast());
             let offset = _mm256_slli_epi32(_mm256_madd_epi16(a_sums, all_scales), 5);
             let sum = _mm256_sub_epi32(sums[t], offset);
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d * a.d), acc[t]);
@@ -220,16 +220,6 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
     use std::arch::x86_64::*;
     let nibble = _mm512_set1_epi8(0x0F);
     let pair = _mm512_set1_epi8(0x30);
-    // The same 32 high-bit bytes feed both 256-bit halves, shifted differently.
-    let (four, two, zero) = (4i16, 2i16, 0i16);
-    let shift_a = _mm512_set_epi16(
-        two, two, two, two, two, two, two, two, two, two, two, two, two, two, two, two, four, four,
-        four, four, four, four, four, four, four, four, four, four, four, four, four, four,
-    );
-    let shift_b = _mm512_set_epi16(
-        two, two, two, two, two, two, two, two, two, two, two, two, two, two, two, two, zero, zero,
-        zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero,
-    );
     // Sub-blocks 4p … 4p + 3, eight i16 lanes each.
     let spread: [__m512i; 4] = std::array::from_fn(|p| {
         let s: [i16; 32] = std::array::from_fn(|lane| (4 * p + lane / 8) as i16);
@@ -248,15 +238,22 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
         let mut sums = [_mm512_setzero_si512(); T];
         for half in 0..2 {
             let ql = _mm512_loadu_si512(p.add(64 * half).cast());
-            let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(QH + 32 * half).cast()));
+            // The high bit pairs of the 128 weights, each moved to bits 4–5:
+            // shifted in 256-bit halves, which costs less than shifting by
+            // lane in 512 bits.
+            let qh = super::load256(p.add(QH + 32 * half));
+            let join = |a, b| _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+            let high = [
+                join(_mm256_slli_epi16(qh, 4), _mm256_slli_epi16(qh, 2)),
+                join(qh, _mm256_srli_epi16(qh, 2)),
+            ];
             let w = [
-                _mm512_or_si512(
-                    _mm512_and_si512(ql, nibble),
-                    _mm512_and_si512(_mm512_sllv_epi16(qh, shift_a), pair),
-                ),
-                _mm512_or_si512(
+                _mm512_ternarylogic_epi32(_mm512_and_si512(ql, nibble), high[0], pair, 0xF8),
+                _mm512_ternarylogic_epi32(
                     _mm512_and_si512(_mm512_srli_epi16(ql, 4), nibble),
-                    _mm512_and_si512(_mm512_srlv_epi16(qh, shift_b), pair),
+                    high[1],
+                    pair,
+                    0xF8,
                 ),
             ];
             for (c, w) in w.into_iter().enumerate() {
@@ -271,7 +268,7 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
         let (_, d) = super::f16_pair_at(block, D - 2);
         for t in 0..T {
             let a = &acts[t][b];
-            let a_sums = _mm256_loadu_si256(a.sums.as_ptr().cast());
+            let a_sums = super::load256(a.sums.as_ptr().cast());
             let offset = _mm256_slli_epi32(_mm256_madd_epi16(a_sums, all_scales), 5);
             let sum = _mm512_sub_epi32(sums[t], _mm512_zextsi256_si512(offset));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * a.d), acc[t]);
