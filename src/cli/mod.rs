@@ -319,8 +319,9 @@ pub struct BenchArgs {
 
     /// One more run after the others, whose decode is timed part by part:
     /// the Q4_K and Q6_K products, the other products, attention, and the
-    /// rest (norms, rope, sampling, threads waiting between products). CPU
-    /// only: a GPU's work is timed when queued, not when done.
+    /// rest (norms, rope, sampling, threads waiting between products); with
+    /// --depth, one more at that depth. CPU only: a GPU's work is timed when
+    /// queued, not when done.
     #[arg(long)]
     pub breakdown: bool,
 

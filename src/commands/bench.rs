@@ -154,23 +154,40 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
             deep_runs.push(run?);
         }
     }
-    // One more run whose decode is timed part by part: the timing starts
-    // with the first sampled token, after the prefill.
-    let breakdown = match args.breakdown {
+    // One more run whose decode is timed part by part (and with a depth,
+    // one more after it): the timing starts with the first sampled token,
+    // after the prefill.
+    let timed_run = |transformer: &mut model::transformer::Transformer,
+                     prompt: &[u32],
+                     reuse: usize|
+     -> anyhow::Result<Breakdown> {
+        let mut started = false;
+        let stats = run_with(transformer, prompt, reuse, args.gen_tokens, &mut |_| {
+            if !started {
+                profile::set(true);
+                started = true;
+            }
+            Ok(())
+        });
+        let spent = profile::spent();
+        profile::set(false);
+        Ok(Breakdown::new(&stats?, spent))
+    };
+    let (breakdown, deep_breakdown) = match args.breakdown {
         true => {
-            let mut started = false;
-            let stats = run_with(&mut transformer, &prompt, 0, args.gen_tokens, &mut |_| {
-                if !started {
-                    profile::set(true);
-                    started = true;
+            let plain = timed_run(&mut transformer, &prompt, 0)?;
+            let deep = match args.depth > 0 {
+                true => {
+                    transformer.swap_context(&mut deep_context);
+                    let run = timed_run(&mut transformer, &deep, args.depth);
+                    transformer.swap_context(&mut deep_context);
+                    Some(run?)
                 }
-                Ok(())
-            });
-            let spent = profile::spent();
-            profile::set(false);
-            Some(Breakdown::new(&stats?, spent))
+                false => None,
+            };
+            (Some(plain), deep)
         }
-        false => None,
+        false => (None, None),
     };
     let each = |runs: &[Stats], figure: fn(&Stats) -> f64| -> Vec<f64> {
         runs.iter().map(figure).collect()
@@ -221,6 +238,7 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
             decode_tok_s_sd: sd(&deep_tg),
             decode_ratio: mean(&ratios),
             decode_ratio_sd: sd(&ratios),
+            breakdown: deep_breakdown,
         }),
         baseline: candle,
         breakdown,
@@ -295,6 +313,18 @@ impl Breakdown {
             .collect();
         Breakdown { token_ms, parts }
     }
+
+    fn print(&self, at: &str) {
+        println!("decode      {:.1} ms a token{at}:", self.token_ms);
+        for p in &self.parts {
+            println!(
+                "  {:<16} {:>7.2} ms {:>5.1} %",
+                p.part,
+                p.ms,
+                p.share * 100.0
+            );
+        }
+    }
 }
 
 /// Another engine on the same file and tokens, run by run after greve's.
@@ -319,6 +349,8 @@ struct AtDepth {
     /// Decode speed at depth over the plain run's, run by run.
     decode_ratio: f64,
     decode_ratio_sd: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    breakdown: Option<Breakdown>,
 }
 
 impl Report {
@@ -369,15 +401,14 @@ impl Report {
             );
         }
         if let Some(b) = &self.breakdown {
-            println!("decode      {:.1} ms a token:", b.token_ms);
-            for p in &b.parts {
-                println!(
-                    "  {:<16} {:>7.2} ms {:>5.1} %",
-                    p.part,
-                    p.ms,
-                    p.share * 100.0
-                );
-            }
+            b.print("");
+        }
+        if let Some((b, d)) = self
+            .at_depth
+            .as_ref()
+            .and_then(|d| Some((d.breakdown.as_ref()?, d)))
+        {
+            b.print(&format!(" @ d{}", d.depth));
         }
         if let Some(rss) = self.peak_rss_mib {
             println!("peak RSS    {rss:.0} MiB");

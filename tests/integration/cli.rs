@@ -736,7 +736,8 @@ fn bench_reports_plain_and_deep_runs() {
 
 /// `--breakdown` times a decode part by part: the parts and the rest add up
 /// to the token's time, and a Q4_K_M file spends some of it in each of its
-/// block types' products. `--baseline candle` runs candle's stock pipeline
+/// block types' products; with --depth, a deep run is broken down too.
+/// `--baseline candle` runs candle's stock pipeline
 /// beside greve and reports both speeds and their ratios.
 #[test]
 fn bench_breaks_a_token_down_and_runs_a_baseline() {
@@ -753,6 +754,8 @@ fn bench_breaks_a_token_down_and_runs_a_baseline() {
             "-r",
             "1",
             "--breakdown",
+            "-d",
+            "32",
             "--baseline",
             "candle",
             "--json",
@@ -761,20 +764,24 @@ fn bench_breaks_a_token_down_and_runs_a_baseline() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("one JSON object");
-    let b = &report["breakdown"];
-    let token_ms = b["token_ms"].as_f64().unwrap();
-    let parts = b["parts"].as_array().unwrap();
-    let ms = |name: &str| {
-        parts.iter().find(|p| p["part"] == name).unwrap()["ms"]
-            .as_f64()
-            .unwrap()
-    };
-    assert!(
-        token_ms > 0.0 && ms("Q4_K products") > 0.0 && ms("Q6_K products") > 0.0,
-        "{b}"
-    );
-    let sum: f64 = parts.iter().map(|p| p["ms"].as_f64().unwrap()).sum();
-    assert!((sum - token_ms).abs() <= token_ms * 1e-9, "{b}");
+    for b in [&report["breakdown"], &report["at_depth"]["breakdown"]] {
+        let token_ms = b["token_ms"].as_f64().unwrap();
+        let parts = b["parts"].as_array().unwrap();
+        let ms = |name: &str| {
+            parts.iter().find(|p| p["part"] == name).unwrap()["ms"]
+                .as_f64()
+                .unwrap()
+        };
+        assert!(
+            token_ms > 0.0
+                && ms("Q4_K products") > 0.0
+                && ms("Q6_K products") > 0.0
+                && ms("attention") > 0.0,
+            "{b}"
+        );
+        let sum: f64 = parts.iter().map(|p| p["ms"].as_f64().unwrap()).sum();
+        assert!((sum - token_ms).abs() <= token_ms * 1e-9, "{b}");
+    }
     let candle = &report["baseline"];
     assert_eq!(candle["engine"], "candle-transformers");
     for figure in [
