@@ -123,6 +123,47 @@ pub fn best() -> Isa {
     *BEST.get_or_init(|| levels().last().map_or(Isa::Scalar, |&best| best.min(cap())))
 }
 
+/// An unaligned 256-bit load in one instruction. Built for x86-64-v2, LLVM
+/// tunes for CPUs older than AVX2 and splits `_mm256_loadu_si256` into two
+/// 128-bit loads and an insert, a µop more per load in the kernels.
+///
+/// # Safety
+/// The CPU must have AVX, and `p` point at 32 readable bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+pub(crate) unsafe fn load256(p: *const u8) -> std::arch::x86_64::__m256i {
+    let v;
+    std::arch::asm!(
+        "vmovdqu {v}, ymmword ptr [{p}]",
+        v = out(ymm_reg) v,
+        p = in(reg) p,
+        options(pure, readonly, nostack, preserves_flags)
+    );
+    v
+}
+
+/// 16 f16 values at `p` widened to f32 by one instruction that reads memory
+/// itself: `_mm512_cvtph_ps` of a `_mm256_loadu_si256` is split as
+/// [`load256`] says, two loads and an insert more per 16 keys or values
+/// in attention.
+///
+/// # Safety
+/// The CPU must have AVX-512F, and `p` point at 32 readable bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn widen512(p: *const half::f16) -> std::arch::x86_64::__m512 {
+    let v;
+    std::arch::asm!(
+        "vcvtph2ps {v}, ymmword ptr [{p}]",
+        v = out(zmm_reg) v,
+        p = in(reg) p,
+        options(pure, readonly, nostack, preserves_flags)
+    );
+    v
+}
+
 /// Asks for the cache line at `p` before it is needed: streaming weights or
 /// a KV cache, the hardware prefetchers alone leave the stream well short
 /// of the memory's bandwidth (they stop at every 4 KiB page).

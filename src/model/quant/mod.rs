@@ -18,6 +18,8 @@ pub mod q6k;
 
 use std::sync::OnceLock;
 
+#[cfg(target_arch = "x86_64")]
+use super::isa::load256;
 use super::isa::{self, Isa};
 use super::Disjoint;
 
@@ -310,26 +312,6 @@ fn quantize(x: &[f32], m: usize, k: usize) -> Vec<Q8Block> {
 #[inline(always)]
 fn f16_at(bytes: &[u8], at: usize) -> f32 {
     half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32_const()
-}
-
-/// An unaligned 256-bit load in one instruction. Built for x86-64-v2, LLVM
-/// tunes for CPUs older than AVX2 and splits `_mm256_loadu_si256` into two
-/// 128-bit loads and an insert, a µop more per load in the kernels.
-///
-/// # Safety
-/// The CPU must have AVX, and `p` point at 32 readable bytes.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-#[inline]
-unsafe fn load256(p: *const u8) -> std::arch::x86_64::__m256i {
-    let v;
-    std::arch::asm!(
-        "vmovdqu {v}, ymmword ptr [{p}]",
-        v = out(ymm_reg) v,
-        p = in(reg) p,
-        options(pure, readonly, nostack, preserves_flags)
-    );
-    v
 }
 
 /// How far past the block it multiplies a one-token product asks for

@@ -6,7 +6,7 @@ use half::f16;
 
 use super::lanes::*;
 use super::*;
-use crate::model::isa::prefetch;
+use crate::model::isa::{load256, prefetch};
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn softmax_f16c(x: &mut [f32], scale: f32) -> f32 {
@@ -115,8 +115,7 @@ impl Lanes for std::arch::x86_64::__m512 {
     }
     #[inline(always)]
     unsafe fn widen(p: *const f16) -> Self {
-        use std::arch::x86_64::*;
-        _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        crate::model::isa::widen512(p)
     }
     #[inline(always)]
     unsafe fn widen_i8(p: *const i8) -> Self {
@@ -267,7 +266,7 @@ pub(super) unsafe fn scores_avx2<const G: usize>(
                 let mut acc = [_mm256_setzero_si256(); G];
                 for c in group * GROUP / QUAD..(group + 1) * GROUP / QUAD {
                     let at = (c * BLOCK + part) * QUAD;
-                    let k = _mm256_loadu_si256(block.as_ptr().add(at).cast());
+                    let k = load256(block.as_ptr().add(at).cast());
                     let magnitude = _mm256_abs_epi8(k);
                     for (j, a) in acc.iter_mut().enumerate() {
                         let quad = i32::from_ne_bytes(*quads.add(j * hd / QUAD + c));
