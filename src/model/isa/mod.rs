@@ -143,27 +143,6 @@ pub(crate) unsafe fn load256(p: *const u8) -> std::arch::x86_64::__m256i {
     v
 }
 
-/// 16 f16 values at `p` widened to f32 by one instruction that reads memory
-/// itself: `_mm512_cvtph_ps` of a `_mm256_loadu_si256` is split as
-/// [`load256`] says, two loads and an insert more per 16 keys or values
-/// in attention.
-///
-/// # Safety
-/// The CPU must have AVX-512F, and `p` point at 32 readable bytes.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-pub(crate) unsafe fn widen512(p: *const half::f16) -> std::arch::x86_64::__m512 {
-    let v;
-    std::arch::asm!(
-        "vcvtph2ps {v}, ymmword ptr [{p}]",
-        v = out(zmm_reg) v,
-        p = in(reg) p,
-        options(pure, readonly, nostack, preserves_flags)
-    );
-    v
-}
-
 /// Asks for the cache line at `p` before it is needed: streaming weights or
 /// a KV cache, the hardware prefetchers alone leave the stream well short
 /// of the memory's bandwidth (they stop at every 4 KiB page).

@@ -115,7 +115,7 @@ impl Lanes for std::arch::x86_64::__m512 {
     }
     #[inline(always)]
     unsafe fn widen(p: *const f16) -> Self {
-        crate::model::isa::widen512(p)
+        std::arch::x86_64::_mm512_cvtph_ps(load256(p.cast()))
     }
     #[inline(always)]
     unsafe fn widen_i8(p: *const i8) -> Self {
