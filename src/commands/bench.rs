@@ -403,12 +403,10 @@ impl Report {
         if let Some(b) = &self.breakdown {
             b.print("");
         }
-        if let Some((b, d)) = self
-            .at_depth
-            .as_ref()
-            .and_then(|d| Some((d.breakdown.as_ref()?, d)))
-        {
-            b.print(&format!(" @ d{}", d.depth));
+        if let Some(d) = &self.at_depth {
+            if let Some(b) = &d.breakdown {
+                b.print(&format!(" @ d{}", d.depth));
+            }
         }
         if let Some(rss) = self.peak_rss_mib {
             println!("peak RSS    {rss:.0} MiB");
