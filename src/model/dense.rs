@@ -60,7 +60,7 @@ pub fn matvec(w: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
 fn rows<T: Sync>(w: &[T], k: usize, x: &[f32], out: &mut [f32], dot: fn(&[T], &[f32]) -> f32) {
     let n = out.len();
     let out_ptr = super::Disjoint::new(out);
-    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(ROWS_PER_ITEM), |items| {
+    super::in_parallel(n.div_ceil(ROWS_PER_ITEM), |items| {
         for r in items.start * ROWS_PER_ITEM..(items.end * ROWS_PER_ITEM).min(n) {
             // SAFETY: row r lies in `out` and belongs to this work item alone.
             unsafe { *out_ptr.at(r) = dot(&w[r * k..(r + 1) * k], x) }

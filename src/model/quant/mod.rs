@@ -185,7 +185,7 @@ pub fn matmul(
     prepare(isa, format, &mut acts);
     let acts: Vec<&[Q8Block]> = acts.chunks_exact(k / QK).collect();
     let items = n.div_ceil(ROWS_PER_ITEM);
-    candle_core::utils::barrier_pool().execute_chunked(items, |range| {
+    super::in_parallel(items, |range| {
         let rows = range.start * ROWS_PER_ITEM..(range.end * ROWS_PER_ITEM).min(n);
         let write = |t: usize, r: usize, v: f32| {
             // SAFETY: every (t, r) lies in `out` (asserted sizes) and is
@@ -231,7 +231,7 @@ unsafe fn matmul_packed(
         static TILE: RefCell<packed::Tile> = RefCell::default();
     }
     const ROWS: usize = packed::ROWS;
-    candle_core::utils::barrier_pool().execute_chunked(n / ROWS, |range| {
+    super::in_parallel(n / ROWS, |range| {
         TILE.with_borrow_mut(|tile| {
             for i in range {
                 let first = i * ROWS;
@@ -296,7 +296,7 @@ unsafe fn by_tokens<const T: usize>(
 fn quantize(x: &[f32], m: usize, k: usize) -> Vec<Q8Block> {
     let mut blocks = vec![Q8Block::ZERO; m * k / QK];
     let ptr = Disjoint::new(&mut blocks);
-    candle_core::utils::barrier_pool().execute_chunked(blocks.len(), |range| {
+    super::in_parallel(blocks.len(), |range| {
         for i in range {
             // SAFETY: each block index is handed to exactly one work item.
             unsafe { *ptr.at(i) = Q8Block::quantize(&x[i * QK..(i + 1) * QK]) }
