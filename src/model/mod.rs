@@ -59,7 +59,8 @@ unsafe impl<T: Send> Sync for Disjoint<T> {}
 /// share of what is left (guided scheduling): large ranges while the work
 /// lasts, single items at the end, so that the threads finish together. In
 /// a decoded token's ~225 products a thread waiting for the other's last
-/// range is bandwidth unused.
+/// range is bandwidth unused. Not for use inside `f` of another call: the
+/// pool runs one loop at a time, and would wait for itself.
 pub(crate) fn in_parallel(items: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     let pool = candle_core::utils::barrier_pool();
