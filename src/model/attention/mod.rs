@@ -380,7 +380,7 @@ fn attend_with(
     let mut out = vec![0f32; n * heads * hd];
     let out_ptr = super::Disjoint::new(&mut out);
     // One item per (kv head, query position): the group's query heads share its reads.
-    crate::model::in_parallel(kv_heads * n, |items| {
+    super::in_parallel(kv_heads * n, |items| {
         let mut scores = Vec::new();
         let mut acc = vec![0f32; group * hd];
         let per_row = hd / kernels::GROUP;
