@@ -143,21 +143,48 @@ pub(crate) unsafe fn load256(p: *const u8) -> std::arch::x86_64::__m256i {
     v
 }
 
+/// The cache a prefetched line is to wait in.
+#[derive(Clone, Copy)]
+pub(crate) enum Level {
+    /// The first: for what the next few KiB of a stream will need.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    // ARM64's products ask for nothing
+    L1,
+    /// The second, for lines asked for many KiB ahead: a line bound for the
+    /// first holds one of its few miss buffers until it arrives. Attention,
+    /// whose arithmetic takes nearly as long as its reads, streams its cache
+    /// from memory 1.3× faster so than into L1 on Zen 4
+    /// (`benches/results/epyc-2026-12-06-attention-l2.txt`).
+    L2,
+}
+
 /// Asks for the cache line at `p` before it is needed: streaming weights or
 /// a KV cache, the hardware prefetchers alone leave the stream well short
 /// of the memory's bandwidth (they stop at every 4 KiB page).
 #[inline(always)]
-pub(crate) fn prefetch<T>(p: *const T) {
+pub(crate) fn prefetch<T>(p: *const T, level: Level) {
     // SAFETY: a prefetch never faults, whatever the address.
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        std::arch::x86_64::_mm_prefetch(p.cast(), std::arch::x86_64::_MM_HINT_T0)
+        use std::arch::x86_64::*;
+        match level {
+            Level::L1 => _mm_prefetch(p.cast(), _MM_HINT_T0),
+            Level::L2 => _mm_prefetch(p.cast(), _MM_HINT_T1),
+        }
     }
     // SAFETY: as above (the intrinsic is not stable Rust yet).
     #[cfg(target_arch = "aarch64")]
     unsafe {
-        std::arch::asm!("prfm pldl1keep, [{p}]", p = in(reg) p, options(nostack, readonly, preserves_flags))
+        use std::arch::asm;
+        match level {
+            Level::L1 => {
+                asm!("prfm pldl1keep, [{p}]", p = in(reg) p, options(nostack, readonly, preserves_flags))
+            }
+            Level::L2 => {
+                asm!("prfm pldl2keep, [{p}]", p = in(reg) p, options(nostack, readonly, preserves_flags))
+            }
+        }
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    let _ = p;
+    let _ = (p, level);
 }

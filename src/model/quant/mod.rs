@@ -331,7 +331,7 @@ const PREFETCH_AHEAD: usize = 3072;
 fn prefetch_ahead<const BYTES: usize>(block: *const u8) {
     let ahead = block.wrapping_add(PREFETCH_AHEAD);
     for line in (0..BYTES).step_by(64) {
-        isa::prefetch(ahead.wrapping_add(line));
+        isa::prefetch(ahead.wrapping_add(line), isa::Level::L1);
     }
 }
 

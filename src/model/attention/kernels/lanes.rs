@@ -5,7 +5,7 @@
 use half::f16;
 
 use super::*;
-use crate::model::isa::prefetch;
+use crate::model::isa::{prefetch, Level};
 
 /// Two passes, `V::N` lanes at a time: the maximum, then the exponentials
 /// and their sum.
@@ -109,7 +109,7 @@ pub(super) unsafe fn scores_with<V: Lanes, const G: usize>(
             let keys = block.as_ptr().add(part);
             let mut acc = [[V::zero(); G]; 2];
             for d in (0..hd).step_by(2) {
-                prefetch(keys.wrapping_add(d * BLOCK + AHEAD * hd * BLOCK));
+                prefetch(keys.wrapping_add(d * BLOCK + AHEAD * hd * BLOCK), Level::L2);
                 for (e, acc) in acc.iter_mut().enumerate() {
                     let k = V::widen(keys.add((d + e) * BLOCK));
                     for (j, a) in acc.iter_mut().enumerate() {
@@ -149,9 +149,9 @@ pub(super) unsafe fn mix_with<E: Elem, V: Lanes, const G: usize, const L: usize>
             for s in rows.clone() {
                 let row = values.as_ptr().add(s * hd + c);
                 let next = row.wrapping_add(ROWS_PER_PASS * hd);
-                prefetch(next);
+                prefetch(next, Level::L2);
                 if size_of::<E>() * L * V::N > 64 {
-                    prefetch(next.wrapping_add(64 / size_of::<E>()));
+                    prefetch(next.wrapping_add(64 / size_of::<E>()), Level::L2);
                 }
                 let mut v: [V; L] = std::array::from_fn(|l| E::widen::<V>(row.add(l * V::N)));
                 if let Some(scales) = scales {

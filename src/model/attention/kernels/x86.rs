@@ -6,7 +6,7 @@ use half::f16;
 
 use super::lanes::*;
 use super::*;
-use crate::model::isa::{load256, prefetch};
+use crate::model::isa::{load256, prefetch, Level};
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn softmax_f16c(x: &mut [f32], scale: f32) -> f32 {
@@ -216,6 +216,7 @@ pub(super) unsafe fn scores_vnni<const G: usize>(
                     block
                         .as_ptr()
                         .wrapping_add(c * BLOCK * QUAD + AHEAD * hd * BLOCK),
+                    Level::L2,
                 );
                 for (e, acc) in acc.iter_mut().enumerate() {
                     let k = _mm512_loadu_si512(block.as_ptr().add((c + e) * BLOCK * QUAD).cast());
@@ -266,6 +267,13 @@ pub(super) unsafe fn scores_avx2<const G: usize>(
                 let mut acc = [_mm256_setzero_si256(); G];
                 for c in group * GROUP / QUAD..(group + 1) * GROUP / QUAD {
                     let at = (c * BLOCK + part) * QUAD;
+                    // Both parts read this line: it is asked for once.
+                    if part == 0 {
+                        prefetch(
+                            block.as_ptr().wrapping_add(at + AHEAD * hd * BLOCK),
+                            Level::L2,
+                        );
+                    }
                     let k = load256(block.as_ptr().add(at).cast());
                     let magnitude = _mm256_abs_epi8(k);
                     for (j, a) in acc.iter_mut().enumerate() {
