@@ -1,10 +1,12 @@
 //! Speed of the quantised mat-vec kernels, one core, per instruction set
 //! this CPU runs: nanoseconds per 256-weight block with the weights in cache
 //! (what the arithmetic costs) and streamed from memory (what decode sees),
-//! the whole multi-threaded product at Mistral 7B's feed-forward shape, and
-//! one token's attention over an 8k-position cache of all 32 layers.
+//! the whole multi-threaded product at Mistral 7B's feed-forward shapes (up
+//! or gate, and down), and one token's attention over an 8k-position cache
+//! of all 32 layers.
 //!
-//! `cargo bench --bench kernels`. The end-to-end figures against llama.cpp
+//! `cargo bench --bench kernels`; `-- matmul` runs only the whole products,
+//! `-- attention` only attention. The end-to-end figures against llama.cpp
 //! come from `greve bench` (see the README).
 
 use std::time::Instant;
@@ -21,7 +23,12 @@ fn main() {
     }
     let x: Vec<f32> = (0..K).map(|i| (i as f32 * 0.37).sin()).collect();
     let natural: Vec<Q8Block> = x.chunks_exact(QK).map(Q8Block::quantize).collect();
+    let only_products = std::env::args().any(|a| a == "matmul");
     for format in [QuantFormat::Q4K, QuantFormat::Q6K] {
+        if only_products {
+            products(format);
+            continue;
+        }
         let row_bytes = K / QK * format.block_bytes();
         // 32 rows stay in L1/L2; 256 MB do not fit any cache. The best run
         // counts: a shared machine's other work only ever slows one down.
@@ -52,14 +59,21 @@ fn main() {
                 );
             }
         }
-        // Decode (one token) and a prompt batch through the 14336 × 4096
-        // matrix, all cores. Decode takes its turns through copies that
-        // together outgrow the caches, as a model's matrices do.
-        let n = 14336;
+        products(format);
+    }
+}
+
+/// Decode (one token) and a prompt batch through Mistral 7B's up (or gate)
+/// matrix, and decode through its down matrix, whose rows are 3.5 times as
+/// long: all cores. Decode takes its turns through copies that together
+/// outgrow the caches, as a model's matrices do.
+fn products(format: QuantFormat) {
+    for (k, n, ms) in [(K, 14336, &[1, 64][..]), (14336, K, &[1][..])] {
+        let row_bytes = k / QK * format.block_bytes();
         let w = weights(format, n, row_bytes);
         let copies: Vec<Vec<u8>> = (0..(256 << 20) / w.len() + 1).map(|_| w.clone()).collect();
-        for m in [1, 64] {
-            let x: Vec<f32> = (0..m * K).map(|i| (i as f32 * 0.11).cos()).collect();
+        for &m in ms {
+            let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.11).cos()).collect();
             let mut out = vec![0f32; m * n];
             let passes = if m == 1 { 8 * copies.len() } else { 5 };
             let start = Instant::now();
@@ -69,14 +83,14 @@ fn main() {
                 } else {
                     &w
                 };
-                quant::matmul(format, w, (m, K, n), &x, &mut out);
+                quant::matmul(format, w, (m, k, n), &x, &mut out);
             }
             let seconds = start.elapsed().as_secs_f64() / passes as f64;
             println!(
-                "{format:?} matmul {m} × {K} × {n}: {:.2} ms, {:.1} GB/s of weights, {:.0} GMAC/s",
+                "{format:?} matmul {m} × {k} × {n}: {:.2} ms, {:.1} GB/s of weights, {:.0} GMAC/s",
                 seconds * 1e3,
                 w.len() as f64 / seconds / 1e9,
-                (m * K * n) as f64 / seconds / 1e9
+                (m * k * n) as f64 / seconds / 1e9
             );
         }
     }

@@ -147,15 +147,17 @@ pub(crate) unsafe fn load256(p: *const u8) -> std::arch::x86_64::__m256i {
 #[derive(Clone, Copy)]
 pub(crate) enum Level {
     /// The first: for what the next few KiB of a stream will need (the
-    /// weights' products on x86-64; ARM64's ask for nothing, hence the
-    /// allowance there).
+    /// weights' products on x86-64 with short rows; ARM64's ask for
+    /// nothing, hence the allowance there).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     L1,
     /// The second, for lines asked for many KiB ahead: a line bound for the
     /// first holds one of its few miss buffers until it arrives. Attention,
     /// whose arithmetic takes nearly as long as its reads, streams its cache
     /// from memory 1.3× faster on Zen 4 with its lines asked into L2 than
-    /// into L1 (`benches/results/epyc-2026-12-06-attention-l2.txt`).
+    /// into L1 (`benches/results/epyc-2026-12-06-attention-l2.txt`). The
+    /// weights of a product whose activations crowd L1 come here too
+    /// (`quant::weights_level`).
     L2,
 }
 

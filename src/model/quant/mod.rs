@@ -324,16 +324,37 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
 const PREFETCH_AHEAD: usize = 3072;
 
 /// Asks for the `BYTES`-byte block `PREFETCH_AHEAD` bytes past `block`, a
-/// line per 64 bytes: blocks lie end to end, so every line of a row is
-/// asked for.
+/// line per 64 bytes, into `level`: blocks lie end to end, so every line of
+/// a row is asked for.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn prefetch_ahead<const BYTES: usize>(block: *const u8) {
+fn prefetch_ahead<const BYTES: usize>(block: *const u8, level: isa::Level) {
     let ahead = block.wrapping_add(PREFETCH_AHEAD);
     for line in (0..BYTES).step_by(64) {
-        isa::prefetch(ahead.wrapping_add(line), isa::Level::L1);
+        isa::prefetch(ahead.wrapping_add(line), level);
     }
 }
+
+/// Where a one-token product asks for its weights, given the activation
+/// blocks of a row. Every row reads all of them, so they must stay in L1;
+/// a weights' stream prefetched into L1 evicts them when they fill much of
+/// it, as the feed-forward's down projection's 56 blocks (18 KiB) do. Then
+/// the stream waits in L2: on 2 Zen 4 cores the down projection's product
+/// went 8–22 % faster, while the 16-block ones would lose 8 % in L2
+/// (`benches/results/epyc-2026-12-06-down-projection.txt`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn weights_level(act_blocks: usize) -> isa::Level {
+    match act_blocks * std::mem::size_of::<Q8Block>() {
+        0..=LARGE_ACTIVATIONS => isa::Level::L1,
+        _ => isa::Level::L2,
+    }
+}
+
+/// The activations' bytes above which [`weights_level`] is L2: 10 KiB,
+/// a third of a 32 KiB L1 (x86-64 cores have 32 or 48 KiB).
+#[cfg(target_arch = "x86_64")]
+const LARGE_ACTIVATIONS: usize = 10 << 10;
 
 /// Masks for `_mm256_shuffle_epi8` that spread bytes of a 16-byte register
 /// (broadcast to both halves) over i16 lanes: mask `m` takes byte `m`, or
@@ -536,6 +557,18 @@ mod tests {
                     assert_close(&got, &scalar, 1e-5);
                 }
             }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn long_rows_prefetch_their_weights_into_l2() {
+        use isa::Level;
+        // Mistral's hidden sizes (4096, 5120) against the down projections'
+        // rows (14336 in 7B and NeMo, 32768 in Small 3).
+        for (k, l2) in [(4096, false), (5120, false), (14336, true), (32768, true)] {
+            let level = weights_level(k / QK);
+            assert_eq!(matches!(level, Level::L2), l2, "{k} values a row");
         }
     }
 

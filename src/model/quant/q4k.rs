@@ -69,9 +69,10 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
     use std::arch::x86_64::*;
     let nibble = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); T];
+    let level = super::weights_level(acts[0].len());
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
         if T == 1 {
-            super::prefetch_ahead::<BLOCK_BYTES>(block.as_ptr());
+            super::prefetch_ahead::<BLOCK_BYTES>(block.as_ptr(), level);
         }
         let sm = scales_and_mins_sse(block);
         // Each min repeated for the two 16-value sums of its sub-block.
@@ -290,9 +291,10 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
     });
     let mut acc = [_mm512_setzero_ps(); T];
     let mut acc_mins = [_mm256_setzero_ps(); T];
+    let level = super::weights_level(acts[0].len());
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
         if T == 1 {
-            super::prefetch_ahead::<BLOCK_BYTES>(block.as_ptr());
+            super::prefetch_ahead::<BLOCK_BYTES>(block.as_ptr(), level);
         }
         let sm = scales_and_mins_sse(block);
         let all = _mm512_broadcast_i32x4(sm);

@@ -146,9 +146,10 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
     let nibble = _mm256_set1_epi8(0x0F);
     let pair = _mm256_set1_epi8(0x30);
     let mut acc = [_mm256_setzero_ps(); T];
+    let level = super::weights_level(acts[0].len());
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
         if T == 1 {
-            super::prefetch_ahead::<BLOCK_BYTES>(block.as_ptr());
+            super::prefetch_ahead::<BLOCK_BYTES>(block.as_ptr(), level);
         }
         let p = block.as_ptr();
         let scales = _mm_loadu_si128(p.add(SCALES).cast());
@@ -226,9 +227,10 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
         _mm512_loadu_si512(s.as_ptr().cast())
     });
     let mut acc = [_mm512_setzero_ps(); T];
+    let level = super::weights_level(acts[0].len());
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
         if T == 1 {
-            super::prefetch_ahead::<BLOCK_BYTES>(block.as_ptr());
+            super::prefetch_ahead::<BLOCK_BYTES>(block.as_ptr(), level);
         }
         let p = block.as_ptr();
         let all_scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(SCALES).cast()));
