@@ -58,3 +58,28 @@ pub unsafe fn dot_i16(x: int16x8_t, y: int16x8_t) -> i32 {
     let products = vmull_s16(vget_low_s16(x), vget_low_s16(y));
     vaddvq_s32(vmlal_high_s16(products, x, y))
 }
+
+/// `acc + x · lanes[lane]`: a multiply-accumulate by a lane of a vector,
+/// which spares moving each scale from a general register into a vector
+/// one. `lane` must be known once the caller's loops are unrolled.
+#[inline(always)]
+pub unsafe fn mla_lane(acc: int32x4_t, x: int32x4_t, lanes: int32x4_t, lane: usize) -> int32x4_t {
+    match lane {
+        0 => vmlaq_laneq_s32::<0>(acc, x, lanes),
+        1 => vmlaq_laneq_s32::<1>(acc, x, lanes),
+        2 => vmlaq_laneq_s32::<2>(acc, x, lanes),
+        _ => vmlaq_laneq_s32::<3>(acc, x, lanes),
+    }
+}
+
+/// Sixteen signed bytes as i32, four to a register.
+#[inline(always)]
+pub unsafe fn widen_bytes(v: int8x16_t) -> [int32x4_t; 4] {
+    let (lo, hi) = (vmovl_s8(vget_low_s8(v)), vmovl_high_s8(v));
+    [
+        vmovl_s16(vget_low_s16(lo)),
+        vmovl_high_s16(lo),
+        vmovl_s16(vget_low_s16(hi)),
+        vmovl_high_s16(hi),
+    ]
+}

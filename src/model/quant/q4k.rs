@@ -10,6 +10,9 @@ use super::{f16_at, Q8Block};
 pub const BLOCK_BYTES: usize = 144;
 const SCALES: usize = 4;
 const QS: usize = 16;
+/// Masks of the low six and low four bits of each byte of a word.
+const LOW6: u32 = 0x3F3F_3F3F;
+const LOW4: u32 = 0x0F0F_0F0F;
 
 /// The eight 6-bit scales and the eight mins (see [`scales_and_mins_words`]).
 #[inline(always)]
@@ -140,12 +143,19 @@ unsafe fn dot_arm<D: crate::model::isa::neon::Dot8, const T: usize>(
     row: &[u8],
     acts: [&[Q8Block]; T],
 ) -> [f32; T] {
+    use crate::model::isa::neon;
     use std::arch::aarch64::*;
     let nibble = vdupq_n_u8(0x0F);
     let mut acc = [0f32; T];
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
-        let (sc, mn) = scales_and_mins(block);
-        let mins = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(mn.as_ptr())));
+        let sm = scales_and_mins_neon(block);
+        let mins = vreinterpretq_s16_u16(vmovl_high_u8(sm));
+        // The scales as i32 (below 64), four to a register.
+        let scales = vmovl_u8(vget_low_u8(sm));
+        let scales = [
+            vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(scales))),
+            vreinterpretq_s32_u32(vmovl_high_u16(scales)),
+        ];
         let mut sums = [vdupq_n_s32(0); T];
         for j in 0..4 {
             let q = block.as_ptr().add(QS + 32 * j);
@@ -162,8 +172,9 @@ unsafe fn dot_arm<D: crate::model::isa::neon::Dot8, const T: usize>(
                     hi[1],
                     vld1q_s8(a.add(48)),
                 );
-                sums[t] = vmlaq_n_s32(sums[t], p_lo, sc[2 * j] as i32);
-                sums[t] = vmlaq_n_s32(sums[t], p_hi, sc[2 * j + 1] as i32);
+                let (s_lo, s_hi) = (2 * j, 2 * j + 1);
+                sums[t] = neon::mla_lane(sums[t], p_lo, scales[s_lo / 4], s_lo % 4);
+                sums[t] = neon::mla_lane(sums[t], p_hi, scales[s_hi / 4], s_hi % 4);
             }
         }
         let (d, dmin) = super::f16_pair_at(block, 0);
@@ -172,7 +183,7 @@ unsafe fn dot_arm<D: crate::model::isa::neon::Dot8, const T: usize>(
             let s = a.sums.as_ptr();
             // The two sums of 16 of each sub-block, added pairwise.
             let pairs = vpaddq_s16(vld1q_s16(s), vld1q_s16(s.add(8)));
-            let m = crate::model::isa::neon::dot_i16(pairs, mins);
+            let m = neon::dot_i16(pairs, mins);
             acc[t] += a.d * (d * vaddvq_s32(sums[t]) as f32 - dmin * m as f32);
         }
     }
@@ -214,8 +225,6 @@ fn scales_and_mins_words(block: &[u8]) -> [u32; 4] {
         )
     };
     let (s0, s4, s8) = (word(0), word(1), word(2));
-    const LOW6: u32 = 0x3F3F_3F3F;
-    const LOW4: u32 = 0x0F0F_0F0F;
     const TOP2: u32 = 0x0303_0303;
     [
         s0 & LOW6,
@@ -249,6 +258,37 @@ unsafe fn scales_and_mins_sse(block: &[u8]) -> std::arch::x86_64::__m128i {
     let top = _mm_srli_epi32(_mm_shuffle_epi32(v, 0x50), 2);
     let top = _mm_and_si128(top, _mm_set_epi32(0x3030_3030, 0, 0x3030_3030, 0));
     _mm_or_si128(low, top)
+}
+
+/// [`scales_and_mins_words`] in one register on ARM64, unpacked with
+/// vector instructions as [`scales_and_mins_sse`] does: the eight scales,
+/// then the eight mins.
+///
+/// # Safety
+/// `block` must be a whole block.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn scales_and_mins_neon(block: &[u8]) -> std::arch::aarch64::uint8x16_t {
+    use std::arch::aarch64::*;
+    debug_assert!(block.len() >= SCALES + 16);
+    // Words s0, s4, s8 (and four bytes of nibbles, unused).
+    let v = vld1q_u8(block.as_ptr().add(SCALES));
+    let words = |w: [u8; 4]| -> uint8x16_t {
+        let bytes: [u8; 16] = std::array::from_fn(|i| 4 * w[i / 4] + (i % 4) as u8);
+        vqtbl1q_u8(v, vld1q_u8(bytes.as_ptr()))
+    };
+    let lanes = |x: [u32; 4]| vld1q_u32(x.as_ptr());
+    // (s0, s8, s4, s8 >> 4), masked.
+    let low = vshlq_u32(
+        vreinterpretq_u32_u8(words([0, 2, 1, 2])),
+        vld1q_s32([0, 0, 0, -4].as_ptr()),
+    );
+    let low = vandq_u32(low, lanes([LOW6, LOW4, LOW6, LOW4]));
+    // The top two bits of s0 and s4's bytes, moved to bits 4 and 5.
+    let top = vshrq_n_u32::<2>(vreinterpretq_u32_u8(words([0, 0, 1, 1])));
+    let top = vandq_u32(top, lanes([0, 0x3030_3030, 0, 0x3030_3030]));
+    vreinterpretq_u8_u32(vorrq_u32(low, top))
 }
 
 /// Puts each block's activations in the order [`dot_avx512`] reads them:

@@ -71,6 +71,7 @@ unsafe fn dot_arm<D: crate::model::isa::neon::Dot8, const T: usize>(
     row: &[u8],
     acts: [&[Q8Block]; T],
 ) -> [f32; T] {
+    use crate::model::isa::neon;
     use std::arch::aarch64::*;
     let nibble = vdupq_n_u8(0x0F);
     let pair = vdupq_n_u8(0x30);
@@ -78,6 +79,7 @@ unsafe fn dot_arm<D: crate::model::isa::neon::Dot8, const T: usize>(
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
         let p = block.as_ptr();
         let scales = vld1q_s8(p.add(SCALES).cast());
+        let wide = neon::widen_bytes(scales);
         let mut sums = [vdupq_n_s32(0); T];
         for half in 0..2 {
             for c in 0..2 {
@@ -93,10 +95,10 @@ unsafe fn dot_arm<D: crate::model::isa::neon::Dot8, const T: usize>(
                 for (i, q) in q.into_iter().enumerate() {
                     let q = vreinterpretq_s8_u8(q);
                     let s = 8 * half + 2 * i + c;
-                    let scale = block[SCALES + s] as i8 as i32;
                     for t in 0..T {
                         let a = vld1q_s8(acts[t][b].qs.as_ptr().add(16 * s));
-                        sums[t] = vmlaq_n_s32(sums[t], D::dot(vdupq_n_s32(0), q, a), scale);
+                        let dot = D::dot(vdupq_n_s32(0), q, a);
+                        sums[t] = neon::mla_lane(sums[t], dot, wide[s / 4], s % 4);
                     }
                 }
             }
@@ -106,8 +108,8 @@ unsafe fn dot_arm<D: crate::model::isa::neon::Dot8, const T: usize>(
         for t in 0..T {
             let a = &acts[t][b];
             let s = a.sums.as_ptr();
-            let offset = crate::model::isa::neon::dot_i16(vld1q_s16(s), scales_lo)
-                + crate::model::isa::neon::dot_i16(vld1q_s16(s.add(8)), scales_hi);
+            let offset = neon::dot_i16(vld1q_s16(s), scales_lo)
+                + neon::dot_i16(vld1q_s16(s.add(8)), scales_hi);
             acc[t] += a.d * d * (vaddvq_s32(sums[t]) - 32 * offset) as f32;
         }
     }
