@@ -59,17 +59,12 @@ pub unsafe fn dot_i16(x: int16x8_t, y: int16x8_t) -> i32 {
     vaddvq_s32(vmlal_high_s16(products, x, y))
 }
 
-/// `acc + x · lanes[lane]`: a multiply-accumulate by a lane of a vector,
-/// which spares moving each scale from a general register into a vector
-/// one. `lane` must be known once the caller's loops are unrolled.
+/// The sums of the lanes of each of `d`, in this order, in one register:
+/// four sub-blocks' dot products made ready for one multiply by their
+/// four scales.
 #[inline(always)]
-pub unsafe fn mla_lane(acc: int32x4_t, x: int32x4_t, lanes: int32x4_t, lane: usize) -> int32x4_t {
-    match lane {
-        0 => vmlaq_laneq_s32::<0>(acc, x, lanes),
-        1 => vmlaq_laneq_s32::<1>(acc, x, lanes),
-        2 => vmlaq_laneq_s32::<2>(acc, x, lanes),
-        _ => vmlaq_laneq_s32::<3>(acc, x, lanes),
-    }
+pub unsafe fn sum_each(d: [int32x4_t; 4]) -> int32x4_t {
+    vpaddq_s32(vpaddq_s32(d[0], d[1]), vpaddq_s32(d[2], d[3]))
 }
 
 /// Sixteen signed bytes as i32, four to a register.

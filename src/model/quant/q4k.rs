@@ -157,24 +157,26 @@ unsafe fn dot_arm<D: crate::model::isa::neon::Dot8, const T: usize>(
             vreinterpretq_s32_u32(vmovl_high_u16(scales)),
         ];
         let mut sums = [vdupq_n_s32(0); T];
-        for j in 0..4 {
-            let q = block.as_ptr().add(QS + 32 * j);
-            let (q0, q1) = (vld1q_u8(q), vld1q_u8(q.add(16)));
-            let low = |q| vreinterpretq_s8_u8(vandq_u8(q, nibble));
-            let high = |q| vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
-            let (lo, hi) = ([low(q0), low(q1)], [high(q0), high(q1)]);
+        // Four sub-blocks at a time (two chunks of 64 weights), their dot
+        // products summed into the lanes their four scales hold.
+        for (four, scales) in scales.into_iter().enumerate() {
+            let mut dots = [[vdupq_n_s32(0); 4]; T];
+            for half in 0..2 {
+                let q = block.as_ptr().add(QS + 64 * four + 32 * half);
+                let (q0, q1) = (vld1q_u8(q), vld1q_u8(q.add(16)));
+                let low = |q| vreinterpretq_s8_u8(vandq_u8(q, nibble));
+                let high = |q| vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
+                let (lo, hi) = ([low(q0), low(q1)], [high(q0), high(q1)]);
+                for t in 0..T {
+                    let a = acts[t][b].qs.as_ptr().add(128 * four + 64 * half);
+                    let zero = vdupq_n_s32(0);
+                    let a = |i: usize| vld1q_s8(a.add(16 * i));
+                    dots[t][2 * half] = D::dot(D::dot(zero, lo[0], a(0)), lo[1], a(1));
+                    dots[t][2 * half + 1] = D::dot(D::dot(zero, hi[0], a(2)), hi[1], a(3));
+                }
+            }
             for t in 0..T {
-                let a = acts[t][b].qs.as_ptr().add(64 * j);
-                let zero = vdupq_n_s32(0);
-                let p_lo = D::dot(D::dot(zero, lo[0], vld1q_s8(a)), lo[1], vld1q_s8(a.add(16)));
-                let p_hi = D::dot(
-                    D::dot(zero, hi[0], vld1q_s8(a.add(32))),
-                    hi[1],
-                    vld1q_s8(a.add(48)),
-                );
-                let (s_lo, s_hi) = (2 * j, 2 * j + 1);
-                sums[t] = neon::mla_lane(sums[t], p_lo, scales[s_lo / 4], s_lo % 4);
-                sums[t] = neon::mla_lane(sums[t], p_hi, scales[s_hi / 4], s_hi % 4);
+                sums[t] = vmlaq_s32(sums[t], neon::sum_each(dots[t]), scales);
             }
         }
         let (d, dmin) = super::f16_pair_at(block, 0);

@@ -79,7 +79,12 @@ unsafe fn dot_arm<D: crate::model::isa::neon::Dot8, const T: usize>(
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
         let p = block.as_ptr();
         let scales = vld1q_s8(p.add(SCALES).cast());
-        let wide = neon::widen_bytes(scales);
+        // The scales of sub-blocks c, c + 2, c + 4, c + 6 (c = 0, 1, 8,
+        // 9) in each register: the four that one chunk of bytes below
+        // gives, in the lanes [`neon::sum_each`] sums their products into.
+        const STRIDED: [u8; 16] = [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15];
+        let strided = vqtbl1q_s8(scales, vld1q_u8(STRIDED.as_ptr()));
+        let wide = neon::widen_bytes(strided);
         let mut sums = [vdupq_n_s32(0); T];
         for half in 0..2 {
             for c in 0..2 {
@@ -92,14 +97,15 @@ unsafe fn dot_arm<D: crate::model::isa::neon::Dot8, const T: usize>(
                     vorrq_u8(vshrq_n_u8::<4>(ql_a), vandq_u8(qh, pair)),
                     vorrq_u8(vshrq_n_u8::<4>(ql_b), vandq_u8(vshrq_n_u8::<2>(qh), pair)),
                 ];
-                for (i, q) in q.into_iter().enumerate() {
-                    let q = vreinterpretq_s8_u8(q);
-                    let s = 8 * half + 2 * i + c;
-                    for t in 0..T {
+                for t in 0..T {
+                    // Not a closure: one would not inherit `sdot`'s feature.
+                    let mut dots = [vdupq_n_s32(0); 4];
+                    for (i, dot) in dots.iter_mut().enumerate() {
+                        let s = 8 * half + 2 * i + c;
                         let a = vld1q_s8(acts[t][b].qs.as_ptr().add(16 * s));
-                        let dot = D::dot(vdupq_n_s32(0), q, a);
-                        sums[t] = neon::mla_lane(sums[t], dot, wide[s / 4], s % 4);
+                        *dot = D::dot(*dot, vreinterpretq_s8_u8(q[i]), a);
                     }
+                    sums[t] = vmlaq_s32(sums[t], neon::sum_each(dots), wide[2 * half + c]);
                 }
             }
         }
