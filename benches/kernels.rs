@@ -65,10 +65,17 @@ fn main() {
 
 /// Decode (one token) and a prompt batch through Mistral 7B's up (or gate)
 /// matrix, and decode through its down matrix, whose rows are 3.5 times as
-/// long: all cores. Decode takes its turns through copies that together
+/// long, and through attention's query (or output) and key (or value)
+/// matrices: all cores. Decode takes its turns through copies that together
 /// outgrow the caches, as a model's matrices do.
 fn products(format: QuantFormat) {
-    for (k, n, ms) in [(K, 14336, &[1, 64][..]), (14336, K, &[1][..])] {
+    let shapes = [
+        (K, 14336, &[1, 64][..]),
+        (14336, K, &[1][..]),
+        (K, K, &[1][..]),
+        (K, 1024, &[1][..]),
+    ];
+    for (k, n, ms) in shapes {
         let row_bytes = k / QK * format.block_bytes();
         let w = weights(format, n, row_bytes);
         let copies: Vec<Vec<u8>> = (0..(256 << 20) / w.len() + 1).map(|_| w.clone()).collect();
