@@ -1,9 +1,8 @@
 //! Speed of the quantised mat-vec kernels, one core, per instruction set
 //! this CPU runs: nanoseconds per 256-weight block with the weights in cache
 //! (what the arithmetic costs) and streamed from memory (what decode sees),
-//! the whole multi-threaded product at Mistral 7B's feed-forward shapes (up
-//! or gate, and down), and one token's attention over an 8k-position cache
-//! of all 32 layers.
+//! the whole multi-threaded product at each of Mistral 7B's matrix shapes,
+//! and one token's attention over an 8k-position cache of all 32 layers.
 //!
 //! `cargo bench --bench kernels`; `-- matmul` runs only the whole products,
 //! `-- attention` only attention. The end-to-end figures against llama.cpp

@@ -254,7 +254,7 @@ unsafe fn scales_and_mins_sse(block: &[u8]) -> std::arch::x86_64::__m128i {
     let low = _mm_srlv_epi32(_mm_shuffle_epi32(v, 0x98), _mm_set_epi32(4, 0, 0, 0));
     let low = _mm_and_si128(
         low,
-        _mm_set_epi32(0x0F0F_0F0F, 0x3F3F_3F3F, 0x0F0F_0F0F, 0x3F3F_3F3F),
+        _mm_set_epi32(LOW4 as i32, LOW6 as i32, LOW4 as i32, LOW6 as i32),
     );
     // The top two bits of s0 and s4's bytes, moved to bits 4 and 5.
     let top = _mm_srli_epi32(_mm_shuffle_epi32(v, 0x50), 2);
