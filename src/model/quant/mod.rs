@@ -52,16 +52,28 @@ impl Q8Block {
         qs: [0; QK],
     };
 
-    /// Rounds `x` (256 values) to the nearest multiple of max|x| / 127.
+    /// Rounds `x` (256 values) to the nearest multiple of max|x| / 127,
+    /// ties to even as ggml's Q8_K does. A block with a NaN or an infinity,
+    /// or whose largest value is too small to invert (below 4e-37), is zero.
     pub fn quantize(x: &[f32]) -> Q8Block {
-        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // The largest magnitude as the largest of the bits without the sign:
+        // an integer maximum vectorises, a float one does not (for NaN's sake).
+        let amax = f32::from_bits(
+            x.iter()
+                .map(|v| v.to_bits() & !(1 << 31))
+                .max()
+                .unwrap_or(0),
+        );
+        let inv = 127.0 / amax;
         let mut block = Q8Block::ZERO;
-        if amax == 0.0 || !amax.is_finite() {
+        if !(amax.is_finite() && inv.is_finite()) {
             return block;
         }
-        let inv = 127.0 / amax;
         for (q, v) in block.qs.iter_mut().zip(x) {
-            *q = (v * inv).round() as i8;
+            // SAFETY: every |v| is at most amax, so v · inv rounds into
+            // -127..=127 and the unchecked conversion is exact (it is one
+            // vector instruction for many values; `as` saturates them one by one).
+            *q = unsafe { (v * inv).round_ties_even().to_int_unchecked::<i32>() } as i8;
         }
         for (sum, qs) in block.sums.iter_mut().zip(block.qs.chunks_exact(16)) {
             *sum = qs.iter().map(|&q| q as i16).sum();
@@ -597,5 +609,16 @@ mod tests {
             assert!((*q as f32 * b.d - v).abs() <= b.d / 2.0 + 1e-6);
         }
         assert_eq!(Q8Block::quantize(&[0.0; QK]).d, 0.0);
+        // With 127 the largest, values keep their size: 0.5 and 2.5 are ties.
+        let mut ties = [0f32; QK];
+        ties[..3].copy_from_slice(&[127.0, 0.5, 2.5]);
+        assert_eq!(Q8Block::quantize(&ties).qs[..3], [127, 0, 2]);
+        // Nothing that cannot be scaled to 127 comes out nonzero.
+        for bad in [f32::NAN, f32::INFINITY, -f32::INFINITY, 1e-38] {
+            let mut x = [1e-38f32; QK];
+            x[7] = bad;
+            let b = Q8Block::quantize(&x);
+            assert_eq!((b.d, b.qs.iter().all(|&q| q == 0)), (0.0, true), "{bad}");
+        }
     }
 }
