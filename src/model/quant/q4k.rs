@@ -352,7 +352,7 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
                 for t in 0..T {
                     let a =
                         _mm512_loadu_si512(acts[t][b].qs.as_ptr().add(128 * half + 64 * c).cast());
-                    sums[t] = _mm512_dpwssd_epi32(sums[t], _mm512_maddubs_epi16(w, a), scale);
+                    sums[t] = crate::model::isa::dpwssd(sums[t], _mm512_maddubs_epi16(w, a), scale);
                 }
             }
         }
