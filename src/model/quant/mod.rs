@@ -168,6 +168,60 @@ pub fn dot<const T: usize>(
     }
 }
 
+/// One token's products with consecutive `rows` of `format` blocks, as
+/// many as `out` holds, each into its place: [`dot`] row after row, with
+/// the kernel chosen once and compiled into the loop, rather than called
+/// through a choice for every row (~1.4 million rows a token in Mistral 7B).
+pub fn dot_rows(isa: Isa, format: QuantFormat, rows: &[u8], acts: &[Q8Block], out: &mut [f32]) {
+    assert!(
+        isa <= self::isa(),
+        "this CPU cannot run the {isa:?} kernels"
+    );
+    assert!(
+        !out.is_empty() && rows.len().is_multiple_of(out.len()),
+        "rows of the wrong size"
+    );
+    let row_bytes = rows.len() / out.len();
+    /// The loop for one instruction set, with its target features, so
+    /// that the kernels inline into it.
+    macro_rules! rows_with {
+        ($features:literal, $kernel:ident) => {{
+            #[target_feature(enable = $features)]
+            unsafe fn each(
+                format: QuantFormat,
+                rows: &[u8],
+                row_bytes: usize,
+                acts: &[Q8Block],
+                out: &mut [f32],
+            ) {
+                for (row, o) in rows.chunks_exact(row_bytes).zip(out) {
+                    *o = match format {
+                        QuantFormat::Q4K => q4k::$kernel(row, [acts])[0],
+                        QuantFormat::Q6K => q6k::$kernel(row, [acts])[0],
+                    };
+                }
+            }
+            // SAFETY: asserted above, this CPU runs `isa`.
+            unsafe { each(format, rows, row_bytes, acts, out) }
+        }};
+    }
+    match isa {
+        Isa::Scalar => {
+            for (row, o) in rows.chunks_exact(row_bytes).zip(out) {
+                *o = dot(isa, format, row, [acts])[0];
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => rows_with!("avx2,fma,f16c", dot_avx2),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => rows_with!("avx512f,avx512bw,avx512vnni,avx2,fma,f16c", dot_avx512),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => rows_with!("neon", dot_neon),
+        #[cfg(target_arch = "aarch64")]
+        Isa::DotProd => rows_with!("neon,dotprod", dot_dotprod),
+    }
+}
+
 /// `out[t][r] = Σ_k x[t][k] · w[r][k]` for `m` tokens of `k` values against
 /// `n` rows of `format` blocks; `out` is (m, n), row-major like `x`.
 pub fn matmul(
@@ -256,10 +310,17 @@ pub fn matmuls(
             t += TOKENS;
         }
         for (t, a) in acts.iter().enumerate().skip(t) {
-            for r in rows.clone() {
-                let row = &w[r * row_bytes..(r + 1) * row_bytes];
-                write(t, r, dot(isa, format, row, [a])[0]);
-            }
+            // SAFETY: the rows of token t lie in the matrix's output
+            // (asserted sizes) and belong to this work item alone.
+            let out =
+                unsafe { std::slice::from_raw_parts_mut(out.at(t * n + rows.start), rows.len()) };
+            dot_rows(
+                isa,
+                format,
+                &w[rows.start * row_bytes..rows.end * row_bytes],
+                a,
+                out,
+            );
         }
     });
 }
@@ -653,6 +714,16 @@ mod tests {
                     std::array::from_fn(|t| &prepared[t * 4..(t + 1) * 4]);
                 assert_close(&dot(isa, format, &row, acts), &scalar, 1e-5);
                 assert_close(&dot(isa, format, &row, [acts[2]]), &scalar[2..3], 1e-5);
+                let rows = random_rows(format, 5, k, 9);
+                let mut each = [0f32; 5];
+                dot_rows(isa, format, &rows, acts[1], &mut each);
+                for (row, got) in rows.chunks_exact(rows.len() / 5).zip(each) {
+                    assert_eq!(
+                        got,
+                        dot(isa, format, row, [acts[1]])[0],
+                        "{isa:?} {format:?}"
+                    );
+                }
             }
         }
     }
