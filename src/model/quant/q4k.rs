@@ -90,8 +90,8 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
             let sc_hi = _mm256_shuffle_epi8(scales, SPREAD[2 * j + 1]);
             for t in 0..T {
                 let a = acts[t][b].qs.as_ptr().add(64 * j);
-                let a_lo = super::load256(a.cast());
-                let a_hi = super::load256(a.add(32).cast());
+                let a_lo = super::load_acts(a);
+                let a_hi = super::load_acts(a.add(32));
                 let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a_lo), sc_lo);
                 let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a_hi), sc_hi);
                 sums[t] = _mm256_add_epi32(sums[t], _mm256_add_epi32(p_lo, p_hi));
@@ -100,7 +100,7 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
         let (d, dmin) = super::f16_pair_at(block, 0);
         for t in 0..T {
             let a = &acts[t][b];
-            let a_sums = super::load256(a.sums.as_ptr().cast());
+            let a_sums = super::load_acts(a.sums.as_ptr());
             let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(a_sums, mins));
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), _mm256_set1_ps(d * a.d), acc[t]);
             acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(-dmin * a.d), acc[t]);
@@ -359,7 +359,7 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
         let (d, dmin) = super::f16_pair_at(block, 0);
         for t in 0..T {
             let a = &acts[t][b];
-            let a_sums = super::load256(a.sums.as_ptr().cast());
+            let a_sums = super::load_acts(a.sums.as_ptr());
             let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(a_sums, mins));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), _mm512_set1_ps(d * a.d), acc[t]);
             acc_mins[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(dmin * a.d), acc_mins[t]);

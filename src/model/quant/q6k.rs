@@ -190,7 +190,7 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
                 // 32 weights are two sub-blocks: their two scales, eight i16 lanes each.
                 let sc = _mm256_srai_epi16(_mm256_shuffle_epi8(scales, SPREAD[4 * half + i]), 8);
                 for t in 0..T {
-                    let a = super::load256(acts[t][b].qs.as_ptr().add(128 * half + 32 * i).cast());
+                    let a = super::load_acts(acts[t][b].qs.as_ptr().add(128 * half + 32 * i));
                     let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), sc);
                     sums[t] = _mm256_add_epi32(sums[t], prod);
                 }
@@ -199,7 +199,7 @@ pub unsafe fn dot_avx2<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f3
         let (_, d) = super::f16_pair_at(block, D - 2);
         for t in 0..T {
             let a = &acts[t][b];
-            let a_sums = super::load256(a.sums.as_ptr().cast());
+            let a_sums = super::load_acts(a.sums.as_ptr());
             let offset = _mm256_slli_epi32(_mm256_madd_epi16(a_sums, all_scales), 5);
             let sum = _mm256_sub_epi32(sums[t], offset);
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d * a.d), acc[t]);
@@ -278,7 +278,7 @@ pub unsafe fn dot_avx512<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [
         let (_, d) = super::f16_pair_at(block, D - 2);
         for t in 0..T {
             let a = &acts[t][b];
-            let a_sums = super::load256(a.sums.as_ptr().cast());
+            let a_sums = super::load_acts(a.sums.as_ptr());
             let offset = _mm256_slli_epi32(_mm256_madd_epi16(a_sums, all_scales), 5);
             let sum = _mm512_sub_epi32(sums[t], _mm512_zextsi256_si512(offset));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * a.d), acc[t]);
