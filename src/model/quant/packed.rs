@@ -153,22 +153,17 @@ unsafe fn products_of<const T: usize, const SUB: usize>(
         }
         // The offsets through the activation sums: Q4_K's mins per 32
         // values, Q6_K's −32 per 16.
+        let weights = match SUB {
+            8 => &tile.mins[b * 8 * ROWS..(b + 1) * 8 * ROWS],
+            _ => scales,
+        };
         for t in 0..T {
             let a = &acts[t][b];
+            let sums = offset_sums::<SUB>(a);
             let mut offset = _mm512_setzero_ps();
-            if SUB == 8 {
-                let mins = &tile.mins[b * 8 * ROWS..(b + 1) * 8 * ROWS];
-                for s in 0..8 {
-                    let min = _mm512_loadu_ps(mins.as_ptr().add(s * ROWS));
-                    let sum = (a.sums[2 * s] as i32 + a.sums[2 * s + 1] as i32) as f32;
-                    offset = _mm512_fmadd_ps(min, _mm512_set1_ps(sum), offset);
-                }
-            } else {
-                for s in 0..16 {
-                    let scale = _mm512_loadu_ps(scales.as_ptr().add(s * ROWS));
-                    let sum = 32.0 * a.sums[s] as f32;
-                    offset = _mm512_fmadd_ps(scale, _mm512_set1_ps(sum), offset);
-                }
+            for s in 0..SUB {
+                let w = _mm512_loadu_ps(weights.as_ptr().add(s * ROWS));
+                offset = _mm512_fmadd_ps(w, _mm512_set1_ps(sums[s]), offset);
             }
             let block = _mm512_sub_ps(block_acc[t], offset);
             acc[t] = _mm512_fmadd_ps(block, _mm512_set1_ps(a.d), acc[t]);
@@ -177,6 +172,34 @@ unsafe fn products_of<const T: usize, const SUB: usize>(
     let mut out = [[0f32; ROWS]; T];
     for t in 0..T {
         _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+    }
+    out
+}
+
+/// What each sub-block's offset is multiplied by, from a block's
+/// activation sums: with Q4_K (`SUB` 8) the mins, by the sums of its 32
+/// values; with Q6_K (16) the scales, by 32 times the sums of its 16 (its
+/// quants are stored 32 up). Converted all at once: one by one, through
+/// general registers, they were a quarter of a tile's instructions.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn offset_sums<const SUB: usize>(a: &Q8Block) -> [f32; 16] {
+    use std::arch::x86_64::*;
+    let sums = super::load_acts(a.sums.as_ptr());
+    let mut out = [0f32; 16];
+    if SUB == 8 {
+        let pairs = _mm256_madd_epi16(sums, _mm256_set1_epi16(1));
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_cvtepi32_ps(pairs));
+    } else {
+        let times32 = _mm256_set1_ps(32.0);
+        let low = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(sums)));
+        let high = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(sums)));
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(low, times32));
+        _mm256_storeu_ps(out.as_mut_ptr().add(8), _mm256_mul_ps(high, times32));
     }
     out
 }
@@ -258,30 +281,19 @@ unsafe fn half_products<const T: usize, const SUB: usize, const WIDEN: usize>(
                 block_acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), scale, block_acc[t]);
             }
         }
+        let weights = match SUB {
+            8 => tile.mins[b * 8 * ROWS..(b + 1) * 8 * ROWS]
+                .as_ptr()
+                .add(8 * half),
+            _ => scales,
+        };
         for t in 0..T {
             let a = &acts[t][b];
+            let sums = offset_sums::<SUB>(a);
             let mut offset = _mm256_setzero_ps();
-            if SUB == 8 {
-                let mins = tile.mins[b * 8 * ROWS..(b + 1) * 8 * ROWS]
-                    .as_ptr()
-                    .add(8 * half);
-                for s in 0..8 {
-                    let sum = (a.sums[2 * s] as i32 + a.sums[2 * s + 1] as i32) as f32;
-                    offset = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(mins.add(s * ROWS)),
-                        _mm256_set1_ps(sum),
-                        offset,
-                    );
-                }
-            } else {
-                for s in 0..16 {
-                    let sum = 32.0 * a.sums[s] as f32;
-                    offset = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(scales.add(s * ROWS)),
-                        _mm256_set1_ps(sum),
-                        offset,
-                    );
-                }
+            for s in 0..SUB {
+                let w = _mm256_loadu_ps(weights.add(s * ROWS));
+                offset = _mm256_fmadd_ps(w, _mm256_set1_ps(sums[s]), offset);
             }
             let block = _mm256_sub_ps(block_acc[t], offset);
             acc[t] = _mm256_fmadd_ps(block, _mm256_set1_ps(a.d), acc[t]);
