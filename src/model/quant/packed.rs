@@ -27,15 +27,22 @@ pub const TOKENS: usize = 8;
 /// The same for [`products_avx2`], which has half the registers.
 pub const TOKENS_AVX2: usize = 4;
 
+/// One value for each of a tile's 16 rows, aligned so that a register's
+/// worth loads whole (LLVM splits unaligned 256-bit loads in two for the
+/// x86-64-v2 baseline).
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Lanes([f32; ROWS]);
+
 /// 16 rows of weights in `vpdpbusd` order, with their scales as f32.
 #[derive(Default)]
 pub struct Tile {
     /// Per block: [64 groups of 4 values][16 rows][4 quants].
     quants: Vec<u8>,
     /// Per block and sub-block: `d·sc` of the 16 rows.
-    scales: Vec<f32>,
+    scales: Vec<Lanes>,
     /// Q4_K only, per block and sub-block: `dmin·m` of the 16 rows.
-    mins: Vec<f32>,
+    mins: Vec<Lanes>,
     blocks: usize,
 }
 
@@ -46,14 +53,14 @@ impl Tile {
         let sub = sub_blocks(format);
         self.blocks = blocks;
         self.quants.resize(blocks * QK * ROWS, 0);
-        self.scales.resize(blocks * sub * ROWS, 0.0);
+        self.scales.resize(blocks * sub, Lanes::default());
         self.mins.resize(
             if format == QuantFormat::Q4K {
-                blocks * 8 * ROWS
+                blocks * 8
             } else {
                 0
             },
-            0.0,
+            Lanes::default(),
         );
         let mut quants = [0u8; QK];
         for r in 0..ROWS {
@@ -63,14 +70,14 @@ impl Tile {
                     QuantFormat::Q4K => {
                         let (scales, mins) = q4k::unpack(block, &mut quants);
                         for s in 0..8 {
-                            self.scales[(b * 8 + s) * ROWS + r] = scales[s];
-                            self.mins[(b * 8 + s) * ROWS + r] = mins[s];
+                            self.scales[b * 8 + s].0[r] = scales[s];
+                            self.mins[b * 8 + s].0[r] = mins[s];
                         }
                     }
                     QuantFormat::Q6K => {
                         let scales = q6k::unpack(block, &mut quants);
                         for (s, scale) in scales.into_iter().enumerate() {
-                            self.scales[(b * 16 + s) * ROWS + r] = scale;
+                            self.scales[b * 16 + s].0[r] = scale;
                         }
                     }
                 }
@@ -130,7 +137,7 @@ unsafe fn products_of<const T: usize, const SUB: usize>(
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..tile.blocks {
         let quants = tile.quants[b * QK * ROWS..(b + 1) * QK * ROWS].as_ptr();
-        let scales = &tile.scales[b * SUB * ROWS..(b + 1) * SUB * ROWS];
+        let scales = &tile.scales[b * SUB..(b + 1) * SUB];
         let mut block_acc = [_mm512_setzero_ps(); T];
         for s in 0..SUB {
             let mut sums = [_mm512_setzero_si512(); T];
@@ -146,7 +153,7 @@ unsafe fn products_of<const T: usize, const SUB: usize>(
                     sums[t] = _mm512_dpbusd_epi32(sums[t], w, _mm512_set1_epi32(a));
                 }
             }
-            let scale = _mm512_loadu_ps(scales.as_ptr().add(s * ROWS));
+            let scale = _mm512_load_ps(scales[s].0.as_ptr());
             for t in 0..T {
                 block_acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), scale, block_acc[t]);
             }
@@ -154,7 +161,7 @@ unsafe fn products_of<const T: usize, const SUB: usize>(
         // The offsets through the activation sums: Q4_K's mins per 32
         // values, Q6_K's −32 per 16.
         let weights = match SUB {
-            8 => &tile.mins[b * 8 * ROWS..(b + 1) * 8 * ROWS],
+            8 => &tile.mins[b * 8..(b + 1) * 8],
             _ => scales,
         };
         for t in 0..T {
@@ -162,7 +169,7 @@ unsafe fn products_of<const T: usize, const SUB: usize>(
             let sums = offset_sums::<SUB>(a);
             let mut offset = _mm512_setzero_ps();
             for s in 0..SUB {
-                let w = _mm512_loadu_ps(weights.as_ptr().add(s * ROWS));
+                let w = _mm512_load_ps(weights[s].0.as_ptr());
                 offset = _mm512_fmadd_ps(w, _mm512_set1_ps(sums[s]), offset);
             }
             let block = _mm512_sub_ps(block_acc[t], offset);
@@ -251,9 +258,7 @@ unsafe fn half_products<const T: usize, const SUB: usize, const WIDEN: usize>(
         let quants = tile.quants[b * QK * ROWS..(b + 1) * QK * ROWS]
             .as_ptr()
             .add(32 * half);
-        let scales = tile.scales[b * SUB * ROWS..(b + 1) * SUB * ROWS]
-            .as_ptr()
-            .add(8 * half);
+        let scales = &tile.scales[b * SUB..(b + 1) * SUB];
         let mut block_acc = [_mm256_setzero_ps(); T];
         for s in 0..SUB {
             let mut sums = [_mm256_setzero_si256(); T];
@@ -276,15 +281,13 @@ unsafe fn half_products<const T: usize, const SUB: usize, const WIDEN: usize>(
                     sums[t] = _mm256_add_epi32(sums[t], _mm256_madd_epi16(narrow[t], ones));
                 }
             }
-            let scale = _mm256_loadu_ps(scales.add(s * ROWS));
+            let scale = _mm256_load_ps(scales[s].0.as_ptr().add(8 * half));
             for t in 0..T {
                 block_acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t]), scale, block_acc[t]);
             }
         }
         let weights = match SUB {
-            8 => tile.mins[b * 8 * ROWS..(b + 1) * 8 * ROWS]
-                .as_ptr()
-                .add(8 * half),
+            8 => &tile.mins[b * 8..(b + 1) * 8],
             _ => scales,
         };
         for t in 0..T {
@@ -292,7 +295,7 @@ unsafe fn half_products<const T: usize, const SUB: usize, const WIDEN: usize>(
             let sums = offset_sums::<SUB>(a);
             let mut offset = _mm256_setzero_ps();
             for s in 0..SUB {
-                let w = _mm256_loadu_ps(weights.add(s * ROWS));
+                let w = _mm256_load_ps(weights[s].0.as_ptr().add(8 * half));
                 offset = _mm256_fmadd_ps(w, _mm256_set1_ps(sums[s]), offset);
             }
             let block = _mm256_sub_ps(block_acc[t], offset);
