@@ -145,8 +145,8 @@ impl Projections {
                     a.kernel_format().is_some() && a.kernel_format() == b.kernel_format()
                 };
                 for group in parts.chunk_by(together) {
-                    match (group, group[0].kernel_format()) {
-                        ([_, _, ..], Some(format)) => {
+                    match group[0].kernel_format() {
+                        Some(format) => {
                             let matrices: Vec<&MappedMatrix> = group
                                 .iter()
                                 .filter_map(|p| match p {
@@ -156,7 +156,8 @@ impl Projections {
                                 .collect();
                             ys.extend(forward_greve(format, &matrices, x)?);
                         }
-                        _ => ys.push(group[0].forward(x)?),
+                        // Alone: `together` holds only where the kernels do.
+                        None => ys.push(group[0].forward(x)?),
                     }
                 }
                 Ok(ys)

@@ -170,8 +170,9 @@ pub fn dot<const T: usize>(
 
 /// One token's products with consecutive `rows` of `format` blocks, as
 /// many as `out` holds, each into its place: [`dot`] row after row, with
-/// the kernel chosen once and compiled into the loop, rather than called
-/// through a choice for every row (~1.4 million rows a token in Mistral 7B).
+/// the kernel chosen once for the run and called from a loop that has its
+/// target features, rather than through a choice for every row (~1.4
+/// million rows a token in Mistral 7B).
 pub fn dot_rows(isa: Isa, format: QuantFormat, rows: &[u8], acts: &[Q8Block], out: &mut [f32]) {
     assert!(
         isa <= self::isa(),
@@ -183,7 +184,7 @@ pub fn dot_rows(isa: Isa, format: QuantFormat, rows: &[u8], acts: &[Q8Block], ou
     );
     let row_bytes = rows.len() / out.len();
     /// The loop for one instruction set, with its target features, so
-    /// that the kernels inline into it.
+    /// that the kernels can inline into it (LLVM inlines some).
     macro_rules! rows_with {
         ($features:literal, $kernel:ident) => {{
             #[target_feature(enable = $features)]
