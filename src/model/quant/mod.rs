@@ -746,6 +746,42 @@ mod tests {
         }
     }
 
+    #[test]
+    fn largest_quants_and_activations_overflow_no_kernel() {
+        // Every quant, scale and min at its largest and every activation
+        // at ±127: the kernels' narrowest lanes at their fullest.
+        let k = 512;
+        for format in [QuantFormat::Q4K, QuantFormat::Q6K] {
+            let mut row = vec![0xFF; k / QK * format.block_bytes()];
+            let one = half::f16::ONE.to_le_bytes();
+            let scales: &[usize] = match format {
+                QuantFormat::Q4K => &[0, 2],
+                QuantFormat::Q6K => &[208],
+            };
+            for block in row.chunks_exact_mut(format.block_bytes()) {
+                for &at in scales {
+                    block[at..at + 2].copy_from_slice(&one);
+                }
+            }
+            for sign in [1.0, -1.0] {
+                let blocks: Vec<Q8Block> = vec![sign; k]
+                    .chunks_exact(QK)
+                    .map(Q8Block::quantize)
+                    .collect();
+                assert!(blocks
+                    .iter()
+                    .all(|b| b.qs.iter().all(|&q| q == 127 * sign as i8)));
+                let want = dot(Isa::Scalar, format, &row, [&blocks]);
+                for isa in isas() {
+                    let mut prepared = blocks.clone();
+                    prepare(isa, format, &mut prepared);
+                    let got = dot(isa, format, &row, [&prepared]);
+                    assert_close(&got, &want, 1e-6);
+                }
+            }
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn packed_tiles_give_the_scalar_result() {

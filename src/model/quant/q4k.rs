@@ -130,26 +130,43 @@ pub(super) unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(v)
 }
 
-/// One row against `T` activation rows on ARM64, with `D`'s byte products
-/// (see [`crate::model::isa::neon`]): per 32-weight sub-block an integer dot product of
-/// the nibbles with the activations, times the sub-block's scale; the mins
-/// go through the activations' sums of 16, as in the other versions.
+/// One row against `T` activation rows on ARM64 with `sdot`.
 ///
 /// # Safety
-/// The CPU must run `D` (NEON is every ARM64 CPU's; `sdot` wants DotProd).
+/// The CPU must have NEON and DotProd.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn dot_dotprod<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+    by_sdot(row, acts)
+}
+
+/// One row against `T` activation rows on ARM64 with plain NEON.
+///
+/// # Safety
+/// The CPU must have NEON (every ARM64 CPU does).
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_neon<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+    by_widening(row, acts)
+}
+
+/// [`dot_dotprod`]'s body, always inlined (into [`super::dot_rows`]'
+/// loop too, which the kernel with its own features would not be): per
+/// 32-weight sub-block an integer dot product of the nibbles with the
+/// activations, times the sub-block's scale; the mins go through the
+/// activations' sums of 16, as in the other versions.
+///
+/// # Safety
+/// The CPU must have NEON and DotProd.
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]
-unsafe fn dot_arm<D: crate::model::isa::neon::Dot8, const T: usize>(
-    row: &[u8],
-    acts: [&[Q8Block]; T],
-) -> [f32; T] {
-    use crate::model::isa::neon;
+unsafe fn by_sdot<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+    use crate::model::isa::neon::{self, Dot8, DotProd};
     use std::arch::aarch64::*;
     let nibble = vdupq_n_u8(0x0F);
     let mut acc = [0f32; T];
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
         let sm = scales_and_mins_neon(block);
-        let mins = vreinterpretq_s16_u16(vmovl_high_u8(sm));
         // The scales as i32 (below 64), four to a register.
         let scales = vmovl_u8(vget_low_u8(sm));
         let scales = [
@@ -171,45 +188,103 @@ unsafe fn dot_arm<D: crate::model::isa::neon::Dot8, const T: usize>(
                     let a = acts[t][b].qs.as_ptr().add(128 * four + 64 * half);
                     let zero = vdupq_n_s32(0);
                     let a = |i: usize| vld1q_s8(a.add(16 * i));
-                    dots[t][2 * half] = D::dot(D::dot(zero, lo[0], a(0)), lo[1], a(1));
-                    dots[t][2 * half + 1] = D::dot(D::dot(zero, hi[0], a(2)), hi[1], a(3));
+                    // Not in a closure: one would not inherit `sdot`'s feature.
+                    dots[t][2 * half] = DotProd::dot(DotProd::dot(zero, lo[0], a(0)), lo[1], a(1));
+                    dots[t][2 * half + 1] =
+                        DotProd::dot(DotProd::dot(zero, hi[0], a(2)), hi[1], a(3));
                 }
             }
             for t in 0..T {
                 sums[t] = vmlaq_s32(sums[t], neon::sum_each(dots[t]), scales);
             }
         }
-        let (d, dmin) = super::f16_pair_at(block, 0);
-        for t in 0..T {
-            let a = &acts[t][b];
-            let s = a.sums.as_ptr();
-            // The two sums of 16 of each sub-block, added pairwise.
-            let pairs = vpaddq_s16(vld1q_s16(s), vld1q_s16(s.add(8)));
-            let m = neon::dot_i16(pairs, mins);
-            acc[t] += a.d * (d * vaddvq_s32(sums[t]) as f32 - dmin * m as f32);
-        }
+        block_total(block, sm, sums, acts, b, &mut acc);
     }
     acc
 }
 
-/// [`dot_arm`] with plain NEON.
+/// [`dot_neon`]'s body, always inlined as [`by_sdot`] is. Without `sdot`,
+/// widening multiplies leave each i16 lane with four products of a
+/// sub-block (at most 4·15·127). A pairwise add puts two sub-blocks in one
+/// register (lanes at most 8·15·127), and widening multiply-adds by a
+/// register of their scales accumulate them in i32: no sub-block's sum is
+/// taken on its own, as `sdot`'s lanes need.
 ///
 /// # Safety
 /// The CPU must have NEON (every ARM64 CPU does).
 #[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
-pub unsafe fn dot_neon<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
-    dot_arm::<crate::model::isa::neon::Widening, T>(row, acts)
+#[inline(always)]
+unsafe fn by_widening<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+    use std::arch::aarch64::*;
+    let nibble = vdupq_n_u8(0x0F);
+    // Table lookups that put scales 2c and 2c + 1 (bytes of the scales
+    // and mins) in the low and the high four i16 lanes (index 0xFF reads 0).
+    let spread: [uint8x16_t; 4] = std::array::from_fn(|c| {
+        let bytes: [u8; 16] = std::array::from_fn(|i| match i % 2 {
+            0 => (2 * c + i / 8) as u8,
+            _ => 0xFF,
+        });
+        vld1q_u8(bytes.as_ptr())
+    });
+    // Σ w·a over 32 weights, four products to a lane.
+    let products = |w: [uint8x16_t; 2], a: *const i8| {
+        let (w0, w1) = (vreinterpretq_s8_u8(w[0]), vreinterpretq_s8_u8(w[1]));
+        let (a0, a1) = (vld1q_s8(a), vld1q_s8(a.add(16)));
+        let p = vmull_s8(vget_low_s8(w0), vget_low_s8(a0));
+        let p = vmlal_high_s8(p, w0, a0);
+        let p = vmlal_s8(p, vget_low_s8(w1), vget_low_s8(a1));
+        vmlal_high_s8(p, w1, a1)
+    };
+    let mut acc = [0f32; T];
+    for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+        let sm = scales_and_mins_neon(block);
+        let mut sums = [vdupq_n_s32(0); T];
+        // Chunk c's 32 bytes: sub-block 2c in the low nibbles, 2c + 1 in
+        // the high ones.
+        for (c, spread) in spread.iter().enumerate() {
+            let q = block.as_ptr().add(QS + 32 * c);
+            let (q0, q1) = (vld1q_u8(q), vld1q_u8(q.add(16)));
+            let lo = [vandq_u8(q0, nibble), vandq_u8(q1, nibble)];
+            let hi = [vshrq_n_u8::<4>(q0), vshrq_n_u8::<4>(q1)];
+            let scales = vreinterpretq_s16_u8(vqtbl1q_u8(sm, *spread));
+            for t in 0..T {
+                let a = acts[t][b].qs.as_ptr().add(64 * c);
+                let pairs = vpaddq_s16(products(lo, a), products(hi, a.add(32)));
+                sums[t] = vmlal_s16(sums[t], vget_low_s16(pairs), vget_low_s16(scales));
+                sums[t] = vmlal_high_s16(sums[t], pairs, scales);
+            }
+        }
+        block_total(block, sm, sums, acts, b, &mut acc);
+    }
+    acc
 }
 
-/// [`dot_arm`] with `sdot`.
+/// Adds block `b`'s part to each token's total, from its scaled products'
+/// lanes (`sums`) and its mins, which go through the activations' sums of 16.
 ///
 /// # Safety
-/// The CPU must have NEON and DotProd.
+/// The CPU must have NEON, and `block` be a whole block.
 #[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon,dotprod")]
-pub unsafe fn dot_dotprod<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
-    dot_arm::<crate::model::isa::neon::DotProd, T>(row, acts)
+#[inline(always)]
+unsafe fn block_total<const T: usize>(
+    block: &[u8],
+    sm: std::arch::aarch64::uint8x16_t,
+    sums: [std::arch::aarch64::int32x4_t; T],
+    acts: [&[Q8Block]; T],
+    b: usize,
+    acc: &mut [f32; T],
+) {
+    use std::arch::aarch64::*;
+    let mins = vreinterpretq_s16_u16(vmovl_high_u8(sm));
+    let (d, dmin) = super::f16_pair_at(block, 0);
+    for t in 0..T {
+        let a = &acts[t][b];
+        let s = a.sums.as_ptr();
+        // The two sums of 16 of each sub-block, added pairwise.
+        let pairs = vpaddq_s16(vld1q_s16(s), vld1q_s16(s.add(8)));
+        let m = crate::model::isa::neon::dot_i16(pairs, mins);
+        acc[t] += a.d * (d * vaddvq_s32(sums[t]) as f32 - dmin * m as f32);
+    }
 }
 
 /// The sixteen 6-bit numbers as bytes, the eight scales then the eight
