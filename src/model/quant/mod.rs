@@ -12,6 +12,32 @@
 //! Prefill reuses each weight block for [`TOKENS`] tokens at a time while it
 //! sits in registers and L1, which is what makes a batch cheaper per token.
 
+/// A format module's ARM64 kernels, `dot_dotprod` (with `sdot`) and
+/// `dot_neon` (plain NEON): its always-inlined bodies `by_sdot` and
+/// `by_widening`, each compiled with the features it needs.
+#[cfg(target_arch = "aarch64")]
+macro_rules! arm_kernels {
+    () => {
+        /// One row against `T` activation rows on ARM64 with `sdot`.
+        ///
+        /// # Safety
+        /// The CPU must have NEON and DotProd.
+        #[target_feature(enable = "neon,dotprod")]
+        pub unsafe fn dot_dotprod<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+            by_sdot(row, acts)
+        }
+
+        /// One row against `T` activation rows on ARM64 with plain NEON.
+        ///
+        /// # Safety
+        /// The CPU must have NEON (every ARM64 CPU does).
+        #[target_feature(enable = "neon")]
+        pub unsafe fn dot_neon<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+            by_widening(row, acts)
+        }
+    };
+}
+
 pub mod packed;
 pub mod q4k;
 pub mod q6k;

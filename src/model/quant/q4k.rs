@@ -130,25 +130,8 @@ pub(super) unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(v)
 }
 
-/// One row against `T` activation rows on ARM64 with `sdot`.
-///
-/// # Safety
-/// The CPU must have NEON and DotProd.
 #[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon,dotprod")]
-pub unsafe fn dot_dotprod<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
-    by_sdot(row, acts)
-}
-
-/// One row against `T` activation rows on ARM64 with plain NEON.
-///
-/// # Safety
-/// The CPU must have NEON (every ARM64 CPU does).
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
-pub unsafe fn dot_neon<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
-    by_widening(row, acts)
-}
+arm_kernels!();
 
 /// [`dot_dotprod`]'s body, always inlined (into [`super::dot_rows`]'
 /// loop too, which the kernel with its own features would not be): per

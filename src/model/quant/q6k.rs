@@ -58,27 +58,23 @@ pub fn dot_scalar(row: &[u8], acts: &[Q8Block]) -> f32 {
     acc
 }
 
-/// One row against `T` activation rows on ARM64 (see
-/// [`super::q4k::dot_neon`]): each 16-weight sub-block is one vector of
-/// 6-bit weights, its dot product times its scale; the −32 offset comes off
-/// through the activations' sums.
+#[cfg(target_arch = "aarch64")]
+arm_kernels!();
+
+/// [`dot_dotprod`]'s body, always inlined (as [`super::q4k`]'s): each
+/// 16-weight sub-block is one vector of 6-bit weights, its dot product
+/// times its scale; the −32 offset comes off through the activations' sums.
 ///
 /// # Safety
-/// The CPU must run `D`.
+/// The CPU must have NEON and DotProd.
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]
-unsafe fn dot_arm<D: crate::model::isa::neon::Dot8, const T: usize>(
-    row: &[u8],
-    acts: [&[Q8Block]; T],
-) -> [f32; T] {
-    use crate::model::isa::neon;
+unsafe fn by_sdot<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+    use crate::model::isa::neon::{self, Dot8, DotProd};
     use std::arch::aarch64::*;
-    let nibble = vdupq_n_u8(0x0F);
-    let pair = vdupq_n_u8(0x30);
     let mut acc = [0f32; T];
     for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
-        let p = block.as_ptr();
-        let scales = vld1q_s8(p.add(SCALES).cast());
+        let scales = vld1q_s8(block.as_ptr().add(SCALES).cast());
         // The scales of sub-blocks c, c + 2, c + 4, c + 6 (c = 0, 1, 8,
         // 9) in each register: the four that one chunk of bytes below
         // gives, in the lanes [`neon::sum_each`] sums their products into.
@@ -88,58 +84,137 @@ unsafe fn dot_arm<D: crate::model::isa::neon::Dot8, const T: usize>(
         let mut sums = [vdupq_n_s32(0); T];
         for half in 0..2 {
             for c in 0..2 {
-                let ql_a = vld1q_u8(p.add(64 * half + 16 * c));
-                let ql_b = vld1q_u8(p.add(64 * half + 32 + 16 * c));
-                let qh = vld1q_u8(p.add(QH + 32 * half + 16 * c));
-                let q = [
-                    vorrq_u8(vandq_u8(ql_a, nibble), vandq_u8(vshlq_n_u8::<4>(qh), pair)),
-                    vorrq_u8(vandq_u8(ql_b, nibble), vandq_u8(vshlq_n_u8::<2>(qh), pair)),
-                    vorrq_u8(vshrq_n_u8::<4>(ql_a), vandq_u8(qh, pair)),
-                    vorrq_u8(vshrq_n_u8::<4>(ql_b), vandq_u8(vshrq_n_u8::<2>(qh), pair)),
-                ];
+                let q = quants(block, half, c);
                 for t in 0..T {
                     // Not a closure: one would not inherit `sdot`'s feature.
                     let mut dots = [vdupq_n_s32(0); 4];
                     for (i, dot) in dots.iter_mut().enumerate() {
                         let s = 8 * half + 2 * i + c;
                         let a = vld1q_s8(acts[t][b].qs.as_ptr().add(16 * s));
-                        *dot = D::dot(*dot, vreinterpretq_s8_u8(q[i]), a);
+                        *dot = DotProd::dot(*dot, vreinterpretq_s8_u8(q[i]), a);
                     }
                     sums[t] = vmlaq_s32(sums[t], neon::sum_each(dots), wide[2 * half + c]);
                 }
             }
         }
-        let (_, d) = super::f16_pair_at(block, D - 2);
-        let (scales_lo, scales_hi) = (vmovl_s8(vget_low_s8(scales)), vmovl_high_s8(scales));
-        for t in 0..T {
-            let a = &acts[t][b];
-            let s = a.sums.as_ptr();
-            let offset = neon::dot_i16(vld1q_s16(s), scales_lo)
-                + neon::dot_i16(vld1q_s16(s.add(8)), scales_hi);
-            acc[t] += a.d * d * (vaddvq_s32(sums[t]) - 32 * offset) as f32;
-        }
+        block_total(block, scales, sums, acts, b, &mut acc);
     }
     acc
 }
 
-/// [`dot_arm`] with plain NEON.
+/// [`dot_neon`]'s body, always inlined as [`by_sdot`] is. Without `sdot`,
+/// widening multiplies leave each i16 lane with two products of a
+/// sub-block, and a pairwise add two sub-blocks in one register with four
+/// (at most 4·63·127 = 32004, within i16); widening multiply-adds by a
+/// register of their scales accumulate them in i32, with no sub-block's
+/// sum taken on its own.
 ///
 /// # Safety
 /// The CPU must have NEON (every ARM64 CPU does).
 #[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
-pub unsafe fn dot_neon<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
-    dot_arm::<crate::model::isa::neon::Widening, T>(row, acts)
+#[inline(always)]
+unsafe fn by_widening<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
+    use std::arch::aarch64::*;
+    // Table lookups into a half's eight scales as i16 that put those of
+    // sub-blocks 2i + c, for i = 2j and 2j + 1, in the low and the high
+    // four lanes.
+    let spread: [[uint8x16_t; 2]; 2] = std::array::from_fn(|c| {
+        std::array::from_fn(|j| {
+            let bytes: [u8; 16] = std::array::from_fn(|b| {
+                let s = 2 * (2 * j + b / 8) + c;
+                (2 * s + b % 2) as u8
+            });
+            vld1q_u8(bytes.as_ptr())
+        })
+    });
+    // Σ w·a over one sub-block, two products to a lane.
+    let products = |w: uint8x16_t, a: *const i8| {
+        let (w, a) = (vreinterpretq_s8_u8(w), vld1q_s8(a));
+        vmlal_high_s8(vmull_s8(vget_low_s8(w), vget_low_s8(a)), w, a)
+    };
+    let mut acc = [0f32; T];
+    for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+        let scales = vld1q_s8(block.as_ptr().add(SCALES).cast());
+        let halves = [
+            vreinterpretq_u8_s16(vmovl_s8(vget_low_s8(scales))),
+            vreinterpretq_u8_s16(vmovl_high_s8(scales)),
+        ];
+        let mut sums = [vdupq_n_s32(0); T];
+        for (half, wide) in halves.into_iter().enumerate() {
+            for (c, spread) in spread.iter().enumerate() {
+                let q = quants(block, half, c);
+                let sc = [
+                    vreinterpretq_s16_u8(vqtbl1q_u8(wide, spread[0])),
+                    vreinterpretq_s16_u8(vqtbl1q_u8(wide, spread[1])),
+                ];
+                for t in 0..T {
+                    let a = acts[t][b].qs.as_ptr().add(16 * (8 * half + c));
+                    for (j, sc) in sc.into_iter().enumerate() {
+                        let (i0, i1) = (2 * j, 2 * j + 1);
+                        let pairs = vpaddq_s16(
+                            products(q[i0], a.add(32 * i0)),
+                            products(q[i1], a.add(32 * i1)),
+                        );
+                        sums[t] = vmlal_s16(sums[t], vget_low_s16(pairs), vget_low_s16(sc));
+                        sums[t] = vmlal_high_s16(sums[t], pairs, sc);
+                    }
+                }
+            }
+        }
+        block_total(block, scales, sums, acts, b, &mut acc);
+    }
+    acc
 }
 
-/// [`dot_arm`] with `sdot`.
+/// The 6-bit quants of sub-blocks 8·half + 2i + c (i = 0..4), one vector
+/// each, from chunk c of the half's low nibbles and high bit pairs.
 ///
 /// # Safety
-/// The CPU must have NEON and DotProd.
+/// `block` must be a whole block.
 #[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon,dotprod")]
-pub unsafe fn dot_dotprod<const T: usize>(row: &[u8], acts: [&[Q8Block]; T]) -> [f32; T] {
-    dot_arm::<crate::model::isa::neon::DotProd, T>(row, acts)
+#[inline(always)]
+unsafe fn quants(block: &[u8], half: usize, c: usize) -> [std::arch::aarch64::uint8x16_t; 4] {
+    use std::arch::aarch64::*;
+    let (nibble, pair) = (vdupq_n_u8(0x0F), vdupq_n_u8(0x30));
+    let p = block.as_ptr();
+    let ql_a = vld1q_u8(p.add(64 * half + 16 * c));
+    let ql_b = vld1q_u8(p.add(64 * half + 32 + 16 * c));
+    let qh = vld1q_u8(p.add(QH + 32 * half + 16 * c));
+    [
+        vorrq_u8(vandq_u8(ql_a, nibble), vandq_u8(vshlq_n_u8::<4>(qh), pair)),
+        vorrq_u8(vandq_u8(ql_b, nibble), vandq_u8(vshlq_n_u8::<2>(qh), pair)),
+        vorrq_u8(vshrq_n_u8::<4>(ql_a), vandq_u8(qh, pair)),
+        vorrq_u8(vshrq_n_u8::<4>(ql_b), vandq_u8(vshrq_n_u8::<2>(qh), pair)),
+    ]
+}
+
+/// Adds block `b`'s part to each token's total, from its scaled products'
+/// lanes (`sums`) less the −32 offset, which goes through the activations'
+/// sums of 16.
+///
+/// # Safety
+/// `block` must be a whole block.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn block_total<const T: usize>(
+    block: &[u8],
+    scales: std::arch::aarch64::int8x16_t,
+    sums: [std::arch::aarch64::int32x4_t; T],
+    acts: [&[Q8Block]; T],
+    b: usize,
+    acc: &mut [f32; T],
+) {
+    use crate::model::isa::neon;
+    use std::arch::aarch64::*;
+    let (_, d) = super::f16_pair_at(block, D - 2);
+    let (scales_lo, scales_hi) = (vmovl_s8(vget_low_s8(scales)), vmovl_high_s8(scales));
+    for t in 0..T {
+        let a = &acts[t][b];
+        let s = a.sums.as_ptr();
+        let offset =
+            neon::dot_i16(vld1q_s16(s), scales_lo) + neon::dot_i16(vld1q_s16(s.add(8)), scales_hi);
+        acc[t] += a.d * d * (vaddvq_s32(sums[t]) - 32 * offset) as f32;
+    }
 }
 
 /// One row against `T` activation rows (see [`super::q4k::dot_avx2`]; the
