@@ -1,11 +1,12 @@
 //! What the ARM64 kernels of the products (`quant/q4k.rs`, `quant/q6k.rs`)
 //! and the attention's i8 scores share: the product of 16 signed bytes with 16
 //! others, summed into four i32 lanes (each lane the sum of four
-//! neighbouring products). The kernels are
-//! written once over [`Dot8`] and compiled twice: with the dot-product
-//! instruction `sdot` (ARMv8.2's DotProd: Apple M1 and later, Graviton 2 and
-//! later, Cortex-A76 and later as in the Raspberry Pi 5), and with plain
-//! NEON widening multiplies for the CPUs before it.
+//! neighbouring products), with the dot-product instruction `sdot`
+//! (ARMv8.2's DotProd: Apple M1 and later, Graviton 2 and later,
+//! Cortex-A76 and later as in the Raspberry Pi 5) or, in the i8 scores
+//! written once over [`Dot8`], with plain NEON widening multiplies for the
+//! CPUs before it (the products have their own plain-NEON versions, which
+//! keep their sums in i16 lanes longer); and small reductions.
 
 use std::arch::aarch64::*;
 
