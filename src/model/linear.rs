@@ -330,7 +330,11 @@ impl MappedMatrix {
                 let blocks = self.blocks::<B>().ok_or_else(|| {
                     candle_core::Error::Msg(format!("{dtype:?} blocks misaligned in the file"))
                 })?;
-                k_quants::matmul::<B>((m, k, n), &xs, blocks, &mut out)?
+                if candle_blocks_run_here() {
+                    k_quants::matmul::<B>((m, k, n), &xs, blocks, &mut out)?
+                } else {
+                    matmul_portable::<B>((m, k, n), &xs, blocks, &mut out)
+                }
             }, else other => candle_core::bail!("no kernel for {other:?} blocks"));
             Ok(())
         })?;
@@ -381,12 +385,83 @@ fn forward_greve(
         .collect()
 }
 
+/// Whether candle's products for the block formats greve has no kernels
+/// for run on this CPU: its ARM64 ones use `sdot` without asking, an
+/// illegal instruction before ARMv8.2's DotProd (Cortex-A72, the Raspberry
+/// Pi 4), which would kill greve on a Q8_0, Q4_0 or Q5_K file.
+fn candle_blocks_run_here() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    return std::arch::is_aarch64_feature_detected!("dotprod");
+    #[cfg(not(target_arch = "aarch64"))]
+    true
+}
+
+/// `k_quants::matmul` through candle's portable dot products, for the CPUs
+/// [`candle_blocks_run_here`] rules out: the activations quantised to the
+/// format's partner blocks as there, then each row of blocks against them.
+fn matmul_portable<B: GgmlType>(
+    (m, k, n): (usize, usize, usize),
+    xs: &[f32],
+    blocks: &[B],
+    out: &mut [f32],
+) {
+    let per_row = k / B::BLCK_SIZE;
+    assert!(
+        per_row * B::BLCK_SIZE == k && blocks.len() == n * per_row && out.len() == m * n,
+        "a product of the wrong size"
+    );
+    let mut acts = vec![B::VecDotType::zeros(); m * per_row];
+    for (x, a) in xs.chunks_exact(k).zip(acts.chunks_exact_mut(per_row)) {
+        B::VecDotType::from_float(x, a);
+    }
+    let out = super::Disjoint::new(out);
+    super::in_parallel(n, |rows| {
+        for r in rows {
+            let row = &blocks[r * per_row..(r + 1) * per_row];
+            for (t, a) in acts.chunks_exact(per_row).enumerate() {
+                // SAFETY: (t, r) lies in `out` (asserted sizes), and row r
+                // belongs to this range alone.
+                unsafe { *out.at(t * n + r) = B::vec_dot_unopt(k, row, a) }
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn values(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn portable_products_match_candles_kernels() {
+        if !candle_blocks_run_here() {
+            // candle's kernels, the reference here, cannot run on this CPU;
+            // the engine tests hold the portable ones to llama.cpp instead.
+            return;
+        }
+        let (m, k, n) = (3, 512, 37);
+        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        fn both<B: GgmlType>(mkn: (usize, usize, usize), x: &[f32], w: &[f32]) {
+            let mut blocks = vec![B::zeros(); w.len() / B::BLCK_SIZE];
+            B::from_float(w, &mut blocks);
+            let (mut want, mut got) = (vec![0f32; mkn.0 * mkn.2], vec![0f32; mkn.0 * mkn.2]);
+            k_quants::matmul::<B>(mkn, x, &blocks, &mut want).unwrap();
+            matmul_portable::<B>(mkn, x, &blocks, &mut got);
+            for (w, g) in want.iter().zip(&got) {
+                assert!(
+                    (w - g).abs() <= 1e-4 * w.abs().max(1.0),
+                    "{:?}: {w} vs {g}",
+                    B::DTYPE
+                );
+            }
+        }
+        both::<k_quants::BlockQ8_0>((m, k, n), &x, &w);
+        both::<k_quants::BlockQ4_0>((m, k, n), &x, &w);
+        both::<k_quants::BlockQ5K>((m, k, n), &x, &w);
     }
 
     /// Stacked or not, each projection is the same product.
@@ -403,7 +478,13 @@ mod tests {
             let q = QTensor::quantize(m, GgmlDType::Q8_0).unwrap();
             Linear::Candle(QMatMul::from_qtensor(q).unwrap())
         };
-        for make in [dense, blocks] {
+        // candle's Q8_0 products do not run on every CPU (see
+        // `candle_blocks_run_here`); greve's own weights never take them.
+        let makes: Vec<fn(&Tensor) -> Linear> = match candle_blocks_run_here() {
+            true => vec![dense, blocks],
+            false => vec![dense],
+        };
+        for make in makes {
             let parts = || matrices.iter().map(make).collect::<Vec<_>>();
             let separate = Projections::new(parts(), &Device::Cpu).unwrap();
             assert!(matches!(separate, Projections::Separate(_)));
