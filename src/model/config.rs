@@ -28,13 +28,109 @@ pub struct Config {
     pub context_length: usize,
     /// Each position attends to at most this many positions (itself included).
     pub sliding_window: Option<usize>,
+    /// Ministral 3's long-context rope: YaRN frequencies and the llama-4
+    /// query scaling, both set by `rope_parameters`.
+    pub long_rope: Option<LongRope>,
+    /// The output projection is the embedding table (Ministral 3 3B).
+    pub tie_word_embeddings: bool,
+}
+
+/// YaRN (Peng et al. 2023) stretches the slow rotary frequencies by
+/// `factor` so that positions past the trained window stay in range, and
+/// Ministral 3 also scales each query by `1 + beta·ln(1 + ⌊pos / original⌋)`
+/// (llama 4's fix for attention that flattens far out). Both are computed as
+/// transformers' `ministral3` computes them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LongRope {
+    pub factor: f32,
+    pub original_context: usize,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    /// Multiplies cos and sin.
+    pub attention_factor: f32,
+    /// The llama-4 query scaling's beta; 0 turns it off.
+    pub query_beta: f32,
+}
+
+/// `rope_parameters` (transformers 5) or `rope_scaling` (4.x) of a config.
+#[derive(Deserialize)]
+struct HfRope {
+    rope_type: Option<String>,
+    /// transformers 4.x's name of `rope_type`; Hub configs often hold both.
+    #[serde(rename = "type")]
+    old_type: Option<String>,
+    rope_theta: Option<f32>,
+    factor: Option<f32>,
+    original_max_position_embeddings: Option<usize>,
+    beta_fast: Option<f32>,
+    beta_slow: Option<f32>,
+    attention_factor: Option<f32>,
+    mscale: Option<f32>,
+    mscale_all_dim: Option<f32>,
+    llama_4_scaling_beta: Option<f32>,
+}
+
+impl HfRope {
+    /// The rope in transformers' terms (`_compute_yarn_parameters`): the
+    /// missing betas are 32 and 1, the attention factor comes from mscale.
+    fn long_rope(&self, context: usize) -> anyhow::Result<Option<LongRope>> {
+        let kind = self.rope_type.as_ref().or(self.old_type.as_ref());
+        let kind = kind.map_or("default", String::as_str);
+        let query_beta = self.llama_4_scaling_beta.unwrap_or(0.0);
+        match kind {
+            "default" if query_beta == 0.0 => return Ok(None),
+            "yarn" => {}
+            other => anyhow::bail!(
+                "rope type {} is not supported; greve runs the default rope and YaRN",
+                crate::messages::short(other)
+            ),
+        }
+        let original = self.original_max_position_embeddings.unwrap_or(context);
+        let factor = self
+            .factor
+            .unwrap_or(context as f32 / original.max(1) as f32);
+        let mscale = |scale: f32, m: f32| {
+            if scale <= 1.0 {
+                1.0
+            } else {
+                0.1 * m * scale.ln() + 1.0
+            }
+        };
+        let attention_factor = match (self.attention_factor, self.mscale, self.mscale_all_dim) {
+            (Some(a), _, _) => a,
+            (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                mscale(factor, m) / mscale(factor, all)
+            }
+            _ => mscale(factor, 1.0),
+        };
+        let nonzero = |v: Option<f32>, default| v.filter(|&b| b != 0.0).unwrap_or(default);
+        let rope = LongRope {
+            factor,
+            original_context: original,
+            beta_fast: nonzero(self.beta_fast, 32.0),
+            beta_slow: nonzero(self.beta_slow, 1.0),
+            attention_factor,
+            query_beta,
+        };
+        let numbers = [
+            rope.factor,
+            rope.beta_fast,
+            rope.beta_slow,
+            rope.attention_factor,
+        ];
+        if numbers.iter().any(|x| !x.is_finite() || *x <= 0.0) || !query_beta.is_finite() {
+            anyhow::bail!("rope_parameters hold a number that is not positive and finite");
+        }
+        if original == 0 {
+            anyhow::bail!("original_max_position_embeddings is 0");
+        }
+        Ok(Some(rope))
+    }
 }
 
 /// The fields of a Hugging Face `config.json` that greve reads.
 #[derive(Deserialize)]
 struct HfConfig {
-    #[serde(default)]
-    architectures: Vec<String>,
     vocab_size: usize,
     hidden_size: usize,
     intermediate_size: usize,
@@ -48,8 +144,19 @@ struct HfConfig {
     rope_theta: f32,
     max_position_embeddings: usize,
     sliding_window: Option<usize>,
+    rope_parameters: Option<HfRope>,
+    rope_scaling: Option<HfRope>,
     #[serde(default)]
     tie_word_embeddings: bool,
+}
+
+/// A `Mistral3ForConditionalGeneration` config holds the text model in
+/// `text_config`; its vision tower is another issue's.
+#[derive(Deserialize)]
+struct HfOuter {
+    #[serde(default)]
+    architectures: Vec<String>,
+    text_config: Option<serde_json::Value>,
 }
 
 fn default_eps() -> f64 {
@@ -63,27 +170,40 @@ fn default_theta() -> f32 {
 impl Config {
     pub fn from_json_file(path: &Path) -> anyhow::Result<Self> {
         let text = crate::text_file::read_text(path)?;
-        let hf: HfConfig = serde_json::from_str(&text).classify(Failure::ModelInvalid, || {
-            format!("{} is not a valid model config", path.display())
-        })?;
-        let supported = ["MistralForCausalLM", "LlamaForCausalLM"];
-        if let Some(arch) = hf
+        let invalid = || format!("{} is not a valid model config", path.display());
+        let outer: HfOuter =
+            serde_json::from_str(&text).classify(Failure::ModelInvalid, invalid)?;
+        let supported = [
+            "MistralForCausalLM",
+            "LlamaForCausalLM",
+            "Ministral3ForCausalLM",
+            "Mistral3ForConditionalGeneration",
+        ];
+        if let Some(arch) = outer
             .architectures
             .iter()
             .find(|a| !supported.contains(&a.as_str()))
         {
             return Err(Failure::ModelInvalid.err(format!(
-                "{}: architecture {} is not supported; greve runs MistralForCausalLM models",
+                "{}: architecture {} is not supported; greve runs Mistral, Ministral 3 and Mistral 3 models",
                 path.display(),
                 crate::messages::short(arch)
             )));
         }
-        if hf.tie_word_embeddings {
-            return Err(Failure::ModelInvalid.err(format!(
-                "{}: tie_word_embeddings is set, but Mistral 7B has its own lm_head",
-                path.display()
-            )));
+        let hf: HfConfig = match outer.text_config {
+            Some(inner) => serde_json::from_value(inner),
+            None => serde_json::from_str(&text),
         }
+        .classify(Failure::ModelInvalid, invalid)?;
+        let rope = hf.rope_parameters.as_ref().or(hf.rope_scaling.as_ref());
+        let long_rope = match rope {
+            Some(rope) => rope.long_rope(hf.max_position_embeddings),
+            None => Ok(None),
+        }
+        .classify(Failure::ModelInvalid, || {
+            format!("{} has a rope greve cannot run", path.display())
+        })?;
+        let rope_theta = rope.and_then(|r| r.rope_theta).unwrap_or(hf.rope_theta);
         let config = Config {
             vocab_size: hf.vocab_size,
             hidden_size: hf.hidden_size,
@@ -95,9 +215,11 @@ impl Config {
                 .head_dim
                 .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
             rms_norm_eps: hf.rms_norm_eps,
-            rope_theta: hf.rope_theta,
+            rope_theta,
             context_length: hf.max_position_embeddings,
             sliding_window: hf.sliding_window,
+            long_rope,
+            tie_word_embeddings: hf.tie_word_embeddings,
         };
         config.validate().classify(Failure::ModelInvalid, || {
             format!("{} is inconsistent", path.display())
@@ -166,6 +288,8 @@ impl Config {
             // llama.cpp's llama architecture has no sliding window; greve
             // follows the file so that it computes what llama.cpp computes.
             sliding_window: None,
+            long_rope: None,
+            tie_word_embeddings: false,
         };
         config.validate().classify(Failure::ModelInvalid, || {
             "the GGUF metadata is inconsistent".into()
@@ -227,5 +351,58 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, json).unwrap();
+        Config::from_json_file(&path)
+    }
+
+    /// Ministral 3 8B's config.json as its Hub repo holds it, shortened:
+    /// the text model inside a Mistral3ForConditionalGeneration, YaRN with
+    /// mscale = mscale_all_dim (so an attention factor of 1).
+    #[test]
+    fn a_mistral3_config_gives_its_text_model_and_yarn() {
+        let c = parse(
+            r#"{"architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3",
+            "text_config": {"model_type": "ministral3", "vocab_size": 131072, "hidden_size": 4096,
+              "intermediate_size": 14336, "num_hidden_layers": 34, "num_attention_heads": 32,
+              "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 262144,
+              "rms_norm_eps": 1e-5, "tie_word_embeddings": false, "sliding_window": null,
+              "rope_parameters": {"rope_type": "yarn", "type": "yarn", "rope_theta": 1000000.0,
+                "factor": 16.0, "original_max_position_embeddings": 16384, "beta_fast": 32.0,
+                "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1}},
+            "vision_config": {"hidden_size": 1024}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.hidden_size, c.num_layers, c.context_length),
+            (4096, 34, 262144)
+        );
+        assert_eq!(c.rope_theta, 1e6);
+        let long = c.long_rope.unwrap();
+        assert_eq!((long.factor, long.original_context), (16.0, 16384));
+        assert_eq!((long.attention_factor, long.query_beta), (1.0, 0.1));
+    }
+
+    #[test]
+    fn a_rope_greve_does_not_run_is_refused() {
+        let err = parse(
+            r#"{"vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "max_position_embeddings": 64,
+            "rope_scaling": {"rope_type": "longrope", "factor": 2.0}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("rope type \"longrope\" is not supported"),
+            "{err:#}"
+        );
     }
 }

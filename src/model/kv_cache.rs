@@ -124,6 +124,8 @@ mod tests {
             rope_theta: 1e4,
             context_length: 64,
             sliding_window: None,
+            long_rope: None,
+            tie_word_embeddings: false,
         }
     }
 

@@ -1,5 +1,7 @@
 //! Weights from Hugging Face safetensors files (one file or sharded), named
-//! as in `MistralForCausalLM` checkpoints. The files are memory-mapped; each
+//! as in `MistralForCausalLM` checkpoints, or under the language model's
+//! prefix in `Mistral3ForConditionalGeneration` ones (whose vision tower is
+//! left unread). The files are memory-mapped; each
 //! tensor is converted to the compute dtype as it is loaded.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use crate::exit::{Classify, Failure};
 pub struct SafetensorsSource {
     files: MmapedSafetensors,
     folder: PathBuf,
+    names: Names,
     dtype: DType,
     device: Device,
 }
@@ -43,20 +46,23 @@ impl SafetensorsSource {
                 )));
             }
         }
+        let names = Names::of(files.tensors().iter().map(|(name, _)| name.as_str()));
         Ok(SafetensorsSource {
             files,
+            names,
             folder: folder_of(shards).to_path_buf(),
             dtype,
             device: device.clone(),
         })
     }
 
-    fn name(w: Weight) -> String {
-        let layer = |l: usize, rest: &str| format!("model.layers.{l}.{rest}.weight");
+    fn name(&self, w: Weight) -> String {
+        let Names { model, lm_head } = self.names;
+        let layer = |l: usize, rest: &str| format!("{model}layers.{l}.{rest}.weight");
         match w {
-            Weight::TokenEmbedding => "model.embed_tokens.weight".into(),
-            Weight::OutputNorm => "model.norm.weight".into(),
-            Weight::Output => "lm_head.weight".into(),
+            Weight::TokenEmbedding => format!("{model}embed_tokens.weight"),
+            Weight::OutputNorm => format!("{model}norm.weight"),
+            Weight::Output => lm_head.into(),
             Weight::AttnNorm(l) => layer(l, "input_layernorm"),
             Weight::Q(l) => layer(l, "self_attn.q_proj"),
             Weight::K(l) => layer(l, "self_attn.k_proj"),
@@ -70,7 +76,7 @@ impl SafetensorsSource {
     }
 
     fn load(&self, w: Weight, shape: &[usize]) -> anyhow::Result<Tensor> {
-        let name = Self::name(w);
+        let name = self.name(w);
         let tensor = self
             .files
             .load(&name, &self.device)
@@ -106,16 +112,16 @@ impl WeightSource for SafetensorsSource {
     }
 
     fn shape(&self, w: Weight) -> Option<Vec<usize>> {
-        Some(self.files.get(&Self::name(w)).ok()?.shape().to_vec())
+        Some(self.files.get(&self.name(w)).ok()?.shape().to_vec())
     }
 
     fn tensor_name(&self, w: Weight) -> String {
-        Self::name(w)
+        self.name(w)
     }
 
     fn layers(&self) -> usize {
         let names = self.files.tensors().into_iter().map(|(name, _)| name);
-        super::weights::layer_count(names, "model.layers.")
+        super::weights::layer_count(names, &format!("{}layers.", self.names.model))
     }
 
     fn rope_layout(&self) -> RopeLayout {
@@ -132,4 +138,67 @@ fn folder_of(shards: &[PathBuf]) -> &Path {
         .first()
         .and_then(|p| p.parent())
         .unwrap_or(Path::new("."))
+}
+
+/// Where a checkpoint keeps the text model's tensors.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Names {
+    /// Before `layers.N.`, `embed_tokens` and `norm`.
+    model: &'static str,
+    lm_head: &'static str,
+}
+
+impl Names {
+    /// The layouts of the Hub's checkpoints: a causal LM's, and a
+    /// `Mistral3ForConditionalGeneration`'s as transformers 4.x and 5.x save it.
+    const LAYOUTS: [Names; 3] = [
+        Names {
+            model: "model.",
+            lm_head: "lm_head.weight",
+        },
+        Names {
+            model: "model.language_model.",
+            lm_head: "lm_head.weight",
+        },
+        Names {
+            model: "language_model.model.",
+            lm_head: "language_model.lm_head.weight",
+        },
+    ];
+
+    /// The layout whose embedding table the file holds; the first one when
+    /// none does, so that the missing tensor is named as a causal LM names it.
+    fn of<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Names {
+        let layouts = Self::LAYOUTS.into_iter();
+        layouts
+            .clone()
+            .find(|l| {
+                let embedding = format!("{}embed_tokens.weight", l.model);
+                names.clone().any(|n| n == embedding)
+            })
+            .unwrap_or(Self::LAYOUTS[0])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layout_is_found_from_the_embedding_table() {
+        let of = |names: &[&str]| Names::of(names.iter().copied());
+        let vision = [
+            "vision_tower.patch_conv.weight",
+            "multi_modal_projector.linear_1.weight",
+        ];
+        let mut old = vec!["language_model.model.embed_tokens.weight"];
+        old.extend(vision);
+        assert_eq!(of(&old), Names::LAYOUTS[2]);
+        assert_eq!(
+            of(&["model.language_model.embed_tokens.weight"]),
+            Names::LAYOUTS[1]
+        );
+        assert_eq!(of(&["model.embed_tokens.weight"]), Names::LAYOUTS[0]);
+        assert_eq!(of(&vision), Names::LAYOUTS[0]);
+    }
 }

@@ -11,7 +11,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::attention::KvType;
-use super::config::Config;
+use super::config::{Config, LongRope};
 use super::kv_cache::KvCache;
 use super::linear::{Linear, Projections};
 use super::ops;
@@ -85,6 +85,7 @@ impl Transformer {
             rope: Rope {
                 theta: c.rope_theta,
                 head_dim: c.head_dim,
+                long: c.long_rope,
             },
             dtype,
             device: device.clone(),
@@ -192,7 +193,12 @@ impl Transformer {
             .rows(tokens, self.dtype, &self.device)?
             .unsqueeze(0)?; // (1, n, d)
         let (cos, sin) = self.rope.tables(pos, n, self.dtype, &self.device)?;
-        let positions = Positions { cos, sin };
+        let query_scale = self.rope.query_scale(pos, n, self.dtype, &self.device)?;
+        let positions = Positions {
+            cos,
+            sin,
+            query_scale,
+        };
         let mut delta = None;
         for layer in &mut self.layers {
             let (stream, output) = layer.forward(&x, delta.as_ref(), &positions)?;
@@ -211,10 +217,12 @@ impl Transformer {
 /// scores, heads × batch × context) stay small.
 pub const BATCH: usize = 512;
 
-/// Where the new tokens sit: their rotary angles.
+/// Where the new tokens sit: their rotary angles, and the queries' scale
+/// where the model has one that is not 1 there.
 struct Positions {
-    cos: Tensor, // (n, hd/2)
-    sin: Tensor, // (n, hd/2)
+    cos: Tensor,                 // (n, hd/2)
+    sin: Tensor,                 // (n, hd/2)
+    query_scale: Option<Tensor>, // (1, 1, n, 1)
 }
 
 struct Block {
@@ -262,7 +270,10 @@ impl Attention {
         let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
         let split = |t: Tensor, heads| t.reshape((b, n, heads, hd))?.transpose(1, 2)?.contiguous();
         let [q, k, v] = self.qkv.forward(x)?;
-        let q = ops::rope(split(q, h)?, cos, sin, self.rope)?; // (b, h, n, hd)
+        let mut q = ops::rope(split(q, h)?, cos, sin, self.rope)?; // (b, h, n, hd)
+        if let Some(scale) = &positions.query_scale {
+            q = q.broadcast_mul(scale)?;
+        }
         let k = ops::rope(split(k, kv)?, cos, sin, self.rope)?; // (b, kv, n, hd)
         let v = split(v, kv)?;
         let y = self.cache.attend(&q, &k, &v, self.window)?; // (b, n, h·hd)
@@ -307,6 +318,7 @@ impl RmsNorm {
 struct Rope {
     theta: f32,
     head_dim: usize,
+    long: Option<LongRope>,
 }
 
 impl Rope {
@@ -321,17 +333,73 @@ impl Rope {
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
         let half = self.head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / self.theta.powf((2 * i) as f32 / self.head_dim as f32))
-            .collect();
+        let inv_freq = self.inv_freq();
         let angles: Vec<f32> = (pos..pos + n)
             .flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f))
             .collect();
         let angles = Tensor::from_vec(angles, (n, half), device)?;
-        Ok((
-            angles.cos()?.to_dtype(dtype)?,
-            angles.sin()?.to_dtype(dtype)?,
-        ))
+        let (mut cos, mut sin) = (angles.cos()?, angles.sin()?);
+        if let Some(long) = self.long.filter(|l| l.attention_factor != 1.0) {
+            let factor = long.attention_factor as f64;
+            (cos, sin) = ((cos * factor)?, (sin * factor)?);
+        }
+        Ok((cos.to_dtype(dtype)?, sin.to_dtype(dtype)?))
+    }
+
+    /// The rotation's frequencies, hd/2 of them. With YaRN the fast ones
+    /// (many turns within the original window) stay, the slow ones are
+    /// divided by the factor, and a linear ramp blends those between.
+    fn inv_freq(&self) -> Vec<f32> {
+        let dim = self.head_dim as f32;
+        let base = |i: usize| self.theta.powf((2 * i) as f32 / dim);
+        let half = self.head_dim / 2;
+        let Some(long) = self.long else {
+            return (0..half).map(|i| 1.0 / base(i)).collect();
+        };
+        // The dimension whose wavelength fits `turns` times in the original
+        // window (transformers' find_correction_dim), in f64 as Python does.
+        let (theta, dim64) = (self.theta as f64, self.head_dim as f64);
+        let original = long.original_context as f64;
+        let correction = |turns: f32| {
+            let turns = turns as f64;
+            dim64 * (original / (turns * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln())
+        };
+        let low = correction(long.beta_fast).floor().max(0.0) as f32;
+        let high = correction(long.beta_slow).ceil().min(dim64 - 1.0) as f32;
+        let high = if low == high { high + 0.001 } else { high };
+        (0..half)
+            .map(|i| {
+                let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                let keep = 1.0 - ramp;
+                let stretched = 1.0 / (long.factor * base(i));
+                stretched * (1.0 - keep) + (1.0 / base(i)) * keep
+            })
+            .collect()
+    }
+
+    /// Ministral 3's query scale `1 + β·ln(1 + ⌊pos / original⌋)` for
+    /// positions `pos..pos + n`, (1, 1, n, 1); `None` where it is 1 for all
+    /// of them (every position inside the original window), which skips
+    /// the multiply and keeps the other models' arithmetic as it was.
+    fn query_scale(
+        &self,
+        pos: usize,
+        n: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Option<Tensor>> {
+        let Some(long) = self.long.filter(|l| l.query_beta != 0.0) else {
+            return Ok(None);
+        };
+        if pos + n <= long.original_context {
+            return Ok(None);
+        }
+        let original = long.original_context as f32;
+        let scale: Vec<f32> = (pos..pos + n)
+            .map(|p| 1.0 + long.query_beta * (1.0 + (p as f32 / original).floor()).ln())
+            .collect();
+        let scale = Tensor::from_vec(scale, (1, 1, n, 1), device)?;
+        Ok(Some(scale.to_dtype(dtype)?))
     }
 }
 
@@ -344,6 +412,7 @@ mod tests {
         let rope = Rope {
             theta: 10_000.0,
             head_dim: 4,
+            long: None,
         };
         let (cos, sin) = rope.tables(3, 2, DType::F32, &Device::Cpu).unwrap();
         let cos = cos.to_vec2::<f32>().unwrap();
@@ -351,5 +420,50 @@ mod tests {
         // Frequencies 1 and 1/100 for head_dim 4.
         assert!((cos[0][0] - 3f32.cos()).abs() < 1e-6);
         assert!((sin[1][1] - 0.04f32.sin()).abs() < 1e-6);
+    }
+
+    /// transformers' `_compute_yarn_parameters` for tests/goldens/tiny-ministral3.json's
+    /// rope (head_dim 16, θ 1e6, factor 4, original window 16).
+    #[test]
+    fn yarn_frequencies_are_transformers_ones() {
+        let long = LongRope {
+            factor: 4.0,
+            original_context: 16,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attention_factor: 1.138_629_4,
+            query_beta: 0.1,
+        };
+        let rope = Rope {
+            theta: 1e6,
+            head_dim: 16,
+            long: Some(long),
+        };
+        let want = [
+            1.0,
+            0.044_456_985,
+            0.007_905_695,
+            0.001_405_853_3,
+            0.000_25,
+            4.445_698_5e-5,
+            7.905_694e-6,
+            1.405_853_4e-6,
+        ];
+        for (got, want) in rope.inv_freq().iter().zip(want) {
+            assert!((got - want).abs() <= want * 1e-6, "{got} against {want}");
+        }
+        // The query scale: 1 inside the window, then 1 + 0.1·ln(1 + ⌊p/16⌋).
+        assert!(rope
+            .query_scale(0, 16, DType::F32, &Device::Cpu)
+            .unwrap()
+            .is_none());
+        let scale = rope
+            .query_scale(15, 18, DType::F32, &Device::Cpu)
+            .unwrap()
+            .unwrap();
+        let scale = scale.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(scale[0], 1.0);
+        assert!((scale[1] - (1.0 + 0.1 * 2f32.ln())).abs() < 1e-7);
+        assert!((scale[17] - (1.0 + 0.1 * 3f32.ln())).abs() < 1e-7);
     }
 }

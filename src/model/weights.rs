@@ -133,7 +133,8 @@ pub(super) fn check_weights(c: &Config, src: &dyn WeightSource) -> anyhow::Resul
             c.num_layers
         );
     }
-    let tied = src.shape(Weight::Output).is_none() && src.output_may_be_tied();
+    let may_tie = c.tie_word_embeddings || src.output_may_be_tied();
+    let tied = src.shape(Weight::Output).is_none() && may_tie;
     let output = (!tied).then_some(Weight::Output);
     let globals = [Weight::TokenEmbedding, Weight::OutputNorm]
         .into_iter()

@@ -96,6 +96,70 @@ fn sharded_safetensors_match_transformers() {
     }
 }
 
+/// Ministral 3's rope: YaRN frequencies and the llama-4 query scaling, with
+/// a 16-position original window so that prompts of 6, 41 and 71 tokens and
+/// their continuations run inside it and far past it. YaRN's attention
+/// factor (1.14 here) magnifies the f16 KV cache's rounding, so the logits'
+/// tolerance is twice the other models'; the greedy tokens are exact.
+#[test]
+fn ministral3_safetensors_match_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), "ministral3");
+    let mut model = load(dir.path());
+    check(&mut model, "ministral3", "safetensors ministral3", 2e-3);
+}
+
+/// The same model as a `Mistral3ForConditionalGeneration` checkpoint, as the
+/// Hub's Ministral 3 and Small 3.1/3.2 repos hold it: the config inside
+/// `text_config`, the tensors under `language_model.`, a vision tower beside
+/// them that greve leaves unread.
+#[test]
+fn ministral3_inside_a_vision_checkpoint_reads_its_text_model() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), "ministral3");
+    let mut index: serde_json::Value = read_json(&dir.path().join("model.safetensors.index.json"));
+    let mut weight_map = serde_json::Map::new();
+    for shard in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
+        let path = dir.path().join(shard);
+        let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        let mut renamed: std::collections::HashMap<_, _> = tensors
+            .into_iter()
+            .map(|(name, t)| (format!("language_model.{name}"), t))
+            .collect();
+        if shard.starts_with("model-00001") {
+            let patch =
+                candle_core::Tensor::zeros((4, 3, 2, 2), DType::BF16, &Device::Cpu).unwrap();
+            renamed.insert("vision_tower.patch_conv.weight".into(), patch);
+        }
+        weight_map.extend(renamed.keys().map(|n| (n.clone(), shard.into())));
+        candle_core::safetensors::save(&renamed, &path).unwrap();
+    }
+    index["weight_map"] = weight_map.into();
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let text: serde_json::Value = read_json(&dir.path().join("config.json"));
+    let outer = serde_json::json!({"architectures": ["Mistral3ForConditionalGeneration"],
+        "model_type": "mistral3", "text_config": text, "vision_config": {"hidden_size": 16}});
+    std::fs::write(dir.path().join("config.json"), outer.to_string()).unwrap();
+    let mut model = load(dir.path());
+    check(
+        &mut model,
+        "ministral3",
+        "Mistral3ForConditionalGeneration",
+        2e-3,
+    );
+}
+
+fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// The GGUF files llama.cpp's converter made of the tiny models, NeMo's
 /// shape among them ("tekken": heads × head size is not the hidden size, the
 /// real Tekken vocabulary), prompted with mistral-common's renderings of

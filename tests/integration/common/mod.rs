@@ -208,20 +208,37 @@ pub fn write_tiny_model(dir: &Path, version: &str) {
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
     std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
-    let mut config = cfg.as_object().unwrap().clone();
-    for (k, v) in [
+    // A golden that gives its whole config.json (a Ministral 3 one) is
+    // written as it is.
+    let mut config = match golden.get("hf_config") {
+        Some(hf) => hf.as_object().unwrap().clone(),
+        None => cfg.as_object().unwrap().clone(),
+    };
+    let missing: Vec<_> = [
         ("architectures", serde_json::json!(["MistralForCausalLM"])),
         ("model_type", "mistral".into()),
         ("vocab_size", vocab.into()),
         ("hidden_act", "silu".into()),
         ("tie_word_embeddings", false.into()),
         ("torch_dtype", "bfloat16".into()),
-    ] {
+    ]
+    .into_iter()
+    .filter(|(k, _)| {
+        golden
+            .get("hf_config")
+            .is_none_or(|hf| hf.get(*k).is_none())
+    })
+    .collect();
+    for (k, v) in missing {
         config.insert(k.into(), v);
     }
     std::fs::write(dir.join("config.json"), Value::Object(config).to_string()).unwrap();
+    let tokenizer = golden
+        .get("tokenizer")
+        .and_then(Value::as_str)
+        .unwrap_or(version);
     std::fs::copy(
-        goldens().join(format!("tokenizer-{version}.json")),
+        goldens().join(format!("tokenizer-{tokenizer}.json")),
         dir.join("tokenizer.json"),
     )
     .unwrap();

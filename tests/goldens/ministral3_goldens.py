@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Makes tiny-ministral3.json: greedy continuations and logits of a tiny
+random Ministral 3 model (transformers' `ministral3`, YaRN rope and the
+llama-4 query scaling), whose original window is 16 positions so that both
+act within a short prompt.
+
+    python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch==2.9.* transformers==5.24.0 \
+        safetensors numpy sentencepiece protobuf mistral-common==1.13.1
+    /tmp/venv/bin/python ministral3_goldens.py
+
+The weights come from make_goldens.py's formula, which the Rust tests
+implement too (tests/integration/common/mod.rs), so only the config and the
+results are committed; the vocabulary is v3's (tokenizer-v3.json).
+"""
+import json
+import os
+
+import torch
+import transformers
+from transformers import Ministral3Config, Ministral3ForCausalLM
+
+from make_goldens import HERE, NEW_TOKENS, projection_scale, tiny_state_dict
+
+CFG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+           num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, rms_norm_eps=1e-5)
+# Ministral 3's rope in small: its factor and betas, an original window of
+# 16 positions instead of 16384, and no mscale_all_dim, so that YaRN's
+# attention factor (0.1·ln(factor) + 1) is not 1 and is checked too.
+ROPE = dict(rope_type="yarn", rope_theta=1000000.0, factor=4.0, original_max_position_embeddings=16,
+            beta_fast=32.0, beta_slow=1.0, mscale=1.0, llama_4_scaling_beta=0.1)
+VOCAB = 32768
+PROMPTS = [
+    [1, 3, 1027, 1136, 1171, 4],
+    [1] + [1000 + 37 * i % 5000 for i in range(40)],
+    [1] + [20000 + 11 * i for i in range(70)],
+]
+
+
+def main():
+    config = dict(architectures=["Ministral3ForCausalLM"], model_type="ministral3", vocab_size=VOCAB,
+                  hidden_act="silu", bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+                  sliding_window=None, rope_parameters=ROPE, dtype="bfloat16", **CFG)
+    model = Ministral3ForCausalLM(Ministral3Config(**{k: v for k, v in config.items() if k != "architectures"}))
+    state = tiny_state_dict(dict(CFG), VOCAB)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    continuations = []
+    with torch.no_grad():
+        for ids in PROMPTS:
+            out = model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False,
+                                 eos_token_id=2, pad_token_id=2)
+            logits = model(torch.tensor([ids])).logits[0, -1]
+            continuations.append({"prompt": ids, "greedy": out[0, len(ids):].tolist(),
+                                  "first_logits": [round(float(x), 5) for x in logits[:16]]})
+    golden = {"version": "ministral3", "transformers": transformers.__version__, "config": CFG,
+              "hf_config": config, "tokenizer": "v3", "vocab_size": VOCAB, "projection_scale": projection_scale(CFG),
+              "new_tokens": NEW_TOKENS, "continuations": continuations}
+    json.dump(golden, open(os.path.join(HERE, "tiny-ministral3.json"), "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
