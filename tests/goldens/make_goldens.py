@@ -225,6 +225,22 @@ def write_tiny_folder(folder, version, cfg, state, tokenizer_json):
     return config
 
 
+def greedy_continuations(model, state, prompts):
+    """The model with `state` loaded: for each prompt, its greedy
+    continuation and the first 16 logits after it."""
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    continuations = []
+    with torch.no_grad():
+        for ids in prompts:
+            out = model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False,
+                                 eos_token_id=2, pad_token_id=2)
+            logits = model(torch.tensor([ids])).logits[0, -1]
+            continuations.append({"prompt": ids, "greedy": out[0, len(ids):].tolist(),
+                                  "first_logits": [round(float(x), 5) for x in logits[:16]]})
+    return continuations
+
+
 def model_goldens(version, llama_cpp, prompts):
     import sentencepiece
 
@@ -244,16 +260,7 @@ def model_goldens(version, llama_cpp, prompts):
             tokenizer = os.path.join(HERE, f"tokenizer-{version}.json")
             config = write_tiny_folder(folder, version, cfg, state, tokenizer)
         model = MistralForCausalLM(MistralConfig(**{k: v for k, v in config.items() if k != "architectures"}))
-        model.load_state_dict(state, strict=True)
-        model.eval()
-        continuations = []
-        with torch.no_grad():
-            for ids in prompts:
-                out = model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False,
-                                     eos_token_id=2, pad_token_id=2)
-                logits = model(torch.tensor([ids])).logits[0, -1]
-                continuations.append({"prompt": ids, "greedy": out[0, len(ids):].tolist(),
-                                      "first_logits": [round(float(x), 5) for x in logits[:16]]})
+        continuations = greedy_continuations(model, state, prompts)
         env = dict(os.environ, PYTHONPATH=os.path.join(llama_cpp, "gguf-py"))
         convert = [sys.executable, os.path.join(llama_cpp, "convert_hf_to_gguf.py"), folder]
         for outtype in GGUF_TYPES[version]:

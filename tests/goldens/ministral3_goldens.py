@@ -15,11 +15,10 @@ results are committed; the vocabulary is v3's (tokenizer-v3.json).
 import json
 import os
 
-import torch
 import transformers
 from transformers import Ministral3Config, Ministral3ForCausalLM
 
-from make_goldens import HERE, NEW_TOKENS, projection_scale, tiny_state_dict
+from make_goldens import HERE, NEW_TOKENS, greedy_continuations, projection_scale, tiny_state_dict
 
 CFG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
            num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, rms_norm_eps=1e-5)
@@ -42,16 +41,7 @@ def main():
                   sliding_window=None, rope_parameters=ROPE, dtype="bfloat16", **CFG)
     model = Ministral3ForCausalLM(Ministral3Config(**{k: v for k, v in config.items() if k != "architectures"}))
     state = tiny_state_dict(dict(CFG), VOCAB)
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    continuations = []
-    with torch.no_grad():
-        for ids in PROMPTS:
-            out = model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False,
-                                 eos_token_id=2, pad_token_id=2)
-            logits = model(torch.tensor([ids])).logits[0, -1]
-            continuations.append({"prompt": ids, "greedy": out[0, len(ids):].tolist(),
-                                  "first_logits": [round(float(x), 5) for x in logits[:16]]})
+    continuations = greedy_continuations(model, state, PROMPTS)
     golden = {"version": "ministral3", "transformers": transformers.__version__, "config": CFG,
               "hf_config": config, "tokenizer": "v3", "vocab_size": VOCAB, "projection_scale": projection_scale(CFG),
               "new_tokens": NEW_TOKENS, "continuations": continuations}
