@@ -79,16 +79,20 @@ impl HfRope {
         let query_beta = self.llama_4_scaling_beta.unwrap_or(0.0);
         match kind {
             "default" if query_beta == 0.0 => return Ok(None),
-            "yarn" => {}
+            "default" | "yarn" => {}
             other => anyhow::bail!(
                 "rope type {} is not supported; greve runs the default rope and YaRN",
                 crate::messages::short(other)
             ),
         }
         let original = self.original_max_position_embeddings.unwrap_or(context);
-        let factor = self
-            .factor
-            .unwrap_or(context as f32 / original.max(1) as f32);
+        // The default rope with the query scaling alone is YaRN stretched by 1.
+        let factor = match kind {
+            "default" => 1.0,
+            _ => self
+                .factor
+                .unwrap_or(context as f32 / original.max(1) as f32),
+        };
         let mscale = |scale: f32, m: f32| {
             if scale <= 1.0 {
                 1.0

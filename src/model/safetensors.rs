@@ -46,7 +46,7 @@ impl SafetensorsSource {
                 )));
             }
         }
-        let names = Names::of(files.tensors().iter().map(|(name, _)| name.as_str()));
+        let names = Names::of(|name| files.get(name).is_ok());
         Ok(SafetensorsSource {
             files,
             names,
@@ -168,15 +168,10 @@ impl Names {
 
     /// The layout whose embedding table the file holds; the first one when
     /// none does, so that the missing tensor is named as a causal LM names it.
-    fn of<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Names {
-        let layouts = Self::LAYOUTS.into_iter();
-        layouts
-            .clone()
-            .find(|l| {
-                let embedding = format!("{}embed_tokens.weight", l.model);
-                names.clone().any(|n| n == embedding)
-            })
-            .unwrap_or(Self::LAYOUTS[0])
+    fn of(holds: impl Fn(&str) -> bool) -> Names {
+        let mut layouts = Self::LAYOUTS.into_iter();
+        let found = layouts.find(|l| holds(&format!("{}embed_tokens.weight", l.model)));
+        found.unwrap_or(Self::LAYOUTS[0])
     }
 }
 
@@ -186,7 +181,7 @@ mod tests {
 
     #[test]
     fn the_layout_is_found_from_the_embedding_table() {
-        let of = |names: &[&str]| Names::of(names.iter().copied());
+        let of = |names: &[&str]| Names::of(|name| names.contains(&name));
         let vision = [
             "vision_tower.patch_conv.weight",
             "multi_modal_projector.linear_1.weight",

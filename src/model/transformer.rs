@@ -370,9 +370,8 @@ impl Rope {
         (0..half)
             .map(|i| {
                 let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
-                let keep = 1.0 - ramp;
                 let stretched = 1.0 / (long.factor * base(i));
-                stretched * (1.0 - keep) + (1.0 / base(i)) * keep
+                stretched * ramp + (1.0 / base(i)) * (1.0 - ramp)
             })
             .collect()
     }
