@@ -18,6 +18,12 @@
 //! * **V7** (Mistral Small 3.x): as V3, but the system prompt stands alone
 //!   after BOS, between `[SYSTEM_PROMPT]` and `[/SYSTEM_PROMPT]` control
 //!   tokens.
+//! * **V11** (Small 3.2, Magistral Small 1.1): as V7, but each call is its
+//!   own `[TOOL_CALLS]name[CALL_ID]id[ARGS]{arguments}`.
+//! * **V13** (Magistral Small 1.2, Devstral Small 2, Ministral 3): calls
+//!   without ids, results without them, the tools before the *first* user
+//!   message (so that a long chat keeps one prefix), and an assistant's
+//!   thinking between `[THINK]` and `[/THINK]`.
 //!
 //! All start with exactly one BOS and close every assistant reply with EOS.
 
@@ -29,6 +35,8 @@ pub enum Instruct {
     V1,
     V3,
     V7,
+    V11,
+    V13,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -50,6 +58,10 @@ pub struct Message {
     /// A tool message's: the call it answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// An assistant's thinking before its answer or calls. Only V13 shows
+    /// it to the model; older formats have no place for it and leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
 }
 
 /// A call the model made to a tool.
@@ -85,6 +97,7 @@ impl Message {
             content: content.into(),
             tool_calls: Vec::new(),
             tool_call_id: None,
+            reasoning: None,
         }
     }
 }
@@ -94,7 +107,8 @@ impl Message {
 /// vocabulary (V3) has `[SYSTEM_PROMPT]` too, unused, so where the tokens do
 /// not settle it the chat template does (`tokenizer_config.json`, GGUF
 /// `tokenizer.chat_template`); with no template, only Mistral's V7
-/// SentencePiece vocabulary has the token and uses it.
+/// SentencePiece vocabulary has the token and uses it. A V7 template that
+/// writes `[ARGS]` is V11 when it also writes call ids, else V13.
 pub fn instruct_format(
     inst: bool,
     system_tokens: bool,
@@ -104,10 +118,24 @@ pub fn instruct_format(
     match (inst, system_tokens, template) {
         (false, _, _) => Instruct::V1,
         (true, false, _) => Instruct::V3,
+        (true, true, Some(t)) if t.contains("[SYSTEM_PROMPT]") && t.contains("[ARGS]") => {
+            if t.contains("[CALL_ID]") {
+                Instruct::V11
+            } else {
+                Instruct::V13
+            }
+        }
         (true, true, Some(t)) if t.contains("[SYSTEM_PROMPT]") => Instruct::V7,
         (true, true, Some(_)) => Instruct::V3,
         (true, true, None) if byte_level => Instruct::V3,
         (true, true, None) => Instruct::V7,
+    }
+}
+
+impl Instruct {
+    /// Whether the system prompt stands alone after BOS (V7 on).
+    pub fn system_alone(self) -> bool {
+        matches!(self, Instruct::V7 | Instruct::V11 | Instruct::V13)
     }
 }
 
@@ -123,10 +151,16 @@ pub enum Piece {
     BeginTools,
     EndTools,
     ToolCalls,
+    /// V11: before a call's id.
+    CallId,
+    /// V11, V13: between a call's name and its arguments.
+    Args,
     BeginToolResults,
     /// V7: between a result's call id and its content.
     BeginToolContent,
     EndToolResults,
+    BeginThink,
+    EndThink,
     /// Text encoded on its own, as one SentencePiece call.
     Text(String),
 }
@@ -180,7 +214,7 @@ fn pieces(
             "tools: Mistral 7B v0.1 and v0.2 have no tool tokens in their format; function calling needs v0.3, NeMo or Small 3.x",
         ));
     }
-    // V7 writes an assistant's text before its calls; V3 has no room for both.
+    // V7 on write an assistant's text before its calls; V3 has no room for both.
     let both = |m: &Message| !m.content.is_empty() && !m.tool_calls.is_empty();
     if let (Instruct::V3, Some(i)) = (format, messages.iter().position(both)) {
         return Err(Failure::Usage.err(format!(
@@ -193,16 +227,21 @@ fn pieces(
         .filter(|&i| messages[i].role == Role::User)
         .collect();
     // V1 puts the system prompt in the first user turn, V3 in the last one
-    // (with the tools), V7 before every turn.
+    // (with the tools), V7 on before every turn.
     let system_turn = match format {
         Instruct::V1 => users.first(),
         Instruct::V3 => users.last(),
-        Instruct::V7 => None,
+        Instruct::V7 | Instruct::V11 | Instruct::V13 => None,
+    }
+    .copied();
+    let tools_turn = match format {
+        Instruct::V13 => users.first(),
+        _ => users.last(),
     }
     .copied();
 
     let mut pieces = vec![Piece::Bos];
-    if let (Instruct::V7, Some(system)) = (format, system) {
+    if let (true, Some(system)) = (format.system_alone(), system) {
         pieces.push(Piece::BeginSystem);
         pieces.push(Piece::Text(system.to_string()));
         pieces.push(Piece::EndSystem);
@@ -210,7 +249,7 @@ fn pieces(
     for (i, message) in messages.iter().enumerate() {
         match message.role {
             Role::User => {
-                if users.last() == Some(&i) && !tools.is_empty() {
+                if tools_turn == Some(i) && !tools.is_empty() {
                     pieces.push(Piece::BeginTools);
                     pieces.push(Piece::Text(tools_json(tools)));
                     pieces.push(Piece::EndTools);
@@ -223,31 +262,20 @@ fn pieces(
                 };
                 match format {
                     Instruct::V1 => pieces.push(Piece::Text(format!("[INST] {text} [/INST]"))),
-                    Instruct::V3 | Instruct::V7 => {
+                    _ => {
                         pieces.push(Piece::BeginInst);
                         pieces.push(Piece::Text(text));
                         pieces.push(Piece::EndInst);
                     }
                 }
             }
-            Role::Assistant if !message.tool_calls.is_empty() => {
-                let text = message.content.trim_end_matches(' ');
-                if !text.is_empty() {
-                    pieces.push(Piece::Text(text.to_string()));
-                }
-                pieces.push(Piece::ToolCalls);
-                pieces.push(Piece::Text(calls_json(&message.tool_calls)));
-                pieces.push(Piece::Eos);
+            Role::Assistant => assistant(format, message, &mut pieces),
+            Role::Tool if format == Instruct::V13 => {
+                pieces.push(Piece::BeginToolResults);
+                pieces.push(Piece::Text(message.content.clone()));
+                pieces.push(Piece::EndToolResults);
             }
-            Role::Assistant => {
-                let text = match format {
-                    Instruct::V1 => message.content.as_str(),
-                    Instruct::V3 | Instruct::V7 => message.content.trim_end_matches(' '),
-                };
-                pieces.push(Piece::Text(text.to_string()));
-                pieces.push(Piece::Eos);
-            }
-            Role::Tool if format == Instruct::V7 => {
+            Role::Tool if format.system_alone() => {
                 pieces.push(Piece::BeginToolResults);
                 let id = message.tool_call_id.as_deref().unwrap_or("");
                 pieces.push(Piece::Text(id.to_string()));
@@ -267,6 +295,51 @@ fn pieces(
         }
     }
     Ok(pieces)
+}
+
+/// An assistant's turn: its thinking (V13), its text, its calls, EOS.
+fn assistant(format: Instruct, message: &Message, pieces: &mut Vec<Piece>) {
+    let thinking = message
+        .reasoning
+        .as_ref()
+        .filter(|_| format == Instruct::V13);
+    if let Some(thinking) = thinking {
+        pieces.push(Piece::BeginThink);
+        pieces.push(Piece::Text(thinking.clone()));
+        pieces.push(Piece::EndThink);
+    }
+    // mistral-common trims the spaces that end a plain reply, not those of
+    // the text after thinking (a list of chunks to it).
+    let text = match (format, thinking) {
+        (Instruct::V1, _) | (_, Some(_)) => message.content.as_str(),
+        _ => message.content.trim_end_matches(' '),
+    };
+    // A reply that calls tools may say nothing first; a plain one always
+    // has its text, which an older format's thinking alone may leave empty.
+    if !text.is_empty() || (message.tool_calls.is_empty() && thinking.is_none()) {
+        pieces.push(Piece::Text(text.to_string()));
+    }
+    if !message.tool_calls.is_empty() {
+        match format {
+            Instruct::V11 | Instruct::V13 => {
+                for call in &message.tool_calls {
+                    pieces.push(Piece::ToolCalls);
+                    pieces.push(Piece::Text(call.name.clone()));
+                    if format == Instruct::V11 && !call.id.is_empty() && call.id != "null" {
+                        pieces.push(Piece::CallId);
+                        pieces.push(Piece::Text(call.id.clone()));
+                    }
+                    pieces.push(Piece::Args);
+                    pieces.push(Piece::Text(python_json(&json_or_text(&call.arguments))));
+                }
+            }
+            _ => {
+                pieces.push(Piece::ToolCalls);
+                pieces.push(Piece::Text(calls_json(&message.tool_calls)));
+            }
+        }
+    }
+    pieces.push(Piece::Eos);
 }
 
 impl Tool {
@@ -351,7 +424,8 @@ fn check_alternation(messages: &[Message]) -> anyhow::Result<()> {
         return Err(Failure::Usage.err("the conversation has no message to answer"));
     }
     check_turns(messages)?;
-    let empty = |m: &Message| m.content.is_empty() && m.tool_calls.is_empty();
+    let empty =
+        |m: &Message| m.content.is_empty() && m.tool_calls.is_empty() && m.reasoning.is_none();
     if let Some(i) = messages.iter().position(empty) {
         return Err(Failure::Usage.err(format!("message {} is empty", i + 1)));
     }
@@ -399,9 +473,13 @@ pub fn to_text(pieces: &[Piece]) -> String {
             Piece::BeginTools => "[AVAILABLE_TOOLS]",
             Piece::EndTools => "[/AVAILABLE_TOOLS]",
             Piece::ToolCalls => "[TOOL_CALLS]",
+            Piece::CallId => "[CALL_ID]",
+            Piece::Args => "[ARGS]",
             Piece::BeginToolResults => "[TOOL_RESULTS]",
             Piece::BeginToolContent => "[TOOL_CONTENT]",
             Piece::EndToolResults => "[/TOOL_RESULTS]",
+            Piece::BeginThink => "[THINK]",
+            Piece::EndThink => "[/THINK]",
             Piece::Text(t) => t.as_str(),
         })
         .collect()
@@ -538,6 +616,22 @@ mod tests {
             ..calling
         };
         assert!(render_with_tools(Instruct::V3, None, &[], &[Message::user("a"), both]).is_err());
+    }
+
+    #[test]
+    fn only_v13_shows_the_model_its_thinking() {
+        let thought = Message {
+            reasoning: Some("hmm".into()),
+            ..Message::assistant("4  ")
+        };
+        let messages = [Message::user("2+2"), thought, Message::user("3+3")];
+        let v13 = render(Instruct::V13, None, &messages).unwrap();
+        assert_eq!(
+            to_text(&v13),
+            "<s>[INST]2+2[/INST][THINK]hmm[/THINK]4  </s>[INST]3+3[/INST]"
+        );
+        let v7 = render(Instruct::V7, None, &messages).unwrap();
+        assert_eq!(to_text(&v7), "<s>[INST]2+2[/INST]4</s>[INST]3+3[/INST]");
     }
 
     #[test]

@@ -60,6 +60,7 @@ const V3_IDS: [u32; 32] = [
     3, 16185, 1534, 4441, 1249, 15067, 29491, 781, 781, 29533, 2323, 1615, 25661, 29491, 4,
 ];
 /// Tekken (NeMo's V3, Small 3.x's V7): tests/goldens/tokens-tekken*.json.
+/// V11 and V13 render a chat without tools or thinking as V7 does.
 const TEKKEN_V3_IDS: [u32; 27] = [
     1, 3, 48227, 47010, 4, 48227, 47010, 2662, 24715, 8306, 22665, 6790, 66398, 3082, 2, 3, 92894,
     3869, 1115, 1418, 13570, 1338, 1070, 2449, 116989, 1046, 4,
@@ -375,7 +376,7 @@ fn template_check(r: &mut Report, settings: &Settings) -> std::io::Result<()> {
         (Instruct::V3, 32768) => &V3_IDS,
         (Instruct::V7, 32768) => &V7_IDS,
         (Instruct::V3, 131072) => &TEKKEN_V3_IDS,
-        (Instruct::V7, 131072) => &TEKKEN_V7_IDS,
+        (Instruct::V7 | Instruct::V11 | Instruct::V13, 131072) => &TEKKEN_V7_IDS,
         (format, size) => {
             return r.line(
                 Status::Skip,

@@ -321,7 +321,7 @@ pub fn messages(value: &Value) -> Result<(Option<String>, Vec<Message>), ApiErro
         for (key, _) in set {
             let known = match key.as_str() {
                 "role" | "content" | "name" => true,
-                "refusal" | "tool_calls" => role == "assistant",
+                "refusal" | "tool_calls" | "reasoning_content" | "reasoning" => role == "assistant",
                 "tool_call_id" => role == "tool",
                 _ => false,
             };
@@ -333,9 +333,13 @@ pub fn messages(value: &Value) -> Result<(Option<String>, Vec<Message>), ApiErro
             None | Some(Value::Null) => Vec::new(),
             Some(calls) => tool_calls(&format!("{param}.tool_calls"), calls)?,
         };
+        let thinking = match role {
+            "assistant" => reasoning(&param, fields)?,
+            _ => None,
+        };
         let content = match fields.get("content") {
-            // An assistant that calls tools may say nothing.
-            None | Some(Value::Null) if !calls.is_empty() => String::new(),
+            // An assistant that calls tools, or only thinks, may say nothing.
+            None | Some(Value::Null) if !calls.is_empty() || thinking.is_some() => String::new(),
             c => content(&param, c)?,
         };
         let message = match role {
@@ -352,6 +356,7 @@ pub fn messages(value: &Value) -> Result<(Option<String>, Vec<Message>), ApiErro
             "user" => Message::user(content),
             "assistant" => Message {
                 tool_calls: calls,
+                reasoning: thinking,
                 ..Message::assistant(content)
             },
             "tool" => {
@@ -380,6 +385,35 @@ pub fn messages(value: &Value) -> Result<(Option<String>, Vec<Message>), ApiErro
         .map_err(|e| ApiError::invalid("messages", crate::exit::one_line(&e)))?;
     let system = (!system.is_empty()).then(|| system.join("\n\n"));
     Ok((system, messages))
+}
+
+/// An assistant's thinking sent back: `reasoning_content` (llama-server,
+/// vLLM, DeepSeek) or `reasoning` (newer vLLM), one or both the same.
+fn reasoning(
+    param: &str,
+    fields: &serde_json::Map<String, Value>,
+) -> Result<Option<String>, ApiError> {
+    let mut found: Option<String> = None;
+    for key in ["reasoning_content", "reasoning"] {
+        let text = match fields.get(key) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(text)) => text,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    format!("{param}.{key}"),
+                    "a string is expected",
+                ))
+            }
+        };
+        if found.as_ref().is_some_and(|f| f != text) {
+            return Err(ApiError::invalid(
+                format!("{param}.reasoning"),
+                "reasoning and reasoning_content differ: send one",
+            ));
+        }
+        found = Some(text.clone());
+    }
+    Ok(found)
 }
 
 /// An assistant's `tool_calls`, as OpenAI shapes them.

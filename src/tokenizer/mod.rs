@@ -36,13 +36,16 @@ pub struct Tokenizer {
     system: Option<(u32, u32)>,
     /// The function-calling control tokens, where the vocabulary has them.
     tools: Option<ToolTokens>,
+    /// `[THINK]` and `[/THINK]`, in the vocabularies of models that reason.
+    think: Option<(u32, u32)>,
     format: Instruct,
     /// One past the largest id: a damaged tokenizer.json may skip ids.
     vocab_size: usize,
 }
 
 /// `[AVAILABLE_TOOLS]`, `[/AVAILABLE_TOOLS]`, `[TOOL_CALLS]`,
-/// `[TOOL_RESULTS]` and `[/TOOL_RESULTS]`, and V7's `[TOOL_CONTENT]`.
+/// `[TOOL_RESULTS]` and `[/TOOL_RESULTS]`, V7's `[TOOL_CONTENT]`, and
+/// V11's `[CALL_ID]` and `[ARGS]`.
 #[derive(Clone, Copy)]
 struct ToolTokens {
     begin_tools: u32,
@@ -51,6 +54,8 @@ struct ToolTokens {
     begin_results: u32,
     end_results: u32,
     content: Option<u32>,
+    call_id: Option<u32>,
+    args: Option<u32>,
 }
 
 /// Whether a tokenizer's pieces are byte-level (GPT-2 kind: Tekken), not
@@ -159,8 +164,11 @@ impl Tokenizer {
                 begin_results: control_id("[TOOL_RESULTS]")?,
                 end_results: control_id("[/TOOL_RESULTS]")?,
                 content: control_id("[TOOL_CONTENT]"),
+                call_id: control_id("[CALL_ID]"),
+                args: control_id("[ARGS]"),
             })
         })();
+        let think = control_id("[THINK]").zip(control_id("[/THINK]"));
         let format = instruct_format(
             inst.is_some(),
             system.is_some(),
@@ -179,8 +187,9 @@ impl Tokenizer {
             eos,
             add_bos,
             inst,
-            system: system.filter(|_| format == Instruct::V7),
+            system: system.filter(|_| format.system_alone()),
             tools,
+            think,
             format,
         }
     }
@@ -194,6 +203,11 @@ impl Tokenizer {
     /// the vocabulary has the function-calling tokens.
     pub fn tool_calls_token(&self) -> Option<u32> {
         self.tools.map(|t| t.calls)
+    }
+
+    /// `[THINK]` and `[/THINK]`, where the model reasons before it answers.
+    pub fn think_tokens(&self) -> Option<(u32, u32)> {
+        self.think
     }
 
     pub fn eos(&self) -> u32 {
@@ -258,9 +272,21 @@ impl Tokenizer {
                     let opens = matches!(piece, Piece::BeginInst | Piece::BeginSystem);
                     ids.push(if opens { begin } else { end });
                 }
+                Piece::BeginThink | Piece::EndThink => {
+                    let (begin, end) = self.think.ok_or_else(|| {
+                        Failure::Usage.err("this model's vocabulary has no [THINK] token")
+                    })?;
+                    ids.push(if *piece == Piece::BeginThink {
+                        begin
+                    } else {
+                        end
+                    });
+                }
                 Piece::BeginTools
                 | Piece::EndTools
                 | Piece::ToolCalls
+                | Piece::CallId
+                | Piece::Args
                 | Piece::BeginToolResults
                 | Piece::BeginToolContent
                 | Piece::EndToolResults => {
@@ -277,6 +303,15 @@ impl Tokenizer {
                         Piece::BeginToolContent => t.content.ok_or_else(|| {
                             Failure::Usage.err("tools: this model's vocabulary has no [TOOL_CONTENT] token, which its format (V7) needs")
                         })?,
+                        Piece::CallId | Piece::Args => {
+                            let (token, name) = match piece {
+                                Piece::CallId => (t.call_id, "[CALL_ID]"),
+                                _ => (t.args, "[ARGS]"),
+                            };
+                            token.ok_or_else(|| {
+                                Failure::Usage.err(format!("tools: this model's vocabulary has no {name} token, which its format ({:?}) needs", self.format))
+                            })?
+                        }
                         _ => t.end_results,
                     });
                 }

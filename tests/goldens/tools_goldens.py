@@ -5,8 +5,10 @@ for tests/integration/tokenizer.rs to hold greve's rendering to.
 Each case is an OpenAI request body (`messages`, `tools`), read by
 mistral-common's own `ChatCompletionRequest.from_openai` and encoded by
 `encode_chat_completion` with the V3 SentencePiece vocabulary (Mistral 7B
-v0.3), NeMo's Tekken (V3), the V7 SentencePiece vocabulary and Tekken as V7
-(Mistral Small 3.x's format): greve reads the same body with its API parser.
+v0.3), NeMo's Tekken (V3), the V7 SentencePiece vocabulary, and Tekken as V7
+(Mistral Small 3.x's format), V11 and V13 (Magistral Small 1.2, Devstral
+Small 2, Ministral 3, whose thinking `reasoning_content` carries): greve
+reads the same body with its API parser.
 
 usage: pip install 'mistral-common[sentencepiece]'; python3 tests/goldens/tools_goldens.py
 """
@@ -71,14 +73,31 @@ CASES_V7 = CASES + [
         {"role": "tool", "tool_call_id": "abcDEF123", "content": "Crachin."}]},
 ]
 
+# v13 also carries an assistant's thinking (`reasoning_content`, read as a
+# ThinkChunk), and cuts no trailing space of the text after it.
+CASES_V13 = CASES_V7 + [
+    {"messages": [
+        {"role": "system", "content": "Réponds brièvement."},
+        {"role": "user", "content": "Combien font 2 + 2 ?"},
+        {"role": "assistant", "reasoning_content": "Deux et deux, quatre.", "content": "4.  "},
+        {"role": "user", "content": "Et 3 + 3 ?"}]},
+    {"tools": [METEO], "messages": [
+        {"role": "user", "content": "Quel temps à Brest ?"},
+        {"role": "assistant", "reasoning_content": "Il faut demander.", "content": None,
+         "tool_calls": [call("abcDEF123", "meteo", {"ville": "Brest"})]},
+        {"role": "tool", "tool_call_id": "abcDEF123", "content": "Crachin."},
+        {"role": "assistant", "reasoning_content": "Rien d'étonnant.", "content": "Crachin."},
+        {"role": "user", "content": "Et demain ?"}]},
+]
+CASES_BY_VERSION = {"v7": CASES_V7, "tekken-v7": CASES_V7, "tekken-v11": CASES_V7, "tekken-v13": CASES_V13}
 
 
 def main():
     golden = {"mistral_common": mistral_common.__version__}
-    for version in ("v3", "tekken", "v7", "tekken-v7"):
+    for version in ("v3", "tekken", "v7", "tekken-v7", "tekken-v11", "tekken-v13"):
         tokenizer = mistral_tokenizer(version)
         cases = []
-        for case in CASES_V7 if "v7" in version else CASES:
+        for case in CASES_BY_VERSION.get(version, CASES):
             request = ChatCompletionRequest.from_openai(case["messages"], tools=case.get("tools"))
             tokenized = tokenizer.encode_chat_completion(request)
             cases.append({"request": case, "ids": tokenized.tokens, "text": tokenized.text})

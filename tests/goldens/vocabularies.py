@@ -20,17 +20,35 @@ SPM = {
     # The same vocabulary in the V7 format (Mistral Small 3.x: the system
     # prompt alone after BOS); its config's version is set to v7.
     "tekken-v7": os.path.join(DATA, "tekken_240911.json"),
+    # The same vocabulary as Magistral Small 1.2, Devstral Small 2 and
+    # Ministral 3 ship it: v11 (calls as name [CALL_ID] id [ARGS] arguments)
+    # and v13 (no call ids, tools before the first message, [THINK]), their
+    # control tokens named at the ranks those releases give them.
+    "tekken-v11": os.path.join(DATA, "tekken_240911.json"),
+    "tekken-v13": os.path.join(DATA, "tekken_240911.json"),
     # A 512-piece SentencePiece BPE trained here, for "k", the model whose
     # sizes (multiples of 256) allow llama.cpp's k-quants.
     "k": os.path.join(HERE, "tokenizer-k.model"),
 }
 
 
+# The control tokens that v11 and v13 add to Tekken's first thousand ids.
+NEWER_CONTROLS = {32: "[ARGS]", 33: "[CALL_ID]", 34: "[THINK]", 35: "[/THINK]"}
+
+
 def mistral_tokenizer(version):
-    if version != "tekken-v7":
+    if not version.startswith("tekken-"):
         return MistralTokenizer.from_file(SPM[version])
     tekken = json.load(open(SPM[version]))
-    tekken["config"]["version"] = "v7"
+    tekken["config"]["version"] = version.removeprefix("tekken-")
+    if version != "tekken-v7":
+        # Versions after v7 list their special tokens in the file.
+        from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+        named = {t["rank"]: t["token_str"] for t in Tekkenizer.DEPRECATED_SPECIAL_TOKENS}
+        named.update(NEWER_CONTROLS)
+        count = tekken["config"]["default_num_special_tokens"]
+        tekken["special_tokens"] = [
+            {"rank": i, "token_str": named.get(i, f"<SPECIAL_{i}>"), "is_control": True} for i in range(count)]
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "tekken.json")
         json.dump(tekken, open(path, "w"))

@@ -122,16 +122,42 @@ fn tekken_with_small_s_template_renders_v7_like_mistral_common() {
 /// The tiny Tekken model's vocabulary with Small's chat template in place
 /// of NeMo's.
 fn tekken_as_small() -> Tokenizer {
+    tekken_with("{{- bos_token }}[SYSTEM_PROMPT]{{ system_message }}[/SYSTEM_PROMPT]")
+}
+
+/// The tiny Tekken model's vocabulary with another chat template, and the
+/// control tokens of the v11 and v13 releases named at their ranks (as
+/// tests/goldens/vocabularies.py names them for mistral-common).
+fn tekken_with(template: &str) -> Tokenizer {
+    use candle_core::quantized::gguf_file::Value;
     let path = goldens().join("tiny-tekken-f16.gguf");
     let src = GgufSource::open(&path, &candle_core::Device::Cpu).unwrap();
     let mut metadata = src.metadata().clone();
-    let small = "{{- bos_token }}[SYSTEM_PROMPT]{{ system_message }}[/SYSTEM_PROMPT]";
     metadata.insert(
         "tokenizer.chat_template".into(),
-        candle_core::quantized::gguf_file::Value::String(small.into()),
+        Value::String(template.into()),
     );
+    if template.contains("[ARGS]") {
+        let Some(Value::Array(tokens)) = metadata.get_mut("tokenizer.ggml.tokens") else {
+            panic!("no tokens in {}", path.display());
+        };
+        for (rank, name) in [
+            (32, "[ARGS]"),
+            (33, "[CALL_ID]"),
+            (34, "[THINK]"),
+            (35, "[/THINK]"),
+        ] {
+            tokens[rank] = Value::String(name.into());
+        }
+    }
     Tokenizer::from_gguf(&metadata).unwrap()
 }
+
+/// Bits of the chat templates of the v11 releases (Small 3.2) and the v13
+/// ones (Magistral Small 1.2, Ministral 3), which tell the formats apart.
+const V11_TEMPLATE: &str = "[SYSTEM_PROMPT]{{ s }}[/SYSTEM_PROMPT]{{ '[TOOL_CALLS]' + name + '[CALL_ID]' + id + '[ARGS]' + args }}";
+const V13_TEMPLATE: &str =
+    "[SYSTEM_PROMPT]{{ s }}[/SYSTEM_PROMPT]{{ '[TOOL_CALLS]' + name + '[ARGS]' + args }}[THINK]";
 
 #[test]
 fn the_instruct_format_follows_the_vocabulary() {
@@ -200,6 +226,9 @@ fn the_template_tells_v7_from_nemos_v3() {
     let small = "{{- bos_token }}[SYSTEM_PROMPT]{{ system_message }}[/SYSTEM_PROMPT]";
     assert_eq!(instruct_format(true, true, true, Some(nemo)), V3);
     assert_eq!(instruct_format(true, true, true, Some(small)), V7);
+    // A template that writes [ARGS] is V11 with call ids, V13 without.
+    assert_eq!(instruct_format(true, true, true, Some(V11_TEMPLATE)), V11);
+    assert_eq!(instruct_format(true, true, true, Some(V13_TEMPLATE)), V13);
     // A template cannot conjure control tokens the vocabulary lacks.
     assert_eq!(instruct_format(true, false, false, Some(small)), V3);
 }
@@ -261,8 +290,9 @@ fn a_tekken_folder_takes_its_format_from_the_chat_template() {
 /// Conversations with tools (declared, called, answered; two calls in one
 /// turn; results as JSON and as text; calls in the history of a chat that
 /// declares none), read from OpenAI request bodies by greve's API parser:
-/// mistral-common's ids, with v0.3's vocabulary (tokenizer.json and GGUF)
-/// and NeMo's Tekken (GGUF). tests/goldens/tools_goldens.py made them.
+/// mistral-common's ids, with v0.3's vocabulary (tokenizer.json and GGUF),
+/// NeMo's Tekken (GGUF), and Tekken as V7, V11 and V13 (thinking in the
+/// history). tests/goldens/tools_goldens.py made them.
 #[test]
 fn tool_conversations_encode_like_mistral_common() {
     use greve::server::api;
@@ -277,6 +307,8 @@ fn tool_conversations_encode_like_mistral_common() {
         ),
         ("v7", from_json("v7"), Instruct::V7),
         ("tekken-v7", tekken_as_small(), Instruct::V7),
+        ("tekken-v11", tekken_with(V11_TEMPLATE), Instruct::V11),
+        ("tekken-v13", tekken_with(V13_TEMPLATE), Instruct::V13),
     ];
     for (version, tok, format) in &vocabularies {
         assert_eq!(tok.format(), *format);
