@@ -19,12 +19,12 @@ use crate::model::Model;
 use crate::persona::{self, Mode, Prompts};
 use crate::prompt_cache::{self, common_prefix, Kind, Lookup, PromptCache};
 use crate::remote::Remote;
+use crate::reply::{self, Part};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::settings::Settings;
 use crate::structured::{Constraint, Format, Grammar};
 use crate::template::{self, Message, Role, ToolCall};
-use crate::tokenizer::StreamDecoder;
-use crate::tools::{self, Tools};
+use crate::tools::{self, Markers, Tools};
 use crate::transcript::Transcript;
 
 pub struct Conversation {
@@ -64,6 +64,8 @@ pub struct Local {
 /// One answered message.
 pub struct Turn {
     pub text: String,
+    /// What the model thought before its answer, for the models that do.
+    pub reasoning: Option<String>,
     /// The functions the reply calls (its text then empty).
     pub tool_calls: Vec<ToolCall>,
     pub finish: Finish,
@@ -79,6 +81,8 @@ pub enum Event<'a> {
     /// tokens written out, and its ids (none for a remote engine, which
     /// renders its own).
     Prompt { text: String, ids: &'a [u32] },
+    /// More of the reply's thinking, whole characters only.
+    Thinking(String),
     /// More of the reply, whole characters only.
     Text(String),
 }
@@ -86,6 +90,7 @@ pub enum Event<'a> {
 /// A reply from an engine.
 pub struct Reply {
     pub text: String,
+    pub reasoning: Option<String>,
     pub tool_calls: Vec<ToolCall>,
     pub finish: Finish,
     pub stats: Stats,
@@ -106,6 +111,9 @@ pub struct Options {
     pub format: Format,
     /// Functions the model may call.
     pub tools: Tools,
+    /// The front end shows the model's thinking (on stderr), not only its
+    /// answer.
+    pub show_thinking: bool,
 }
 
 impl Options {
@@ -126,6 +134,7 @@ impl Options {
             max_tokens: settings.reply_limit(defaults),
             format: settings.format.value.clone(),
             tools: settings.tools.clone(),
+            show_thinking: false,
         }
     }
 }
@@ -367,6 +376,7 @@ impl Conversation {
             self.messages.push(Message::assistant(notice.clone()));
             return Ok(Turn {
                 text: notice,
+                reasoning: None,
                 tool_calls: Vec::new(),
                 finish: Finish::Stop,
                 notice: true,
@@ -407,17 +417,17 @@ impl Conversation {
                 (reply, 0)
             }
         };
-        if !reply.tool_calls.is_empty() {
+        if !reply.tool_calls.is_empty() || !reply.text.trim().is_empty() {
             self.messages.push(Message {
                 tool_calls: reply.tool_calls.clone(),
-                ..Message::assistant("")
+                reasoning: reply.reasoning.clone(),
+                ..Message::assistant(reply.text.clone())
             });
-        } else if !reply.text.trim().is_empty() {
-            self.messages.push(Message::assistant(reply.text.clone()));
         }
         self.last = Some(reply.stats);
         Ok(Turn {
             text: reply.text,
+            reasoning: reply.reasoning,
             tool_calls: reply.tool_calls,
             finish: reply.finish,
             notice: false,
@@ -485,13 +495,9 @@ impl Local {
         let max_tokens = turn.options.max_tokens.map_or(room, |n| n.min(room));
         let mut stop = self.model.defaults.eos_token_id.clone();
         stop.push(self.model.tokenizer.eos());
-        let calls_token = self.model.tokenizer.tool_calls_token();
-        let format = match calls_token {
-            Some(token) => tools
-                .reply_format(&turn.options.format, token)
-                .map_err(|e| Failure::Usage.err(format!("tools: {e}")))?,
-            None => turn.options.format.clone(),
-        };
+        let format = tools
+            .reply_format(&turn.options.format, &Markers::of(&self.model.tokenizer))
+            .map_err(|e| Failure::Usage.err(format!("tools: {e}")))?;
         let mut constraint = self.constraint(&format)?;
         let mut limits = Limits {
             max_tokens,
@@ -524,28 +530,22 @@ impl Local {
             checkpoint,
         };
         let tokenizer = self.model.tokenizer.clone();
-        let mut decoder = StreamDecoder::default();
-        // A reply that starts with the calls token is calls, read whole
-        // at the end: none of it is text.
-        let (mut calling, mut first) = (false, true);
+        let mut reader = reply::Reader::new(&tokenizer);
+        let mut show = |part: Option<Part>| match part {
+            Some(Part::Thinking(text)) => on_event(Event::Thinking(text)),
+            Some(Part::Text(text)) => on_event(Event::Text(text)),
+            None => Ok(()),
+        };
         let mut g = generate(
             &mut self.model.transformer,
             prompt,
             &mut sampler,
             &mut limits,
             cancel,
-            |token| {
-                calling |= first && Some(token) == calls_token;
-                first = false;
-                match decoder.push(&tokenizer, token)? {
-                    Some(text) if !calling => on_event(Event::Text(text)),
-                    _ => Ok(()),
-                }
-            },
+            |token| show(reader.push(&tokenizer, token)?),
         )?;
-        if let (Some(rest), false) = (decoder.finish(&tokenizer)?, calling) {
-            on_event(Event::Text(rest))?;
-        }
+        let (rest, read) = reader.finish(&tokenizer)?;
+        show(rest)?;
         g.stats.loaded_tokens = loaded;
         // The wait for the first token includes the read.
         (g.stats.cache_read_time, g.stats.time_to_first_token) =
@@ -558,20 +558,19 @@ impl Local {
         cached.extend(&g.tokens);
         cached.truncate(self.model.transformer.cached());
         self.cached = cached;
-        let text = tokenizer.decode(&g.tokens)?;
-        if !calling {
+        let Some(calls) = read.calls else {
             return Ok(Reply {
-                text,
+                text: read.text,
+                reasoning: read.reasoning,
                 tool_calls: Vec::new(),
                 finish: g.finish,
                 stats: g.stats,
             });
-        }
+        };
         // A list of calls cut short (the token limit, Ctrl-C) is no call.
         let tool_calls = match g.finish {
-            Finish::Stop => {
-                tools::parse_calls(&text, turn.seed).map_err(|e| Failure::Generation.err(e))?
-            }
+            Finish::Stop => tools::read_calls(&tokenizer, &calls, turn.seed)
+                .map_err(|e| Failure::Generation.err(e))?,
             _ => Vec::new(),
         };
         let finish = match g.finish {
@@ -580,6 +579,7 @@ impl Local {
         };
         Ok(Reply {
             text: String::new(),
+            reasoning: read.reasoning,
             tool_calls,
             finish,
             stats: g.stats,

@@ -20,6 +20,7 @@ pub mod model;
 pub mod persona;
 pub mod prompt_cache;
 pub mod remote;
+pub mod reply;
 pub mod resolve;
 pub mod sampler;
 pub mod server;

@@ -81,6 +81,10 @@ pub fn letterhead_style() -> Style {
     Style::new().bold().fg_color(Some(AnsiColor::Red.into()))
 }
 
+pub fn thinking_style() -> Style {
+    Style::new().dimmed()
+}
+
 pub fn signoff_style() -> Style {
     Style::new().italic()
 }

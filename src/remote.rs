@@ -19,6 +19,7 @@ use crate::conversation::{Event, Options, Reply};
 use crate::exit::Failure;
 use crate::generate::{Finish, Stats};
 use crate::messages::short;
+use crate::reply::Part;
 use crate::structured::Format;
 use crate::template::{Message, Role, Tool, ToolCall};
 use crate::tools::Choice;
@@ -118,6 +119,9 @@ impl Remote {
                 stream
                     .event(&whole)
                     .map_err(|e| Failure::Generation.err(format!("{url}: {e}")))?;
+                if let Some(thinking) = &stream.reasoning {
+                    on_event(Event::Thinking(thinking.clone()))?;
+                }
                 on_event(Event::Text(stream.text.clone()))?;
                 Instant::now()
             }
@@ -147,6 +151,7 @@ impl Remote {
             },
             tool_calls: stream.calls,
             text: stream.text,
+            reasoning: stream.reasoning,
             stats,
         })
     }
@@ -194,9 +199,16 @@ fn read_events(
         let text = stream
             .line(&line)
             .map_err(|e| Failure::Generation.err(format!("{url}: {e}")))?;
-        if let Some(text) = text {
-            first_text.get_or_insert_with(Instant::now);
-            on_event(Event::Text(text))?;
+        match text {
+            Some(Part::Thinking(text)) => {
+                first_text.get_or_insert_with(Instant::now);
+                on_event(Event::Thinking(text))?;
+            }
+            Some(Part::Text(text)) => {
+                first_text.get_or_insert_with(Instant::now);
+                on_event(Event::Text(text))?;
+            }
+            None => {}
         }
     }
     Ok(first_text.unwrap_or_else(Instant::now))
@@ -236,21 +248,30 @@ pub fn request_body(
         .map(|s| json!({"role": "system", "content": s}))
         .into_iter()
         .collect();
-    list.extend(messages.iter().map(|m| match m.role {
-        Role::User => json!({"role": "user", "content": m.content}),
-        Role::Assistant if !m.tool_calls.is_empty() => {
-            let calls: Vec<Value> = m
-                .tool_calls
-                .iter()
-                .map(|c| {
-                    json!({"id": c.id, "type": "function",
-                    "function": {"name": c.name, "arguments": c.arguments}})
-                })
-                .collect();
-            json!({"role": "assistant", "content": null, "tool_calls": calls})
+    list.extend(messages.iter().map(|m| {
+        let mut message = match m.role {
+            Role::User => json!({"role": "user", "content": m.content}),
+            Role::Assistant if !m.tool_calls.is_empty() => {
+                let calls: Vec<Value> = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| {
+                        json!({"id": c.id, "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments}})
+                    })
+                    .collect();
+                json!({"role": "assistant", "content": null, "tool_calls": calls})
+            }
+            Role::Assistant => json!({"role": "assistant", "content": m.content}),
+            Role::Tool => {
+                json!({"role": "tool", "content": m.content, "tool_call_id": m.tool_call_id})
+            }
+        };
+        // Sent back, for the server to show the model what it thought.
+        if let Some(thinking) = &m.reasoning {
+            message["reasoning_content"] = thinking.as_str().into();
         }
-        Role::Assistant => json!({"role": "assistant", "content": m.content}),
-        Role::Tool => json!({"role": "tool", "content": m.content, "tool_call_id": m.tool_call_id}),
+        message
     }));
     let s = &o.sampling;
     let mut body = json!({
@@ -302,7 +323,9 @@ pub struct Stream {
     /// The `data:` lines of the event being read.
     data: Vec<String>,
     pub text: String,
-    /// Pieces of text received.
+    /// The thinking received (`reasoning_content`, or vLLM's `reasoning`).
+    pub reasoning: Option<String>,
+    /// Pieces of text and thinking received.
     pub pieces: usize,
     /// The calls, as their pieces add up.
     pub calls: Vec<ToolCall>,
@@ -314,8 +337,8 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// Takes one line; returns the text it completes, if any.
-    pub fn line(&mut self, line: &str) -> Result<Option<String>, String> {
+    /// Takes one line; returns the text or thinking it completes, if any.
+    pub fn line(&mut self, line: &str) -> Result<Option<Part>, String> {
         let line = line.trim_end_matches(['\n', '\r']);
         if !line.is_empty() {
             // Comments (keep-alives), event names and ids carry no text.
@@ -332,7 +355,7 @@ impl Stream {
         self.event(&data)
     }
 
-    fn event(&mut self, data: &str) -> Result<Option<String>, String> {
+    fn event(&mut self, data: &str) -> Result<Option<Part>, String> {
         if data.trim() == "[DONE]" {
             self.done = true;
             return Ok(None);
@@ -369,13 +392,25 @@ impl Stream {
         if let Some(Value::Array(calls)) = content.map(|c| &c["tool_calls"]) {
             self.add_calls(calls)?;
         }
-        match content.and_then(|c| c["content"].as_str()) {
-            Some(text) if !text.is_empty() => {
+        let field = |name: &str| {
+            content
+                .and_then(|c| c[name].as_str())
+                .filter(|t| !t.is_empty())
+        };
+        if let Some(thinking) = field("reasoning_content").or(field("reasoning")) {
+            self.reasoning
+                .get_or_insert_with(String::new)
+                .push_str(thinking);
+            self.pieces += 1;
+            return Ok(Some(Part::Thinking(thinking.to_string())));
+        }
+        match field("content") {
+            Some(text) => {
                 self.text.push_str(text);
                 self.pieces += 1;
-                Ok(Some(text.to_string()))
+                Ok(Some(Part::Text(text.to_string())))
             }
-            _ => Ok(None),
+            None => Ok(None),
         }
     }
 }
@@ -470,7 +505,13 @@ mod tests {
 
     fn read(lines: &[&str]) -> (Stream, Vec<String>) {
         let mut s = Stream::default();
-        let texts = lines.iter().filter_map(|l| s.line(l).unwrap()).collect();
+        let texts = lines
+            .iter()
+            .filter_map(|l| match s.line(l).unwrap() {
+                Some(Part::Text(text)) => Some(text),
+                _ => None,
+            })
+            .collect();
         (s, texts)
     }
 
@@ -575,6 +616,7 @@ mod tests {
             max_tokens: Some(5),
             format: Format::Json,
             tools: crate::tools::Tools::default(),
+            show_thinking: false,
         };
         let body = request_body("m", Some("S"), &[Message::user("u")], &o, 9).unwrap();
         assert_eq!(

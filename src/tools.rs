@@ -17,7 +17,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::structured::{self, Format};
-use crate::template::{Tool, ToolCall};
+use crate::template::{Instruct, Tool, ToolCall};
+use crate::tokenizer::Tokenizer;
 
 /// Whether the reply may, must, or must not call a function.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -110,52 +111,109 @@ impl Tools {
         Ok(())
     }
 
-    /// The shape of a reply that may call these tools: a grammar whose
-    /// branches are `format` (the text alternative, when calls are not
-    /// required) and the list of calls after `calls_token`. `format` as it
-    /// is when no call may be made. A Lark grammar cannot be combined.
-    pub fn reply_format(&self, format: &Format, calls_token: u32) -> Result<Format, String> {
-        if self.list.is_empty() {
+    /// The shape of a reply that may call these tools, after its thinking
+    /// where the model thinks: a grammar whose branches are `format` (the
+    /// text alternative, when calls are not required) and the calls, in
+    /// the syntax of the model's format. `format` as it is when nothing
+    /// needs combining; a Lark grammar cannot be combined.
+    pub fn reply_format(&self, format: &Format, markers: &Markers) -> Result<Format, String> {
+        let calls = markers.calls.filter(|_| !self.list.is_empty());
+        let think = markers
+            .think
+            .filter(|_| *format != Format::Text || calls.is_some());
+        if calls.is_none() && think.is_none() {
             return Ok(format.clone());
         }
         let text = match format {
             Format::Text => "TEXT\nTEXT: /(.|\\n)+/".to_string(),
             Format::Json => json_rule(&json!({"type": "object"})),
             Format::Schema(schema) => json_rule(schema),
-            Format::Lark(_) => {
+            Format::Lark(_) if calls.is_some() => {
                 return Err("a grammar cannot be combined with tools; give one or the other".into())
             }
+            Format::Lark(_) => return Ok(format.clone()),
         };
+        let answer = match (calls, &self.choice) {
+            (None, _) | (_, Choice::None) => "text",
+            (Some(_), Choice::Auto) => "calls | text",
+            (Some(_), Choice::Required | Choice::Named(_)) => "calls",
+        };
+        // The model may think first; what follows its thinking is held.
+        let mut grammar = match think {
+            Some((open, close)) => format!(
+                "start: thinking? answer\nthinking: <[{open}]> THOUGHT? <[{close}]>\nTHOUGHT: /(.|\\n)+/\nanswer: {answer}\n"
+            ),
+            None => format!("start: {answer}\n"),
+        };
+        grammar += &format!("text: {text}\n");
+        if let Some(calls) = calls {
+            grammar += &self.calls_grammar(calls, markers.args);
+        }
+        Ok(Format::Lark(grammar))
+    }
+
+    /// The rules of the calls: V3 and V7 write the calls token, then a JSON
+    /// list of `{"name", "arguments"}`; V11 and V13 the calls token, the
+    /// name, `[ARGS]` and the arguments, for each call.
+    fn calls_grammar(&self, calls_token: u32, args_token: Option<u32>) -> String {
         let functions: Vec<&Tool> = match &self.choice {
             Choice::Named(name) => self.list.iter().filter(|t| &t.name == name).collect(),
             _ => self.list.iter().collect(),
         };
-        let start = match self.choice {
-            Choice::None => "text",
-            Choice::Auto => "calls | text",
-            Choice::Required | Choice::Named(_) => "calls",
+        let several = self.parallel && matches!(self.choice, Choice::Required | Choice::Auto);
+        let alternatives = (0..functions.len())
+            .map(|i| format!("call_{i}"))
+            .collect::<Vec<_>>()
+            .join(" | ");
+        let mut grammar = match (args_token, several) {
+            // SentencePiece puts a space before the list, Tekken does not.
+            (None, true) => {
+                format!("calls: <[{calls_token}]> \" \"? \"[\" call (\", \" call)* \"]\"\n")
+            }
+            (None, false) => format!("calls: <[{calls_token}]> \" \"? \"[\" call \"]\"\n"),
+            (Some(_), true) => format!("calls: (<[{calls_token}]> call)+\n"),
+            (Some(_), false) => format!("calls: <[{calls_token}]> call\n"),
         };
-        let more = match (self.parallel, &self.choice) {
-            (true, Choice::Required | Choice::Auto) => " (\", \" call)*",
-            _ => "",
-        };
-        // SentencePiece puts a space before the list, Tekken does not.
-        let mut grammar = format!(
-            "start: {start}\ncalls: <[{calls_token}]> \" \"? \"[\" call{more} \"]\"\ncall: {}\ntext: {text}\n",
-            (0..functions.len())
-                .map(|i| format!("call_{i}"))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
+        grammar += &format!("call: {alternatives}\n");
         for (i, tool) in functions.iter().enumerate() {
             // Names are letters, digits, `_` and `-`: nothing to escape.
+            let name = &tool.name;
+            grammar += &match args_token {
+                None => format!(
+                    "call_{i}: \"{{\\\"name\\\": \\\"{name}\\\", \\\"arguments\\\": \" args_{i} \"}}\"\n"
+                ),
+                Some(args) => format!("call_{i}: \"{name}\" <[{args}]> args_{i}\n"),
+            };
             grammar += &format!(
-                "call_{i}: \"{{\\\"name\\\": \\\"{}\\\", \\\"arguments\\\": \" args_{i} \"}}\"\nargs_{i}: {}\n",
-                tool.name,
+                "args_{i}: {}\n",
                 json_rule(&arguments_schema(&tool.parameters))
             );
         }
-        Ok(Format::Lark(grammar))
+        grammar
+    }
+}
+
+/// The control tokens a reply's grammar writes, from the vocabulary.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Markers {
+    /// `[TOOL_CALLS]`, where the model can call.
+    pub calls: Option<u32>,
+    /// `[ARGS]`, in the formats that name each call (V11, V13).
+    pub args: Option<u32>,
+    /// `[THINK]` and `[/THINK]`, where the model thinks.
+    pub think: Option<(u32, u32)>,
+}
+
+impl Markers {
+    pub fn of(tokenizer: &Tokenizer) -> Self {
+        let named = matches!(tokenizer.format(), Instruct::V11 | Instruct::V13);
+        Markers {
+            calls: tokenizer.tool_calls_token(),
+            args: tokenizer.args_token().filter(|_| named),
+            think: tokenizer
+                .think_tokens()
+                .filter(|_| tokenizer.format() == Instruct::V13),
+        }
     }
 }
 
@@ -176,13 +234,49 @@ fn json_rule(schema: &Value) -> String {
     format!("%json {schema}")
 }
 
-/// The calls of a reply that began with the calls token: `text` is what
-/// follows it, a JSON list of `{"name", "arguments"}` (the grammar made
-/// sure of it). Each call gets an id drawn from `seed`, so that a reply
-/// reproduced with its seed has the same ids.
+/// The calls of a reply that began with the calls token: `ids` are what
+/// follows it (the grammar made sure of their shape). Each call gets an id
+/// drawn from `seed`, so that a reply reproduced with its seed has the
+/// same ids.
+pub fn read_calls(tokenizer: &Tokenizer, ids: &[u32], seed: u64) -> Result<Vec<ToolCall>, String> {
+    let decode = |ids: &[u32]| tokenizer.decode(ids).map_err(|e| format!("{e:#}"));
+    let Some(args) = Markers::of(tokenizer).args else {
+        return parse_calls(&decode(ids)?, seed);
+    };
+    // V11 and V13: name [CALL_ID] id [ARGS] arguments, after each calls token.
+    let calls = tokenizer.tool_calls_token();
+    let mut list = Vec::new();
+    for call in ids.split(|&id| Some(id) == calls) {
+        let Some(at) = call.iter().position(|&id| id == args) else {
+            return Err(format!(
+                "a tool call without arguments: {}",
+                crate::messages::short(&decode(call)?)
+            ));
+        };
+        let name = &call[..at];
+        let name = match name
+            .iter()
+            .position(|&id| Some(id) == tokenizer.call_id_token())
+        {
+            Some(end) => &name[..end],
+            None => name,
+        };
+        let arguments: Value = serde_json::from_str(decode(&call[at + 1..])?.trim())
+            .map_err(|e| format!("the model's tool call arguments are not JSON: {e}"))?;
+        list.push(json!({"name": decode(name)?.trim(), "arguments": arguments}));
+    }
+    with_ids(&list, seed)
+}
+
+/// The calls of a V3 or V7 reply: `text` after the calls token, a JSON
+/// list of `{"name", "arguments"}`.
 pub fn parse_calls(text: &str, seed: u64) -> Result<Vec<ToolCall>, String> {
     let list: Vec<Value> = serde_json::from_str(text.trim())
         .map_err(|e| format!("the model's tool calls are not a JSON list: {e}"))?;
+    with_ids(&list, seed)
+}
+
+fn with_ids(list: &[Value], seed: u64) -> Result<Vec<ToolCall>, String> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x746f_6f6c_5f69_6473);
     list.iter()
         .map(|call| {
@@ -221,6 +315,13 @@ mod tests {
             name: name.into(),
             description: String::new(),
             parameters,
+        }
+    }
+
+    fn v7(calls: u32) -> Markers {
+        Markers {
+            calls: Some(calls),
+            ..Markers::default()
         }
     }
 
@@ -267,7 +368,7 @@ mod tests {
         ] {
             tools.choice = choice.clone();
             for format in [Format::Text, Format::Json] {
-                let grammar = tools.reply_format(&format, 5).unwrap();
+                let grammar = tools.reply_format(&format, &v7(5)).unwrap();
                 assert_eq!(structured::check(&grammar), Ok(()), "{choice:?}");
                 let Format::Lark(lark) = grammar else {
                     panic!("{grammar:?}")
@@ -279,11 +380,11 @@ mod tests {
             }
         }
         assert_eq!(
-            Tools::default().reply_format(&Format::Json, 5),
+            Tools::default().reply_format(&Format::Json, &v7(5)),
             Ok(Format::Json)
         );
         assert!(meteo()
-            .reply_format(&Format::Lark("start: \"a\"".into()), 5)
+            .reply_format(&Format::Lark("start: \"a\"".into()), &v7(5))
             .is_err());
     }
 

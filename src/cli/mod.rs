@@ -330,6 +330,12 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ThinkArg {
+    Show,
+    Hide,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum BaselineArg {
     Candle,
@@ -358,6 +364,12 @@ pub struct AskArgs {
     /// Print the rendered prompt and its token ids to stderr before generating.
     #[arg(long)]
     pub verbose_prompt: bool,
+
+    /// `show`: a model that thinks before it answers (Magistral, Ministral 3
+    /// Reasoning) writes its thinking to stderr as it goes; `hide` (the
+    /// default): stdout has the answer alone either way.
+    #[arg(long, value_enum, value_name = "SHOW", default_value = "hide")]
+    pub think: ThinkArg,
 
     /// Answer after a saved conversation (a /save transcript): its system
     /// prompt and persona apply unless flags say otherwise.

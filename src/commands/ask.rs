@@ -25,6 +25,8 @@ pub struct Request {
     pub stats: bool,
     /// The rendered prompt and its ids on stderr before the reply.
     pub verbose_prompt: bool,
+    /// The model's thinking on stderr as it goes.
+    pub show_thinking: bool,
     /// Results of the loaded conversation's last calls, answered instead
     /// of a prompt.
     pub tool_results: Vec<String>,
@@ -65,6 +67,7 @@ pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow
     let save = start.settings.save.clone();
     let loading = Instant::now();
     let mut conversation = start.open()?;
+    conversation.options.show_thinking = request.show_thinking && !request.json;
     let load_time = loading.elapsed();
 
     let wrapping = reply::wrapping(&conversation);
@@ -152,6 +155,7 @@ fn print_json(
         "persona": conversation.options.mode.name(),
         "letterhead": wrapping.letterhead,
         "reply": turn.text,
+        "reasoning": turn.reasoning,
         "tool_calls": turn.tool_calls.iter().map(reply::call_json).collect::<Vec<_>>(),
         "signoff": wrapping.signoff,
         "finish_reason": turn.finish,

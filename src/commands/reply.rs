@@ -62,10 +62,12 @@ impl Start {
 }
 
 /// Prints one reply to `out` as it streams, with the persona's letterhead
-/// and sign-off around it; a strike notice comes whole. A JSON reply
-/// (`--format`, `--json-schema`) comes alone and only once complete, so a
-/// reply cut short is never printed as if it were valid. With
-/// `show_prompt`, the prompt's text and ids go to stderr first.
+/// and sign-off around its answer; a strike notice comes whole. A JSON
+/// reply (`--format`, `--json-schema`) comes alone and only once complete,
+/// so a reply cut short is never printed as if it were valid. The model's
+/// thinking goes to stderr, dimmed, when the options show it: `out` has
+/// the answer alone. With `show_prompt`, the prompt's text and ids go to
+/// stderr first.
 pub fn speak(
     conversation: &mut Conversation,
     out: &mut impl Write,
@@ -77,7 +79,21 @@ pub fn speak(
 ) -> anyhow::Result<Turn> {
     let o = &conversation.options;
     let structured = o.format != Format::Text || o.tools.must_call();
+    let show_thinking = o.show_thinking;
     let wrapping = wrapping(conversation);
+    // The letterhead heads the answer, after the thinking.
+    let mut letterhead = wrapping.letterhead.clone();
+    let mut thinking = false;
+    let mut head = |out: &mut dyn Write, thinking: &mut bool| -> anyhow::Result<()> {
+        if std::mem::take(thinking) {
+            eprintln!();
+        }
+        if let Some(letterhead) = letterhead.take() {
+            let letterhead = messages::for_stdout(&letterhead, messages::letterhead_style());
+            write!(out, "{letterhead}\n\n")?;
+        }
+        Ok(())
+    };
     let mut on_event = |event: Event| -> anyhow::Result<()> {
         match event {
             Event::Prompt { text, ids } => {
@@ -85,13 +101,15 @@ pub fn speak(
                     let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
                     eprintln!("{text}\n{}", ids.join(" "));
                 }
-                if let Some(letterhead) = &wrapping.letterhead {
-                    let letterhead = messages::for_stdout(letterhead, messages::letterhead_style());
-                    write!(out, "{letterhead}\n\n")?;
-                    out.flush()?;
-                }
             }
+            Event::Thinking(text) if show_thinking => {
+                thinking = true;
+                let style = messages::thinking_style();
+                anstream::eprint!("{style}{text}{style:#}");
+            }
+            Event::Thinking(_) => {}
             Event::Text(text) if !structured => {
+                head(out, &mut thinking)?;
                 out.write_all(text.as_bytes())?;
                 out.flush()?;
             }
@@ -100,6 +118,9 @@ pub fn speak(
         Ok(())
     };
     let turn = answer(conversation, &mut on_event)?;
+    if !turn.notice {
+        head(out, &mut thinking)?;
+    }
     if !turn.tool_calls.is_empty() {
         for call in &turn.tool_calls {
             writeln!(out, "{}", call_json(call))?;

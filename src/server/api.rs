@@ -591,19 +591,24 @@ pub struct Header {
 }
 
 /// A whole (non-streamed) reply.
-pub fn completion(
-    h: &Header,
-    content: &str,
-    calls: &[ToolCall],
-    finish: &str,
-    usage: Usage,
-) -> Value {
-    let message = match calls {
-        [] => json!({"role": "assistant", "content": content}),
+/// A whole reply's message.
+pub struct Answer<'a> {
+    pub content: &'a str,
+    /// The thinking, apart from the content, as `reasoning_content`.
+    pub reasoning: Option<&'a str>,
+    pub calls: &'a [ToolCall],
+}
+
+pub fn completion(h: &Header, answer: &Answer, finish: &str, usage: Usage) -> Value {
+    let mut message = match answer.calls {
+        [] => json!({"role": "assistant", "content": answer.content}),
         calls => {
             json!({"role": "assistant", "content": null, "tool_calls": self::calls(calls, false)})
         }
     };
+    if let Some(thinking) = answer.reasoning {
+        message["reasoning_content"] = thinking.into();
+    }
     json!({
         "id": h.id,
         "object": "chat.completion",

@@ -498,15 +498,24 @@ async fn chat(
         return Ok(Reply::Stream(response));
     }
     let (mut content, mut calls) = (String::new(), Vec::new());
+    let mut reasoning: Option<String> = None;
     loop {
         match rx.recv().await {
+            Some(Event::Thinking(text)) => {
+                reasoning.get_or_insert_with(String::new).push_str(&text)
+            }
             Some(Event::Text(text)) => content.push_str(&text),
             Some(Event::Calls(list)) => calls = list,
             Some(Event::Done { finish, usage }) => {
                 guard.done();
                 log.usage = Some(usage);
+                let message = api::Answer {
+                    content: &content,
+                    reasoning: reasoning.as_deref(),
+                    calls: &calls,
+                };
                 return Ok(Reply::Json(api::completion(
-                    &header, &content, &calls, finish, usage,
+                    &header, &message, finish, usage,
                 )));
             }
             Some(Event::Failed(e)) => return Err(e),
@@ -594,6 +603,11 @@ impl hyper::body::Body for Sse {
         loop {
             match std::task::ready!(this.events.poll_recv(cx)) {
                 Some(Event::Accepted) => continue,
+                Some(Event::Thinking(text)) => {
+                    // Where llama-server, vLLM and DeepSeek's API send it.
+                    let delta = serde_json::json!({ "reasoning_content": text });
+                    return data(event(&api::chunk(&this.header, delta, None)));
+                }
                 Some(Event::Text(text)) => {
                     let delta = serde_json::json!({ "content": text });
                     return data(event(&api::chunk(&this.header, delta, None)));

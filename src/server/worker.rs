@@ -29,6 +29,8 @@ pub struct Job {
 pub enum Event {
     /// The request fits and the model is on it: a stream may begin.
     Accepted,
+    /// More of the reply's thinking.
+    Thinking(String),
     /// More of the reply.
     Text(String),
     /// The reply's calls, whole (sent once, before `Done`).
@@ -134,6 +136,7 @@ impl Worker {
                         send(Event::Text(format!("{letterhead}\n\n")));
                     }
                 }
+                conversation::Event::Thinking(text) => send(Event::Thinking(text)),
                 conversation::Event::Text(text) => {
                     send_text(&send, scan.push(&text));
                     if scan.stopped {

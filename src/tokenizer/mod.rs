@@ -205,6 +205,16 @@ impl Tokenizer {
         self.tools.map(|t| t.calls)
     }
 
+    /// `[ARGS]`, between a call's name and its arguments (V11, V13).
+    pub fn args_token(&self) -> Option<u32> {
+        self.tools.and_then(|t| t.args)
+    }
+
+    /// `[CALL_ID]`, before a call's id (V11).
+    pub fn call_id_token(&self) -> Option<u32> {
+        self.tools.and_then(|t| t.call_id)
+    }
+
     /// `[THINK]` and `[/THINK]`, where the model reasons before it answers.
     pub fn think_tokens(&self) -> Option<(u32, u32)> {
         self.think

@@ -47,6 +47,7 @@ fn chat_with(name: &str, max_tokens: usize, system: Option<&str>) -> Conversatio
         max_tokens: Some(max_tokens),
         format: Format::Text,
         tools: greve::tools::Tools::default(),
+        show_thinking: false,
     };
     Conversation::new(load(name), config)
 }

@@ -14,6 +14,7 @@ mod hub;
 mod persona;
 mod portable;
 mod prompt_cache;
+mod reasoning;
 mod remote;
 mod server;
 mod structured;

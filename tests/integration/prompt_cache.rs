@@ -214,6 +214,7 @@ fn conversation(path: &Path) -> Conversation {
         max_tokens: Some(12),
         format: Format::Text,
         tools: greve::tools::Tools::default(),
+        show_thinking: false,
     };
     Conversation::new(load(path, KvType::F16), options)
 }

@@ -608,13 +608,14 @@ fn auto_means_text_or_a_valid_call_never_a_mix() {
     use greve::tools::{Choice, Tools};
     let path = goldens().join("tokenizer-v3.json");
     let tok = Tokenizer::from_json_file(&path, &SpecialTokens::default()).unwrap();
-    let calls = tok.tool_calls_token().unwrap();
+    let markers = greve::tools::Markers::of(&tok);
+    let calls = markers.calls.unwrap();
     let tools = Tools {
         list: greve::server::api::tools(&tools()).unwrap(),
         choice: Choice::Auto,
         parallel: true,
     };
-    let grammar = Grammar::new(&tools.reply_format(&Format::Text, calls).unwrap(), &tok)
+    let grammar = Grammar::new(&tools.reply_format(&Format::Text, &markers).unwrap(), &tok)
         .unwrap()
         .unwrap();
     let allowed = |c: &mut greve::structured::Constraint, token: u32| {

@@ -57,6 +57,8 @@ pub enum Slash {
     Save(PathBuf),
     Load(PathBuf),
     Strike(Option<String>),
+    /// Show the model's thinking (true) or hide it.
+    Think(bool),
     Bye,
     /// A known command used wrongly: what it needs.
     Usage(&'static str),
@@ -71,9 +73,9 @@ macro_rules! set_keys {
 }
 pub(crate) use set_keys;
 
-pub const COMMANDS: [&str; 14] = [
+pub const COMMANDS: [&str; 15] = [
     "/help", "/system", "/reset", "/retry", "/undo", "/set", "/show", "/stats", "/save", "/load",
-    "/strike", "/greve", "/bye", "/exit",
+    "/strike", "/greve", "/think", "/bye", "/exit",
 ];
 
 /// A slash command, or `None` for a message to the model.
@@ -101,6 +103,9 @@ pub fn parse_slash(line: &str) -> Option<Slash> {
         ("load", Some(path)) => Slash::Load(path.into()),
         ("load", None) => Slash::Usage("/load FILE"),
         ("strike" | "greve" | "grève", arg) => Slash::Strike(arg.map(String::from)),
+        ("think", Some("show")) => Slash::Think(true),
+        ("think", Some("hide")) => Slash::Think(false),
+        ("think", _) => Slash::Usage("/think show|hide"),
         ("bye" | "exit" | "quit", _) => Slash::Bye,
         (other, _) => Slash::Unknown(other.to_string()),
     })
@@ -119,6 +124,7 @@ pub const HELP: &str = "\
 /stats                 speed of the last reply and tokens reused from the cache
 /save FILE, /load FILE write or read the conversation (JSON)
 /strike [MODE]         go on strike: râleuse, totale, perlée, off (/greve too)
+/think show|hide       show a reasoning model's thinking, dimmed, or only its answers
 /bye                   quit (Ctrl-D too)
 Multi-line: start with \"\"\" and end with \"\"\", or end lines with \\.";
 
@@ -198,6 +204,8 @@ mod tests {
         );
         assert_eq!(parse_slash("/strike"), Some(Slash::Strike(None)));
         assert_eq!(parse_slash("/exit"), Some(Slash::Bye));
+        assert_eq!(parse_slash("/think hide"), Some(Slash::Think(false)));
+        assert!(matches!(parse_slash("/think"), Some(Slash::Usage(_))));
         assert_eq!(
             parse_slash("/frobnicate"),
             Some(Slash::Unknown("frobnicate".into()))

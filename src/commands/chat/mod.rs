@@ -27,6 +27,7 @@ use crate::transcript::Transcript;
 pub fn run(settings: Settings, cancel: &AtomicBool) -> anyhow::Result<()> {
     let keep_history = settings.history.value;
     let mut chat = reply::start(settings)?.open()?;
+    chat.options.show_thinking = true;
     if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
         interactive(&mut chat, cancel, keep_history)
     } else {
@@ -261,6 +262,11 @@ fn command(
             };
             chat.options.mode = mode;
             crate::messages::note(format!("strike {}", mode.name()));
+        }
+        Slash::Think(show) => {
+            chat.options.show_thinking = show;
+            let what = if show { "shown" } else { "hidden" };
+            crate::messages::note(format!("the model's thinking is {what}"));
         }
         Slash::Bye => return Ok(true),
         Slash::Usage(usage) => return Err(Failure::Usage.err(format!("usage: {usage}"))),

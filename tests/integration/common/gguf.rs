@@ -174,3 +174,23 @@ pub fn string_value(s: &[u8]) -> Vec<u8> {
     v.extend(s);
     v
 }
+
+impl Gguf {
+    /// Renames tokens of the vocabulary (`tokenizer.ggml.tokens`).
+    pub fn rename_tokens(&mut self, names: &[(usize, &str)]) {
+        let key = "tokenizer.ggml.tokens";
+        let mut c = Cursor(self.get(key).unwrap(), 0);
+        let (item, n) = (c.u32(), c.u64());
+        assert_eq!(item, STRING);
+        let mut tokens: Vec<String> = (0..n).map(|_| c.string()).collect();
+        for &(id, name) in names {
+            tokens[id] = name.into();
+        }
+        let mut value = STRING.to_le_bytes().to_vec();
+        value.extend(n.to_le_bytes());
+        for token in &tokens {
+            value.extend(string_value(token.as_bytes()));
+        }
+        self.set(key, ARRAY, value);
+    }
+}
