@@ -240,40 +240,49 @@ impl Config {
             .and_then(|v| v.to_string().ok())
             .map(String::as_str)
             .unwrap_or("(none)");
-        if arch != "llama" {
+        // Mistral 7B, NeMo and Small files are `llama`; Ministral 3,
+        // Magistral and Devstral Small 2 are `mistral3` (the same blocks,
+        // with YaRN and the llama-4 query scaling).
+        if arch != "llama" && arch != "mistral3" {
             return Err(Failure::ModelInvalid.err(format!(
-                "the GGUF architecture is {}; greve runs Mistral 7B files, whose architecture is \"llama\"",
+                "the GGUF architecture is {}; greve runs Mistral's, whose architectures are \"llama\" and \"mistral3\"",
                 crate::messages::short(arch)
             )));
         }
-        let get = |key: &str| -> anyhow::Result<&Value> {
-            md.get(&format!("llama.{key}")).ok_or_else(|| {
-                Failure::ModelInvalid.err(format!("the GGUF metadata has no llama.{key}"))
+        let key = |name: &str| format!("{arch}.{name}");
+        let get = |name: &str| -> anyhow::Result<&Value> {
+            md.get(&key(name)).ok_or_else(|| {
+                Failure::ModelInvalid.err(format!("the GGUF metadata has no {}", key(name)))
             })
         };
-        let int = |key: &str| -> anyhow::Result<usize> {
-            let v = get(key)?;
+        let int = |name: &str| -> anyhow::Result<usize> {
+            let v = get(name)?;
             v.to_u32()
                 .map(|x| x as usize)
                 .or_else(|_| v.to_u64().map(|x| x as usize))
-                .map_err(|_| Failure::ModelInvalid.err(format!("llama.{key} is not an integer")))
+                .map_err(|_| Failure::ModelInvalid.err(format!("{} is not an integer", key(name))))
         };
-        let float = |key: &str, default: f32| -> anyhow::Result<f32> {
-            match md.get(&format!("llama.{key}")) {
-                None => Ok(default),
-                Some(v) => v
-                    .to_f32()
-                    .map_err(|_| Failure::ModelInvalid.err(format!("llama.{key} is not a number"))),
-            }
+        let number = |name: &str| -> anyhow::Result<Option<f32>> {
+            md.get(&key(name))
+                .map(|v| {
+                    v.to_f32().map_err(|_| {
+                        Failure::ModelInvalid.err(format!("{} is not a number", key(name)))
+                    })
+                })
+                .transpose()
         };
+        let float =
+            |name: &str, default: f32| Ok::<_, anyhow::Error>(number(name)?.unwrap_or(default));
         let hidden_size = int("embedding_length")?;
         let num_heads = int("attention.head_count")?;
-        let head_dim = match md.get("llama.rope.dimension_count") {
+        let head_dim = match md.get(&key("rope.dimension_count")) {
             Some(_) => int("rope.dimension_count")?,
             None => hidden_size / num_heads.max(1),
         };
+        let context_length = int("context_length")?;
+        let long_rope = gguf_rope(md, arch, context_length)?;
         let config = Config {
-            vocab_size: match md.get("llama.vocab_size") {
+            vocab_size: match md.get(&key("vocab_size")) {
                 Some(_) => int("vocab_size")?,
                 None => vocab_size,
             },
@@ -281,18 +290,18 @@ impl Config {
             intermediate_size: int("feed_forward_length")?,
             num_layers: int("block_count")?,
             num_heads,
-            num_kv_heads: match md.get("llama.attention.head_count_kv") {
+            num_kv_heads: match md.get(&key("attention.head_count_kv")) {
                 Some(_) => int("attention.head_count_kv")?,
                 None => num_heads,
             },
             head_dim,
             rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5)? as f64,
             rope_theta: float("rope.freq_base", 10_000.0)?,
-            context_length: int("context_length")?,
-            // llama.cpp's llama architecture has no sliding window; greve
+            context_length,
+            // llama.cpp's architectures have no sliding window; greve
             // follows the file so that it computes what llama.cpp computes.
             sliding_window: None,
-            long_rope: None,
+            long_rope,
             tie_word_embeddings: false,
         };
         config.validate().classify(Failure::ModelInvalid, || {
@@ -300,7 +309,72 @@ impl Config {
         })?;
         Ok(config)
     }
+}
 
+/// The rope of a `mistral3` GGUF file as llama.cpp reads it
+/// (`llama-context.cpp`): YaRN's numbers under `rope.scaling.*`, mscale
+/// taken as 1 and `yarn_log_multiplier` as mscale_all_dim, the query
+/// scaling's beta as `attention.temperature_scale`; the same rope as the
+/// config.json they were converted from.
+fn gguf_rope(
+    md: &HashMap<String, Value>,
+    arch: &str,
+    context: usize,
+) -> anyhow::Result<Option<LongRope>> {
+    let key = |name: &str| format!("{arch}.{name}");
+    let number = |name: &str| -> anyhow::Result<Option<f32>> {
+        md.get(&key(name))
+            .map(|v| {
+                v.to_f32().map_err(|_| {
+                    Failure::ModelInvalid.err(format!("{} is not a number", key(name)))
+                })
+            })
+            .transpose()
+    };
+    let kind = match md.get(&key("rope.scaling.type")).map(Value::to_string) {
+        None => None,
+        Some(Ok(kind)) if kind == "none" => None,
+        Some(Ok(kind)) => Some(kind.clone()),
+        Some(Err(_)) => {
+            return Err(
+                Failure::ModelInvalid.err(format!("{} is not a string", key("rope.scaling.type")))
+            )
+        }
+    };
+    let original = match md.get(&key("rope.scaling.original_context_length")) {
+        None => None,
+        Some(v) => Some(v.to_u32().map(|x| x as usize).map_err(|_| {
+            Failure::ModelInvalid.err(format!(
+                "{} is not an integer",
+                key("rope.scaling.original_context_length")
+            ))
+        })?),
+    };
+    let rope = HfRope {
+        rope_type: kind,
+        old_type: None,
+        rope_theta: None,
+        factor: number("rope.scaling.factor")?,
+        original_max_position_embeddings: original,
+        beta_fast: number("rope.scaling.yarn_beta_fast")?,
+        beta_slow: number("rope.scaling.yarn_beta_slow")?,
+        attention_factor: None,
+        mscale: Some(1.0),
+        mscale_all_dim: number("rope.scaling.yarn_log_multiplier")?,
+        llama_4_scaling_beta: number("attention.temperature_scale")?,
+    };
+    let long = rope
+        .long_rope(context)
+        .classify(Failure::ModelInvalid, || "the GGUF rope metadata".into())?;
+    // llama.cpp multiplies YaRN's factor by this one.
+    let extra = number("rope.scaling.attn_factor")?.unwrap_or(1.0);
+    Ok(long.map(|l| LongRope {
+        attention_factor: l.attention_factor * extra,
+        ..l
+    }))
+}
+
+impl Config {
     /// Each size positive and within bounds far above any real model, so
     /// that no product of them overflows and nothing is sized from a forged
     /// number before the weights' own shapes are compared with them.
@@ -394,6 +468,48 @@ mod tests {
         let long = c.long_rope.unwrap();
         assert_eq!((long.factor, long.original_context), (16.0, 16384));
         assert_eq!((long.attention_factor, long.query_beta), (1.0, 0.1));
+    }
+
+    /// The metadata llama.cpp's converter writes for Ministral 3 8B
+    /// (arch `mistral3`) gives the rope its config.json gives.
+    #[test]
+    fn a_mistral3_gguf_gives_the_same_rope() {
+        let mut md: HashMap<String, Value> = [
+            ("general.architecture", Value::String("mistral3".into())),
+            ("mistral3.rope.scaling.type", Value::String("yarn".into())),
+            ("mistral3.rope.scaling.factor", Value::F32(16.0)),
+            (
+                "mistral3.rope.scaling.original_context_length",
+                Value::U32(16384),
+            ),
+            ("mistral3.rope.scaling.yarn_beta_fast", Value::F32(32.0)),
+            ("mistral3.rope.scaling.yarn_beta_slow", Value::F32(1.0)),
+            ("mistral3.rope.scaling.yarn_log_multiplier", Value::F32(1.0)),
+            ("mistral3.attention.temperature_scale", Value::F32(0.1)),
+            ("mistral3.rope.freq_base", Value::F32(1e6)),
+            ("mistral3.context_length", Value::U32(262144)),
+            ("mistral3.embedding_length", Value::U32(4096)),
+            ("mistral3.feed_forward_length", Value::U32(14336)),
+            ("mistral3.block_count", Value::U32(34)),
+            ("mistral3.attention.head_count", Value::U32(32)),
+            ("mistral3.attention.head_count_kv", Value::U32(8)),
+            ("mistral3.rope.dimension_count", Value::U32(128)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let c = Config::from_gguf(&md, 131072).unwrap();
+        let long = c.long_rope.unwrap();
+        assert_eq!((long.factor, long.original_context), (16.0, 16384));
+        assert_eq!((long.attention_factor, long.query_beta), (1.0, 0.1));
+        md.insert(
+            "mistral3.rope.scaling.type".into(),
+            Value::String("longrope".into()),
+        );
+        assert!(Config::from_gguf(&md, 131072).is_err());
+        md.insert("general.architecture".into(), Value::String("qwen3".into()));
+        let err = Config::from_gguf(&md, 131072).unwrap_err();
+        assert!(format!("{err}").contains("\"qwen3\""), "{err}");
     }
 
     #[test]

@@ -156,6 +156,15 @@ fn ministral3_inside_a_vision_checkpoint_reads_its_text_model() {
     );
 }
 
+/// The tiny Ministral 3 as llama.cpp's converter writes it (arch
+/// `mistral3`: YaRN and the query scaling in the metadata, the query and
+/// key weights permuted as for `llama`).
+#[test]
+fn ministral3_gguf_from_llama_cpp_converter_matches_transformers() {
+    let mut model = load(&goldens().join("tiny-ministral3-f16.gguf"));
+    check(&mut model, "ministral3", "GGUF f16 ministral3", 2e-3);
+}
+
 fn read_json(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
