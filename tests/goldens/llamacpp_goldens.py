@@ -6,7 +6,9 @@ llama-cpp-python 0.3.36 (../shared/tools/setup-bench-env.sh makes one):
 
     ~/.cache/greve-bench/venv/bin/python llamacpp_goldens.py
 
-(`--tokenize-only` remakes the tokenizer goldens alone.)
+(`--tokenize-only` remakes the tokenizer goldens alone, `--ministral3-only`
+llama.cpp's reply on tiny-ministral3-f16.gguf alone, made by
+ministral3_goldens.py.)
 """
 import json
 import os
@@ -23,7 +25,7 @@ QUANTS = {  # llama.cpp's file types for `llama-quantize`
     "q6_k": llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K,
     "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
 }
-FILES = {"v1": ["f16", "q8_0"], "v3": ["f16"], "k": ["f16", *QUANTS]}
+FILES = {"v1": ["f16", "q8_0"], "v3": ["f16"], "k": ["f16", *QUANTS], "ministral3": ["f16"]}
 
 
 def quantize(source, target, ftype):
@@ -69,27 +71,32 @@ def tokenize_goldens():
     return result
 
 
+def replies(version, t):
+    golden = json.load(open(os.path.join(HERE, f"tiny-{version}.json")))
+    # An f32 KV cache (type 0): these goldens check the weights' kernels, and
+    # an f16 cache's rounding alone can flip a near-tie of a random model
+    # (llamacpp_kv_goldens.py compares the caches).
+    llm = llama_cpp.Llama(os.path.join(HERE, f"tiny-{version}-{t}.gguf"), n_ctx=512, n_threads=1, verbose=False,
+                          seed=0, type_k=0, type_v=0, logits_all=True)
+    return [greedy(llm, c["prompt"], golden["new_tokens"]) for c in golden["continuations"]]
+
+
 def main():
     target = os.path.join(HERE, "llamacpp.json")
-    if sys.argv[1:] == ["--tokenize-only"]:
+    if sys.argv[1:] in (["--tokenize-only"], ["--ministral3-only"]):
         result = json.load(open(target))
-        result["tokenize"] = tokenize_goldens()
+        if sys.argv[1] == "--tokenize-only":
+            result["tokenize"] = tokenize_goldens()
+        else:
+            result["files"]["tiny-ministral3-f16.gguf"] = replies("ministral3", "f16")
         json.dump(result, open(target, "w"), indent=1)
         return
     for name, ftype in QUANTS.items():
         quantize(os.path.join(HERE, "tiny-k-f16.gguf"), os.path.join(HERE, f"tiny-k-{name}.gguf"), ftype)
     result = {"llama_cpp_python": llama_cpp.__version__, "files": {}}
     for version, types in FILES.items():
-        golden = json.load(open(os.path.join(HERE, f"tiny-{version}.json")))
-        n = golden["new_tokens"]
         for t in types:
-            name = f"tiny-{version}-{t}.gguf"
-            # An f32 KV cache (type 0): these goldens check the weights' kernels, and
-            # an f16 cache's rounding alone can flip a near-tie of a random model
-            # (llamacpp_kv_goldens.py compares the caches).
-            llm = llama_cpp.Llama(os.path.join(HERE, name), n_ctx=512, n_threads=1, verbose=False, seed=0,
-                                  type_k=0, type_v=0, logits_all=True)
-            result["files"][name] = [greedy(llm, c["prompt"], n) for c in golden["continuations"]]
+            result["files"][f"tiny-{version}-{t}.gguf"] = replies(version, t)
     result["tokenize"] = tokenize_goldens()
     json.dump(result, open(target, "w"), indent=1)
 

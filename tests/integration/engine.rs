@@ -158,11 +158,34 @@ fn ministral3_inside_a_vision_checkpoint_reads_its_text_model() {
 
 /// The tiny Ministral 3 as llama.cpp's converter writes it (arch
 /// `mistral3`: YaRN and the query scaling in the metadata, the query and
-/// key weights permuted as for `llama`).
+/// key weights permuted as for `llama`): transformers' tokens, and
+/// llama.cpp's own reply on the file (llamacpp.json), whose tokens are
+/// transformers' too.
 #[test]
 fn ministral3_gguf_from_llama_cpp_converter_matches_transformers() {
-    let mut model = load(&goldens().join("tiny-ministral3-f16.gguf"));
+    let name = "tiny-ministral3-f16.gguf";
+    let mut model = load(&goldens().join(name));
     check(&mut model, "ministral3", "GGUF f16 ministral3", 2e-3);
+    let llama_cpp = &golden_json("llamacpp.json")["files"][name];
+    let transformers = &golden_json("tiny-ministral3.json")["continuations"];
+    let cases = llama_cpp.as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    for (case, reference) in cases.iter().zip(transformers.as_array().unwrap()) {
+        let prompt = ids(&case["prompt"]);
+        assert_eq!(
+            case["greedy"], reference["greedy"],
+            "llama.cpp and transformers"
+        );
+        let logits = fresh_logits(&mut model, &prompt);
+        for (i, want) in case["first_logits"].as_array().unwrap().iter().enumerate() {
+            let want = want.as_f64().unwrap() as f32;
+            assert!(
+                (logits[i] - want).abs() < 5e-3,
+                "{name}: logit {i} is {} but llama.cpp gives {want}",
+                logits[i]
+            );
+        }
+    }
 }
 
 fn read_json(path: &std::path::Path) -> serde_json::Value {
