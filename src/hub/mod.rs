@@ -60,7 +60,33 @@ const fn mistral_7b(
     }
 }
 
-pub static PRESETS: [Preset; 5] = [
+/// A Mistral 3 release (Ministral 3, Magistral, Devstral Small 2): the text
+/// model inside a Mistral3ForConditionalGeneration checkpoint, converted by
+/// bartowski as `mistralai_{name}`; 8 KV heads of 128. Sizes are estimated
+/// from the parameter counts (text and vision for the safetensors, text
+/// alone for the GGUF).
+const fn mistral_3(
+    name: &'static str,
+    repo: &'static str,
+    gguf_repo: &'static str,
+    gguf_file: &'static str,
+    q4_k_m_bytes: u64,
+    bf16_bytes: u64,
+    layers: u64,
+) -> Preset {
+    Preset {
+        name,
+        repo,
+        gated: false,
+        gguf_repo,
+        gguf_file,
+        q4_k_m_bytes,
+        bf16_bytes: Some(bf16_bytes),
+        kv_per_token: kv_per_token(layers, 8, 128),
+    }
+}
+
+pub static PRESETS: [Preset; 13] = [
     mistral_7b(
         "mistral-7b-instruct-v0.1",
         "mistralai/Mistral-7B-Instruct-v0.1",
@@ -104,6 +130,81 @@ pub static PRESETS: [Preset; 5] = [
         bf16_bytes: None,
         kv_per_token: kv_per_token(40, 8, 128),
     },
+    // Ministral 3: 26, 34 and 40 layers; the Instruct repos hold FP8
+    // weights, their -BF16 twins the original ones.
+    mistral_3(
+        "ministral-3-3b-instruct-2512",
+        "mistralai/Ministral-3-3B-Instruct-2512-BF16",
+        "bartowski/mistralai_Ministral-3-3B-Instruct-2512-GGUF",
+        "mistralai_Ministral-3-3B-Instruct-2512-{q}.gguf",
+        2_100_000_000,
+        7_700_000_000,
+        26,
+    ),
+    mistral_3(
+        "ministral-3-3b-reasoning-2512",
+        "mistralai/Ministral-3-3B-Reasoning-2512",
+        "bartowski/mistralai_Ministral-3-3B-Reasoning-2512-GGUF",
+        "mistralai_Ministral-3-3B-Reasoning-2512-{q}.gguf",
+        2_100_000_000,
+        7_700_000_000,
+        26,
+    ),
+    mistral_3(
+        "ministral-3-8b-instruct-2512",
+        "mistralai/Ministral-3-8B-Instruct-2512-BF16",
+        "bartowski/mistralai_Ministral-3-8B-Instruct-2512-GGUF",
+        "mistralai_Ministral-3-8B-Instruct-2512-{q}.gguf",
+        5_100_000_000,
+        17_700_000_000,
+        34,
+    ),
+    mistral_3(
+        "ministral-3-8b-reasoning-2512",
+        "mistralai/Ministral-3-8B-Reasoning-2512",
+        "bartowski/mistralai_Ministral-3-8B-Reasoning-2512-GGUF",
+        "mistralai_Ministral-3-8B-Reasoning-2512-{q}.gguf",
+        5_100_000_000,
+        17_700_000_000,
+        34,
+    ),
+    mistral_3(
+        "ministral-3-14b-instruct-2512",
+        "mistralai/Ministral-3-14B-Instruct-2512-BF16",
+        "bartowski/mistralai_Ministral-3-14B-Instruct-2512-GGUF",
+        "mistralai_Ministral-3-14B-Instruct-2512-{q}.gguf",
+        8_200_000_000,
+        27_800_000_000,
+        40,
+    ),
+    mistral_3(
+        "ministral-3-14b-reasoning-2512",
+        "mistralai/Ministral-3-14B-Reasoning-2512",
+        "bartowski/mistralai_Ministral-3-14B-Reasoning-2512-GGUF",
+        "mistralai_Ministral-3-14B-Reasoning-2512-{q}.gguf",
+        8_200_000_000,
+        27_800_000_000,
+        40,
+    ),
+    // Small 3.2's shapes, thinking between [THINK] and [/THINK].
+    mistral_3(
+        "magistral-small-2509",
+        "mistralai/Magistral-Small-2509",
+        "bartowski/mistralai_Magistral-Small-2509-GGUF",
+        "mistralai_Magistral-Small-2509-{q}.gguf",
+        14_330_000_000,
+        48_000_000_000,
+        40,
+    ),
+    mistral_3(
+        "devstral-small-2-24b-instruct-2512",
+        "mistralai/Devstral-Small-2-24B-Instruct-2512",
+        "bartowski/mistralai_Devstral-Small-2-24B-Instruct-2512-GGUF",
+        "mistralai_Devstral-Small-2-24B-Instruct-2512-{q}.gguf",
+        14_330_000_000,
+        48_000_000_000,
+        40,
+    ),
 ];
 
 /// What `--model` means when it is not given: v0.3, whose repo needs no
