@@ -262,17 +262,10 @@ impl Config {
                 .or_else(|_| v.to_u64().map(|x| x as usize))
                 .map_err(|_| Failure::ModelInvalid.err(format!("{} is not an integer", key(name))))
         };
-        let number = |name: &str| -> anyhow::Result<Option<f32>> {
-            md.get(&key(name))
-                .map(|v| {
-                    v.to_f32().map_err(|_| {
-                        Failure::ModelInvalid.err(format!("{} is not a number", key(name)))
-                    })
-                })
-                .transpose()
+        let keys = ArchKeys { md, arch };
+        let float = |name: &str, default: f32| {
+            Ok::<_, anyhow::Error>(keys.number(name)?.unwrap_or(default))
         };
-        let float =
-            |name: &str, default: f32| Ok::<_, anyhow::Error>(number(name)?.unwrap_or(default));
         let hidden_size = int("embedding_length")?;
         let num_heads = int("attention.head_count")?;
         let head_dim = match md.get(&key("rope.dimension_count")) {
@@ -280,7 +273,7 @@ impl Config {
             None => hidden_size / num_heads.max(1),
         };
         let context_length = int("context_length")?;
-        let long_rope = gguf_rope(md, arch, context_length)?;
+        let long_rope = gguf_rope(&keys, context_length)?;
         let config = Config {
             vocab_size: match md.get(&key("vocab_size")) {
                 Some(_) => int("vocab_size")?,
@@ -311,26 +304,38 @@ impl Config {
     }
 }
 
+/// A GGUF file's metadata under one architecture's prefix (`llama.`,
+/// `mistral3.`).
+struct ArchKeys<'a> {
+    md: &'a HashMap<String, Value>,
+    arch: &'a str,
+}
+
+impl ArchKeys<'_> {
+    fn key(&self, name: &str) -> String {
+        format!("{}.{name}", self.arch)
+    }
+
+    fn number(&self, name: &str) -> anyhow::Result<Option<f32>> {
+        self.md
+            .get(&self.key(name))
+            .map(|v| {
+                v.to_f32().map_err(|_| {
+                    Failure::ModelInvalid.err(format!("{} is not a number", self.key(name)))
+                })
+            })
+            .transpose()
+    }
+}
+
 /// The rope of a `mistral3` GGUF file as llama.cpp reads it
 /// (`llama-context.cpp`): YaRN's numbers under `rope.scaling.*`, mscale
 /// taken as 1 and `yarn_log_multiplier` as mscale_all_dim, the query
 /// scaling's beta as `attention.temperature_scale`; the same rope as the
 /// config.json they were converted from.
-fn gguf_rope(
-    md: &HashMap<String, Value>,
-    arch: &str,
-    context: usize,
-) -> anyhow::Result<Option<LongRope>> {
-    let key = |name: &str| format!("{arch}.{name}");
-    let number = |name: &str| -> anyhow::Result<Option<f32>> {
-        md.get(&key(name))
-            .map(|v| {
-                v.to_f32().map_err(|_| {
-                    Failure::ModelInvalid.err(format!("{} is not a number", key(name)))
-                })
-            })
-            .transpose()
-    };
+fn gguf_rope(keys: &ArchKeys, context: usize) -> anyhow::Result<Option<LongRope>> {
+    let (md, key) = (keys.md, |name: &str| keys.key(name));
+    let number = |name: &str| keys.number(name);
     let kind = match md.get(&key("rope.scaling.type")).map(Value::to_string) {
         None => None,
         Some(Ok(kind)) if kind == "none" => None,
