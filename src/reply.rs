@@ -95,11 +95,6 @@ impl Reader {
         }
     }
 
-    /// Whether the reply is inside its thinking.
-    pub fn thinking(&self) -> bool {
-        self.phase == Phase::Thinking
-    }
-
     /// The end of the reply: what is left to stream, and the reply split.
     pub fn finish(mut self, tokenizer: &Tokenizer) -> anyhow::Result<(Option<Part>, Read)> {
         let rest = match self.phase {
