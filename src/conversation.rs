@@ -23,7 +23,7 @@ use crate::reply::{self, Part};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::settings::Settings;
 use crate::structured::{Constraint, Format, Grammar};
-use crate::template::{self, Message, Role, ToolCall};
+use crate::template::{self, Message, Role, System, ToolCall};
 use crate::tools::{self, Markers, Tools};
 use crate::transcript::Transcript;
 
@@ -114,6 +114,9 @@ pub struct Options {
     /// The front end shows the model's thinking (on stderr), not only its
     /// answer.
     pub show_thinking: bool,
+    /// A model that reasons is asked to (its reasoning system prompt), and
+    /// JSON or calls may follow its thinking; off, neither.
+    pub think: bool,
 }
 
 impl Options {
@@ -135,6 +138,7 @@ impl Options {
             format: settings.format.value.clone(),
             tools: settings.tools.clone(),
             show_thinking: false,
+            think: true,
         }
     }
 }
@@ -346,9 +350,9 @@ impl Conversation {
         on_event: impl FnMut(Event) -> anyhow::Result<()>,
     ) -> anyhow::Result<Turn> {
         if let Engine::Local(local) = &self.engine {
-            let system = self.system_prompt();
+            let system = local.system(self.system_prompt().as_deref(), self.options.think);
             let n = local
-                .encode(system.as_deref(), &self.options.tools, &self.messages)?
+                .encode(&system, &self.options.tools, &self.messages)?
                 .len();
             let context = local.model.transformer.config.context_length;
             if n >= context {
@@ -386,18 +390,14 @@ impl Conversation {
         let system = self.system_prompt();
         let (reply, dropped) = match &mut self.engine {
             Engine::Local(local) => {
-                let (first, ids) = local.fit(
-                    &self.messages,
-                    self.first,
-                    system.as_deref(),
-                    &self.options,
-                    cancel,
-                )?;
+                let system = local.system(system.as_deref(), self.options.think);
+                let (first, ids) =
+                    local.fit(&self.messages, self.first, &system, &self.options, cancel)?;
                 let dropped = first - self.first;
                 self.first = first;
                 let turn = LocalTurn {
                     ids,
-                    system: system.as_deref(),
+                    system: &system,
                     window: &self.messages[first..],
                     options: &self.options,
                     seed,
@@ -455,7 +455,7 @@ impl Conversation {
 struct LocalTurn<'a> {
     /// The window's prompt.
     ids: Vec<u32>,
-    system: Option<&'a str>,
+    system: &'a System,
     /// The messages in the model's window, the last the user's.
     window: &'a [Message],
     options: &'a Options,
@@ -465,9 +465,18 @@ struct LocalTurn<'a> {
 
 impl Local {
     /// The ids of a conversation rendered with the model's instruct format.
+    /// The system prompt of a turn: the model's reasoning prompt when it
+    /// has one and is to think, then `text` (the user's and the persona's).
+    fn system(&self, text: Option<&str>, think: bool) -> System {
+        match (&self.model.reasoning, think) {
+            (Some(reasoning), true) => reasoning.clone().then(text),
+            _ => System::text(text),
+        }
+    }
+
     fn encode(
         &self,
-        system: Option<&str>,
+        system: &System,
         tools: &Tools,
         messages: &[Message],
     ) -> anyhow::Result<Vec<u32>> {
@@ -495,8 +504,14 @@ impl Local {
         let max_tokens = turn.options.max_tokens.map_or(room, |n| n.min(room));
         let mut stop = self.model.defaults.eos_token_id.clone();
         stop.push(self.model.tokenizer.eos());
+        let markers = Markers {
+            think: Markers::of(&self.model.tokenizer)
+                .think
+                .filter(|_| turn.options.think),
+            ..Markers::of(&self.model.tokenizer)
+        };
         let format = tools
-            .reply_format(&turn.options.format, &Markers::of(&self.model.tokenizer))
+            .reply_format(&turn.options.format, &markers)
             .map_err(|e| Failure::Usage.err(format!("tools: {e}")))?;
         let mut constraint = self.constraint(&format)?;
         let mut limits = Limits {
@@ -598,13 +613,8 @@ impl Local {
     /// How many of `ids` stay the same whatever the last message says: the
     /// system prompt (the persona's too) and what comes before it. The
     /// prompt cache keeps them; 0 when there is none, or it is short.
-    fn fixed_prefix(
-        &self,
-        system: Option<&str>,
-        tools: &Tools,
-        ids: &[u32],
-    ) -> anyhow::Result<usize> {
-        if system.is_none() {
+    fn fixed_prefix(&self, system: &System, tools: &Tools, ids: &[u32]) -> anyhow::Result<usize> {
+        if system.is_empty() {
             return Ok(0);
         }
         let alone = |text: &str| self.encode(system, tools, &[Message::user(text)]);
@@ -623,7 +633,7 @@ impl Local {
         &self,
         messages: &[Message],
         first: usize,
-        system: Option<&str>,
+        system: &System,
         options: &Options,
         cancel: &AtomicBool,
     ) -> anyhow::Result<(usize, Vec<u32>)> {

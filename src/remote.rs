@@ -617,6 +617,7 @@ mod tests {
             format: Format::Json,
             tools: crate::tools::Tools::default(),
             show_thinking: false,
+            think: true,
         };
         let body = request_body("m", Some("S"), &[Message::user("u")], &o, 9).unwrap();
         assert_eq!(

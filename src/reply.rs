@@ -75,9 +75,12 @@ impl Reader {
                 self.decoder = StreamDecoder::default();
                 Ok(rest.map(Part::Thinking))
             }
+            // One part for each token of thinking, empty while a character
+            // is incomplete, so that a front end can count them.
             Phase::Thinking => {
                 self.thinking.push(token);
-                Ok(self.decoder.push(tokenizer, token)?.map(Part::Thinking))
+                let text = self.decoder.push(tokenizer, token)?.unwrap_or_default();
+                Ok(Some(Part::Thinking(text)))
             }
             Phase::Start | Phase::Thought if Some(token) == self.calls_token => {
                 self.phase = Phase::Calls;

@@ -76,6 +76,9 @@ fn gguf_file(path: &Path, spec: &str) -> anyhow::Result<ModelFiles> {
         weights: WeightFiles::Gguf(path.to_path_buf()),
         tokenizer: None,
         tokenizer_config: None,
+        // A GGUF file carries its vocabulary and chat template.
+        tekken: None,
+        system_prompt: None,
         generation_config: beside("generation_config.json"),
     })
 }
@@ -114,6 +117,8 @@ fn resolve_folder(dir: &Path, spec: &str) -> anyhow::Result<ModelFiles> {
         weights: WeightFiles::Safetensors { config, shards },
         tokenizer: optional("tokenizer.json"),
         tokenizer_config: optional("tokenizer_config.json"),
+        tekken: optional("tekken.json"),
+        system_prompt: optional("SYSTEM_PROMPT.txt"),
         generation_config: optional("generation_config.json"),
     })
 }

@@ -144,7 +144,7 @@ impl Command {
                     json: a.json,
                     stats: a.stats,
                     verbose_prompt: a.verbose_prompt,
-                    show_thinking: a.think == super::ThinkArg::Show,
+                    think: a.think,
                 })
             }
             Command::Chat(a) => {

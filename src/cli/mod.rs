@@ -330,12 +330,6 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ThinkArg {
-    Show,
-    Hide,
-}
-
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum BaselineArg {
     Candle,
@@ -365,11 +359,13 @@ pub struct AskArgs {
     #[arg(long)]
     pub verbose_prompt: bool,
 
-    /// `show`: a model that thinks before it answers (Magistral, Ministral 3
-    /// Reasoning) writes its thinking to stderr as it goes; `hide` (the
-    /// default): stdout has the answer alone either way.
-    #[arg(long, value_enum, value_name = "SHOW", default_value = "hide")]
-    pub think: ThinkArg,
+    /// For a model that thinks before it answers (Magistral, Ministral 3
+    /// Reasoning): `show` writes its thinking to stderr as it goes, `hide`
+    /// (the default) and `on` only count it there, `off` does not ask the
+    /// model to think (its reasoning system prompt is left out). stdout has
+    /// the answer alone either way.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "hide")]
+    pub think: crate::commands::reply::Think,
 
     /// Answer after a saved conversation (a /save transcript): its system
     /// prompt and persona apply unless flags say otherwise.

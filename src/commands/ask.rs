@@ -25,8 +25,8 @@ pub struct Request {
     pub stats: bool,
     /// The rendered prompt and its ids on stderr before the reply.
     pub verbose_prompt: bool,
-    /// The model's thinking on stderr as it goes.
-    pub show_thinking: bool,
+    /// Whether the model thinks, and shows it on stderr as it goes.
+    pub think: super::reply::Think,
     /// Results of the loaded conversation's last calls, answered instead
     /// of a prompt.
     pub tool_results: Vec<String>,
@@ -67,7 +67,8 @@ pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow
     let save = start.settings.save.clone();
     let loading = Instant::now();
     let mut conversation = start.open()?;
-    conversation.options.show_thinking = request.show_thinking && !request.json;
+    request.think.apply(&mut conversation.options);
+    conversation.options.show_thinking &= !request.json;
     let load_time = loading.elapsed();
 
     let wrapping = reply::wrapping(&conversation);

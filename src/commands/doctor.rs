@@ -385,8 +385,12 @@ fn template_check(r: &mut Report, settings: &Settings) -> std::io::Result<()> {
             )
         }
     };
-    let got = template::render(tokenizer.format(), Some(SAMPLE_SYSTEM), &messages)
-        .and_then(|pieces| tokenizer.encode_pieces(&pieces));
+    let got = template::render(
+        tokenizer.format(),
+        &template::System::text(Some(SAMPLE_SYSTEM)),
+        &messages,
+    )
+    .and_then(|pieces| tokenizer.encode_pieces(&pieces));
     match got {
         Ok(ids) if ids == want => r.line(Status::Ok, "template", format!("{:?} ids of {spec} equal mistral-common's", tokenizer.format())),
         Ok(_) => r.line(

@@ -83,11 +83,13 @@ pub fn speak(
     let wrapping = wrapping(conversation);
     // The letterhead heads the answer, after the thinking.
     let mut letterhead = wrapping.letterhead.clone();
-    let mut thinking = false;
-    let mut head = |out: &mut dyn Write, thinking: &mut bool| -> anyhow::Result<()> {
-        if std::mem::take(thinking) {
-            eprintln!();
-        }
+    let mut thinking = Thinking {
+        shown: show_thinking,
+        count: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        tokens: 0,
+    };
+    let mut head = |out: &mut dyn Write, thinking: &mut Thinking| -> anyhow::Result<()> {
+        thinking.end();
         if let Some(letterhead) = letterhead.take() {
             let letterhead = messages::for_stdout(&letterhead, messages::letterhead_style());
             write!(out, "{letterhead}\n\n")?;
@@ -102,12 +104,7 @@ pub fn speak(
                     eprintln!("{text}\n{}", ids.join(" "));
                 }
             }
-            Event::Thinking(text) if show_thinking => {
-                thinking = true;
-                let style = messages::thinking_style();
-                anstream::eprint!("{style}{text}{style:#}");
-            }
-            Event::Thinking(_) => {}
+            Event::Thinking(text) => thinking.push(&text),
             Event::Text(text) if !structured => {
                 head(out, &mut thinking)?;
                 out.write_all(text.as_bytes())?;
@@ -145,6 +142,66 @@ pub fn speak(
     }
     out.flush()?;
     Ok(turn)
+}
+
+/// The model's thinking on stderr as it streams: the text, dimmed, or on
+/// a terminal a one-line count of its tokens.
+struct Thinking {
+    shown: bool,
+    count: bool,
+    tokens: usize,
+}
+
+impl Thinking {
+    /// One token of thinking (its text empty while a character is
+    /// incomplete).
+    fn push(&mut self, text: &str) {
+        self.tokens += 1;
+        let style = messages::thinking_style();
+        if self.shown {
+            anstream::eprint!("{style}{text}{style:#}");
+        } else if self.count {
+            anstream::eprint!("\r{style}thinking… {} tokens{style:#}", self.tokens);
+        }
+    }
+
+    /// The answer begins: the thinking's line ends.
+    fn end(&mut self) {
+        let tokens = std::mem::take(&mut self.tokens);
+        if tokens == 0 {
+            return;
+        }
+        if self.shown {
+            eprintln!();
+        } else if self.count {
+            let style = messages::thinking_style();
+            anstream::eprintln!("\r{style}thought for {tokens} tokens{style:#}");
+        }
+    }
+}
+
+/// What `--think` and `/think` ask of a model that reasons: to think (`on`)
+/// or not (`off`: its reasoning prompt is left out, and JSON or calls may
+/// not follow thinking), and to show the thinking (`show`, dimmed on
+/// stderr) or only count it (`hide`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Think {
+    On,
+    Off,
+    Show,
+    #[default]
+    Hide,
+}
+
+impl Think {
+    pub fn apply(self, o: &mut Options) {
+        match self {
+            Think::On => o.think = true,
+            Think::Off => o.think = false,
+            Think::Show => (o.think, o.show_thinking) = (true, true),
+            Think::Hide => o.show_thinking = false,
+        }
+    }
 }
 
 /// A call as `greve ask` prints it: one line of JSON, its arguments an

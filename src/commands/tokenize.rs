@@ -43,9 +43,13 @@ pub fn run(settings: &Settings, args: &Request) -> anyhow::Result<()> {
         Some(path) => {
             let (system, tools, messages) = read_chat(path)?;
             let format = tokenizer.format();
-            let pieces =
-                template::render_conversation(format, system.as_deref(), &tools, &messages)
-                    .classify(Failure::Usage, || path.display().to_string())?;
+            let pieces = template::render_conversation(
+                format,
+                &template::System::text(system.as_deref()),
+                &tools,
+                &messages,
+            )
+            .classify(Failure::Usage, || path.display().to_string())?;
             (
                 tokenizer.encode_pieces(&pieces)?,
                 Some(template::to_text(&pieces)),

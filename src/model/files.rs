@@ -9,6 +9,10 @@ pub struct ModelFiles {
     pub weights: WeightFiles,
     pub tokenizer: Option<PathBuf>,
     pub tokenizer_config: Option<PathBuf>,
+    /// mistral-common's own vocabulary file, read where no tokenizer.json is.
+    pub tekken: Option<PathBuf>,
+    /// The system prompt a reasoning release ships (`SYSTEM_PROMPT.txt`).
+    pub system_prompt: Option<PathBuf>,
     pub generation_config: Option<PathBuf>,
 }
 

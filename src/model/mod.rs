@@ -29,6 +29,7 @@ use candle_core::{DType, Device};
 use serde::Deserialize;
 
 use crate::exit::{Classify, Failure};
+use crate::template::{Instruct, System};
 use crate::text_file::read_json;
 use crate::tokenizer::{SpecialTokens, Tokenizer};
 use config::Config;
@@ -97,6 +98,9 @@ pub struct Model {
     /// What its outputs depend on besides the tokens and the KV type: its
     /// files' contents ([`ModelFiles::fingerprint`]), dtype and device.
     pub fingerprint: String,
+    /// The system prompt that makes a reasoning release think, where it
+    /// ships one.
+    pub reasoning: Option<System>,
 }
 
 /// Sampling defaults from `generation_config.json`; absent fields stay `None`
@@ -250,13 +254,30 @@ pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> anyhow::Result
         Some(path) => read_json::<GenerationDefaults>(path)?.checked(path)?,
         None => GenerationDefaults::default(),
     };
+    let reasoning = reasoning_prompt(files, &tokenizer)?;
     Ok(Model {
+        reasoning,
         transformer,
         tokenizer: Arc::new(tokenizer),
         defaults,
         name: files.name.clone(),
         fingerprint: format!("{}; {dtype:?} on {device:?}", files.fingerprint()),
     })
+}
+
+/// The prompt that makes a reasoning release think: the `SYSTEM_PROMPT.txt`
+/// beside its weights, else its chat template's default, where it shows
+/// thinking and the model's format (V13) can show it.
+fn reasoning_prompt(files: &ModelFiles, tokenizer: &Tokenizer) -> anyhow::Result<Option<System>> {
+    if tokenizer.format() != Instruct::V13 || tokenizer.think_tokens().is_none() {
+        return Ok(None);
+    }
+    let shipped = match &files.system_prompt {
+        Some(path) => Some(crate::text_file::read_text(path)?),
+        None => None,
+    };
+    let prompt = shipped.or_else(|| tokenizer.default_system().map(String::from));
+    Ok(prompt.as_deref().and_then(System::reasoning))
 }
 
 /// The weights alone, for work that needs no text (`greve bench`).

@@ -136,7 +136,10 @@ impl Worker {
                         send(Event::Text(format!("{letterhead}\n\n")));
                     }
                 }
-                conversation::Event::Thinking(text) => send(Event::Thinking(text)),
+                conversation::Event::Thinking(text) if !text.is_empty() => {
+                    send(Event::Thinking(text))
+                }
+                conversation::Event::Thinking(_) => {}
                 conversation::Event::Text(text) => {
                     send_text(&send, scan.push(&text));
                     if scan.stopped {

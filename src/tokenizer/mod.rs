@@ -15,7 +15,7 @@ use candle_core::quantized::gguf_file::Value;
 use serde_json::json;
 
 use crate::exit::{Classify, Failure};
-use crate::template::{instruct_format, Instruct, Piece};
+use crate::template::{self, instruct_format, Instruct, Piece};
 
 mod gguf;
 mod stream;
@@ -39,6 +39,9 @@ pub struct Tokenizer {
     /// `[THINK]` and `[/THINK]`, in the vocabularies of models that reason.
     think: Option<(u32, u32)>,
     format: Instruct,
+    /// The system prompt the chat template gives a conversation that has
+    /// none, where it is a constant.
+    default_system: Option<String>,
     /// One past the largest id: a damaged tokenizer.json may skip ids.
     vocab_size: usize,
 }
@@ -191,7 +194,14 @@ impl Tokenizer {
             tools,
             think,
             format,
+            default_system: template.and_then(template::default_system),
         }
+    }
+
+    /// The system prompt the chat template gives a conversation that has
+    /// none, where it is a constant.
+    pub fn default_system(&self) -> Option<&str> {
+        self.default_system.as_deref()
     }
 
     /// The instruct format this vocabulary and template were made for.

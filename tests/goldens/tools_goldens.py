@@ -8,7 +8,8 @@ mistral-common's own `ChatCompletionRequest.from_openai` and encoded by
 v0.3), NeMo's Tekken (V3), the V7 SentencePiece vocabulary, and Tekken as V7
 (Mistral Small 3.x's format), V11 and V13 (Magistral Small 1.2, Devstral
 Small 2, Ministral 3, whose thinking `reasoning_content` carries): greve
-reads the same body with its API parser.
+reads the same body with its API parser. With V13, also the system prompt
+reasoning releases ship, its example of thinking between the control tokens.
 
 usage: pip install 'mistral-common[sentencepiece]'; python3 tests/goldens/tools_goldens.py
 """
@@ -92,8 +93,41 @@ CASES_V13 = CASES_V7 + [
 CASES_BY_VERSION = {"v7": CASES_V7, "tekken-v7": CASES_V7, "tekken-v11": CASES_V7, "tekken-v13": CASES_V13}
 
 
+# The system prompt a reasoning release ships (SYSTEM_PROMPT.txt), cut at its
+# [THINK] and [/THINK] as the model cards cut it: text, a ThinkChunk, text.
+# A user's own system prompt follows it after a blank line, as greve
+# composes them.
+REASONING_PROMPT = "reasoning-prompt.txt"
+REASONING_CASES = [
+    {"system": None, "messages": [{"role": "user", "content": "Combien font 2 + 2 ?"}]},
+    {"system": "Réponds en une phrase.", "messages": [
+        {"role": "user", "content": "Combien font 2 + 2 ?"},
+        {"role": "assistant", "reasoning_content": "Deux et deux.", "content": "Quatre."},
+        {"role": "user", "content": "Et 3 + 3 ?"}]},
+]
+
+
+def reasoning_prompt_cases(tokenizer):
+    from mistral_common.protocol.instruct.chunk import TextChunk, ThinkChunk
+    from mistral_common.protocol.instruct.messages import SystemMessage
+    text = open(os.path.join(HERE, REASONING_PROMPT), encoding="utf-8").read()
+    before, rest = text.split("[THINK]", 1)
+    thinking, after = rest.split("[/THINK]", 1)
+    cases = []
+    for case in REASONING_CASES:
+        last = after if case["system"] is None else after.rstrip() + "\n\n" + case["system"]
+        system = SystemMessage(content=[TextChunk(text=before), ThinkChunk(thinking=thinking, closed=True),
+                                        TextChunk(text=last)])
+        request = ChatCompletionRequest.from_openai(case["messages"])
+        request.messages.insert(0, system)
+        tokenized = tokenizer.encode_chat_completion(request)
+        cases.append({**case, "ids": tokenized.tokens, "text": tokenized.text})
+    return {"file": REASONING_PROMPT, "cases": cases}
+
+
 def main():
     golden = {"mistral_common": mistral_common.__version__}
+    golden["reasoning_prompt"] = reasoning_prompt_cases(mistral_tokenizer("tekken-v13"))
     for version in ("v3", "tekken", "v7", "tekken-v7", "tekken-v11", "tekken-v13"):
         tokenizer = mistral_tokenizer(version)
         cases = []

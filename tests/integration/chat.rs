@@ -48,6 +48,7 @@ fn chat_with(name: &str, max_tokens: usize, system: Option<&str>) -> Conversatio
         format: Format::Text,
         tools: greve::tools::Tools::default(),
         show_thinking: false,
+        think: true,
     };
     Conversation::new(load(name), config)
 }
@@ -59,7 +60,8 @@ fn fresh_reply(
     messages: &[Message],
     n: usize,
 ) -> (String, usize) {
-    let pieces = template::render(model.tokenizer.format(), system, messages).unwrap();
+    let system = template::System::text(system);
+    let pieces = template::render(model.tokenizer.format(), &system, messages).unwrap();
     let ids = model.tokenizer.encode_pieces(&pieces).unwrap();
     let stop = [model.tokenizer.eos()];
     let mut limits = Limits {

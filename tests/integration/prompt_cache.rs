@@ -215,6 +215,7 @@ fn conversation(path: &Path) -> Conversation {
         format: Format::Text,
         tools: greve::tools::Tools::default(),
         show_thinking: false,
+        think: true,
     };
     Conversation::new(load(path, KvType::F16), options)
 }
@@ -261,7 +262,12 @@ fn a_saved_conversation_resumes_without_recomputing() {
     assert_eq!(resumed["reply"].as_str().unwrap(), second.text);
     // At least the first turn, and as much as the chat kept in memory.
     let tokenizer = &chat.local().unwrap().model.tokenizer;
-    let first = template::render(tokenizer.format(), None, &[Message::user(FIRST)]).unwrap();
+    let first = template::render(
+        tokenizer.format(),
+        &template::System::default(),
+        &[Message::user(FIRST)],
+    )
+    .unwrap();
     let first = tokenizer.encode_pieces(&first).unwrap();
     assert!(loaded(&resumed) as usize >= first.len(), "{resumed}");
     let in_memory = chat.last.as_ref().unwrap();

@@ -26,11 +26,15 @@ const END_THINK: u32 = 35;
 
 /// The tiny Tekken model as a V13 one, in `dir`.
 fn v13_model(dir: &Path) -> PathBuf {
+    v13_model_with(dir, V13_TEMPLATE)
+}
+
+fn v13_model_with(dir: &Path, template: &str) -> PathBuf {
     let mut gguf = Gguf::read(&std::fs::read(goldens().join("tiny-tekken-f16.gguf")).unwrap());
     gguf.set(
         "tokenizer.chat_template",
         STRING,
-        string_value(V13_TEMPLATE.as_bytes()),
+        string_value(template.as_bytes()),
     );
     gguf.rename_tokens(&[
         (32, "[ARGS]"),
@@ -310,4 +314,47 @@ fn a_reply_cut_while_thinking_says_so() {
     assert_eq!(choice["message"]["content"], "", "{reply}");
     let thought = choice["message"]["reasoning_content"].as_str().unwrap();
     assert!(!thought.is_empty(), "{reply}");
+}
+
+/// A reasoning release's prompt (here its chat template's default) comes
+/// first, its example of thinking between the control tokens, and the
+/// user's system prompt after it; `--think off` leaves it out.
+#[test]
+fn a_reasoning_release_is_asked_to_think() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = format!(
+        "{{%- set default_system_message = 'Pense d\\'abord.[THINK]brouillon[/THINK]Puis réponds.' %}}{V13_TEMPLATE}"
+    );
+    let model = v13_model_with(dir.path(), &template);
+    let prompt = |args: &[&str]| {
+        let out = ask(
+            &model,
+            &[&["-n", "1", "--verbose-prompt"], args, &["Bonjour"]].concat(),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let reasoning = "[SYSTEM_PROMPT]Pense d'abord.[THINK]brouillon[/THINK]Puis réponds.";
+    let alone = prompt(&[]);
+    assert!(
+        alone.contains(&format!(
+            "<s>{reasoning}[/SYSTEM_PROMPT][INST]Bonjour[/INST]"
+        )),
+        "{alone}"
+    );
+    // The thinking's markers are the control tokens, not their spelling.
+    let ids: Vec<&str> = alone.lines().nth(1).unwrap().split(' ').collect();
+    let at = |id: u32| ids.iter().position(|i| *i == id.to_string());
+    assert!(at(THINK).unwrap() < at(END_THINK).unwrap(), "{alone}");
+    let with = prompt(&["--system", "Sois bref."]);
+    assert!(
+        with.contains(&format!("{reasoning}\n\nSois bref.[/SYSTEM_PROMPT]")),
+        "{with}"
+    );
+    let off = prompt(&["--think", "off", "--system", "Sois bref."]);
+    assert!(
+        off.contains("<s>[SYSTEM_PROMPT]Sois bref.[/SYSTEM_PROMPT][INST]Bonjour[/INST]"),
+        "{off}"
+    );
+    assert!(!off.contains("brouillon"), "{off}");
 }

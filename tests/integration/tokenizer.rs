@@ -52,8 +52,12 @@ fn check_against_mistral_common(tok: &Tokenizer, version: &str, source: &str) {
         }
     }
     for chat in golden["chats"].as_array().unwrap() {
-        let pieces =
-            template::render(tok.format(), chat["system"].as_str(), &messages(chat)).unwrap();
+        let pieces = template::render(
+            tok.format(),
+            &template::System::text(chat["system"].as_str()),
+            &messages(chat),
+        )
+        .unwrap();
         let got = tok.encode_pieces(&pieces).unwrap();
         if got != ids(&chat["ids"]) {
             failures.push(format!(
@@ -319,9 +323,13 @@ fn tool_conversations_encode_like_mistral_common() {
                 Some(tools) => api::tools(tools).unwrap(),
                 None => Vec::new(),
             };
-            let pieces =
-                template::render_with_tools(tok.format(), system.as_deref(), &tools, &messages)
-                    .unwrap();
+            let pieces = template::render_with_tools(
+                tok.format(),
+                &template::System::text(system.as_deref()),
+                &tools,
+                &messages,
+            )
+            .unwrap();
             let got = tok.encode_pieces(&pieces).unwrap();
             assert_eq!(
                 got,
@@ -334,6 +342,32 @@ fn tool_conversations_encode_like_mistral_common() {
     }
 }
 
+/// The system prompt a reasoning release ships, its example of thinking
+/// between `[THINK]` and `[/THINK]`, alone and with a user's system prompt
+/// after it: mistral-common's ids (tests/goldens/tools_goldens.py).
+#[test]
+fn a_reasoning_prompt_encodes_like_mistral_common() {
+    use greve::server::api;
+    let golden = &golden_json("tools.json")["reasoning_prompt"];
+    let file = goldens().join(golden["file"].as_str().unwrap());
+    let shipped = std::fs::read_to_string(file).unwrap();
+    let tok = tekken_with(V13_TEMPLATE);
+    for (i, case) in golden["cases"].as_array().unwrap().iter().enumerate() {
+        let system = template::System::reasoning(&shipped)
+            .unwrap()
+            .then(case["system"].as_str());
+        let (_, messages) = api::messages(&case["messages"]).unwrap();
+        let pieces = template::render(tok.format(), &system, &messages).unwrap();
+        let got = tok.encode_pieces(&pieces).unwrap();
+        assert_eq!(
+            got,
+            ids(&case["ids"]),
+            "case {i}: {}",
+            template::to_text(&pieces)
+        );
+    }
+}
+
 /// Formats without tool tokens refuse tools rather than drop them.
 #[test]
 fn tools_need_a_format_that_has_them() {
@@ -343,7 +377,13 @@ fn tools_need_a_format_that_has_them() {
         parameters: serde_json::json!({"type": "object"}),
     }];
     let messages = [Message::user("x")];
-    let e = template::render_with_tools(Instruct::V1, None, &tools, &messages).unwrap_err();
+    let e = template::render_with_tools(
+        Instruct::V1,
+        &template::System::default(),
+        &tools,
+        &messages,
+    )
+    .unwrap_err();
     assert!(format!("{e}").starts_with("tools:"), "{e}");
     let e = from_json("v1")
         .encode_pieces(&[template::Piece::ToolCalls])

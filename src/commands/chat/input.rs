@@ -3,11 +3,14 @@
 
 use std::path::PathBuf;
 
+use clap::ValueEnum;
 use rustyline::completion::Completer;
 use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
 use rustyline::validate::Validator;
 use rustyline::{Context, Helper};
+
+use crate::commands::reply::Think;
 
 /// A message from its first line: `"""` opens a block closed by a line
 /// ending in `"""`; a trailing backslash continues on the next line. A
@@ -57,8 +60,8 @@ pub enum Slash {
     Save(PathBuf),
     Load(PathBuf),
     Strike(Option<String>),
-    /// Show the model's thinking (true) or hide it.
-    Think(bool),
+    /// Whether a reasoning model thinks, and whether its thinking shows.
+    Think(Think),
     Bye,
     /// A known command used wrongly: what it needs.
     Usage(&'static str),
@@ -103,9 +106,11 @@ pub fn parse_slash(line: &str) -> Option<Slash> {
         ("load", Some(path)) => Slash::Load(path.into()),
         ("load", None) => Slash::Usage("/load FILE"),
         ("strike" | "greve" | "grève", arg) => Slash::Strike(arg.map(String::from)),
-        ("think", Some("show")) => Slash::Think(true),
-        ("think", Some("hide")) => Slash::Think(false),
-        ("think", _) => Slash::Usage("/think show|hide"),
+        ("think", Some(arg)) => match Think::from_str(arg, true) {
+            Ok(think) => Slash::Think(think),
+            Err(_) => Slash::Usage("/think on|off|show|hide"),
+        },
+        ("think", None) => Slash::Usage("/think on|off|show|hide"),
         ("bye" | "exit" | "quit", _) => Slash::Bye,
         (other, _) => Slash::Unknown(other.to_string()),
     })
@@ -124,7 +129,8 @@ pub const HELP: &str = "\
 /stats                 speed of the last reply and tokens reused from the cache
 /save FILE, /load FILE write or read the conversation (JSON)
 /strike [MODE]         go on strike: râleuse, totale, perlée, off (/greve too)
-/think show|hide       show a reasoning model's thinking, dimmed, or only its answers
+/think on|off          let a reasoning model think first, or not (its reasoning prompt left out)
+/think show|hide       show its thinking, dimmed, or only a count (show then shows the last one)
 /bye                   quit (Ctrl-D too)
 Multi-line: start with \"\"\" and end with \"\"\", or end lines with \\.";
 
@@ -204,7 +210,9 @@ mod tests {
         );
         assert_eq!(parse_slash("/strike"), Some(Slash::Strike(None)));
         assert_eq!(parse_slash("/exit"), Some(Slash::Bye));
-        assert_eq!(parse_slash("/think hide"), Some(Slash::Think(false)));
+        assert_eq!(parse_slash("/think hide"), Some(Slash::Think(Think::Hide)));
+        assert_eq!(parse_slash("/think OFF"), Some(Slash::Think(Think::Off)));
+        assert!(matches!(parse_slash("/think maybe"), Some(Slash::Usage(_))));
         assert!(matches!(parse_slash("/think"), Some(Slash::Usage(_))));
         assert_eq!(
             parse_slash("/frobnicate"),

@@ -15,7 +15,7 @@ mod input;
 
 use input::{collect_message, parse_slash, Slash, SlashCompleter, COMMANDS, HELP};
 
-use super::reply::{self, speak};
+use super::reply::{self, speak, Think};
 use crate::conversation::{Conversation, Turn};
 use crate::exit::Failure;
 use crate::generate::Finish;
@@ -263,10 +263,22 @@ fn command(
             chat.options.mode = mode;
             crate::messages::note(format!("strike {}", mode.name()));
         }
-        Slash::Think(show) => {
-            chat.options.show_thinking = show;
-            let what = if show { "shown" } else { "hidden" };
-            crate::messages::note(format!("the model's thinking is {what}"));
+        Slash::Think(think) => {
+            let was_shown = chat.options.show_thinking;
+            think.apply(&mut chat.options);
+            let o = &chat.options;
+            let what = match (o.think, o.show_thinking) {
+                (false, _) => "the model is not asked to think",
+                (true, true) => "the model thinks first, its thinking shown",
+                (true, false) => "the model thinks first, its thinking counted, not shown",
+            };
+            crate::messages::note(what);
+            // What was only counted is shown now: the last reply's thinking.
+            let last = chat.messages().last().and_then(|m| m.reasoning.as_deref());
+            if let (Think::Show, false, Some(thinking)) = (think, was_shown, last) {
+                let style = crate::messages::thinking_style();
+                anstream::eprintln!("{style}{thinking}{style:#}");
+            }
         }
         Slash::Bye => return Ok(true),
         Slash::Usage(usage) => return Err(Failure::Usage.err(format!("usage: {usage}"))),

@@ -29,6 +29,13 @@
 
 use crate::exit::Failure;
 
+mod json;
+mod system;
+
+pub use json::python_json;
+use json::{calls_json, json_or_text, tools_json};
+pub use system::{default_system, Chunk, System};
+
 /// Which instruct format a model was trained on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Instruct {
@@ -169,7 +176,7 @@ pub enum Piece {
 /// to answer. Messages must alternate, starting and ending with the user.
 pub fn render(
     format: Instruct,
-    system: Option<&str>,
+    system: &System,
     messages: &[Message],
 ) -> anyhow::Result<Vec<Piece>> {
     render_with_tools(format, system, &[], messages)
@@ -179,7 +186,7 @@ pub fn render(
 /// user's turn or with tools' results, the tools it may call announced.
 pub fn render_with_tools(
     format: Instruct,
-    system: Option<&str>,
+    system: &System,
     tools: &[Tool],
     messages: &[Message],
 ) -> anyhow::Result<Vec<Piece>> {
@@ -194,7 +201,7 @@ pub fn render_with_tools(
 /// ends with the assistant ends with EOS, as `mistral-common` encodes it.
 pub fn render_conversation(
     format: Instruct,
-    system: Option<&str>,
+    system: &System,
     tools: &[Tool],
     messages: &[Message],
 ) -> anyhow::Result<Vec<Piece>> {
@@ -203,7 +210,7 @@ pub fn render_conversation(
 
 fn pieces(
     format: Instruct,
-    system: Option<&str>,
+    system: &System,
     tools: &[Tool],
     messages: &[Message],
 ) -> anyhow::Result<Vec<Piece>> {
@@ -222,7 +229,14 @@ fn pieces(
             i + 1
         )));
     }
-    let system = system.filter(|s| !s.is_empty());
+    if system.reasons() && format != Instruct::V13 {
+        return Err(system::no_thinking());
+    }
+    // V1 and V3 put it inside a user's turn, as text.
+    let merged = match format.system_alone() {
+        true => None,
+        false => system.plain()?,
+    };
     let users: Vec<usize> = (0..messages.len())
         .filter(|&i| messages[i].role == Role::User)
         .collect();
@@ -241,9 +255,18 @@ fn pieces(
     .copied();
 
     let mut pieces = vec![Piece::Bos];
-    if let (true, Some(system)) = (format.system_alone(), system) {
+    if format.system_alone() && !system.is_empty() {
         pieces.push(Piece::BeginSystem);
-        pieces.push(Piece::Text(system.to_string()));
+        for chunk in system.chunks() {
+            match chunk {
+                Chunk::Text(text) => pieces.push(Piece::Text(text.clone())),
+                Chunk::Thinking(text) => {
+                    pieces.push(Piece::BeginThink);
+                    pieces.push(Piece::Text(text.clone()));
+                    pieces.push(Piece::EndThink);
+                }
+            }
+        }
         pieces.push(Piece::EndSystem);
     }
     for (i, message) in messages.iter().enumerate() {
@@ -254,7 +277,7 @@ fn pieces(
                     pieces.push(Piece::Text(tools_json(tools)));
                     pieces.push(Piece::EndTools);
                 }
-                let text = match system {
+                let text = match &merged {
                     Some(system) if Some(i) == system_turn => {
                         format!("{system}\n\n{}", message.content)
                     }
@@ -342,83 +365,6 @@ fn assistant(format: Instruct, message: &Message, pieces: &mut Vec<Piece>) {
     pieces.push(Piece::Eos);
 }
 
-impl Tool {
-    /// As OpenAI's API declares it, which is also how mistral-common lists
-    /// it to the model.
-    pub fn openai(&self) -> serde_json::Value {
-        serde_json::json!({"type": "function", "function": {
-            "name": self.name, "description": self.description, "parameters": self.parameters,
-        }})
-    }
-}
-
-/// The tools as mistral-common lists them (`[AVAILABLE_TOOLS]`).
-fn tools_json(tools: &[Tool]) -> String {
-    python_json(&tools.iter().map(Tool::openai).collect())
-}
-
-/// An assistant's calls as mistral-common writes them (`[TOOL_CALLS]`).
-fn calls_json(calls: &[ToolCall]) -> String {
-    let list: Vec<serde_json::Value> = calls
-        .iter()
-        .map(|c| {
-            let mut call =
-                serde_json::json!({"name": c.name, "arguments": json_or_text(&c.arguments)});
-            if !c.id.is_empty() && c.id != "null" {
-                call["id"] = c.id.clone().into();
-            }
-            call
-        })
-        .collect();
-    python_json(&serde_json::Value::Array(list))
-}
-
-/// `text` parsed when it is JSON, else as it is, as mistral-common reads
-/// arguments and results.
-fn json_or_text(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|_| text.into())
-}
-
-/// JSON as Python's `json.dumps(value, ensure_ascii=False)` writes it, which
-/// is what the models were trained on: `, ` and `: ` between items, keys
-/// in their order, non-ASCII as it is. (Floats in exponent form are the one
-/// difference left: Python writes `1e-05`, this `1e-5`.)
-pub fn python_json(value: &serde_json::Value) -> String {
-    struct Python;
-    impl serde_json::ser::Formatter for Python {
-        fn begin_array_value<W: ?Sized + std::io::Write>(
-            &mut self,
-            writer: &mut W,
-            first: bool,
-        ) -> std::io::Result<()> {
-            if first {
-                Ok(())
-            } else {
-                writer.write_all(b", ")
-            }
-        }
-
-        fn begin_object_key<W: ?Sized + std::io::Write>(
-            &mut self,
-            writer: &mut W,
-            first: bool,
-        ) -> std::io::Result<()> {
-            self.begin_array_value(writer, first)
-        }
-
-        fn begin_object_value<W: ?Sized + std::io::Write>(
-            &mut self,
-            writer: &mut W,
-        ) -> std::io::Result<()> {
-            writer.write_all(b": ")
-        }
-    }
-    let mut out = Vec::new();
-    let mut serializer = serde_json::Serializer::with_formatter(&mut out, Python);
-    serde::Serialize::serialize(value, &mut serializer).expect("a JSON value serialises");
-    String::from_utf8(out).expect("serde_json writes UTF-8")
-}
-
 fn check_alternation(messages: &[Message]) -> anyhow::Result<()> {
     if messages.is_empty() {
         return Err(Failure::Usage.err("the conversation has no message to answer"));
@@ -500,7 +446,7 @@ mod tests {
             Message::assistant("b "),
             Message::user("c"),
         ];
-        let pieces = render(Instruct::V1, Some("sys"), &messages).unwrap();
+        let pieces = render(Instruct::V1, &System::text(Some("sys")), &messages).unwrap();
         assert_eq!(
             pieces,
             vec![
@@ -520,7 +466,7 @@ mod tests {
             Message::assistant("b  "),
             Message::user("c"),
         ];
-        let pieces = render(Instruct::V3, Some("sys"), &messages).unwrap();
+        let pieces = render(Instruct::V3, &System::text(Some("sys")), &messages).unwrap();
         assert_eq!(
             pieces,
             vec![
@@ -544,14 +490,14 @@ mod tests {
             Message::assistant("Salut !  "),
             Message::user("Et ensuite ?"),
         ];
-        let pieces = render(Instruct::V7, Some("Sois bref."), &messages).unwrap();
+        let pieces = render(Instruct::V7, &System::text(Some("Sois bref.")), &messages).unwrap();
         // mistral-common 1.13.1, InstructTokenizerV7.
         assert_eq!(
             to_text(&pieces),
             "<s>[SYSTEM_PROMPT]Sois bref.[/SYSTEM_PROMPT][INST]Bonjour[/INST]Salut !</s>[INST]Et ensuite ?[/INST]"
         );
         assert_eq!(pieces[1], Piece::BeginSystem);
-        let without = render(Instruct::V7, None, &messages).unwrap();
+        let without = render(Instruct::V7, &System::default(), &messages).unwrap();
         assert_eq!(without[1], Piece::BeginInst);
     }
 
@@ -559,28 +505,28 @@ mod tests {
     fn an_empty_system_prompt_is_no_system_prompt() {
         let messages = [Message::user("a")];
         assert_eq!(
-            render(Instruct::V1, Some(""), &messages).unwrap(),
-            render(Instruct::V1, None, &messages).unwrap()
+            render(Instruct::V1, &System::text(Some("")), &messages).unwrap(),
+            render(Instruct::V1, &System::default(), &messages).unwrap()
         );
     }
 
     #[test]
     fn turns_must_alternate_and_end_with_the_user() {
-        assert!(render(Instruct::V1, None, &[]).is_err());
-        assert!(render(Instruct::V1, None, &[Message::assistant("x")]).is_err());
+        assert!(render(Instruct::V1, &System::default(), &[]).is_err());
+        assert!(render(Instruct::V1, &System::default(), &[Message::assistant("x")]).is_err());
         assert!(render(
             Instruct::V1,
-            None,
+            &System::default(),
             &[Message::user("x"), Message::user("y")]
         )
         .is_err());
         assert!(render(
             Instruct::V1,
-            None,
+            &System::default(),
             &[Message::user("x"), Message::assistant("y")]
         )
         .is_err());
-        assert!(render(Instruct::V1, None, &[Message::user("")]).is_err());
+        assert!(render(Instruct::V1, &System::default(), &[Message::user("")]).is_err());
     }
 
     #[test]
@@ -615,7 +561,13 @@ mod tests {
             content: "text".into(),
             ..calling
         };
-        assert!(render_with_tools(Instruct::V3, None, &[], &[Message::user("a"), both]).is_err());
+        assert!(render_with_tools(
+            Instruct::V3,
+            &System::default(),
+            &[],
+            &[Message::user("a"), both]
+        )
+        .is_err());
     }
 
     #[test]
@@ -625,18 +577,34 @@ mod tests {
             ..Message::assistant("4  ")
         };
         let messages = [Message::user("2+2"), thought, Message::user("3+3")];
-        let v13 = render(Instruct::V13, None, &messages).unwrap();
+        let v13 = render(Instruct::V13, &System::default(), &messages).unwrap();
         assert_eq!(
             to_text(&v13),
             "<s>[INST]2+2[/INST][THINK]hmm[/THINK]4  </s>[INST]3+3[/INST]"
         );
-        let v7 = render(Instruct::V7, None, &messages).unwrap();
+        let v7 = render(Instruct::V7, &System::default(), &messages).unwrap();
         assert_eq!(to_text(&v7), "<s>[INST]2+2[/INST]4</s>[INST]3+3[/INST]");
     }
 
     #[test]
+    fn a_reasoning_prompt_shows_its_example_of_thinking() {
+        let system = System::reasoning("Draft.[THINK]scratch[/THINK]Answer.").unwrap();
+        let messages = [Message::user("hi")];
+        let v13 = render(Instruct::V13, &system, &messages).unwrap();
+        assert_eq!(
+            to_text(&v13),
+            "<s>[SYSTEM_PROMPT]Draft.[THINK]scratch[/THINK]Answer.[/SYSTEM_PROMPT][INST]hi[/INST]"
+        );
+        // Each chunk is its own span, as mistral-common encodes them.
+        assert_eq!(v13[2], text("Draft."));
+        for format in [Instruct::V1, Instruct::V3, Instruct::V7, Instruct::V11] {
+            assert!(render(format, &system, &messages).is_err(), "{format:?}");
+        }
+    }
+
+    #[test]
     fn text_form_spells_out_control_tokens() {
-        let pieces = render(Instruct::V3, None, &[Message::user("hi")]).unwrap();
+        let pieces = render(Instruct::V3, &System::default(), &[Message::user("hi")]).unwrap();
         assert_eq!(to_text(&pieces), "<s>[INST]hi[/INST]");
     }
 }
