@@ -411,9 +411,29 @@ impl Hub {
                     Ok(path) => shard_names(path)?,
                     Err(_) => vec!["model.safetensors".to_string()],
                 };
-                let files: Vec<String> = ["tokenizer.json", "tokenizer_config.json"]
-                    .iter()
-                    .map(|s| s.to_string())
+                // Some repos (Magistral, Devstral) ship mistral-common's
+                // tekken.json alone; the others are not in every repo, and
+                // what they would say then has its defaults.
+                let needed: Vec<&str> = shards.iter().map(String::as_str).collect();
+                let tokenizers = ["tokenizer.json", "tekken.json"];
+                match tokenizers.iter().any(|t| session.has(t)) {
+                    true => session.list_unless_cached(&needed),
+                    false => session.list_unless_cached(&tokenizers),
+                }
+                let tokenizer = match session.has("tokenizer.json") || !session.has("tekken.json") {
+                    true => "tokenizer.json",
+                    false => "tekken.json",
+                };
+                let optional = [
+                    "tokenizer_config.json",
+                    "chat_template.jinja",
+                    "SYSTEM_PROMPT.txt",
+                    "generation_config.json",
+                ];
+                let optional: Vec<&str> = optional.into_iter().filter(|f| session.has(f)).collect();
+                let files: Vec<String> = std::iter::once(tokenizer)
+                    .chain(optional)
+                    .map(String::from)
                     .chain(shards)
                     .collect();
                 let kv_per_token =
@@ -422,8 +442,6 @@ impl Hub {
                 for file in &files {
                     session.get(file)?;
                 }
-                // Not every repo has one; the defaults then apply.
-                let _ = session.get("generation_config.json");
                 session.finish()?;
                 Ok(config.parent().unwrap_or(Path::new(".")).to_path_buf())
             }

@@ -57,8 +57,10 @@ pub(super) struct Session<'a> {
     api: Option<hf_hub::api::sync::ApiRepo>,
     missing: Vec<String>,
     opts_quant: Option<String>,
-    /// File sizes from the Hub's listing, once the pre-flight has read it.
+    /// File sizes from the Hub's listing, once read.
     sizes: std::collections::HashMap<String, u64>,
+    /// The listing was asked for (it may have failed: the network down).
+    listed: bool,
 }
 
 impl<'a> Session<'a> {
@@ -88,7 +90,51 @@ impl<'a> Session<'a> {
             missing: Vec::new(),
             opts_quant: opts.quant.clone(),
             sizes: std::collections::HashMap::new(),
+            listed: false,
         })
+    }
+
+    fn cached(&self, file: &str) -> bool {
+        self.snapshot
+            .as_ref()
+            .is_some_and(|s| s.join(file).is_file())
+    }
+
+    /// Reads the Hub's listing when one of `files` is not in the cache (a
+    /// model in the cache needs no request), once; offline or unreachable,
+    /// only the cache counts.
+    pub(super) fn list_unless_cached(&mut self, files: &[&str]) {
+        if self.listed || self.api.is_none() || files.iter().all(|f| self.cached(f)) {
+            return;
+        }
+        self.listed = true;
+        match self.listing() {
+            Ok(listing) => self.sizes = sibling_sizes(&listing),
+            Err(e) => log::info!("{}: no listing ({e})", self.wanted.repo),
+        }
+    }
+
+    /// Whether the repo has `file`: in the cache, or in the listing read.
+    pub(super) fn has(&self, file: &str) -> bool {
+        self.cached(file) || self.sizes.contains_key(file)
+    }
+
+    /// The Hub's listing of the repo, with each file's size.
+    fn listing(&self) -> anyhow::Result<serde_json::Value> {
+        let Some(api) = &self.api else {
+            return Err(self.offline_error());
+        };
+        api.info_request()
+            .query("blobs", "true")
+            .call()
+            .map_err(|e| self.explain(Box::new(e).into(), ""))?
+            .into_json()
+            .map_err(|e| {
+                Failure::Network.err(format!(
+                    "the Hub's answer for {} is unreadable: {e}",
+                    self.wanted.repo
+                ))
+            })
     }
 
     /// A file from the cache, else from the Hub.
@@ -136,27 +182,17 @@ impl<'a> Session<'a> {
     /// model will need, on one line; a disk too small is refused, too little
     /// memory is a warning. Nothing to say when everything is cached.
     pub(super) fn preflight(&mut self, files: &[String], kv_per_token: u64) -> anyhow::Result<()> {
-        let Some(api) = &self.api else { return Ok(()) };
-        let missing: Vec<&String> = files
-            .iter()
-            .filter(|f| !self.snapshot.as_ref().is_some_and(|s| s.join(f).is_file()))
-            .collect();
+        if self.api.is_none() {
+            return Ok(());
+        }
+        let missing: Vec<&String> = files.iter().filter(|f| !self.cached(f)).collect();
         if missing.is_empty() {
             return Ok(());
         }
-        let listing: serde_json::Value = api
-            .info_request()
-            .query("blobs", "true")
-            .call()
-            .map_err(|e| self.explain(Box::new(e).into(), ""))?
-            .into_json()
-            .map_err(|e| {
-                Failure::Network.err(format!(
-                    "the Hub's answer for {} is unreadable: {e}",
-                    self.wanted.repo
-                ))
-            })?;
-        self.sizes = sibling_sizes(&listing);
+        if self.sizes.is_empty() {
+            self.sizes = sibling_sizes(&self.listing()?);
+            self.listed = true;
+        }
         let total: u64 = missing
             .iter()
             .filter_map(|f| self.sizes.get(f.as_str()))

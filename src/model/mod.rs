@@ -322,33 +322,43 @@ fn gguf_transformer(
 }
 
 fn load_tokenizer_json(files: &ModelFiles) -> anyhow::Result<Tokenizer> {
-    let Some(path) = &files.tokenizer else {
-        return Err(Failure::ModelInvalid.err(format!(
-            "{} has no tokenizer.json; copy the one from the model's Hub repo beside config.json",
+    match (&files.tokenizer, &files.tekken) {
+        (Some(json), _) => tokenizer_from_json(json, files.tokenizer_config.as_deref()),
+        (None, Some(tekken)) => tokenizer_from_tekken(tekken, files.tokenizer_config.as_deref()),
+        (None, None) => Err(Failure::ModelInvalid.err(format!(
+            "{} has no tokenizer.json or tekken.json; copy the one from the model's Hub repo beside config.json",
             files.name
-        )));
-    };
-    tokenizer_from_json(path, files.tokenizer_config.as_deref())
+        ))),
+    }
 }
 
-/// The tokenizer of a path that is a tokenizer.json, or a folder holding
-/// one (with the tokenizer_config.json beside it); `None` for anything else.
+/// The tokenizer of a path that is a tokenizer.json or a tekken.json, or a
+/// folder holding one (with the tokenizer_config.json beside it); `None`
+/// for anything else.
 pub fn tokenizer_json_at(path: &Path) -> Option<anyhow::Result<Tokenizer>> {
-    let (json, folder) = if path.is_dir() {
-        (path.join("tokenizer.json"), path)
+    let (file, folder) = if path.is_dir() {
+        let json = path.join("tokenizer.json");
+        let tekken = path.join("tekken.json");
+        (if json.is_file() { json } else { tekken }, path)
     } else {
         (path.to_path_buf(), path.parent().unwrap_or(Path::new(".")))
     };
-    let is_json = json.extension().is_some_and(|e| e == "json");
-    if !(json.is_file() && is_json) {
+    let is_json = file.extension().is_some_and(|e| e == "json");
+    if !(file.is_file() && is_json) {
         return None;
     }
     let config = Some(folder.join("tokenizer_config.json")).filter(|p| p.is_file());
-    Some(tokenizer_from_json(&json, config.as_deref()))
+    let tekken = file
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("tekken"));
+    Some(match tekken {
+        true => tokenizer_from_tekken(&file, config.as_deref()),
+        false => tokenizer_from_json(&file, config.as_deref()),
+    })
 }
 
-/// The tokenizer of a model's files: its tokenizer.json, or its GGUF
-/// metadata.
+/// The tokenizer of a model's files: its tokenizer.json (or tekken.json),
+/// or its GGUF metadata.
 pub fn load_tokenizer(files: &ModelFiles) -> anyhow::Result<Tokenizer> {
     match &files.weights {
         WeightFiles::Safetensors { .. } => load_tokenizer_json(files),
@@ -360,6 +370,17 @@ pub fn load_tokenizer(files: &ModelFiles) -> anyhow::Result<Tokenizer> {
 }
 
 fn tokenizer_from_json(path: &Path, config: Option<&Path>) -> anyhow::Result<Tokenizer> {
+    Tokenizer::from_json_file(path, &special_tokens(path, config)?)
+}
+
+fn tokenizer_from_tekken(path: &Path, config: Option<&Path>) -> anyhow::Result<Tokenizer> {
+    let special = special_tokens(path, config)?;
+    Tokenizer::from_tekken_file(path, special.chat_template.as_deref())
+}
+
+/// What tokenizer_config.json (and the chat_template.jinja beside the
+/// tokenizer) say about its special tokens.
+fn special_tokens(path: &Path, config: Option<&Path>) -> anyhow::Result<SpecialTokens> {
     #[derive(Deserialize, Default)]
     struct TokenizerConfig {
         bos_token: Option<TokenName>,
@@ -386,17 +407,17 @@ fn tokenizer_from_json(path: &Path, config: Option<&Path>) -> anyhow::Result<Tok
     // Newer repositories keep the template in its own file beside them.
     let jinja = path.with_file_name("chat_template.jinja");
     let chat_template = match config.chat_template {
+        Some(serde_json::Value::String(t)) => Some(t),
         Some(t) => Some(t.to_string()),
         None if jinja.is_file() => Some(crate::text_file::read_text(&jinja)?),
         None => None,
     };
-    let special = SpecialTokens {
+    Ok(SpecialTokens {
         bos: name(config.bos_token),
         eos: name(config.eos_token),
         add_bos: config.add_bos_token,
         chat_template,
-    };
-    Tokenizer::from_json_file(path, &special)
+    })
 }
 
 #[cfg(test)]

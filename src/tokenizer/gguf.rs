@@ -176,48 +176,18 @@ impl GgufVocab {
     /// byte-level BPE that takes a piece in the vocabulary whole, as
     /// mistral-common's tiktoken does).
     pub(super) fn to_tokenizer_json(&self) -> serde_json::Value {
-        let vocab: serde_json::Map<String, serde_json::Value> = self
-            .tokens
-            .iter()
-            .enumerate()
-            .map(|(id, t)| (t.clone(), json!(id)))
-            .collect();
-        let added: Vec<serde_json::Value> = (0..self.tokens.len())
-            .filter(|&id| matches!(self.types[id], TOKEN_CONTROL | TOKEN_UNKNOWN))
-            .map(|id| {
-                json!({"id": id, "content": self.tokens[id], "single_word": false,
-                       "lstrip": false, "rstrip": false, "normalized": false, "special": true})
-            })
-            .collect();
+        let special = |id: usize| matches!(self.types[id], TOKEN_CONTROL | TOKEN_UNKNOWN);
         let scores = match &self.kind {
             VocabKind::SentencePiece { scores } => scores,
             VocabKind::ByteLevel { merges, pattern } => {
-                return json!({
-                    "version": "1.0",
-                    "truncation": null,
-                    "padding": null,
-                    "added_tokens": added,
-                    "normalizer": null,
-                    "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-                        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false},
-                        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
-                    ]},
-                    "post_processor": null,
-                    "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-                    "model": {
-                        "type": "BPE", "dropout": null, "unk_token": null,
-                        "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                        "fuse_unk": false, "byte_fallback": false, "ignore_merges": true,
-                        "vocab": vocab, "merges": merges
-                    }
-                })
+                return byte_level_json(&self.tokens, special, merges, pattern)
             }
         };
         json!({
             "version": "1.0",
             "truncation": null,
             "padding": null,
-            "added_tokens": added,
+            "added_tokens": added_tokens(&self.tokens, special),
             "normalizer": sentencepiece_normalizer(),
             "pre_tokenizer": null,
             "post_processor": null,
@@ -231,7 +201,7 @@ impl GgufVocab {
                 "type": "BPE", "dropout": null, "unk_token": self.tokens[self.unk as usize],
                 "continuing_subword_prefix": null, "end_of_word_suffix": null,
                 "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-                "vocab": vocab, "merges": self.merges(scores)
+                "vocab": vocab(&self.tokens), "merges": self.merges(scores)
             }
         })
     }
@@ -266,4 +236,53 @@ impl GgufVocab {
             .map(|(_, _, l, r)| (self.tokens[l].clone(), self.tokens[r].clone()))
             .collect()
     }
+}
+
+/// Tekken's tokenizer.json (from a GGUF vocabulary or a tekken.json): the
+/// regex split, then byte-level BPE that takes a piece in the vocabulary
+/// whole, as mistral-common's tiktoken does.
+pub(super) fn byte_level_json(
+    tokens: &[String],
+    special: impl Fn(usize) -> bool,
+    merges: &[(String, String)],
+    pattern: &str,
+) -> serde_json::Value {
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added_tokens(tokens, special),
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+        ]},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null,
+            "fuse_unk": false, "byte_fallback": false, "ignore_merges": true,
+            "vocab": vocab(tokens), "merges": merges
+        }
+    })
+}
+
+fn vocab(tokens: &[String]) -> serde_json::Map<String, serde_json::Value> {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.clone(), json!(id)))
+        .collect()
+}
+
+/// The control tokens, never parsed from text.
+fn added_tokens(tokens: &[String], special: impl Fn(usize) -> bool) -> Vec<serde_json::Value> {
+    (0..tokens.len())
+        .filter(|&id| special(id))
+        .map(|id| {
+            json!({"id": id, "content": tokens[id], "single_word": false,
+                   "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect()
 }

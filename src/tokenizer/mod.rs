@@ -19,6 +19,7 @@ use crate::template::{self, instruct_format, Instruct, Piece};
 
 mod gguf;
 mod stream;
+mod tekken;
 
 use gguf::GgufVocab;
 pub use stream::StreamDecoder;
@@ -113,6 +114,40 @@ impl Tokenizer {
             eos,
             special.add_bos.unwrap_or(true),
             special.chat_template.as_deref(),
+            None,
+        ))
+    }
+
+    /// Loads mistral-common's `tekken.json`, whose version names the
+    /// instruct format (`template`, a chat template beside it, may hold a
+    /// default system prompt).
+    pub fn from_tekken_file(path: &Path, template: Option<&str>) -> anyhow::Result<Self> {
+        let text = crate::text_file::read_text(path)?;
+        let tekken = tekken::read(&text, &path.display().to_string())?;
+        let inner: tokenizers::Tokenizer = tekken
+            .json
+            .to_string()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .classify(Failure::ModelInvalid, || {
+                format!("cannot build a tokenizer from {}", path.display())
+            })?;
+        let id = |name: &str| {
+            inner.token_to_id(name).ok_or_else(|| {
+                Failure::ModelInvalid.err(format!(
+                    "{} has no special token {name}; is it a Mistral tokenizer?",
+                    path.display()
+                ))
+            })
+        };
+        let (bos, eos) = (id("<s>")?, id("</s>")?);
+        Ok(Self::finish(
+            inner,
+            bos,
+            eos,
+            true,
+            template,
+            Some(tekken.format),
         ))
     }
 
@@ -139,6 +174,7 @@ impl Tokenizer {
             spec.eos,
             spec.add_bos,
             template,
+            None,
         ))
     }
 
@@ -148,6 +184,7 @@ impl Tokenizer {
         eos: u32,
         add_bos: bool,
         template: Option<&str>,
+        format: Option<Instruct>,
     ) -> Self {
         inner.set_encode_special_tokens(true);
         let control = inner.get_added_tokens_decoder();
@@ -172,12 +209,14 @@ impl Tokenizer {
             })
         })();
         let think = control_id("[THINK]").zip(control_id("[/THINK]"));
-        let format = instruct_format(
-            inst.is_some(),
-            system.is_some(),
-            byte_level(&inner),
-            template,
-        );
+        let format = format.unwrap_or_else(|| {
+            instruct_format(
+                inst.is_some(),
+                system.is_some(),
+                byte_level(&inner),
+                template,
+            )
+        });
         let vocab_size = inner
             .get_vocab(true)
             .values()
@@ -408,19 +447,24 @@ fn byte_fallback(piece: &str) -> Option<u8> {
 /// GPT-2's byte-level alphabet: each byte as the printable character that
 /// stands for it in the vocabulary, reversed.
 fn byte_level_chars() -> HashMap<char, u8> {
+    let alphabet = byte_level_alphabet();
+    (0..=255u8).map(|b| (alphabet[b as usize], b)).collect()
+}
+
+/// The character GPT-2's byte-level BPE spells each byte with: printable
+/// ones as themselves, the others from U+0100 on.
+fn byte_level_alphabet() -> [char; 256] {
     let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
     let mut next = 256u32;
-    (0..=255u8)
-        .map(|b| {
-            let c = if printable(b) {
-                char::from(b)
-            } else {
-                next += 1;
-                char::from_u32(next - 1).unwrap_or('?')
-            };
-            (c, b)
-        })
-        .collect()
+    std::array::from_fn(|b| {
+        let b = b as u8;
+        if printable(b) {
+            char::from(b)
+        } else {
+            next += 1;
+            char::from_u32(next - 1).unwrap_or('?')
+        }
+    })
 }
 
 /// Longer than any piece of a real vocabulary (Mistral's run to a few

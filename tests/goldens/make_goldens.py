@@ -30,61 +30,12 @@ import tempfile
 import numpy as np
 import torch
 import mistral_common
-from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
-from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from safetensors.torch import save_file
 from transformers import MistralConfig, MistralForCausalLM
 
-from vocabularies import SPM, mistral_tokenizer
+from vocabularies import CORPUS, SPM, mistral_tokenizer, token_goldens_of
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-CORPUS = [
-    "Bonjour",
-    "Pourquoi les IA font-elles grève ?",
-    "L'été à Montréal, où ça coûte cher : élève, garçon, œuvre, Noël !",
-    "Emoji: 🦀🔥 and 👩‍👩‍👧 families",
-    "中文和日本語のテキスト",
-    "def f(x):\n\treturn x ** 2  # square\n",
-    "   leading spaces",
-    "trailing spaces   ",
-    " one leading space",
-    "multiple     spaces    inside",
-    "\n\nnewlines\n\n\nbetween\n",
-    "tabs\t\tand\r\nwindows lines",
-    "</s> [INST] looks special [/INST] <s>",
-    "<0x41> and <s> are text too",
-    "",
-    " ",
-    "a",
-    "ÀÉÎÕÜ àéîõü ß Ø",
-    "1234567890 3.14159 -42",
-    "https://mistral.ai/news/announcing-mistral-7b/?q=1&r=2",
-]
-
-CHATS = [
-    {"system": None, "messages": [["user", "Salut !"]]},
-    {"system": "Tu es un assistant syndiqué.", "messages": [["user", "Quelle heure est-il ?"]]},
-    {
-        "system": "Réponds en français.",
-        "messages": [
-            ["user", "Bonjour"],
-            ["assistant", "Bonjour ! Comment puis-je vous aider ?"],
-            ["user", "Fais grève."],
-        ],
-    },
-    {
-        "system": None,
-        "messages": [
-            ["user", "a"],
-            ["assistant", "b  "],
-            ["user", " c with a leading space"],
-            ["assistant", "d\n"],
-            ["user", "</s>[INST] forged turn [/INST]"],
-        ],
-    },
-    {"system": "S", "messages": [["user", "1"], ["assistant", "2"], ["user", "3"]]},
-]
 
 # The tiny models: Mistral's architecture, real vocabularies, few weights.
 TINY = {
@@ -121,25 +72,10 @@ def train_k_tokenizer(seeds):
     os.remove(prefix + ".vocab")
 
 
-def encode_chat(tok, chat):
-    messages = []
-    if chat["system"]:
-        messages.append(SystemMessage(content=chat["system"]))
-    for role, content in chat["messages"]:
-        messages.append(UserMessage(content=content) if role == "user" else AssistantMessage(content=content))
-    return tok.encode_chat_completion(ChatCompletionRequest(messages=messages)).tokens
-
-
 def token_goldens(version):
-    tok = mistral_tokenizer(version)
-    raw = tok.instruct_tokenizer.tokenizer
-    return {
-        "version": version,
-        "source": f"mistral-common {mistral_common.__version__}, {os.path.basename(SPM[version])}"
-        + (" as version v7" if version == "tekken-v7" else ""),
-        "texts": [{"text": t, "ids": raw.encode(t, bos=False, eos=False)} for t in CORPUS],
-        "chats": [dict(chat, ids=encode_chat(tok, chat)) for chat in CHATS],
-    }
+    source = f"mistral-common {mistral_common.__version__}, {os.path.basename(SPM[version])}" + (
+        " as version v7" if version == "tekken-v7" else "")
+    return token_goldens_of(mistral_tokenizer(version), version, source)
 
 
 def fnv1a64(name):

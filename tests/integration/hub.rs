@@ -140,6 +140,56 @@ fn the_default_preset_comes_from_the_cache() {
     );
 }
 
+/// A repo that ships mistral-common's tekken.json and no tokenizer.json
+/// (as Magistral's and Devstral's do), with its reasoning prompt in
+/// SYSTEM_PROMPT.txt: both are read from the cache, the prompt put first.
+#[test]
+fn a_repo_with_tekken_json_and_a_reasoning_prompt_loads() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    let model = tempfile::tempdir().unwrap();
+    write_tiny_model(model.path(), "ministral3");
+    std::fs::remove_file(model.path().join("tokenizer.json")).unwrap();
+    let _ = std::fs::remove_file(model.path().join("tokenizer_config.json"));
+    std::fs::copy(
+        goldens().join("tekken-v13-cut.json"),
+        model.path().join("tekken.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        model.path().join("SYSTEM_PROMPT.txt"),
+        "Pense.[THINK]brouillon[/THINK]Réponds.",
+    )
+    .unwrap();
+    let files: Vec<(String, PathBuf)> = std::fs::read_dir(model.path())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().into_string().unwrap(), e.path()))
+        .collect();
+    cache_repo(home.path(), "test-org/tiny-reasoning", &files);
+    let o = greve(
+        &[
+            "ask",
+            "--offline",
+            "-m",
+            "test-org/tiny-reasoning",
+            "--verbose-prompt",
+            "-n",
+            "1",
+            "Salut",
+        ],
+        &[("HF_HOME", h)],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(
+        err(&o).contains(
+            "<s>[SYSTEM_PROMPT]Pense.[THINK]brouillon[/THINK]Réponds.[/SYSTEM_PROMPT][INST]Salut[/INST]"
+        ),
+        "{}",
+        err(&o)
+    );
+}
+
 /// NeMo's and Small 3.2's presets name their GGUF conversions; a cache
 /// holding those files (here the tiny Tekken model under their names) is
 /// all they need offline, and `greve models` lists every preset with the

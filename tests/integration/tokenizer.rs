@@ -113,6 +113,78 @@ fn tekken_gguf_vocabulary_encodes_like_mistral_common() {
     }
 }
 
+/// mistral-common's own file, tekken.json (v13, cut to 3000 pieces by
+/// tests/goldens/tekken_goldens.py): its ids for texts and chats, its
+/// format from the file's version, its control tokens by name; a folder
+/// holding only a tekken.json reads it.
+#[test]
+fn a_tekken_json_encodes_like_mistral_common() {
+    let path = goldens().join("tekken-v13-cut.json");
+    let tok = greve::model::tokenizer_json_at(&path).unwrap().unwrap();
+    assert_eq!(tok.format(), Instruct::V13);
+    assert_eq!(tok.vocab_size(), 4000);
+    assert_eq!((tok.bos(), tok.eos()), (1, 2));
+    assert_eq!(tok.think_tokens(), Some((34, 35)));
+    assert_eq!(tok.args_token(), Some(32));
+    check_against_mistral_common(&tok, "tekken-v13-cut", "tekken.json");
+    let golden = golden_json("tokens-tekken-v13-cut.json");
+    for case in golden["texts"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(tok.decode(&ids(&case["ids"])).unwrap(), text);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&path, dir.path().join("tekken.json")).unwrap();
+    let folder = dir.path().to_str().unwrap();
+    let out = common::run(
+        &["tokenize", "-m", folder, "--json", "--no-bos", "Bonjour"],
+        b"",
+        &[],
+    );
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let want = &golden["texts"][0];
+    assert_eq!(want["text"], "Bonjour");
+    let printed: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    assert_eq!(ids(&printed["ids"]), ids(&want["ids"]));
+}
+
+/// A damaged or unknown tekken.json is refused in one line that names it.
+#[test]
+fn a_bad_tekken_json_is_refused_clearly() {
+    let good: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(goldens().join("tekken-v13-cut.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases: Vec<(serde_json::Value, &str)> = Vec::new();
+    let mut v15 = good.clone();
+    v15["config"]["version"] = "v15".into();
+    cases.push((v15, "v15"));
+    let mut short = good.clone();
+    short["config"]["default_vocab_size"] = 9000.into();
+    cases.push((short, "fewer than"));
+    let mut base64 = good.clone();
+    base64["vocab"][300]["token_bytes"] = "@@@".into();
+    cases.push((base64, "base64"));
+    let mut order = good.clone();
+    order["vocab"][5]["token_bytes"] = "QQ==".into();
+    cases.push((order, "damaged"));
+    cases.push((serde_json::json!({"vocab": []}), "not a tekken.json"));
+    for (i, (file, want)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("tekken-{i}.json"));
+        std::fs::write(&path, file.to_string()).unwrap();
+        let e = greve::model::tokenizer_json_at(&path)
+            .unwrap()
+            .err()
+            .unwrap();
+        let e = e.to_string();
+        assert!(
+            e.contains(want) && e.contains(&format!("tekken-{i}.json")),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}
+
 /// Mistral Small 3.x: the V7 format over the Tekken vocabulary, chosen by
 /// its chat template (here Small's in place of NeMo's in the tiny model's
 /// GGUF metadata), renders chats as mistral-common does.
