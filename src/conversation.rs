@@ -502,6 +502,7 @@ impl Local {
         let context = self.model.transformer.config.context_length;
         let room = context - ids.len();
         let max_tokens = turn.options.max_tokens.map_or(room, |n| n.min(room));
+        self.check_memory(ids.len(), max_tokens)?;
         let mut stop = self.model.defaults.eos_token_id.clone();
         stop.push(self.model.tokenizer.eos());
         let markers = Markers {
@@ -601,6 +602,33 @@ impl Local {
         })
     }
 
+    /// Refuses a turn whose KV cache would outgrow the memory left: the
+    /// prompt's positions and the reply's (its limit, or a long reply's
+    /// worth), beyond those cached already. A 256k context in f16 takes
+    /// tens of GB; the cache only grows as a conversation does, so most
+    /// turns never come near. A GPU's cache is its own (not checked here).
+    fn check_memory(&self, prompt: usize, reply: usize) -> anyhow::Result<()> {
+        let transformer = &self.model.transformer;
+        let positions = prompt + reply.min(crate::model::PLANNED_CONTEXT);
+        let held = transformer.cached();
+        let (Some(needed), Some(cached), Some(available)) = (
+            transformer.saved_context_bytes(positions),
+            transformer.saved_context_bytes(held),
+            crate::system::available_memory(),
+        ) else {
+            return Ok(());
+        };
+        let Some(more) = kv_shortfall(needed, cached, available) else {
+            return Ok(());
+        };
+        let gb = |b: u64| b as f64 / 1e9;
+        Err(Failure::Usage.err(format!(
+            "this turn's KV cache needs {:.1} GB more for {positions} tokens, and {:.1} GB of memory are available; shorten the conversation, use --kv-cache q8 (half the size) or a smaller --ctx-size",
+            gb(more),
+            gb(available)
+        )))
+    }
+
     /// A fresh constraint for the reply, when the format asks for one.
     fn constraint(&mut self, format: &Format) -> anyhow::Result<Option<Constraint>> {
         if !self.grammar.as_ref().is_some_and(|(f, _)| f == format) {
@@ -655,6 +683,14 @@ impl Local {
         }
         Ok((first, ids))
     }
+}
+
+/// The bytes a KV cache needs beyond the `cached` it holds to reach
+/// `needed`, when that is more than the memory `available` leaves (a tenth
+/// kept for the rest).
+fn kv_shortfall(needed: u64, cached: u64, available: u64) -> Option<u64> {
+    let more = needed.saturating_sub(cached);
+    (more > available / 10 * 9).then_some(more)
 }
 
 /// The first user message from `first` on whose window (it and all that
@@ -742,6 +778,20 @@ mod tests {
         fit_window(m, first, budget, tokens, &AtomicBool::new(false))
             .unwrap()
             .0
+    }
+
+    /// Ministral 3 8B's whole context (256k tokens) in 24 GB: its f16 KV
+    /// cache (36.5 GB) is refused, q8's (20.5 GB) fits, and what the cache
+    /// holds already counts.
+    #[test]
+    fn a_long_context_is_refused_unless_it_fits() {
+        use crate::model::attention::{HostKvCache, KvType};
+        let bytes = |kind| 34 * HostKvCache::new(8, 128, kind).saved_bytes(262_144);
+        let memory = 24_000_000_000;
+        assert!(kv_shortfall(bytes(KvType::F16), 0, memory).is_some());
+        assert!(kv_shortfall(bytes(KvType::Q8), 0, memory).is_none());
+        let held = bytes(KvType::F16) - 10_000_000_000;
+        assert_eq!(kv_shortfall(bytes(KvType::F16), held, memory), None);
     }
 
     #[test]

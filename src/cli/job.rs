@@ -243,6 +243,7 @@ fn env_layer(flags: &mut Layer, matches: &ArgMatches) -> Layer {
         device,
         threads,
         kv_cache,
+        ctx_size,
         temperature,
         top_p,
         top_k,
@@ -377,6 +378,7 @@ impl ModelArgs {
             KvCacheArg::F16 => KvType::F16,
             KvCacheArg::Q8 => KvType::Q8,
         });
+        l.ctx_size = self.ctx_size;
     }
 }
 

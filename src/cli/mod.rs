@@ -549,6 +549,12 @@ pub struct ModelArgs {
     /// precision.
     #[arg(long, value_enum, env = "GREVE_KV_CACHE", value_name = "TYPE")]
     pub kv_cache: Option<KvCacheArg>,
+
+    /// The most tokens a conversation may hold, prompt and reply (default:
+    /// the model's context, 32k to 256k); the KV cache grows to it as the
+    /// conversation does, and a turn that would not fit in memory is refused.
+    #[arg(long, short = 'c', value_name = "N", env = "GREVE_CTX_SIZE", value_parser = ctx_size)]
+    pub ctx_size: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -620,6 +626,16 @@ fn positive(s: &str) -> Result<f32, String> {
 
 fn probability(s: &str) -> Result<f32, String> {
     number(s).and_then(check::probability)
+}
+
+fn ctx_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 16 => Ok(n),
+        Ok(n) => Err(format!(
+            "{n} tokens leave no room for a conversation; give 16 or more"
+        )),
+        Err(_) => Err(format!("{s} is not a whole number")),
+    }
 }
 
 fn threads(s: &str) -> Result<u16, String> {

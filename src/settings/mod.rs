@@ -95,6 +95,7 @@ pub struct Layer {
     pub threads: Option<u16>,
     #[serde(default, deserialize_with = "de::kv_cache")]
     pub kv_cache: Option<KvType>,
+    pub ctx_size: Option<usize>,
     #[serde(default, deserialize_with = "de::temperature")]
     pub temperature: Option<f32>,
     #[serde(default, deserialize_with = "de::probability")]
@@ -150,6 +151,8 @@ pub struct Settings {
     /// `None`: all cores.
     pub threads: Sourced<Option<u16>>,
     pub kv_cache: Sourced<KvType>,
+    /// `None`: the model's context.
+    pub ctx_size: Sourced<Option<usize>>,
     /// Sampling values left `None` come from the model, else greve.
     pub temperature: Sourced<Option<f32>>,
     pub top_p: Sourced<Option<f32>>,
@@ -197,6 +200,7 @@ impl Settings {
             dtype: flags.dtype,
             threads: layers.maybe(|l| &l.threads),
             kv_cache: layers.or(|l| &l.kv_cache, KvType::F16),
+            ctx_size: layers.maybe(|l| &l.ctx_size),
             temperature: layers.maybe(|l| &l.temperature),
             top_p: layers.maybe(|l| &l.top_p),
             top_k: layers.maybe(|l| &l.top_k),
@@ -328,6 +332,7 @@ impl Settings {
             ("--device", self.device.from),
             ("--threads", self.threads.from),
             ("--kv-cache", self.kv_cache.from),
+            ("--ctx-size", self.ctx_size.from),
             ("--quant", self.quant.from),
         ];
         for (flag, from) in local_only {
@@ -352,6 +357,16 @@ impl Settings {
         let files = crate::resolve::resolve_any(&self.model.value, &self.hub_options())?;
         let mut model = crate::model::open(&files, &device, self.dtype)?;
         model.transformer.set_kv_type(self.kv_cache.value);
+        if let Some(n) = self.ctx_size.value {
+            let trained = model.transformer.config.context_length;
+            if n > trained {
+                crate::messages::warn(format!(
+                    "--ctx-size {n} is more than the {trained} tokens {} was trained for; it keeps {trained}",
+                    model.name
+                ));
+            }
+            model.transformer.config.context_length = n.min(trained);
+        }
         Ok(model)
     }
 
@@ -382,6 +397,11 @@ impl Settings {
             row("device", &self.device, DeviceSpec::to_string),
             row("threads", &self.threads, or_else("all cores".into())),
             row("kv_cache", &self.kv_cache, |k| k.name().into()),
+            row(
+                "ctx_size",
+                &self.ctx_size,
+                or_else("the model's context".into()),
+            ),
             row("strike", &self.strike, |m| m.name().into()),
             row("safe", &self.safe, bool::to_string),
             row("system", &self.system, |s| {

@@ -333,6 +333,37 @@ fn ask_continues_a_saved_conversation_like_chat() {
     );
 }
 
+/// `--ctx-size` bounds the conversation below the model's own context
+/// (here a model's 32768 tokens to 64), and never past it.
+#[test]
+fn ctx_size_bounds_the_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), "v1");
+    let model = dir.path().to_str().unwrap();
+    let long = "grève ".repeat(100);
+    let ask = |ctx: &str| {
+        greve(
+            &["ask", "-m", model, "-n", "2", "--ctx-size", ctx, &long],
+            "",
+        )
+    };
+    let o = ask("64");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("more than the model's context of 64"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(ask("4096").status.success());
+    let o = ask("100000");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("it keeps 32768"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
 #[test]
 fn a_message_longer_than_the_context_is_refused_and_the_chat_goes_on() {
     let dir = tempfile::tempdir().unwrap();
