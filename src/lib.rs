@@ -32,3 +32,4 @@ pub mod text_file;
 pub mod tokenizer;
 pub mod tools;
 pub mod transcript;
+pub mod turn;

@@ -107,3 +107,11 @@ pub fn quoted(s: &str, max: usize) -> String {
         Some((cut, _)) => format!("{:?}…", &s[..cut]),
     }
 }
+
+/// Bytes for people: MiB below a GiB, GiB above.
+pub fn size(bytes: u64) -> String {
+    match bytes {
+        b if b < 1 << 30 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+    }
+}

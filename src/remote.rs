@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::conversation::{Event, Options, Reply};
 use crate::exit::Failure;
 use crate::generate::{Finish, Stats};
 use crate::messages::short;
@@ -23,6 +22,7 @@ use crate::reply::Part;
 use crate::structured::Format;
 use crate::template::{Message, Role, Tool, ToolCall};
 use crate::tools::Choice;
+use crate::turn::{Event, Options, Reply};
 
 /// A server, and the model it is asked for.
 pub struct Remote {

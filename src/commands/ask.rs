@@ -45,7 +45,7 @@ pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow
         true => Input::Prompt(read_prompt(&request.prompt)?),
         false => Input::Results(request.tool_results.clone()),
     };
-    let start = reply::start(settings)?;
+    let start = crate::conversation::start(settings)?;
     let (mode, seed) = (start.settings.strike.value, start.settings.seed.value);
     let structured =
         start.settings.format.value != Format::Text || start.settings.tools.must_call();
@@ -71,7 +71,7 @@ pub fn run(settings: Settings, request: &Request, cancel: &AtomicBool) -> anyhow
     conversation.options.show_thinking &= !request.json;
     let load_time = loading.elapsed();
 
-    let wrapping = reply::wrapping(&conversation);
+    let wrapping = conversation.wrapping();
     let send =
         |c: &mut Conversation, on_event: &mut dyn FnMut(Event) -> anyhow::Result<()>| match input {
             Input::Prompt(prompt) => c.send(prompt, cancel, on_event),

@@ -18,7 +18,7 @@ pub fn run(settings: &Settings, clear: bool) -> anyhow::Result<()> {
         })?;
         println!(
             "removed {entries} entries ({}) from {}",
-            size(bytes),
+            crate::messages::size(bytes),
             dir.display()
         );
         return Ok(());
@@ -31,16 +31,8 @@ pub fn run(settings: &Settings, clear: bool) -> anyhow::Result<()> {
     println!("{}", dir.display());
     println!(
         "{entries} entries, {} of at most {} (prompt_cache_size); {state}",
-        size(bytes),
-        size(settings.prompt_cache_size.value)
+        crate::messages::size(bytes),
+        crate::messages::size(settings.prompt_cache_size.value)
     );
     Ok(())
-}
-
-/// Bytes for people: MiB below a GiB, GiB above.
-pub fn size(bytes: u64) -> String {
-    match bytes {
-        b if b < 1 << 30 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
-    }
 }

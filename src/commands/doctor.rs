@@ -320,8 +320,8 @@ fn prompt_cache(r: &mut Report, settings: &Settings) -> std::io::Result<()> {
                 format!(
                     "{}: {entries} entries, {} of {} (CPU only; `greve cache clear` empties it)",
                     dir.display(),
-                    super::cache::size(bytes),
-                    super::cache::size(settings.prompt_cache_size.value)
+                    crate::messages::size(bytes),
+                    crate::messages::size(settings.prompt_cache_size.value)
                 ),
             )
         }

@@ -3,63 +3,13 @@
 
 use std::io::Write;
 
-use crate::conversation::{Conversation, Engine, Event, Options, Turn};
+use crate::conversation::{Conversation, Event, Options, Turn};
 use crate::exit::Failure;
 use crate::generate::{Finish, Stats};
 use crate::messages;
-use crate::persona::{self, Prompts, Wrapping};
-use crate::settings::Settings;
+use crate::persona;
 use crate::structured::Format;
-use crate::template::{Message, ToolCall};
-use crate::transcript::Transcript;
-
-/// A conversation before its model is loaded: the settings, after the saved
-/// conversation they may follow (`--load`), and the persona's texts.
-pub struct Start {
-    pub settings: Settings,
-    pub prompts: Prompts,
-    messages: Vec<Message>,
-}
-
-pub fn start(mut settings: Settings) -> anyhow::Result<Start> {
-    let transcript = settings.load.as_deref().map(Transcript::load).transpose()?;
-    if let Some(t) = &transcript {
-        settings.follow(t);
-    }
-    let prompts = Prompts::load(&settings.prompt_folders()?)?;
-    Ok(Start {
-        settings,
-        prompts,
-        messages: transcript.map(|t| t.messages).unwrap_or_default(),
-    })
-}
-
-impl Start {
-    /// Loads the model (or reaches the server that runs it) and goes on
-    /// from the saved messages, if any.
-    pub fn open(self) -> anyhow::Result<Conversation> {
-        let mut conversation = match &self.settings.remote.value {
-            Some(url) => {
-                let remote = self.settings.open_remote(url)?;
-                let defaults = crate::model::GenerationDefaults::default();
-                let options = Options::new(&self.settings, self.prompts, &defaults);
-                Conversation::with_engine(Engine::Remote(remote), options)
-            }
-            None => {
-                let model = self.settings.open_model()?;
-                let options = Options::new(&self.settings, self.prompts, &model.defaults);
-                let prompt_cache = self.settings.prompt_cache(&model);
-                let mut conversation = Conversation::new(model, options);
-                if let Engine::Local(local) = &mut conversation.engine {
-                    local.prompt_cache = prompt_cache;
-                }
-                conversation
-            }
-        };
-        conversation.restore(self.messages);
-        Ok(conversation)
-    }
-}
+use crate::template::ToolCall;
 
 /// Prints one reply to `out` as it streams, with the persona's letterhead
 /// and sign-off around its answer; a strike notice comes whole. A JSON
@@ -80,7 +30,7 @@ pub fn speak(
     let o = &conversation.options;
     let structured = o.format != Format::Text || o.tools.must_call();
     let show_thinking = o.show_thinking;
-    let wrapping = wrapping(conversation);
+    let wrapping = conversation.wrapping();
     // The letterhead heads the answer, after the thinking.
     let mut letterhead = wrapping.letterhead.clone();
     let mut thinking = Thinking {
@@ -219,18 +169,6 @@ pub fn not_json(mode: persona::Mode) -> anyhow::Error {
         "on strike ({}): the notice above is no JSON and calls no tool; --strike=off (in a chat, /strike off) to get some",
         mode.name()
     ))
-}
-
-/// What goes around the next reply: the persona's letterhead and sign-off,
-/// never around JSON, nor around a reply that may be a call.
-pub fn wrapping(conversation: &Conversation) -> Wrapping {
-    let o = &conversation.options;
-    match o.format {
-        Format::Text if !o.tools.may_call() => {
-            persona::wrapping(o.mode, conversation.turn_seed(), &o.prompts)
-        }
-        _ => Wrapping::default(),
-    }
 }
 
 /// Says when the oldest messages left the model's window to make room.

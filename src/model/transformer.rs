@@ -28,6 +28,8 @@ pub struct Transformer {
     rope: Rope,
     dtype: DType,
     device: Device,
+    /// How the CPU keeps keys and values ([`Self::set_kv_type`]).
+    kv_type: KvType,
 }
 
 impl Transformer {
@@ -89,6 +91,7 @@ impl Transformer {
             },
             dtype,
             device: device.clone(),
+            kv_type: KvType::default(),
             config,
         })
     }
@@ -103,6 +106,11 @@ impl Transformer {
     pub fn set_kv_type(&mut self, kind: KvType) {
         let mut fresh = self.new_context(kind);
         self.swap_context(&mut fresh);
+        self.kv_type = kind;
+    }
+
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     /// Empty KV caches for every layer, to hold another conversation.

@@ -28,7 +28,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::commands::reply;
 use crate::exit::{Classify, Failure};
 use crate::messages;
 use crate::settings::{Settings, Source};
@@ -79,7 +78,7 @@ pub fn run(mut settings: Settings, options: &Options, cancel: &AtomicBool) -> an
     settings.remote.value = None;
     let listener = listen(options)?;
     let address = listener.local_addr()?;
-    let start = reply::start(settings)?;
+    let start = crate::conversation::start(settings)?;
     let seed = (start.settings.seed.from != Source::Default).then_some(start.settings.seed.value);
     let conversation = start.open()?;
     let local = conversation.local().expect("no remote: a model is loaded");

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::api::{ApiError, ChatRequest, StopScan, Usage};
-use crate::commands::reply;
 use crate::conversation::{self, Conversation, Options};
 use crate::exit::{self, Failure};
 use crate::generate::Finish;
@@ -121,7 +120,7 @@ impl Worker {
         let c = &mut self.conversation;
         c.options = o;
         c.replace(r.messages.clone());
-        let wrapping = reply::wrapping(c);
+        let wrapping = c.wrapping();
         let mut scan = StopScan::new(r.stop.clone());
         let send = |event| {
             if job.events.send(event).is_err() {

@@ -351,6 +351,30 @@ impl Settings {
         crate::remote::Remote::connect(url, model)
     }
 
+    /// The resolved settings, the model's defaults (none for a remote
+    /// one) filling what they leave.
+    /// A conversation's options: these settings, the model's defaults (none
+    /// for a remote one) filling what they leave.
+    pub fn options(
+        &self,
+        prompts: crate::persona::Prompts,
+        defaults: &crate::model::GenerationDefaults,
+    ) -> crate::turn::Options {
+        crate::turn::Options {
+            system: self.system.value.clone(),
+            mode: self.strike.value,
+            safe: self.safe.value,
+            prompts,
+            sampling: self.sampling(defaults),
+            seed: self.seed.value,
+            max_tokens: self.reply_limit(defaults),
+            format: self.format.value.clone(),
+            tools: self.tools.clone(),
+            show_thinking: false,
+            think: true,
+        }
+    }
+
     /// The model these settings name, on their device, with their KV cache.
     pub fn open_model(&self) -> anyhow::Result<crate::model::Model> {
         let device = self.device.value.open()?;
@@ -440,7 +464,7 @@ impl Settings {
                 }
             }),
             row("prompt_cache_size", &self.prompt_cache_size, |b| {
-                crate::commands::cache::size(*b)
+                crate::messages::size(*b)
             }),
             row("format", &self.format, |f| match f {
                 Format::Schema(schema) => crate::messages::short(&schema.to_string()),

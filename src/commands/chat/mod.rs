@@ -26,7 +26,7 @@ use crate::transcript::Transcript;
 
 pub fn run(settings: Settings, cancel: &AtomicBool) -> anyhow::Result<()> {
     let keep_history = settings.history.value;
-    let mut chat = reply::start(settings)?.open()?;
+    let mut chat = crate::conversation::start(settings)?.open()?;
     chat.options.show_thinking = true;
     if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
         interactive(&mut chat, cancel, keep_history)
