@@ -162,6 +162,7 @@ impl Command {
                     api_key: a.api_key,
                     cors: a.cors,
                     queue: a.queue.into(),
+                    parallel: a.parallel.into(),
                     timeout: std::time::Duration::from_secs(a.timeout.into()),
                 })
             }

@@ -446,6 +446,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ORIGIN")]
     pub cors: Option<String>,
 
+    /// How many conversations keep their KV cache between requests: a
+    /// request takes the one holding the longest prefix of its prompt (else
+    /// the least recently used), so clients that alternate each keep
+    /// theirs. Requests still run one at a time. 1: one cache for all.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
+
     /// How many requests may wait for the model; more are refused with 503.
     #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub queue: u16,

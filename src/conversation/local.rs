@@ -95,17 +95,12 @@ impl Local {
     /// aside.
     fn pick_slot(&mut self, ids: &[u32]) {
         self.clock += 1;
-        let score = |cached: &[u32], used: u64| {
-            let shared = common_prefix(cached, ids);
-            let reused = shared * 2 > cached.len();
-            (reused, shared * reused as usize, Reverse(used))
-        };
-        let here = score(&self.cached, self.used);
+        let here = suitability(&self.cached, self.used, ids);
         let best = self
             .parked
             .iter()
             .enumerate()
-            .map(|(i, p)| (score(&p.cached, p.used), i))
+            .map(|(i, p)| (suitability(&p.cached, p.used, ids), i))
             .max();
         if let Some((score, i)) = best.filter(|(score, _)| *score > here) {
             log::debug!(
@@ -388,6 +383,15 @@ impl Local {
     }
 }
 
+/// How well a KV cache holding `cached`, last used at turn `used`, suits
+/// the prompt `ids`, the best the greatest: one that `ids` reuses more than
+/// half of, by the prefix it holds; else the least recently used.
+fn suitability(cached: &[u32], used: u64, ids: &[u32]) -> (bool, usize, Reverse<u64>) {
+    let shared = common_prefix(cached, ids);
+    let reused = shared * 2 > cached.len();
+    (reused, if reused { shared } else { 0 }, Reverse(used))
+}
+
 /// A turn made ready for the model: its prompt and what the caches hold
 /// of it, and what bounds its reply.
 struct Ready {
@@ -445,6 +449,24 @@ fn kv_shortfall(needed: u64, cached: u64, available: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client's own cache suits its next request; another client's,
+    /// which it would mostly throw away, does not, and an empty cache (or
+    /// the least recently used) takes the request instead.
+    #[test]
+    fn a_request_takes_the_cache_it_reuses() {
+        let a: Vec<u32> = (1..=40).collect();
+        let a_next: Vec<u32> = (1..=50).collect();
+        let b_next: Vec<u32> = [1, 2].into_iter().chain(100..130).collect();
+        let own = suitability(&a, 5, &a_next);
+        assert!(own > suitability(&[], 0, &a_next));
+        let other = suitability(&a, 5, &b_next);
+        assert!(suitability(&[], 0, &b_next) > other);
+        assert!(suitability(&[7], 1, &b_next) > suitability(&[8], 2, &b_next));
+        // The longer of two reused prefixes wins, however recent.
+        let half: Vec<u32> = (1..=30).collect();
+        assert!(suitability(&a, 1, &a_next) > suitability(&half, 9, &a_next));
+    }
 
     /// Ministral 3 8B's whole context (256k tokens) in 24 GB: its f16 KV
     /// cache (36.5 GB) is refused, q8's (20.5 GB) fits, and what the cache

@@ -45,6 +45,8 @@ pub struct Options {
     pub cors: Option<String>,
     /// Requests that may wait for the model; more are refused (503).
     pub queue: usize,
+    /// Conversations whose KV caches are kept between requests.
+    pub parallel: usize,
     /// How long a client may take to send a request's headers, then its body.
     pub timeout: Duration,
 }
@@ -80,7 +82,10 @@ pub fn run(mut settings: Settings, options: &Options, cancel: &AtomicBool) -> an
     let address = listener.local_addr()?;
     let start = crate::conversation::start(settings)?;
     let seed = (start.settings.seed.from != Source::Default).then_some(start.settings.seed.value);
-    let conversation = start.open()?;
+    let mut conversation = start.open()?;
+    if let crate::conversation::Engine::Local(local) = &mut conversation.engine {
+        local.keep_slots(options.parallel);
+    }
     let local = conversation.local().expect("no remote: a model is loaded");
     let (model, context) = (
         local.model.name.clone(),

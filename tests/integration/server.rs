@@ -497,6 +497,39 @@ fn a_client_that_leaves_stops_its_reply() {
     assert!(log.contains("- | client gone"), "{log}");
 }
 
+/// Two clients that alternate each keep their KV cache with `--parallel 2`:
+/// the second request of each reuses its first exchange, where one cache
+/// for both (`--parallel 1`) lets each evict the other. The replies are
+/// the same either way, and `greve ask`'s.
+#[test]
+fn alternating_clients_each_keep_their_cache() {
+    let model = common::goldens().join("tiny-v3-f16.gguf");
+    let firsts = ["Bonjour, qui es-tu ?", "Quelle est la capitale du Jura ?"];
+    let seconds = ["Et la grève ?", "Et celle du Doubs ?"];
+    let mut runs = Vec::new();
+    for parallel in ["1", "2"] {
+        let server = Server::start(&model, &["--parallel", parallel, "--no-prompt-cache"]);
+        let client = server.client();
+        let ask_first = |p: &str| block_on(complete(&client, greedy(conversation("", &[], p), 8)));
+        let replies: Vec<_> = firsts.iter().map(|p| ask_first(p)).collect();
+        let mut run = Vec::new();
+        for ((first, (reply, _, usage)), second) in firsts.iter().zip(&replies).zip(seconds) {
+            let earlier = [(*first, reply.as_str())];
+            let request = greedy(conversation("", &earlier, second), 8);
+            let (text, _, again) = block_on(complete(&client, request));
+            assert_eq!(text, ask(&model, "", &earlier, second, 8));
+            run.push((text, usage.prompt, again.cached));
+        }
+        assert!(server.stop().success());
+        runs.push(run);
+    }
+    for ((alone, first_prompt, evicted), (kept, _, cached)) in runs[0].iter().zip(&runs[1]) {
+        assert_eq!(alone, kept);
+        assert!(*cached >= first_prompt - 1, "{cached} of {first_prompt}");
+        assert!(evicted < &(first_prompt / 2), "{evicted} of {first_prompt}");
+    }
+}
+
 /// Four clients at once: each gets its own complete reply, the one it gets
 /// alone.
 #[test]
