@@ -1,5 +1,6 @@
 //! The generation loop: prefill the prompt, then sample, stream and feed back
-//! one token at a time until EOS, the token limit or Ctrl-C.
+//! one token at a time until EOS, the token limit or Ctrl-C; as a loop
+//! ([`generate`]) or step by step ([`Generator`]).
 //!
 //! It sees a model, a sampler and a callback, never a terminal: the front
 //! ends (`ask`, later `chat`) decide what to do with each token.
@@ -124,82 +125,145 @@ pub fn generate(
     cancel: &AtomicBool,
     mut on_token: impl FnMut(u32) -> anyhow::Result<()>,
 ) -> anyhow::Result<Generation> {
-    let start = Instant::now();
-    let Prompt {
-        tokens: prompt,
-        reuse,
-        checkpoint,
-    } = prompt;
-    // The last prompt token always runs: its logits pick the first token.
-    let reuse = reuse
-        .min(prompt.len().saturating_sub(1))
-        .min(model.cached());
-    let mut stats = Stats {
-        prompt_tokens: prompt.len(),
-        reused_tokens: reuse,
-        ..Stats::default()
-    };
-    let mut tokens = Vec::new();
-    let finished = |tokens, finish, stats| {
-        Ok(Generation {
-            tokens,
-            finish,
-            stats,
-        })
-    };
-
-    model.truncate(reuse);
-    let parts = match checkpoint {
-        c if c > reuse && c < prompt.len() => [&prompt[reuse..c], &prompt[c..]],
-        _ => [&prompt[reuse..], &[][..]],
-    };
-    let mut logits = None;
-    // Batch by batch, as the transformer would anyway, to hear Ctrl-C between them.
-    for chunk in parts
-        .iter()
-        .flat_map(|part| part.chunks(transformer::BATCH))
-    {
-        if cancel.load(Ordering::Relaxed) {
-            return finished(tokens, Finish::Interrupted, stats);
-        }
-        logits = Some(forward(model, chunk)?);
-    }
-    let Some(mut logits) = logits else {
-        return Err(Failure::Usage.err("the prompt has no tokens"));
-    };
-    stats.prefill_time = start.elapsed();
-
-    let mut history = prompt.to_vec();
+    let mut generator = Generator::new(model, prompt);
     loop {
-        if tokens.len() >= limits.max_tokens {
-            return finished(tokens, Finish::Length, stats);
+        match generator.step(model, sampler, limits, cancel)? {
+            Step::Prefilled => {}
+            Step::Token(token) => on_token(token)?,
+            Step::Done(finish) => return Ok(generator.finish(finish)),
+        }
+    }
+}
+
+/// A reply being generated one step at a time, so that a scheduler can
+/// take turns among several: a step prefills one batch of the prompt, or
+/// feeds back the last token and samples the next. Between steps the model
+/// may run another sequence, its KV cache swapped in.
+pub struct Generator<'a> {
+    prompt: &'a [u32],
+    /// The prompt's positions computed so far; then the batches left.
+    done: usize,
+    checkpoint: usize,
+    logits: Option<Vec<f32>>,
+    /// The token sampled last, not yet fed back.
+    unfed: Option<u32>,
+    tokens: Vec<u32>,
+    /// The prompt and the reply so far, for the repeat penalty.
+    history: Vec<u32>,
+    stats: Stats,
+    start: Instant,
+}
+
+/// What one step did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A batch of the prompt went through the model.
+    Prefilled,
+    /// The reply's next token (not a stop token).
+    Token(u32),
+    Done(Finish),
+}
+
+impl<'a> Generator<'a> {
+    /// Keeps the cached positions the prompt reuses and forgets the rest.
+    pub fn new(model: &mut Transformer, prompt: Prompt<'a>) -> Self {
+        // The last prompt token always runs: its logits pick the first token.
+        let reuse = prompt
+            .reuse
+            .min(prompt.tokens.len().saturating_sub(1))
+            .min(model.cached());
+        model.truncate(reuse);
+        Generator {
+            prompt: prompt.tokens,
+            done: reuse,
+            checkpoint: prompt.checkpoint,
+            logits: None,
+            unfed: None,
+            tokens: Vec::new(),
+            history: prompt.tokens.to_vec(),
+            stats: Stats {
+                prompt_tokens: prompt.tokens.len(),
+                reused_tokens: reuse,
+                ..Stats::default()
+            },
+            start: Instant::now(),
+        }
+    }
+
+    pub fn step(
+        &mut self,
+        model: &mut Transformer,
+        sampler: &mut Sampler,
+        limits: &mut Limits,
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<Step> {
+        if self.done < self.prompt.len() {
+            return self.prefill(model, cancel);
+        }
+        if self.tokens.len() >= limits.max_tokens {
+            return Ok(Step::Done(Finish::Length));
         }
         if cancel.load(Ordering::Relaxed) {
-            return finished(tokens, Finish::Interrupted, stats);
+            return Ok(Step::Done(Finish::Interrupted));
         }
+        // Fed back only now: a stop seen after the last token (a stop
+        // string, the limit) saves a forward pass.
+        if let Some(token) = self.unfed.take() {
+            let step = Instant::now();
+            self.logits = Some(forward(model, &[token])?);
+            self.stats.decode_time += step.elapsed();
+            self.stats.decode_steps += 1;
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(Step::Done(Finish::Interrupted));
+            }
+        }
+        let Some(logits) = self.logits.as_mut() else {
+            return Err(Failure::Usage.err("the prompt has no tokens"));
+        };
         if let Some(grammar) = limits.grammar.as_deref_mut() {
-            grammar.mask(&mut logits)?;
+            grammar.mask(logits)?;
         }
-        let token = sampler.sample(&mut logits, &history);
-        if tokens.is_empty() {
-            stats.time_to_first_token = start.elapsed();
+        let token = sampler.sample(logits, &self.history);
+        if self.tokens.is_empty() {
+            self.stats.time_to_first_token = self.start.elapsed();
         }
         if limits.stop.contains(&token) {
-            return finished(tokens, Finish::Stop, stats);
+            return Ok(Step::Done(Finish::Stop));
         }
         if let Some(grammar) = limits.grammar.as_deref_mut() {
             grammar.accept(token)?;
         }
-        tokens.push(token);
-        history.push(token);
-        stats.generated_tokens = tokens.len();
-        on_token(token)?;
-        // A stop seen in `on_token` (a stop string) saves a forward pass.
-        if tokens.len() < limits.max_tokens && !cancel.load(Ordering::Relaxed) {
-            let step = Instant::now();
-            logits = forward(model, &[token])?;
-            stats.decode_time += step.elapsed();
-            stats.decode_steps += 1;
+        self.tokens.push(token);
+        self.history.push(token);
+        self.stats.generated_tokens = self.tokens.len();
+        self.unfed = Some(token);
+        Ok(Step::Token(token))
+    }
+
+    /// The next batch of the prompt, broken at the checkpoint so that the
+    /// cache holds its first positions as those tokens alone compute them.
+    fn prefill(&mut self, model: &mut Transformer, cancel: &AtomicBool) -> anyhow::Result<Step> {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(Step::Done(Finish::Interrupted));
+        }
+        let end = match self.checkpoint {
+            c if c > self.done && c < self.prompt.len() => c,
+            _ => self.prompt.len(),
+        };
+        let end = end.min(self.done + transformer::BATCH);
+        self.logits = Some(forward(model, &self.prompt[self.done..end])?);
+        self.done = end;
+        if self.done == self.prompt.len() {
+            self.stats.prefill_time = self.start.elapsed();
+        }
+        Ok(Step::Prefilled)
+    }
+
+    pub fn finish(self, finish: Finish) -> Generation {
+        Generation {
+            tokens: self.tokens,
+            finish,
+            stats: self.stats,
         }
     }
 }

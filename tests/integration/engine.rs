@@ -64,6 +64,78 @@ fn greedy(model: &mut Model, prompt: &[u32], n: usize) -> Vec<u32> {
     .tokens
 }
 
+/// Two replies generated step by step in turns, each sequence's KV cache
+/// swapped in for its step (as a scheduler serving two clients will), are
+/// each transformers' greedy continuation, as when generated alone.
+#[test]
+fn replies_taken_in_turns_are_the_ones_made_alone() {
+    use greve::generate::{Generator, Step};
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), "v3");
+    let mut model = load(dir.path());
+    let golden = golden_json("tiny-v3.json");
+    let n = golden["new_tokens"].as_u64().unwrap() as usize;
+    let cases: Vec<(Vec<u32>, Vec<u32>)> = golden["continuations"].as_array().unwrap()[1..3]
+        .iter()
+        .map(|c| (ids(&c["prompt"]), until_eos(ids(&c["greedy"]))))
+        .collect();
+    let params = SamplingParams {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        repeat_penalty: 1.0,
+        repeat_last_n: 64,
+    };
+    let stop = [model.tokenizer.eos()];
+    let cancel = AtomicBool::new(false);
+    let kind = model.transformer.kv_type();
+    let mut contexts = [
+        model.transformer.new_context(kind),
+        model.transformer.new_context(kind),
+    ];
+    let mut samplers = [Sampler::new(params.clone(), 0), Sampler::new(params, 0)];
+    let mut limits: Vec<Limits> = (0..2)
+        .map(|_| Limits {
+            max_tokens: n,
+            stop: &stop,
+            grammar: None,
+        })
+        .collect();
+    let mut generators: Vec<Option<Generator>> = Vec::new();
+    for (i, (prompt, _)) in cases.iter().enumerate() {
+        model.transformer.swap_context(&mut contexts[i]);
+        generators.push(Some(Generator::new(
+            &mut model.transformer,
+            Prompt::fresh(prompt),
+        )));
+        model.transformer.swap_context(&mut contexts[i]);
+    }
+    let mut got = [None, None];
+    while generators.iter().any(Option::is_some) {
+        for i in 0..2 {
+            let Some(generator) = generators[i].as_mut() else {
+                continue;
+            };
+            model.transformer.swap_context(&mut contexts[i]);
+            let step = generator
+                .step(
+                    &mut model.transformer,
+                    &mut samplers[i],
+                    &mut limits[i],
+                    &cancel,
+                )
+                .unwrap();
+            model.transformer.swap_context(&mut contexts[i]);
+            if let Step::Done(finish) = step {
+                got[i] = Some(generators[i].take().unwrap().finish(finish).tokens);
+            }
+        }
+    }
+    for (i, (_, want)) in cases.iter().enumerate() {
+        assert_eq!(got[i].as_ref().unwrap(), want, "sequence {i}");
+    }
+}
+
 /// Every golden prompt: the continuation must equal transformers' token for
 /// token, and the first logits must agree closely.
 fn check(model: &mut Model, version: &str, what: &str, logit_tolerance: f32) {
