@@ -25,7 +25,7 @@ const THINK: u32 = 34;
 const END_THINK: u32 = 35;
 
 /// The tiny Tekken model as a V13 one, in `dir`.
-fn v13_model(dir: &Path) -> PathBuf {
+pub(crate) fn v13_model(dir: &Path) -> PathBuf {
     v13_model_with(dir, V13_TEMPLATE)
 }
 
@@ -173,7 +173,7 @@ fn v13_calls_are_written_and_read_in_their_own_syntax() {
 }
 
 /// A grammar that makes the tiny model think, then answer "oui".
-fn thinking_grammar(dir: &Path) -> String {
+pub(crate) fn thinking_grammar(dir: &Path) -> String {
     let path = dir.join("think.lark");
     let lark =
         format!("start: <[{THINK}]> THOUGHT <[{END_THINK}]> \"oui\"\nTHOUGHT: /[a-z]{{1,12}}/\n");
