@@ -89,6 +89,9 @@ pub struct ChatRequest {
     pub strike: Option<Mode>,
     /// Functions the model may call, and whether it must.
     pub tools: Tools,
+    /// `reasoning_effort`: `none` asks a reasoning model not to think (its
+    /// reasoning prompt left out); its models have no levels beyond that.
+    pub think: Option<bool>,
 }
 
 /// The most stop strings a request may give: OpenAI allows 4, but some
@@ -154,6 +157,13 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
                 must(key, false, "deprecated by OpenAI: send tools and tool_choice")?
             }
             "modalities" => must(key, value == &json!(["text"]), "only [\"text\"] is supported")?,
+            "reasoning_effort" => {
+                r.think = match string(key, value)? {
+                    "none" => Some(false),
+                    "minimal" | "low" | "medium" | "high" => Some(true),
+                    _ => return Err(ApiError::invalid(key, "none, minimal, low, medium or high is expected")),
+                }
+            }
             // They change nothing in the reply.
             "user" | "metadata" | "store" | "service_tier" | "safety_identifier"
             | "prompt_cache_key" => {}
@@ -1033,6 +1043,18 @@ mod tests {
     fn tools_param(tools: Value) -> String {
         let e = parse(json!({"messages": [user("x")], "tools": tools})).unwrap_err();
         e.param.unwrap()
+    }
+
+    #[test]
+    fn reasoning_effort_none_asks_not_to_think() {
+        let think = |effort: Value| {
+            parse(json!({"messages": [user("x")], "reasoning_effort": effort})).map(|r| r.think)
+        };
+        assert_eq!(think(json!("none")).unwrap(), Some(false));
+        assert_eq!(think(json!("high")).unwrap(), Some(true));
+        assert_eq!(think(Value::Null).unwrap(), None);
+        let e = think(json!("maximal")).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("reasoning_effort"));
     }
 
     #[test]

@@ -115,6 +115,7 @@ impl Worker {
             o.format = format.clone();
         }
         o.tools = r.tools.clone();
+        o.think = r.think.unwrap_or(o.think);
         // What a strike notice cannot be.
         let structured = o.format != Format::Text || o.tools.must_call();
         let c = &mut self.conversation;

@@ -357,4 +357,31 @@ fn a_reasoning_release_is_asked_to_think() {
         "{off}"
     );
     assert!(!off.contains("brouillon"), "{off}");
+
+    // The server's requests: `reasoning_effort: none` leaves it out.
+    let server = Server::start(&model, &["--no-prompt-cache"]);
+    let prompt_tokens = |effort: &str| {
+        let mut body = json!({"model": "default", "max_tokens": 1,
+                              "messages": [{"role": "user", "content": "Bonjour"}]});
+        if !effort.is_empty() {
+            body["reasoning_effort"] = effort.into();
+        }
+        let (status, _, text) = post(
+            &server.address,
+            "/v1/chat/completions",
+            &body.to_string(),
+            "",
+        );
+        assert_eq!(status, 200, "{text}");
+        let reply: Value = serde_json::from_str(&text).unwrap();
+        reply["usage"]["prompt_tokens"].as_u64().unwrap()
+    };
+    let plain = ask(&model, &["--think", "off", "-n", "1", "--json", "Bonjour"]);
+    let plain: Value = serde_json::from_str(stdout(&plain).trim()).unwrap();
+    assert_eq!(
+        prompt_tokens("none"),
+        plain["prompt_tokens"].as_u64().unwrap()
+    );
+    assert!(prompt_tokens("high") > prompt_tokens("none") + 5);
+    assert_eq!(prompt_tokens(""), prompt_tokens("high"));
 }
