@@ -36,15 +36,19 @@ fn fresh_logits(model: &mut Model, prompt: &[u32]) -> Vec<f32> {
         .unwrap()
 }
 
-fn greedy(model: &mut Model, prompt: &[u32], n: usize) -> Vec<u32> {
-    let params = SamplingParams {
+/// Sampling that always takes the most likely token.
+fn greedy_sampling() -> SamplingParams {
+    SamplingParams {
         temperature: 0.0,
         top_k: 0,
         top_p: 1.0,
         repeat_penalty: 1.0,
         repeat_last_n: 64,
-    };
-    let mut sampler = Sampler::new(params, 0);
+    }
+}
+
+fn greedy(model: &mut Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut sampler = Sampler::new(greedy_sampling(), 0);
     let stop = [model.tokenizer.eos()];
     let mut limits = Limits {
         max_tokens: n,
@@ -79,13 +83,6 @@ fn replies_taken_in_turns_are_the_ones_made_alone() {
         .iter()
         .map(|c| (ids(&c["prompt"]), until_eos(ids(&c["greedy"]))))
         .collect();
-    let params = SamplingParams {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        repeat_penalty: 1.0,
-        repeat_last_n: 64,
-    };
     let stop = [model.tokenizer.eos()];
     let cancel = AtomicBool::new(false);
     let kind = model.transformer.kv_type();
@@ -93,7 +90,7 @@ fn replies_taken_in_turns_are_the_ones_made_alone() {
         model.transformer.new_context(kind),
         model.transformer.new_context(kind),
     ];
-    let mut samplers = [Sampler::new(params.clone(), 0), Sampler::new(params, 0)];
+    let mut samplers = [0, 1].map(|_| Sampler::new(greedy_sampling(), 0));
     let mut limits: Vec<Limits> = (0..2)
         .map(|_| Limits {
             max_tokens: n,

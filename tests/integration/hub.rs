@@ -42,13 +42,18 @@ fn cache_repo(hf_home: &Path, repo: &str, files: &[(String, PathBuf)]) -> PathBu
 fn tiny_safetensors_cache(hf_home: &Path) -> (tempfile::TempDir, PathBuf) {
     let model = tempfile::tempdir().unwrap();
     write_tiny_model(model.path(), "v1");
-    let files: Vec<(String, PathBuf)> = std::fs::read_dir(model.path())
+    let dir = cache_folder(hf_home, "test-org/tiny-v1", model.path());
+    (model, dir)
+}
+
+/// Puts every file of `folder` in the cache as `repo`.
+fn cache_folder(hf_home: &Path, repo: &str, folder: &Path) -> PathBuf {
+    let files: Vec<(String, PathBuf)> = std::fs::read_dir(folder)
         .unwrap()
         .map(|e| e.unwrap())
         .map(|e| (e.file_name().into_string().unwrap(), e.path()))
         .collect();
-    let dir = cache_repo(hf_home, "test-org/tiny-v1", &files);
-    (model, dir)
+    cache_repo(hf_home, repo, &files)
 }
 
 #[test]
@@ -161,12 +166,7 @@ fn a_repo_with_tekken_json_and_a_reasoning_prompt_loads() {
         "Pense.[THINK]brouillon[/THINK]Réponds.",
     )
     .unwrap();
-    let files: Vec<(String, PathBuf)> = std::fs::read_dir(model.path())
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| (e.file_name().into_string().unwrap(), e.path()))
-        .collect();
-    cache_repo(home.path(), "test-org/tiny-reasoning", &files);
+    cache_folder(home.path(), "test-org/tiny-reasoning", model.path());
     let o = greve(
         &[
             "ask",

@@ -181,6 +181,18 @@ pub(crate) fn thinking_grammar(dir: &Path) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// The server's whole reply to a chat request, which must succeed.
+fn complete(server: &Server, body: &Value) -> Value {
+    let (status, _, text) = post(
+        &server.address,
+        "/v1/chat/completions",
+        &body.to_string(),
+        "",
+    );
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
 fn ask(model: &Path, args: &[&str]) -> std::process::Output {
     let model = model.to_str().unwrap();
     let all = [
@@ -301,14 +313,7 @@ fn a_reply_cut_while_thinking_says_so() {
     let server = Server::start(&model, &["--grammar", &grammar]);
     let body = json!({"model": "default", "max_tokens": 2,
                       "messages": [{"role": "user", "content": "Bonjour"}]});
-    let (status, _, text) = post(
-        &server.address,
-        "/v1/chat/completions",
-        &body.to_string(),
-        "",
-    );
-    assert_eq!(status, 200, "{text}");
-    let reply: Value = serde_json::from_str(&text).unwrap();
+    let reply = complete(&server, &body);
     let choice = &reply["choices"][0];
     assert_eq!(choice["finish_reason"], "length", "{reply}");
     assert_eq!(choice["message"]["content"], "", "{reply}");
@@ -366,15 +371,9 @@ fn a_reasoning_release_is_asked_to_think() {
         if !effort.is_empty() {
             body["reasoning_effort"] = effort.into();
         }
-        let (status, _, text) = post(
-            &server.address,
-            "/v1/chat/completions",
-            &body.to_string(),
-            "",
-        );
-        assert_eq!(status, 200, "{text}");
-        let reply: Value = serde_json::from_str(&text).unwrap();
-        reply["usage"]["prompt_tokens"].as_u64().unwrap()
+        complete(&server, &body)["usage"]["prompt_tokens"]
+            .as_u64()
+            .unwrap()
     };
     let plain = ask(&model, &["--think", "off", "-n", "1", "--json", "Bonjour"]);
     let plain: Value = serde_json::from_str(stdout(&plain).trim()).unwrap();
