@@ -116,11 +116,9 @@ pub fn info(settings: &Settings) -> anyhow::Result<()> {
         WeightFiles::Safetensors { config, shards } => {
             let mut paths = vec![config.clone()];
             paths.extend(shards.iter().cloned());
-            paths.extend(files.tokenizer.iter().cloned());
-            let source = files
-                .tokenizer
-                .as_ref()
-                .map_or("none".into(), |p| p.display().to_string());
+            let tokenizer = files.tokenizer.as_ref().or(files.tekken.as_ref());
+            paths.extend(tokenizer.cloned());
+            let source = tokenizer.map_or("none".into(), |p| p.display().to_string());
             (
                 Config::from_json_file(config)?,
                 format!("safetensors, {} shard(s)", shards.len()),
@@ -139,7 +137,17 @@ pub fn info(settings: &Settings) -> anyhow::Result<()> {
             size as f64 / 1e9
         )?;
     }
-    writeln!(out, "context      {} tokens", config.context_length)?;
+    let kv = config.kv_bytes_per_token();
+    let per_token = match kv {
+        b if b < 1024 => format!("{b} bytes"),
+        b => format!("{} KiB", b / 1024),
+    };
+    writeln!(
+        out,
+        "context      {} tokens (KV cache {per_token} a token in f16, {} for the whole context; --kv-cache q8 takes 56 %)",
+        config.context_length,
+        crate::messages::size(kv * config.context_length as u64)
+    )?;
     writeln!(
         out,
         "shape        {} layers, hidden {}, {} heads ({} for keys/values), rope θ {}, sliding window {}",
@@ -156,6 +164,16 @@ pub fn info(settings: &Settings) -> anyhow::Result<()> {
         tokenizer.vocab_size(),
         tokenizer.format()
     )?;
+    if model::reasoning_prompt(&files, &tokenizer)?.is_some() {
+        let source = match files.system_prompt {
+            Some(_) => "SYSTEM_PROMPT.txt",
+            None => "its chat template's",
+        };
+        writeln!(
+            out,
+            "reasoning    thinks first, as the system prompt in {source} shows it (--think off leaves that out)"
+        )?;
+    }
     writeln!(out, "compute      {dtype:?} on {device:?}")?;
     let weights: u64 = match &files.weights {
         WeightFiles::Gguf(path) => file_size(path),

@@ -268,7 +268,10 @@ pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> anyhow::Result
 /// The prompt that makes a reasoning release think: the `SYSTEM_PROMPT.txt`
 /// beside its weights, else its chat template's default, where it shows
 /// thinking and the model's format (V13) can show it.
-fn reasoning_prompt(files: &ModelFiles, tokenizer: &Tokenizer) -> anyhow::Result<Option<System>> {
+pub fn reasoning_prompt(
+    files: &ModelFiles,
+    tokenizer: &Tokenizer,
+) -> anyhow::Result<Option<System>> {
     if tokenizer.format() != Instruct::V13 || tokenizer.think_tokens().is_none() {
         return Ok(None);
     }

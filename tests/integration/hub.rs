@@ -188,6 +188,20 @@ fn a_repo_with_tekken_json_and_a_reasoning_prompt_loads() {
         "{}",
         err(&o)
     );
+    let o = greve(
+        &["info", "--offline", "-m", "test-org/tiny-reasoning"],
+        &[("HF_HOME", h)],
+    );
+    let info = out(&o);
+    assert!(
+        info.contains("tekken.json: 4000 tokens, instruct format V13"),
+        "{info}{}",
+        err(&o)
+    );
+    assert!(
+        info.contains("reasoning    thinks first, as the system prompt in SYSTEM_PROMPT.txt"),
+        "{info}"
+    );
 }
 
 /// NeMo's and Small 3.2's presets name their GGUF conversions; a cache
