@@ -223,6 +223,9 @@ struct Log {
     start: Instant,
     status: u16,
     usage: Option<Usage>,
+    /// When the reply's first token reached this side, from the request's
+    /// arrival (its wait in the queue included).
+    first: Option<Duration>,
     /// A stream that ended before its last chunk.
     cut: bool,
     /// Its line is the stream's to print.
@@ -230,6 +233,10 @@ struct Log {
 }
 
 impl Log {
+    fn first_token(&mut self) {
+        self.first.get_or_insert_with(|| self.start.elapsed());
+    }
+
     /// The log of a stream, which outlives the request's handler.
     fn hand_over(&mut self) -> Log {
         self.handed_over = true;
@@ -238,6 +245,7 @@ impl Log {
             start: self.start,
             status: 200,
             usage: None,
+            first: self.first,
             cut: true,
             handed_over: false,
         }
@@ -255,6 +263,9 @@ impl Drop for Log {
                 u.prompt, u.cached, u.completion
             )
         });
+        let first = self.first.map_or(String::new(), |t| {
+            format!(" | first token after {:.2} s", t.as_secs_f64())
+        });
         let cut = if self.cut { " | client gone" } else { "" };
         // Dropped before its response: the client left while it waited.
         let status = match self.status {
@@ -262,7 +273,7 @@ impl Drop for Log {
             s => s.to_string(),
         };
         messages::note(format!(
-            "{} {status}{tokens}{cut} | {:.2} s",
+            "{} {status}{tokens}{first}{cut} | {:.2} s",
             self.request,
             self.start.elapsed().as_secs_f64()
         ));
@@ -298,6 +309,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         start: Instant::now(),
         status: 0,
         usage: None,
+        first: None,
         cut: false,
         handed_over: false,
     };
@@ -504,7 +516,14 @@ async fn chat(
     let (mut content, mut calls) = (String::new(), Vec::new());
     let mut reasoning: Option<String> = None;
     loop {
-        match rx.recv().await {
+        let event = rx.recv().await;
+        if matches!(
+            event,
+            Some(Event::Thinking(_) | Event::Text(_) | Event::Calls(_))
+        ) {
+            log.first_token();
+        }
+        match event {
             Some(Event::Thinking(text)) => {
                 reasoning.get_or_insert_with(String::new).push_str(&text)
             }
@@ -605,7 +624,14 @@ impl hyper::body::Body for Sse {
             return data(event(&api::chunk(&this.header, delta, None)));
         }
         loop {
-            match std::task::ready!(this.events.poll_recv(cx)) {
+            let next = std::task::ready!(this.events.poll_recv(cx));
+            if matches!(
+                next,
+                Some(Event::Thinking(_) | Event::Text(_) | Event::Calls(_))
+            ) {
+                this.log.first_token();
+            }
+            match next {
                 Some(Event::Accepted) => continue,
                 Some(Event::Thinking(text)) => {
                     // Where llama-server, vLLM and DeepSeek's API send it.

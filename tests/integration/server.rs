@@ -447,6 +447,12 @@ fn bad_requests_get_their_status_and_the_server_goes_on() {
     );
     let log = server.stderr();
     assert!(log.contains("POST /v1/chat/completions 413"), "{log}");
+    // The answered request's line says when its first token came.
+    let answered = log
+        .lines()
+        .find(|l| l.contains("POST /v1/chat/completions 200"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(answered.contains("| first token after "), "{answered}");
     assert!(server.stop().success());
 }
 
