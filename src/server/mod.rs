@@ -273,7 +273,7 @@ impl Drop for Log {
             s => s.to_string(),
         };
         messages::note(format!(
-            "{} {status}{tokens}{first}{cut} | {:.2} s",
+            "{} {status}{tokens}{cut}{first} | {:.2} s",
             self.request,
             self.start.elapsed().as_secs_f64()
         ));
