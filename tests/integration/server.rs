@@ -447,11 +447,20 @@ fn bad_requests_get_their_status_and_the_server_goes_on() {
     );
     let log = server.stderr();
     assert!(log.contains("POST /v1/chat/completions 413"), "{log}");
-    // The answered request's line says when its first token came.
-    let answered = log
-        .lines()
-        .find(|l| l.contains("POST /v1/chat/completions 200"))
-        .unwrap_or_else(|| panic!("{log}"));
+    // The answered request's line says when its first token came (it is
+    // written once the response is over, maybe after the client read it).
+    let waiting = std::time::Instant::now();
+    let answered = loop {
+        let log = server.stderr();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("POST /v1/chat/completions 200"))
+        {
+            break line.to_string();
+        }
+        assert!(waiting.elapsed() < Duration::from_secs(10), "{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(answered.contains("| first token after "), "{answered}");
     assert!(server.stop().success());
 }
