@@ -75,9 +75,17 @@ pub enum Linear {
 }
 
 impl Linear {
-    /// `self` applied to `x`: (…, in) → (…, out).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `self` applied to `x`: (…, in) → (…, out). The rows of `x` (its
+    /// next-to-last dimension) belong to sequences of `rows` rows each, in
+    /// order: each sequence gets the sums it would get alone (see
+    /// [`forward_greve`]).
+    pub fn forward(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {
         match self {
+            // The one-row product and candle's matmul round apart, and the
+            // latter's sums may depend on the batch: each sequence alone.
+            Linear::Candle(QMatMul::Tensor(_)) if rows.len() > 1 => {
+                per_sequence(x, rows, |x, n| self.forward(x, &[n]))
+            }
             Linear::Candle(w) => profile::time(Part::OtherProducts, || {
                 if let QMatMul::Tensor(dense) = w {
                     let matvec = match dense.device().is_cpu() {
@@ -90,7 +98,7 @@ impl Linear {
                 }
                 w.forward(x)
             }),
-            Linear::Mapped(w) => w.forward(x),
+            Linear::Mapped(w) => w.forward(x, rows),
         }
     }
 
@@ -135,8 +143,9 @@ impl Projections {
         })
     }
 
-    /// The `N` projections of `x`, in the order they were given.
-    pub fn forward<const N: usize>(&self, x: &Tensor) -> Result<[Tensor; N]> {
+    /// The `N` projections of `x`, in the order they were given; `rows`
+    /// as for [`Linear::forward`].
+    pub fn forward<const N: usize>(&self, x: &Tensor, rows: &[usize]) -> Result<[Tensor; N]> {
         let ys: Vec<Tensor> = match self {
             Projections::Separate(parts) => {
                 let mut ys = Vec::with_capacity(parts.len());
@@ -154,19 +163,23 @@ impl Projections {
                                     Linear::Candle(_) => None,
                                 })
                                 .collect();
-                            ys.extend(forward_greve(format, &matrices, x)?);
+                            ys.extend(forward_greve(format, &matrices, x, rows)?);
                         }
                         // Alone: `together` holds only where the kernels do.
-                        None => ys.push(group[0].forward(x)?),
+                        None => ys.push(group[0].forward(x, rows)?),
                     }
                 }
                 Ok(ys)
             }
-            Projections::Stacked { matrix, rows } => {
-                let y = matrix.forward(x)?;
+            Projections::Stacked {
+                matrix,
+                rows: parts,
+            } => {
+                let y = matrix.forward(x, rows)?;
                 let last = y.rank() - 1;
                 let mut start = 0;
-                rows.iter()
+                parts
+                    .iter()
                     .map(|&n| {
                         start += n;
                         y.narrow(last, start - n, n)
@@ -182,19 +195,38 @@ impl Projections {
     /// SwiGLU's gate over two projections, gate then up:
     /// `silu(gate(x)) * up(x)`. Stacked in one tensor on a GPU, both
     /// products and the gate are one kernel of greve's.
-    pub fn swiglu(&self, x: &Tensor) -> Result<Tensor> {
-        if let Projections::Stacked {
-            matrix: Linear::Candle(QMatMul::Tensor(w)),
-            ..
-        } = self
+    pub fn swiglu(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {
+        if let (
+            Projections::Stacked {
+                matrix: Linear::Candle(QMatMul::Tensor(w)),
+                ..
+            },
+            [_],
+        ) = (self, rows)
         {
             if let Some(gated) = super::cuda::matvec_gated(w, x)? {
                 return Ok(gated);
             }
         }
-        let [gate, up] = self.forward(x)?;
+        let [gate, up] = self.forward(x, rows)?;
         super::ops::silu_mul(&gate, &up)
     }
+}
+
+/// `f(x, n)` for each sequence's `n` rows of `x` alone, put back together.
+fn per_sequence(
+    x: &Tensor,
+    rows: &[usize],
+    f: impl Fn(&Tensor, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let dim = x.rank() - 2;
+    let mut start = 0;
+    let mut ys = Vec::with_capacity(rows.len());
+    for &n in rows {
+        ys.push(f(&x.narrow(dim, start, n)?, n)?);
+        start += n;
+    }
+    Tensor::cat(&ys, dim)
 }
 
 /// One matrix of `parts` stacked by rows, and the rows of each; `None`
@@ -314,9 +346,11 @@ impl MappedMatrix {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The product with `x`; `rows` as for [`Linear::forward`] (candle's
+    /// block products give a row the same sums in any batch).
+    fn forward(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {
         if let Some(format) = self.kernel_format() {
-            let [y] = forward_greve(format, &[self], x)?
+            let [y] = forward_greve(format, &[self], x, rows)?
                 .try_into()
                 .expect("one product of one matrix");
             return Ok(y);
@@ -359,25 +393,77 @@ fn shaped_like(x: &Tensor, out: Vec<f32>, n: usize) -> Result<Tensor> {
 }
 
 /// `matrices`, all of `format` and as wide as `x`, applied to it in one
-/// product of greve's kernels ([`quant::matmuls`]).
+/// product of greve's kernels ([`quant::matmuls`]), or two: where `x`'s
+/// rows belong to several sequences (`rows`), those of a sequence long
+/// enough for repacked tiles (a prompt's batch) take them together, and the
+/// others (decoded tokens) the compact kernels together, as each sequence
+/// would alone.
 fn forward_greve(
     format: QuantFormat,
     matrices: &[&MappedMatrix],
     x: &Tensor,
+    rows: &[usize],
 ) -> Result<Vec<Tensor>> {
     let k = matrices[0].shape.1;
     let (xs, m) = flat_f32(x, k)?;
+    let tiled = |n: usize| n >= quant::packed::MIN_TOKENS;
+    let lanes: [Vec<usize>; 2] = [false, true].map(|lane| {
+        let mut start = 0;
+        let mut lane_rows = Vec::new();
+        for &n in rows {
+            if tiled(n) == lane {
+                lane_rows.extend(start..start + n);
+            }
+            start += n;
+        }
+        lane_rows
+    });
     let mut outs: Vec<Vec<f32>> = matrices.iter().map(|w| vec![0f32; m * w.shape.0]).collect();
-    let mut parts: Vec<(&[u8], &mut [f32])> = matrices
-        .iter()
-        .zip(&mut outs)
-        .map(|(w, out)| (w.bytes(), &mut out[..]))
-        .collect();
     let part = match format {
         QuantFormat::Q4K => Part::Q4K,
         QuantFormat::Q6K => Part::Q6K,
     };
-    profile::time(part, || quant::matmuls(format, (m, k), &xs, &mut parts));
+    for (lane, lane_rows) in lanes.iter().enumerate() {
+        if lane_rows.is_empty() {
+            continue;
+        }
+        let whole = lane_rows.len() == m;
+        let gathered: Vec<f32>;
+        let input = match whole {
+            true => &xs[..],
+            false => {
+                gathered = lane_rows
+                    .iter()
+                    .flat_map(|&r| &xs[r * k..][..k])
+                    .copied()
+                    .collect();
+                &gathered[..]
+            }
+        };
+        let mut lane_outs: Vec<Vec<f32>> = matrices
+            .iter()
+            .map(|w| vec![0f32; lane_rows.len() * w.shape.0])
+            .collect();
+        let mut parts: Vec<(&[u8], &mut [f32])> = matrices
+            .iter()
+            .zip(&mut lane_outs)
+            .map(|(w, out)| (w.bytes(), &mut out[..]))
+            .collect();
+        let tiles = lane == 1;
+        profile::time(part, || {
+            quant::matmuls(format, (lane_rows.len(), k), input, &mut parts, tiles)
+        });
+        for ((w, out), lane_out) in matrices.iter().zip(&mut outs).zip(lane_outs) {
+            let n = w.shape.0;
+            if whole {
+                *out = lane_out;
+                continue;
+            }
+            for (&r, sums) in lane_rows.iter().zip(lane_out.chunks_exact(n)) {
+                out[r * n..][..n].copy_from_slice(sums);
+            }
+        }
+    }
     matrices
         .iter()
         .zip(outs)
@@ -491,8 +577,8 @@ mod tests {
             let stacked = Projections::stack(parts()).unwrap();
             assert!(matches!(stacked, Projections::Stacked { .. }));
             let (want, got) = (
-                separate.forward::<3>(&x).unwrap(),
-                stacked.forward::<3>(&x).unwrap(),
+                separate.forward::<3>(&x, &[3]).unwrap(),
+                stacked.forward::<3>(&x, &[3]).unwrap(),
             );
             for ((w, g), r) in want.iter().zip(&got).zip(rows) {
                 assert_eq!(g.dims(), &[1, 3, r]);
@@ -500,7 +586,7 @@ mod tests {
                     assert!((w - g).abs() <= 1e-4 * w.abs().max(1.0), "{w} vs {g}");
                 }
             }
-            assert!(stacked.forward::<2>(&x).is_err());
+            assert!(stacked.forward::<2>(&x, &[3]).is_err());
         }
         // Matrices held differently stay apart.
         let mixed = vec![dense(&matrices[0]), blocks(&matrices[1])];

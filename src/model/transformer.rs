@@ -26,6 +26,8 @@ pub struct Transformer {
     norm: RmsNorm,
     lm_head: Linear, // (vocab, d)
     rope: Rope,
+    /// The KV caches of the conversation in use, a layer each.
+    context: Context,
     dtype: DType,
     device: Device,
     /// How the CPU keeps keys and values ([`Self::set_kv_type`]).
@@ -62,7 +64,6 @@ impl Transformer {
                     head_dim: c.head_dim,
                     rope: src.rope_layout(),
                     window: c.sliding_window,
-                    cache: KvCache::new(c, device, KvType::default()),
                 },
                 ffn_norm: RmsNorm::new(src.dense(Weight::FfnNorm(l), &[d])?, c.rms_norm_eps),
                 ffn: FeedForward {
@@ -89,6 +90,11 @@ impl Transformer {
                 head_dim: c.head_dim,
                 long: c.long_rope,
             },
+            context: Context(
+                (0..c.num_layers)
+                    .map(|_| KvCache::new(c, device, KvType::default()))
+                    .collect(),
+            ),
             dtype,
             device: device.clone(),
             kv_type: KvType::default(),
@@ -98,7 +104,7 @@ impl Transformer {
 
     /// Positions already in the KV cache.
     pub fn cached(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.attn.cache.positions())
+        self.context.positions()
     }
 
     /// Stores the CPU KV cache as `kind` from now on (a GPU keeps its own);
@@ -125,8 +131,8 @@ impl Transformer {
 
     /// Plans the KV cache in use for `positions` in all (see [`KvCache::reserve`]).
     pub fn reserve(&mut self, positions: usize) {
-        for layer in &mut self.layers {
-            layer.attn.cache.reserve(positions);
+        for cache in &mut self.context.0 {
+            cache.reserve(positions);
         }
     }
 
@@ -134,30 +140,28 @@ impl Transformer {
     /// conversation can wait, cached, while another runs (`greve bench`
     /// alternates a short context with a long one without refilling it).
     pub fn swap_context(&mut self, other: &mut Context) {
-        for (layer, cache) in self.layers.iter_mut().zip(&mut other.0) {
-            std::mem::swap(&mut layer.attn.cache, cache);
-        }
+        std::mem::swap(&mut self.context, other);
     }
 
     /// Forgets every cached position from `len` on.
     pub fn truncate(&mut self, len: usize) {
-        for layer in &mut self.layers {
-            layer.attn.cache.truncate(len);
+        for cache in &mut self.context.0 {
+            cache.truncate(len);
         }
     }
 
     /// The bytes [`save_context`](Self::save_context) writes for `len`
     /// positions; `None` where the cache cannot be saved yet (on a GPU).
     pub fn saved_context_bytes(&self, len: usize) -> Option<u64> {
-        let layers = self.layers.iter();
-        layers.map(|layer| layer.attn.cache.saved_bytes(len)).sum()
+        let caches = self.context.0.iter();
+        caches.map(|cache| cache.saved_bytes(len)).sum()
     }
 
     /// Writes the keys and values of the first `len` cached positions,
     /// layer by layer, bit for bit as cached.
     pub fn save_context(&self, len: usize, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        for layer in &self.layers {
-            layer.attn.cache.save(len, out)?;
+        for cache in &self.context.0 {
+            cache.save(len, out)?;
         }
         Ok(())
     }
@@ -171,8 +175,8 @@ impl Transformer {
         input: &mut dyn std::io::Read,
     ) -> std::io::Result<()> {
         let mut result = Ok(());
-        for layer in &mut self.layers {
-            result = result.and_then(|()| layer.attn.cache.restore(len, input));
+        for cache in &mut self.context.0 {
+            result = result.and_then(|()| cache.restore(len, input));
         }
         if result.is_err() {
             self.truncate(0);
@@ -186,37 +190,64 @@ impl Transformer {
         // A long prompt goes through in batches, so the activations of one
         // batch, not of the whole prompt (1.4 GB for 8k tokens), are what
         // memory holds; the cache makes the result the same.
-        let mut logits = None;
+        let mut context = std::mem::take(&mut self.context);
+        let mut logits = Ok(None);
         for batch in tokens.chunks(BATCH) {
-            logits = Some(self.forward_batch(batch)?);
+            let mut one = [Sequence {
+                context: &mut context,
+                tokens: batch,
+            }];
+            logits = self.forward_together(&mut one).map(|mut l| l.pop());
+            if logits.is_err() {
+                break;
+            }
         }
-        logits.ok_or_else(|| candle_core::Error::Msg("no tokens to run".into()))
+        self.context = context;
+        logits?.ok_or_else(|| candle_core::Error::Msg("no tokens to run".into()))
     }
 
-    fn forward_batch(&mut self, tokens: &[u32]) -> Result<Tensor> {
-        let pos = self.cached();
-        let n = tokens.len();
+    /// One forward pass over several sequences, each with its KV cache and
+    /// the tokens that follow what it holds (at most [`BATCH`] in all, none
+    /// empty): the logits for each one's next token, (vocab) in f32. The
+    /// products weigh every sequence's tokens together, so a decoding
+    /// sequence costs little more than one; each gets the same numbers as
+    /// alone (see [`Linear::forward`]).
+    pub fn forward_together(&mut self, seqs: &mut [Sequence]) -> Result<Vec<Tensor>> {
+        let rows: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
+        if rows.contains(&0) {
+            candle_core::bail!("no tokens to run");
+        }
+        let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens).copied().collect();
         let mut x = self
             .embed_tokens
-            .rows(tokens, self.dtype, &self.device)?
+            .rows(&tokens, self.dtype, &self.device)?
             .unsqueeze(0)?; // (1, n, d)
-        let (cos, sin) = self.rope.tables(pos, n, self.dtype, &self.device)?;
-        let query_scale = self.rope.query_scale(pos, n, self.dtype, &self.device)?;
-        let positions = Positions {
-            cos,
-            sin,
-            query_scale,
-        };
+        let starts: Vec<usize> = seqs.iter().map(|s| s.context.positions()).collect();
+        let positions = self
+            .rope
+            .positions(&starts, &rows, self.dtype, &self.device)?;
         let mut delta = None;
-        for layer in &mut self.layers {
-            let (stream, output) = layer.forward(&x, delta.as_ref(), &positions)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut caches: Vec<&mut KvCache> =
+                seqs.iter_mut().map(|s| &mut s.context.0[l]).collect();
+            let (stream, output) = layer.forward(&x, delta.as_ref(), &positions, &mut caches)?;
             (x, delta) = (stream, Some(output));
         }
-        let last = |t: &Tensor| t.narrow(1, n - 1, 1);
+        // Each sequence's last row picks its next token.
+        let ends: Vec<u32> = rows
+            .iter()
+            .scan(0, |end, r| {
+                *end += r;
+                Some(*end as u32 - 1)
+            })
+            .collect();
+        let ends = Tensor::new(ends, &self.device)?;
+        let last = |t: &Tensor| t.index_select(&ends, 1);
         let delta = delta.as_ref().map(last).transpose()?;
         let (_, normed) = self.norm.after_residual(&last(&x)?, delta.as_ref())?;
-        let logits = self.lm_head.forward(&normed)?; // (1, 1, vocab)
-        logits.flatten_all()?.to_dtype(DType::F32)
+        let logits = self.lm_head.forward(&normed, &vec![1; seqs.len()])?; // (1, seqs, vocab)
+        let logits = logits.squeeze(0)?.to_dtype(DType::F32)?;
+        (0..seqs.len()).map(|i| logits.get(i)).collect()
     }
 }
 
@@ -225,9 +256,17 @@ impl Transformer {
 /// scores, heads × batch × context) stay small.
 pub const BATCH: usize = 512;
 
-/// Where the new tokens sit: their rotary angles, and the queries' scale
-/// where the model has one that is not 1 there.
+/// A sequence's part in [`Transformer::forward_together`].
+pub struct Sequence<'a> {
+    pub context: &'a mut Context,
+    pub tokens: &'a [u32],
+}
+
+/// Where the new tokens sit: the rows of each sequence, their rotary
+/// angles, and the queries' scale where the model has one that is not 1
+/// there.
 struct Positions {
+    rows: Vec<usize>,
     cos: Tensor,                 // (n, hd/2)
     sin: Tensor,                 // (n, hd/2)
     query_scale: Option<Tensor>, // (1, 1, n, 1)
@@ -245,15 +284,16 @@ impl Block {
     /// still to be added (the add is done with this block's first norm, one
     /// kernel on a GPU): the stream and this block's output.
     fn forward(
-        &mut self,
+        &self,
         x: &Tensor,
         delta: Option<&Tensor>,
         positions: &Positions,
+        caches: &mut [&mut KvCache],
     ) -> Result<(Tensor, Tensor)> {
         let (x, normed) = self.attn_norm.after_residual(x, delta)?;
-        let attended = self.attn.forward(&normed, positions)?;
+        let attended = self.attn.forward(&normed, positions, caches)?;
         let (x, normed) = self.ffn_norm.after_residual(&x, Some(&attended))?;
-        Ok((x, self.ffn.forward(&normed)?))
+        Ok((x, self.ffn.forward(&normed, &positions.rows)?))
     }
 }
 
@@ -265,27 +305,52 @@ struct Attention {
     head_dim: usize,
     rope: RopeLayout,
     window: Option<usize>,
-    cache: KvCache,
 }
 
-/// The KV caches of every layer, set aside: see [`Transformer::swap_context`].
+/// The KV caches of every layer, a conversation's: see [`Transformer::swap_context`].
+#[derive(Default)]
 pub struct Context(Vec<KvCache>);
 
+impl Context {
+    /// Positions cached.
+    pub fn positions(&self) -> usize {
+        self.0.first().map_or(0, KvCache::positions)
+    }
+}
+
 impl Attention {
-    fn forward(&mut self, x: &Tensor, positions: &Positions) -> Result<Tensor> {
-        let (cos, sin) = (&positions.cos, &positions.sin);
-        let (b, n, _) = x.dims3()?;
+    /// Attention for the rows of each sequence over its own cache, which
+    /// takes in their keys and values.
+    fn forward(
+        &self,
+        x: &Tensor,
+        positions: &Positions,
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor> {
         let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
-        let split = |t: Tensor, heads| t.reshape((b, n, heads, hd))?.transpose(1, 2)?.contiguous();
-        let [q, k, v] = self.qkv.forward(x)?;
-        let mut q = ops::rope(split(q, h)?, cos, sin, self.rope)?; // (b, h, n, hd)
-        if let Some(scale) = &positions.query_scale {
-            q = q.broadcast_mul(scale)?;
+        let rows = &positions.rows;
+        let [q, k, v] = self.qkv.forward(x, rows)?;
+        let mut ys = Vec::with_capacity(rows.len());
+        let mut start = 0;
+        for (&n, cache) in rows.iter().zip(caches) {
+            let (cos, sin) = (
+                &positions.cos.narrow(0, start, n)?,
+                &positions.sin.narrow(0, start, n)?,
+            );
+            let split = |t: &Tensor, heads| {
+                let t = t.narrow(1, start, n)?;
+                t.reshape((1, n, heads, hd))?.transpose(1, 2)?.contiguous()
+            };
+            let mut q = ops::rope(split(&q, h)?, cos, sin, self.rope)?; // (1, h, n, hd)
+            if let Some(scale) = &positions.query_scale {
+                q = q.broadcast_mul(&scale.narrow(2, start, n)?)?;
+            }
+            let k = ops::rope(split(&k, kv)?, cos, sin, self.rope)?; // (1, kv, n, hd)
+            let v = split(&v, kv)?;
+            ys.push(cache.attend(&q, &k, &v, self.window)?); // (1, n, h·hd)
+            start += n;
         }
-        let k = ops::rope(split(k, kv)?, cos, sin, self.rope)?; // (b, kv, n, hd)
-        let v = split(v, kv)?;
-        let y = self.cache.attend(&q, &k, &v, self.window)?; // (b, n, h·hd)
-        self.o.forward(&y)
+        self.o.forward(&Tensor::cat(&ys, 1)?, rows)
     }
 }
 
@@ -296,8 +361,8 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down.forward(&self.gate_up.swiglu(x)?)
+    fn forward(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {
+        self.down.forward(&self.gate_up.swiglu(x, rows)?, rows)
     }
 }
 
@@ -330,6 +395,45 @@ struct Rope {
 }
 
 impl Rope {
+    /// The angles and query scales of sequences whose `rows` new tokens
+    /// follow `starts` cached positions, their rows one after another.
+    fn positions(
+        &self,
+        starts: &[usize],
+        rows: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Positions> {
+        let mut cos = Vec::with_capacity(rows.len());
+        let mut sin = Vec::with_capacity(rows.len());
+        let mut scales = Vec::with_capacity(rows.len());
+        for (&pos, &n) in starts.iter().zip(rows) {
+            let (c, s) = self.tables(pos, n, dtype, device)?;
+            cos.push(c);
+            sin.push(s);
+            scales.push(self.query_scale(pos, n, dtype, device)?);
+        }
+        // A sequence without a scale beside one with: ×1 changes no bit.
+        let query_scale = match scales.iter().any(Option::is_some) {
+            false => None,
+            true => {
+                let ones = |n| Tensor::ones((1, 1, n, 1), dtype, device);
+                let scales: Vec<Tensor> = scales
+                    .into_iter()
+                    .zip(rows)
+                    .map(|(s, &n)| s.map_or_else(|| ones(n), Ok))
+                    .collect::<Result<_>>()?;
+                Some(Tensor::cat(&scales, 2)?)
+            }
+        };
+        Ok(Positions {
+            rows: rows.to_vec(),
+            cos: Tensor::cat(&cos, 0)?,
+            sin: Tensor::cat(&sin, 0)?,
+            query_scale,
+        })
+    }
+
     /// cos and sin of position × frequency, (n, hd/2) each, for positions
     /// `pos..pos + n`. Computed in f32 as transformers does, so the rounding
     /// matches the reference implementation.

@@ -592,7 +592,9 @@ fn one_row_products_match_exact_sums() {
             let w = rounded(Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap());
             let x = rounded(Tensor::randn(0f32, 1.0, (1, 1, k), &Device::Cpu).unwrap());
             let linear = Linear::Candle(QMatMul::Tensor(w.to_device(&device).unwrap()));
-            let y = linear.forward(&x.to_device(&device).unwrap()).unwrap();
+            let y = linear
+                .forward(&x.to_device(&device).unwrap(), &[1])
+                .unwrap();
             assert_eq!(y.dims(), [1, 1, n]);
             let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
             let y: Vec<f32> = f32s(&y).to_vec1().unwrap();
@@ -673,6 +675,93 @@ fn candle_transformers_gives_the_same_logits() {
                     .to_vec1::<f32>()
                     .unwrap();
                 theirs = stock.forward(&[next], prompt.len() + step).unwrap();
+            }
+        }
+    }
+}
+
+/// Several sequences through one forward pass, each with its own KV cache
+/// and position: one joining with its whole prompt while the others decode,
+/// long prompts (the repacked tiles) beside short ones (the compact
+/// kernels). Each sequence's logits are the ones it gets alone, bit for
+/// bit (alone is held to transformers and llama.cpp above).
+#[test]
+fn sequences_run_together_get_what_they_get_alone() {
+    use greve::model::transformer::Sequence;
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), "v3");
+    let mut models = vec![("safetensors v3".to_string(), load(dir.path()))];
+    for name in [
+        "tiny-k-q4_k_m.gguf",
+        "tiny-k-q6_k.gguf",
+        "tiny-k-q8_0.gguf",
+        "tiny-tekken-f16.gguf",
+        "tiny-ministral3-f16.gguf",
+    ] {
+        models.push((name.to_string(), load(&goldens().join(name))));
+    }
+    for (name, mut model) in models {
+        let vocab = model.transformer.config.vocab_size as u32;
+        let long = |len: u32, seed: u32| -> Vec<u32> {
+            (0..len)
+                .map(|i| 3 + (i * 37 + seed * 11 + i / 7) % (vocab - 3))
+                .collect()
+        };
+        let prompts = [long(5, 1), long(70, 2), long(3, 3), long(40, 4)];
+        // Alone: each prompt at once, then greedy steps.
+        let steps = 6;
+        let alone: Vec<Vec<Vec<f32>>> = prompts
+            .iter()
+            .map(|p| {
+                let mut logits = vec![fresh_logits(&mut model, p)];
+                for _ in 0..steps {
+                    let next = argmax(logits.last().unwrap()) as u32;
+                    let l = model.transformer.forward(&[next]).unwrap();
+                    logits.push(l.to_vec1::<f32>().unwrap());
+                }
+                logits
+            })
+            .collect();
+        // Together: the first two start at once, the others join one and
+        // two steps later, while the first ones decode.
+        let kind = model.transformer.kv_type();
+        let mut contexts: Vec<_> = prompts
+            .iter()
+            .map(|_| model.transformer.new_context(kind))
+            .collect();
+        let mut got: Vec<Vec<Vec<f32>>> = vec![Vec::new(); prompts.len()];
+        let joins = [0, 0, 1, 2];
+        for step in 0..steps + 3 {
+            let mut inputs: Vec<(usize, Vec<u32>)> = Vec::new();
+            for (i, prompt) in prompts.iter().enumerate() {
+                match got[i].last() {
+                    None if joins[i] == step => inputs.push((i, prompt.clone())),
+                    Some(l) if got[i].len() <= steps => inputs.push((i, vec![argmax(l) as u32])),
+                    _ => {}
+                }
+            }
+            let order: Vec<usize> = inputs.iter().map(|(i, _)| *i).collect();
+            let mut seqs: Vec<Sequence> = contexts
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, context)| {
+                    let (_, tokens) = inputs.iter().find(|(j, _)| *j == i)?;
+                    Some(Sequence { context, tokens })
+                })
+                .collect();
+            let logits = model.transformer.forward_together(&mut seqs).unwrap();
+            for (i, l) in order.into_iter().zip(logits) {
+                got[i].push(l.to_vec1::<f32>().unwrap());
+            }
+        }
+        for (i, (got, want)) in got.iter().zip(&alone).enumerate() {
+            assert_eq!(got.len(), want.len(), "{name}: sequence {i}");
+            for (step, (g, w)) in got.iter().zip(want).enumerate() {
+                let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{name}: sequence {i} differs from alone at step {step}"
+                );
             }
         }
     }

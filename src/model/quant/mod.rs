@@ -263,7 +263,7 @@ pub fn matmul(
         n * (k / QK) * format.block_bytes(),
         "weights of the wrong size"
     );
-    matmuls(format, (m, k), x, &mut [(w, out)]);
+    matmuls(format, (m, k), x, &mut [(w, out)], true);
 }
 
 /// [`matmul`] for several matrices of one format that multiply the same
@@ -271,11 +271,18 @@ pub fn matmul(
 /// projection), each with its output: the activations are quantised once
 /// and every matrix's rows shared out in one parallel loop, so that the
 /// threads hand work over once, not once a matrix.
+///
+/// With `tiles`, a batch of [`packed::MIN_TOKENS`] tokens or more goes
+/// through repacked tiles, whose sums differ in their last bits from the
+/// compact kernels'. Either way a token's sums do not depend on the other
+/// tokens of the batch: a forward pass over several sequences
+/// (`linear.rs`) keeps each on the kernels it would have alone.
 pub fn matmuls(
     format: QuantFormat,
     (m, k): (usize, usize),
     x: &[f32],
     parts: &mut [(&[u8], &mut [f32])],
+    tiles: bool,
 ) {
     assert!(
         k.is_multiple_of(QK),
@@ -301,8 +308,11 @@ pub fn matmuls(
         .collect();
     let mut acts = quantize(x, m, k);
     let isa = isa();
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = tiles;
     #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx2
+    if tiles
+        && isa >= Isa::Avx2
         && m >= packed::MIN_TOKENS
         && matrices.iter().all(|p| p.n.is_multiple_of(packed::ROWS))
     {
@@ -730,11 +740,50 @@ mod tests {
                 .zip(&mut outs)
                 .map(|(w, out)| (&w[..], &mut out[..]))
                 .collect();
-            matmuls(format, (m, k), &x, &mut parts);
+            matmuls(format, (m, k), &x, &mut parts, true);
             for ((w, n), together) in ws.iter().zip(rows).zip(&outs) {
                 let mut alone = vec![0f32; m * n];
                 matmul(format, w, (m, k, n), &x, &mut alone);
                 assert_eq!(together, &alone, "{format:?}, {m} tokens, {n} rows");
+            }
+        }
+    }
+
+    /// A token's sums are the same whatever else is in the batch: alone,
+    /// among a few (groups of TOKENS and a remainder) or many, with the
+    /// compact kernels; and among any batch that takes the tiles.
+    #[test]
+    fn a_tokens_products_do_not_depend_on_the_batch() {
+        let (k, n, most) = (512, 48, 41);
+        for format in [QuantFormat::Q4K, QuantFormat::Q6K] {
+            let w = random_rows(format, n, k, 3);
+            let x = random_acts(most, k, 4);
+            let product = |m: usize, tiles: bool| {
+                let mut out = vec![0f32; m * n];
+                matmuls(format, (m, k), &x[..m * k], &mut [(&w, &mut out)], tiles);
+                out
+            };
+            let alone: Vec<Vec<f32>> = (0..most)
+                .map(|t| {
+                    let mut out = vec![0f32; n];
+                    matmuls(
+                        format,
+                        (1, k),
+                        &x[t * k..][..k],
+                        &mut [(&w, &mut out)],
+                        false,
+                    );
+                    out
+                })
+                .collect();
+            for m in [2, 4, 5, 9, most] {
+                for (t, sums) in product(m, false).chunks_exact(n).enumerate() {
+                    assert_eq!(sums, alone[t], "{format:?}: token {t} of {m}");
+                }
+            }
+            let tiled = product(most, true);
+            for m in [packed::MIN_TOKENS, packed::MIN_TOKENS + 3] {
+                assert_eq!(product(m, true), tiled[..m * n], "{format:?}: {m} tiled");
             }
         }
     }
