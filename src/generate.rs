@@ -136,14 +136,19 @@ pub fn generate(
 }
 
 /// A reply being generated one step at a time, so that a scheduler can
-/// take turns among several: a step prefills one batch of the prompt, or
-/// feeds back the last token and samples the next. Between steps the model
-/// may run another sequence, its KV cache swapped in.
-pub struct Generator<'a> {
-    prompt: &'a [u32],
-    /// The prompt's positions computed so far; then the batches left.
+/// run several together: a step runs a piece of the prompt through the
+/// model, or feeds back the last token, and samples the next. The model
+/// pass is the caller's ([`Generator::input`], then [`Generator::ran`]),
+/// over this sequence alone ([`Generator::step`]) or beside others.
+pub struct Generator {
+    prompt: Vec<u32>,
+    /// The prompt's positions computed so far.
     done: usize,
     checkpoint: usize,
+    /// Where the prompt's batch under way ends, as a prefill alone cuts it.
+    batch_end: usize,
+    /// Tokens of the input being run.
+    running: usize,
     logits: Option<Vec<f32>>,
     /// The token sampled last, not yet fed back.
     unfed: Option<u32>,
@@ -157,16 +162,29 @@ pub struct Generator<'a> {
 /// What one step did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
-    /// A batch of the prompt went through the model.
+    /// A piece of the prompt went through the model.
     Prefilled,
     /// The reply's next token (not a stop token).
     Token(u32),
     Done(Finish),
 }
 
-impl<'a> Generator<'a> {
+/// What a step needs of the model.
+pub enum Input<'g> {
+    /// These tokens run, after the sequence's cached ones.
+    Run(&'g [u32]),
+    /// Nothing: the next token is sampled from the logits at hand.
+    Sample,
+    Done(Finish),
+}
+
+/// The fewest prompt tokens a piece is cut to, where the prompt's batch
+/// has more: what takes the repacked tiles alone must take them in pieces.
+const MIN_PIECE: usize = crate::model::transformer::TILED_ROWS;
+
+impl Generator {
     /// Keeps the cached positions the prompt reuses and forgets the rest.
-    pub fn new(model: &mut Transformer, prompt: Prompt<'a>) -> Self {
+    pub fn new(model: &mut Transformer, prompt: Prompt) -> Self {
         // The last prompt token always runs: its logits pick the first token.
         let reuse = prompt
             .reuse
@@ -174,9 +192,11 @@ impl<'a> Generator<'a> {
             .min(model.cached());
         model.truncate(reuse);
         Generator {
-            prompt: prompt.tokens,
+            prompt: prompt.tokens.to_vec(),
             done: reuse,
             checkpoint: prompt.checkpoint,
+            batch_end: reuse,
+            running: 0,
             logits: None,
             unfed: None,
             tokens: Vec::new(),
@@ -190,6 +210,7 @@ impl<'a> Generator<'a> {
         }
     }
 
+    /// One step with the model to itself.
     pub fn step(
         &mut self,
         model: &mut Transformer,
@@ -197,25 +218,94 @@ impl<'a> Generator<'a> {
         limits: &mut Limits,
         cancel: &AtomicBool,
     ) -> anyhow::Result<Step> {
+        match self.input(limits.max_tokens, cancel, transformer::BATCH) {
+            Input::Done(finish) => return Ok(Step::Done(finish)),
+            Input::Run(tokens) => {
+                let took = Instant::now();
+                let logits = model.forward(tokens);
+                if let Some(step) = self.ran(logits, took.elapsed())? {
+                    return Ok(step);
+                }
+            }
+            Input::Sample => {}
+        }
+        self.sample(sampler, limits, cancel)
+    }
+
+    /// What the next step runs: a piece of the prompt (at most `piece`
+    /// tokens of the batch a prefill alone would run, and never a rest
+    /// too short for the tiles), the last token, or nothing.
+    pub fn input(&mut self, max_tokens: usize, cancel: &AtomicBool, piece: usize) -> Input<'_> {
+        let cancelled = cancel.load(Ordering::Relaxed);
         if self.done < self.prompt.len() {
-            return self.prefill(model, cancel);
+            if cancelled {
+                return Input::Done(Finish::Interrupted);
+            }
+            if self.done == self.batch_end {
+                // Broken at the checkpoint, so that the cache holds its
+                // first positions as those tokens alone compute them.
+                let end = match self.checkpoint {
+                    c if c > self.done && c < self.prompt.len() => c,
+                    _ => self.prompt.len(),
+                };
+                self.batch_end = end.min(self.done + transformer::BATCH);
+            }
+            let left = self.batch_end - self.done;
+            let piece = piece.max(MIN_PIECE);
+            self.running = if left < piece + MIN_PIECE {
+                left
+            } else {
+                piece
+            };
+            return Input::Run(&self.prompt[self.done..][..self.running]);
         }
-        if self.tokens.len() >= limits.max_tokens {
-            return Ok(Step::Done(Finish::Length));
+        if self.tokens.len() >= max_tokens {
+            return Input::Done(Finish::Length);
         }
-        if cancel.load(Ordering::Relaxed) {
-            return Ok(Step::Done(Finish::Interrupted));
+        if cancelled {
+            return Input::Done(Finish::Interrupted);
         }
         // Fed back only now: a stop seen after the last token (a stop
         // string, the limit) saves a forward pass.
-        if let Some(token) = self.unfed.take() {
-            let step = Instant::now();
-            self.logits = Some(forward(model, &[token])?);
-            self.stats.decode_time += step.elapsed();
-            self.stats.decode_steps += 1;
-            if cancel.load(Ordering::Relaxed) {
-                return Ok(Step::Done(Finish::Interrupted));
+        match &self.unfed {
+            Some(token) => {
+                self.running = 1;
+                Input::Run(std::slice::from_ref(token))
             }
+            None => Input::Sample,
+        }
+    }
+
+    /// Takes the logits of the input run, which took `took`: a step that
+    /// prefilled is done, one that fed a token back goes on to sample.
+    pub fn ran(
+        &mut self,
+        logits: candle_core::Result<candle_core::Tensor>,
+        took: Duration,
+    ) -> anyhow::Result<Option<Step>> {
+        self.logits = Some(checked(logits)?);
+        if self.done < self.prompt.len() {
+            self.done += self.running;
+            if self.done == self.prompt.len() {
+                self.stats.prefill_time = self.start.elapsed();
+            }
+            return Ok(Some(Step::Prefilled));
+        }
+        self.unfed = None;
+        self.stats.decode_time += took;
+        self.stats.decode_steps += 1;
+        Ok(None)
+    }
+
+    /// Samples the next token from the logits at hand.
+    pub fn sample(
+        &mut self,
+        sampler: &mut Sampler,
+        limits: &mut Limits,
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<Step> {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(Step::Done(Finish::Interrupted));
         }
         let Some(logits) = self.logits.as_mut() else {
             return Err(Failure::Usage.err("the prompt has no tokens"));
@@ -240,23 +330,9 @@ impl<'a> Generator<'a> {
         Ok(Step::Token(token))
     }
 
-    /// The next batch of the prompt, broken at the checkpoint so that the
-    /// cache holds its first positions as those tokens alone compute them.
-    fn prefill(&mut self, model: &mut Transformer, cancel: &AtomicBool) -> anyhow::Result<Step> {
-        if cancel.load(Ordering::Relaxed) {
-            return Ok(Step::Done(Finish::Interrupted));
-        }
-        let end = match self.checkpoint {
-            c if c > self.done && c < self.prompt.len() => c,
-            _ => self.prompt.len(),
-        };
-        let end = end.min(self.done + transformer::BATCH);
-        self.logits = Some(forward(model, &self.prompt[self.done..end])?);
-        self.done = end;
-        if self.done == self.prompt.len() {
-            self.stats.prefill_time = self.start.elapsed();
-        }
-        Ok(Step::Prefilled)
+    /// Tokens generated so far.
+    pub fn generated(&self) -> usize {
+        self.tokens.len()
     }
 
     pub fn finish(self, finish: Finish) -> Generation {
@@ -268,9 +344,10 @@ impl<'a> Generator<'a> {
     }
 }
 
-fn forward(model: &mut Transformer, tokens: &[u32]) -> anyhow::Result<Vec<f32>> {
-    let logits = model
-        .forward(tokens)
+/// A forward pass's logits, refused when it failed or computed a value
+/// that is not finite.
+fn checked(logits: candle_core::Result<candle_core::Tensor>) -> anyhow::Result<Vec<f32>> {
+    let logits = logits
         .and_then(|l| l.to_vec1::<f32>())
         .classify(Failure::Generation, || "the forward pass failed".into())?;
     // Sampling would turn them into some token or other, without a word.

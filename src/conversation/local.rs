@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use super::window::fit_window;
 use crate::exit::Failure;
-use crate::generate::{generate, Finish, Generation, Limits, Prompt};
-use crate::model::transformer::Context;
+use crate::generate::{Finish, Generation, Generator, Input, Limits, Prompt, Step};
+use crate::model::transformer::{self, Context, Sequence};
 use crate::model::Model;
 use crate::prompt_cache::{self, common_prefix, Kind, Lookup, PromptCache};
 use crate::reply::{self, Part, Read};
@@ -24,27 +24,49 @@ use crate::turn::{Event, Options, Reply};
 /// A model loaded in this process, and what its turns leave for the next.
 pub struct Local {
     pub model: Model,
-    /// The tokens whose keys and values are in the KV cache, in order.
-    cached: Vec<u32>,
     /// The output format compiled for this model's vocabulary, kept while
     /// the format stays the same.
     grammar: Option<(Format, Grammar)>,
     /// Keys and values on disk, to start from where an earlier run left.
     pub prompt_cache: Option<PromptCache>,
-    /// Other conversations' KV caches, set aside while this one runs
-    /// (`greve serve --parallel`).
-    parked: Vec<Parked>,
-    /// Turns so far, and the one the cache in use last ran.
+    /// The conversations' KV caches: one for `ask` and `chat`, one per
+    /// request answered at once by `greve serve --parallel`. Each keeps
+    /// what its last turn left, for the next turn that shares it.
+    slots: Vec<Slot>,
+    /// Turns begun so far, and the slot of the last.
     clock: u64,
+    last: usize,
+}
+
+/// A conversation's KV cache, and the tokens it holds.
+struct Slot {
+    cached: Vec<u32>,
+    /// Out while a turn runs on it.
+    context: Option<Context>,
+    /// When a turn last began on it: the least recent gives way first.
     used: u64,
 }
 
-/// A conversation's KV cache set aside, and the tokens it holds.
-struct Parked {
-    cached: Vec<u32>,
+/// A turn under way on the model: its prompt and limits, where its reply
+/// stands, and its slot's KV cache. Several step together ([`Local::step`]).
+pub struct Running {
+    ready: Ready,
+    generator: Generator,
+    reader: reply::Reader,
     context: Context,
-    /// When it last ran: the least recent gives way first.
-    used: u64,
+    slot: usize,
+    seed: u64,
+    /// Messages that left the model's window to make room.
+    pub(super) dropped: usize,
+}
+
+/// What a step did for a turn.
+pub enum Progress {
+    /// Some of the prompt was read, or a token that shows nothing yet.
+    Working,
+    /// More of the reply.
+    Part(Part),
+    Done(Finish),
 }
 
 /// What a local turn needs of the conversation.
@@ -63,61 +85,96 @@ impl Local {
     pub fn new(mut model: Model) -> Self {
         let planned = crate::model::PLANNED_CONTEXT.min(model.transformer.config.context_length);
         model.transformer.reserve(planned);
+        // The first slot takes the planned cache; the transformer keeps an
+        // empty one while no turn has its slot's in.
+        let mut first = model.transformer.new_context(model.transformer.kv_type());
+        model.transformer.swap_context(&mut first);
         Local {
             model,
-            cached: Vec::new(),
             grammar: None,
             prompt_cache: None,
-            parked: Vec::new(),
+            slots: vec![Slot {
+                cached: Vec::new(),
+                context: Some(first),
+                used: 0,
+            }],
             clock: 0,
-            used: 0,
+            last: 0,
         }
     }
 
-    /// Keeps the KV caches of `n` conversations in all (the one in use,
-    /// and `n - 1` set aside): clients that alternate each find theirs. Each
-    /// grows as its conversation does, within the context.
+    /// Keeps the KV caches of `n` conversations: clients that alternate
+    /// each find theirs, and `n` turns may run at once. Each grows as its
+    /// conversation does, within the context.
     pub fn keep_slots(&mut self, n: usize) {
         let transformer = &self.model.transformer;
         let kind = transformer.kv_type();
-        self.parked = (1..n.max(1))
-            .map(|_| Parked {
+        self.slots.truncate(n.max(1));
+        while self.slots.len() < n {
+            self.slots.push(Slot {
                 cached: Vec::new(),
-                context: transformer.new_context(kind),
+                context: Some(transformer.new_context(kind)),
                 used: 0,
-            })
-            .collect();
+            });
+        }
     }
 
-    /// Puts in use the KV cache that holds the longest prefix of `ids`,
+    /// Turns that may run at once.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The free slot whose KV cache holds the longest prefix of `ids`,
     /// among those that `ids` would reuse more than half of, and else the
-    /// least recently used one (an empty one first); sets the one in use
-    /// aside.
-    fn pick_slot(&mut self, ids: &[u32]) {
+    /// least recently used one (an empty one first).
+    fn pick_slot(&mut self, ids: &[u32]) -> anyhow::Result<usize> {
         self.clock += 1;
-        let here = suitability(&self.cached, self.used, ids);
         let best = self
-            .parked
+            .slots
             .iter()
             .enumerate()
-            .map(|(i, p)| (suitability(&p.cached, p.used, ids), i))
+            .filter(|(_, s)| s.context.is_some())
+            .map(|(i, s)| (suitability(&s.cached, s.used, ids), i))
             .max();
-        if let Some((score, i)) = best.filter(|(score, _)| *score > here) {
-            log::debug!(
-                "KV cache {i} set aside holds {} tokens of the prompt",
-                score.1
-            );
-            let slot = &mut self.parked[i];
-            self.model.transformer.swap_context(&mut slot.context);
-            std::mem::swap(&mut self.cached, &mut slot.cached);
-            slot.used = self.used;
-        }
-        self.used = self.clock;
+        let Some((score, i)) = best else {
+            return Err(Failure::Generation.err("every KV cache is in use: no turn can begin"));
+        };
+        log::debug!("KV cache {i} holds {} tokens of the prompt", score.1);
+        self.slots[i].used = self.clock;
+        Ok(i)
     }
 
-    /// The tokens whose keys and values are in the KV cache, in order.
+    /// The tokens whose keys and values are in the last turn's KV cache,
+    /// in order.
     pub(super) fn cached(&self) -> &[u32] {
-        &self.cached
+        &self.slots[self.last].cached
+    }
+
+    /// Runs `f` with slot `i`'s KV cache in the transformer, as the prompt
+    /// cache and a prompt's reuse expect it.
+    fn in_slot<R>(&mut self, context: &mut Context, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.model.transformer.swap_context(context);
+        let r = f(self);
+        self.model.transformer.swap_context(context);
+        r
+    }
+
+    /// Saves the last turn's conversation in the prompt cache on disk.
+    pub(super) fn save_conversation(&mut self) {
+        let i = self.last;
+        let Some(mut context) = self.slots[i].context.take() else {
+            return;
+        };
+        self.in_slot(&mut context, |local| {
+            if let Some(disk) = &local.prompt_cache {
+                disk.save(
+                    &local.slots[i].cached,
+                    Kind::Conversation,
+                    &local.model.transformer,
+                );
+            }
+        });
+        self.slots[i].context = Some(context);
     }
 
     /// The ids of a conversation rendered with the model's instruct format.
@@ -141,29 +198,196 @@ impl Local {
         self.model.tokenizer.encode_pieces(&pieces)
     }
 
-    /// Answers a turn: made ready, generated, kept in the KV cache, read.
-    pub(super) fn answer(
+    /// Runs a turn begun here alone, to its end.
+    pub(super) fn run(
         &mut self,
-        turn: LocalTurn,
+        mut run: Running,
         cancel: &AtomicBool,
         on_event: &mut impl FnMut(Event) -> anyhow::Result<()>,
     ) -> anyhow::Result<Reply> {
-        let seed = turn.seed;
-        let mut ready = self.prepare(turn, on_event)?;
-        let (generation, read) = self.decode(&mut ready, cancel, on_event)?;
-        self.keep(ready, &generation);
-        reply(read, generation, &self.model.tokenizer, seed)
+        let outcome = loop {
+            let progress = self.step(&mut [(&mut run, cancel)], transformer::BATCH);
+            match progress.into_iter().next().expect("one progress a turn") {
+                Ok(Progress::Done(finish)) => break Ok(finish),
+                Ok(Progress::Part(part)) => {
+                    if let Err(e) = on_event(event(part)) {
+                        break Err(e);
+                    }
+                }
+                Ok(Progress::Working) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.end(run, outcome, on_event)
     }
 
-    /// Everything decided before the first forward pass: the prompt shown,
-    /// what the caches hold of it, the reply's limits, grammar and sampler.
+    /// Begins a turn on the free KV cache that suits it best: everything
+    /// decided before the first forward pass.
+    pub(super) fn begin(
+        &mut self,
+        turn: LocalTurn,
+        on_event: &mut impl FnMut(Event) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Running> {
+        let slot = self.pick_slot(&turn.ids)?;
+        let seed = turn.seed;
+        let mut context = self.slots[slot].context.take().expect("a free slot");
+        let begun = self.in_slot(&mut context, |local| {
+            let ready = local.prepare(slot, turn, on_event)?;
+            let prompt = Prompt {
+                tokens: &ready.ids,
+                reuse: ready.reuse,
+                checkpoint: ready.checkpoint,
+            };
+            let generator = Generator::new(&mut local.model.transformer, prompt);
+            anyhow::Ok((ready, generator))
+        });
+        let (ready, generator) = match begun {
+            Ok(begun) => begun,
+            Err(e) => {
+                self.slots[slot].context = Some(context);
+                return Err(e);
+            }
+        };
+        Ok(Running {
+            ready,
+            generator,
+            reader: reply::Reader::new(&self.model.tokenizer),
+            context,
+            slot,
+            seed,
+            dropped: 0,
+        })
+    }
+
+    /// One step of each turn in `runs`, with the cancel flag of each: one
+    /// forward pass over those that need one (the decoding ones a token
+    /// each, the prefilling ones a piece of at most `piece` tokens of their
+    /// prompt, within [`transformer::BATCH`] tokens in all), then a token
+    /// sampled for each. What each turn did, in their order.
+    pub(super) fn step(
+        &mut self,
+        runs: &mut [(&mut Running, &AtomicBool)],
+        piece: usize,
+    ) -> Vec<anyhow::Result<Progress>> {
+        let mut progress: Vec<Option<anyhow::Result<Progress>>> =
+            runs.iter().map(|_| None).collect();
+        let mut inputs = Vec::new();
+        for (i, (run, cancel)) in runs.iter_mut().enumerate() {
+            let Running {
+                generator,
+                context,
+                ready,
+                ..
+            } = &mut **run;
+            match generator.input(ready.max_tokens, cancel, piece) {
+                Input::Done(finish) => progress[i] = Some(Ok(Progress::Done(finish))),
+                Input::Sample => {}
+                Input::Run(tokens) => inputs.push((i, Sequence { context, tokens })),
+            }
+        }
+        // Decoded tokens first, then pieces of prompts while they fit; a
+        // turn left out waits for the next step.
+        inputs.sort_by_key(|(_, s)| s.tokens.len() > 1);
+        let mut budget = transformer::BATCH;
+        let mut ran = Vec::new();
+        let mut seqs = Vec::new();
+        for (i, seq) in inputs {
+            if seq.tokens.len() > budget && !seqs.is_empty() {
+                progress[i] = Some(Ok(Progress::Working));
+                continue;
+            }
+            budget = budget.saturating_sub(seq.tokens.len());
+            ran.push(i);
+            seqs.push(seq);
+        }
+        let took = Instant::now();
+        let logits = match seqs.is_empty() {
+            true => Ok(Vec::new()),
+            false => self.model.transformer.forward_together(&mut seqs),
+        };
+        let took = took.elapsed();
+        drop(seqs);
+        let mut logits = match logits {
+            Ok(logits) => logits.into_iter().map(Ok).collect(),
+            // The same failure for each.
+            Err(e) => ran
+                .iter()
+                .map(|_| Err(candle_core::Error::Msg(e.to_string())))
+                .collect::<Vec<_>>(),
+        }
+        .into_iter();
+        for &i in &ran {
+            let logits = logits.next().expect("logits for every sequence run");
+            progress[i] = match runs[i].0.generator.ran(logits, took) {
+                Ok(Some(Step::Prefilled)) => Some(Ok(Progress::Working)),
+                Ok(Some(_)) | Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            };
+        }
+        let tokenizer = &self.model.tokenizer;
+        runs.iter_mut()
+            .zip(progress)
+            .map(|((run, cancel), done)| done.unwrap_or_else(|| run.sample(tokenizer, cancel)))
+            .collect()
+    }
+
+    /// Ends a turn with its `outcome` (how its generation finished, or why
+    /// it failed): the rest of its reply shown, its KV cache given back with
+    /// what it holds, the reply read.
+    pub(super) fn end(
+        &mut self,
+        run: Running,
+        outcome: anyhow::Result<Finish>,
+        on_event: &mut impl FnMut(Event) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Reply> {
+        let Running {
+            ready,
+            generator,
+            reader,
+            mut context,
+            slot,
+            seed,
+            ..
+        } = run;
+        let tokenizer = self.model.tokenizer.clone();
+        let read = outcome.and_then(|finish| {
+            let (rest, read) = reader.finish(&tokenizer)?;
+            if let Some(part) = rest {
+                on_event(event(part))?;
+            }
+            Ok((finish, read))
+        });
+        self.last = slot;
+        let (finish, read) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                // Until a generation succeeds its cache holds an unknown mix.
+                self.slots[slot].context = Some(context);
+                return Err(e);
+            }
+        };
+        let mut g = generator.finish(finish);
+        g.stats.loaded_tokens = ready.loaded;
+        // The wait for the first token includes the read.
+        (g.stats.cache_read_time, g.stats.time_to_first_token) = (
+            ready.read_time,
+            g.stats.time_to_first_token + ready.read_time,
+        );
+        self.in_slot(&mut context, |local| local.keep(slot, ready, &g));
+        self.slots[slot].context = Some(context);
+        reply(read, g, &tokenizer, seed)
+    }
+
+    /// Everything decided before the first forward pass, with the slot's
+    /// KV cache in the transformer: the prompt shown, what the caches hold
+    /// of it, the reply's limits, grammar and sampler.
     fn prepare(
         &mut self,
+        slot: usize,
         turn: LocalTurn,
         on_event: &mut impl FnMut(Event) -> anyhow::Result<()>,
     ) -> anyhow::Result<Ready> {
         let ids = turn.ids;
-        self.pick_slot(&ids);
         let format = self.model.tokenizer.format();
         let tools = &turn.options.tools;
         let pieces = template::render_with_tools(format, turn.system, &tools.list, turn.window)?;
@@ -177,9 +401,9 @@ impl Local {
         stop.push(self.model.tokenizer.eos());
         let constraint = self.reply_constraint(turn.options)?;
         let sampler = Sampler::new(turn.options.sampling.clone(), turn.seed);
-        let reuse = common_prefix(&self.cached, &ids);
+        let reuse = common_prefix(&self.slots[slot].cached, &ids);
         // Until generation succeeds the cache holds an unknown mix.
-        self.cached.clear();
+        self.slots[slot].cached.clear();
         let reading = Instant::now();
         let (reuse, loaded) = self.restore(&ids, reuse, checkpoint, turn.resumed);
         log::debug!(
@@ -239,54 +463,10 @@ impl Local {
         }
     }
 
-    /// Generates the reply, its thinking and text streamed as events, and
-    /// reads it whole.
-    fn decode(
-        &mut self,
-        ready: &mut Ready,
-        cancel: &AtomicBool,
-        on_event: &mut impl FnMut(Event) -> anyhow::Result<()>,
-    ) -> anyhow::Result<(Generation, Read)> {
-        let prompt = Prompt {
-            tokens: &ready.ids,
-            reuse: ready.reuse,
-            checkpoint: ready.checkpoint,
-        };
-        let mut limits = Limits {
-            max_tokens: ready.max_tokens,
-            stop: &ready.stop,
-            grammar: ready.constraint.as_mut(),
-        };
-        let tokenizer = self.model.tokenizer.clone();
-        let mut reader = reply::Reader::new(&tokenizer);
-        let mut show = |part: Option<Part>| match part {
-            Some(Part::Thinking(text)) => on_event(Event::Thinking(text)),
-            Some(Part::Text(text)) => on_event(Event::Text(text)),
-            None => Ok(()),
-        };
-        let mut g = generate(
-            &mut self.model.transformer,
-            prompt,
-            &mut ready.sampler,
-            &mut limits,
-            cancel,
-            |token| show(reader.push(&tokenizer, token)?),
-        )?;
-        let (rest, read) = reader.finish(&tokenizer)?;
-        show(rest)?;
-        g.stats.loaded_tokens = ready.loaded;
-        // The wait for the first token includes the read.
-        (g.stats.cache_read_time, g.stats.time_to_first_token) = (
-            ready.read_time,
-            g.stats.time_to_first_token + ready.read_time,
-        );
-        Ok((g, read))
-    }
-
     /// What the turn leaves for the next: the tokens in the KV cache, and
     /// on disk the prompt's fixed prefix, when it was computed from nothing
     /// (as a run that finds it saved would compute it).
-    fn keep(&mut self, ready: Ready, g: &Generation) {
+    fn keep(&mut self, slot: usize, ready: Ready, g: &Generation) {
         if let (Some(disk), 0) = (&self.prompt_cache, g.stats.reused_tokens) {
             disk.save(
                 &ready.ids[..ready.checkpoint],
@@ -297,7 +477,7 @@ impl Local {
         let mut cached = ready.ids;
         cached.extend(&g.tokens);
         cached.truncate(self.model.transformer.cached());
-        self.cached = cached;
+        self.slots[slot].cached = cached;
     }
 
     /// Refuses a turn whose KV cache would outgrow the memory left: the
@@ -390,6 +570,44 @@ fn suitability(cached: &[u32], used: u64, ids: &[u32]) -> (bool, usize, Reverse<
     let shared = common_prefix(cached, ids);
     let reused = shared * 2 > cached.len();
     (reused, if reused { shared } else { 0 }, Reverse(used))
+}
+
+impl Running {
+    /// Samples the turn's next token and reads it.
+    fn sample(&mut self, tokenizer: &Tokenizer, cancel: &AtomicBool) -> anyhow::Result<Progress> {
+        let ready = &mut self.ready;
+        let mut limits = Limits {
+            max_tokens: ready.max_tokens,
+            stop: &ready.stop,
+            grammar: ready.constraint.as_mut(),
+        };
+        Ok(
+            match self
+                .generator
+                .sample(&mut ready.sampler, &mut limits, cancel)?
+            {
+                Step::Done(finish) => Progress::Done(finish),
+                Step::Prefilled => Progress::Working,
+                Step::Token(token) => match self.reader.push(tokenizer, token)? {
+                    Some(part) => Progress::Part(part),
+                    None => Progress::Working,
+                },
+            },
+        )
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> usize {
+        self.generator.generated()
+    }
+}
+
+/// A part of a reply as the front ends see it.
+pub fn event(part: Part) -> Event<'static> {
+    match part {
+        Part::Thinking(text) => Event::Thinking(text),
+        Part::Text(text) => Event::Text(text),
+    }
 }
 
 /// A turn made ready for the model: its prompt and what the caches hold

@@ -22,14 +22,13 @@ use crate::exit::Failure;
 use crate::generate::{Finish, Stats};
 use crate::model::Model;
 use crate::persona::{self, Mode, Wrapping};
-use crate::prompt_cache::Kind;
 use crate::remote::Remote;
 use crate::structured::Format;
 use crate::template::{Message, Role, ToolCall};
 use crate::transcript::Transcript;
 pub use crate::turn::{Event, Options, Reply};
-pub use local::Local;
 use local::LocalTurn;
+pub use local::{event, Local, Progress, Running};
 pub use start::{start, Start};
 pub use window::fit_window;
 
@@ -53,6 +52,13 @@ pub struct Conversation {
 pub enum Engine {
     Local(Box<Local>),
     Remote(Remote),
+}
+
+/// A turn begun: answered already (a strike notice, a server's reply), or
+/// running on the model here, for [`Conversation::step`] to take on.
+pub enum Begun {
+    Answered(Turn),
+    Running(Box<Running>),
 }
 
 /// One answered message.
@@ -289,6 +295,25 @@ impl Conversation {
         cancel: &AtomicBool,
         mut on_event: impl FnMut(Event) -> anyhow::Result<()>,
     ) -> anyhow::Result<Turn> {
+        let run = match self.begin(cancel, &mut on_event)? {
+            Begun::Answered(turn) => return Ok(turn),
+            Begun::Running(run) => *run,
+        };
+        let Engine::Local(local) = &mut self.engine else {
+            unreachable!("only a model here runs a turn");
+        };
+        let dropped = run.dropped;
+        let reply = local.run(run, cancel, &mut on_event)?;
+        Ok(self.record(reply, dropped))
+    }
+
+    /// Begins answering the conversation: the persona's strike notice, a
+    /// server's whole reply, or a turn for the model here to run.
+    pub fn begin(
+        &mut self,
+        cancel: &AtomicBool,
+        on_event: &mut impl FnMut(Event) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Begun> {
         let seed = self.turn_seed();
         self.turns += 1;
         let request = self.messages.last().map_or("", |m| m.content.as_str());
@@ -296,17 +321,17 @@ impl Conversation {
             persona::strike_notice(self.options.mode, &self.options.prompts, request, seed)
         {
             self.messages.push(Message::assistant(notice.clone()));
-            return Ok(Turn {
+            return Ok(Begun::Answered(Turn {
                 text: notice,
                 reasoning: None,
                 tool_calls: Vec::new(),
                 finish: Finish::Stop,
                 notice: true,
                 dropped: 0,
-            });
+            }));
         }
         let system = self.system_prompt();
-        let (reply, dropped) = match &mut self.engine {
+        match &mut self.engine {
             Engine::Local(local) => {
                 let system = local.system(system.as_deref(), self.options.think);
                 let (first, ids) =
@@ -321,7 +346,9 @@ impl Conversation {
                     seed,
                     resumed: self.resumed,
                 };
-                (local.answer(turn, cancel, &mut on_event)?, dropped)
+                let mut run = local.begin(turn, on_event)?;
+                run.dropped = dropped;
+                Ok(Begun::Running(Box::new(run)))
             }
             Engine::Remote(remote) => {
                 let reply = remote.answer(
@@ -330,11 +357,42 @@ impl Conversation {
                     &self.options,
                     seed,
                     cancel,
-                    &mut on_event,
+                    on_event,
                 )?;
-                (reply, 0)
+                Ok(Begun::Answered(self.record(reply, 0)))
             }
+        }
+    }
+
+    /// One step of several turns begun here, together (see [`Local::step`]).
+    pub fn step(
+        &mut self,
+        runs: &mut [(&mut Running, &AtomicBool)],
+        piece: usize,
+    ) -> Vec<anyhow::Result<Progress>> {
+        match &mut self.engine {
+            Engine::Local(local) => local.step(runs, piece),
+            Engine::Remote(_) => unreachable!("only a model here runs a turn"),
+        }
+    }
+
+    /// Ends a turn begun here with its outcome (see [`Local::end`]).
+    pub fn end(
+        &mut self,
+        run: Running,
+        outcome: anyhow::Result<Finish>,
+        on_event: &mut impl FnMut(Event) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Turn> {
+        let Engine::Local(local) = &mut self.engine else {
+            unreachable!("only a model here runs a turn");
         };
+        let dropped = run.dropped;
+        let reply = local.end(run, outcome, on_event)?;
+        Ok(self.record(reply, dropped))
+    }
+
+    /// The reply, added to the conversation.
+    fn record(&mut self, reply: Reply, dropped: usize) -> Turn {
         if !reply.tool_calls.is_empty() || !reply.text.trim().is_empty() {
             self.messages.push(Message {
                 tool_calls: reply.tool_calls.clone(),
@@ -343,23 +401,21 @@ impl Conversation {
             });
         }
         self.last = Some(reply.stats);
-        Ok(Turn {
+        Turn {
             text: reply.text,
             reasoning: reply.reasoning,
             tool_calls: reply.tool_calls,
             finish: reply.finish,
             notice: false,
             dropped,
-        })
+        }
     }
 
     /// Saves the keys and values of the conversation so far in the prompt
     /// cache, for a run that resumes it (`--save`, `/save`).
-    pub fn save_context(&self) {
-        if let Some(local) = self.local() {
-            if let Some(disk) = &local.prompt_cache {
-                disk.save(local.cached(), Kind::Conversation, &local.model.transformer);
-            }
+    pub fn save_context(&mut self) {
+        if let Engine::Local(local) = &mut self.engine {
+            local.save_conversation();
         }
     }
 

@@ -256,6 +256,11 @@ impl Transformer {
 /// scores, heads × batch × context) stay small.
 pub const BATCH: usize = 512;
 
+/// The rows of a sequence from which its products take greve's repacked
+/// tiles, which round apart from the compact kernels: a prompt cut in
+/// pieces gets the numbers it gets whole only where no piece is shorter.
+pub const TILED_ROWS: usize = super::quant::packed::MIN_TOKENS;
+
 /// A sequence's part in [`Transformer::forward_together`].
 pub struct Sequence<'a> {
     pub context: &'a mut Context,
