@@ -180,7 +180,7 @@ pub enum Input<'g> {
 
 /// The fewest prompt tokens a piece is cut to, where the prompt's batch
 /// has more: what takes the repacked tiles alone must take them in pieces.
-const MIN_PIECE: usize = crate::model::transformer::TILED_ROWS;
+pub const MIN_PIECE: usize = crate::model::transformer::TILED_ROWS;
 
 impl Generator {
     /// Keeps the cached positions the prompt reuses and forgets the rest.

@@ -446,10 +446,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ORIGIN")]
     pub cors: Option<String>,
 
-    /// How many conversations keep their KV cache between requests: a
+    /// How many requests the model answers together, one forward pass a
+    /// step over all of them, each conversation keeping its KV cache: a
     /// request takes the one holding the longest prefix of its prompt (else
     /// the least recently used), so clients that alternate each keep
-    /// theirs. Requests still run one at a time. 1: one cache for all.
+    /// theirs. 1: one request at a time, one cache for all.
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
 

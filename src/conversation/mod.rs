@@ -265,14 +265,14 @@ impl Conversation {
         self.resumed = false;
     }
 
-    /// Answers the conversation whole, or fails when it does not fit the
-    /// context: a client that sent it expects every message read. The
-    /// reply's limit shrinks to the room left.
-    pub fn answer_whole(
+    /// Begins answering the conversation whole, or fails when it does not
+    /// fit the context: a client that sent it expects every message read.
+    /// The reply's limit shrinks to the room left.
+    pub fn begin_whole(
         &mut self,
         cancel: &AtomicBool,
-        on_event: impl FnMut(Event) -> anyhow::Result<()>,
-    ) -> anyhow::Result<Turn> {
+        on_event: &mut impl FnMut(Event) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Begun> {
         if let Engine::Local(local) = &self.engine {
             let system = local.system(self.system_prompt().as_deref(), self.options.think);
             let n = local
@@ -287,7 +287,7 @@ impl Conversation {
             let room = context - n;
             self.options.max_tokens = Some(self.options.max_tokens.map_or(room, |m| m.min(room)));
         }
-        self.answer(cancel, on_event)
+        self.begin(cancel, on_event)
     }
 
     fn answer(

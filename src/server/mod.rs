@@ -2,7 +2,8 @@
 //! editor, agent and client library that speaks it can use greve.
 //!
 //! hyper serves the connections on tokio's current-thread runtime; the
-//! model runs on a thread of its own ([`worker`]), fed by a bounded queue.
+//! model runs on a thread of its own ([`worker`]), fed by a bounded queue,
+//! stepping every request it is on together.
 //! A full queue is answered at once (503), never waited on. `api.rs` reads
 //! requests and writes replies; this file is the HTTP around them: routes,
 //! the API key, limits on what a client may send and for how long, CORS,
@@ -45,7 +46,8 @@ pub struct Options {
     pub cors: Option<String>,
     /// Requests that may wait for the model; more are refused (503).
     pub queue: usize,
-    /// Conversations whose KV caches are kept between requests.
+    /// Requests answered together, each conversation's KV cache kept
+    /// between requests.
     pub parallel: usize,
     /// How long a client may take to send a request's headers, then its body.
     pub timeout: Duration,
@@ -226,6 +228,8 @@ struct Log {
     /// When the reply's first token reached this side, from the request's
     /// arrival (its wait in the queue included).
     first: Option<Duration>,
+    /// The most requests the model was on at once during this one's reply.
+    together: usize,
     /// A stream that ended before its last chunk.
     cut: bool,
     /// Its line is the stream's to print.
@@ -246,6 +250,7 @@ impl Log {
             status: 200,
             usage: None,
             first: self.first,
+            together: 0,
             cut: true,
             handed_over: false,
         }
@@ -266,6 +271,10 @@ impl Drop for Log {
         let first = self.first.map_or(String::new(), |t| {
             format!(" | first token after {:.2} s", t.as_secs_f64())
         });
+        let together = match self.together {
+            0 | 1 => String::new(),
+            n => format!(" | {n} at once"),
+        };
         let cut = if self.cut { " | client gone" } else { "" };
         // Dropped before its response: the client left while it waited.
         let status = match self.status {
@@ -273,7 +282,7 @@ impl Drop for Log {
             s => s.to_string(),
         };
         messages::note(format!(
-            "{} {status}{tokens}{cut}{first} | {:.2} s",
+            "{} {status}{tokens}{together}{cut}{first} | {:.2} s",
             self.request,
             self.start.elapsed().as_secs_f64()
         ));
@@ -310,6 +319,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         status: 0,
         usage: None,
         first: None,
+        together: 0,
         cut: false,
         handed_over: false,
     };
@@ -529,9 +539,13 @@ async fn chat(
             }
             Some(Event::Text(text)) => content.push_str(&text),
             Some(Event::Calls(list)) => calls = list,
-            Some(Event::Done { finish, usage }) => {
+            Some(Event::Done {
+                finish,
+                usage,
+                together,
+            }) => {
                 guard.done();
-                log.usage = Some(usage);
+                (log.usage, log.together) = (Some(usage), together);
                 let message = api::Answer {
                     content: &content,
                     reasoning: reasoning.as_deref(),
@@ -648,10 +662,15 @@ impl hyper::body::Body for Sse {
                     let delta = serde_json::json!({ "tool_calls": api::calls(&calls, true) });
                     return data(event(&api::chunk(&this.header, delta, None)));
                 }
-                Some(Event::Done { finish, usage }) => {
+                Some(Event::Done {
+                    finish,
+                    usage,
+                    together,
+                }) => {
                     this.over = true;
                     this.guard.done();
                     (this.log.usage, this.log.cut) = (Some(usage), false);
+                    this.log.together = together;
                     let end = serde_json::json!({});
                     let mut text = event(&api::chunk(&this.header, end, Some(finish)));
                     if this.include_usage {

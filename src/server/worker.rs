@@ -1,18 +1,22 @@
-//! The model's own thread: requests one at a time, in the order they came,
-//! through the same [`Conversation`] as `greve ask`. What it produces goes
-//! back to the request's HTTP task as [`Event`]s; the task never waits on
-//! the model, the model never on a client.
+//! The model's own thread: every request it is on advances together, one
+//! forward pass a step over all of them, through the same turn as `greve
+//! ask` (begun, stepped, ended). Requests beyond the KV slots wait in the
+//! queue, in the order they came. What a turn produces goes back to its
+//! request's HTTP task as [`Event`]s; the task never waits on the model,
+//! the model never on a client.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::api::{ApiError, ChatRequest, StopScan, Usage};
-use crate::conversation::{self, Conversation, Options};
+use crate::conversation::{self, Begun, Conversation, Options, Progress, Running};
 use crate::exit::{self, Failure};
-use crate::generate::Finish;
+use crate::generate::{Finish, MIN_PIECE};
+use crate::model::transformer::BATCH;
+use crate::persona::Wrapping;
 use crate::structured::Format;
 use crate::template::ToolCall;
 
@@ -20,7 +24,7 @@ use crate::template::ToolCall;
 pub struct Job {
     pub request: ChatRequest,
     /// Set when the client goes away (or the server stops): the reply
-    /// stops within a token.
+    /// stops within a step.
     pub cancel: Arc<AtomicBool>,
     pub events: UnboundedSender<Event>,
 }
@@ -37,6 +41,8 @@ pub enum Event {
     Done {
         finish: &'static str,
         usage: Usage,
+        /// The most requests the model was on at once during this one.
+        together: usize,
     },
     Failed(ApiError),
 }
@@ -44,23 +50,14 @@ pub enum Event {
 /// What the HTTP side and the model's thread both see.
 #[derive(Default)]
 pub struct Shared {
-    /// The server is stopping: no new work.
+    /// The server is stopping: no new work, and the replies under way are
+    /// cancelled at the next step.
     pub stopping: AtomicBool,
-    /// The job the model is on.
-    running: Mutex<Option<Arc<AtomicBool>>>,
 }
 
 impl Shared {
-    /// Stops taking work and cancels the reply under way.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        if let Some(cancel) = &*self.running.lock().unwrap_or_else(|e| e.into_inner()) {
-            cancel.store(true, Ordering::SeqCst);
-        }
-    }
-
-    fn set_running(&self, job: Option<&Job>) {
-        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = job.map(|j| j.cancel.clone());
     }
 }
 
@@ -74,36 +71,121 @@ pub struct Worker {
     pub shared: Arc<Shared>,
 }
 
-impl Worker {
-    pub fn run(mut self, jobs: Receiver<Job>) {
-        for job in jobs {
-            if job.cancel.load(Ordering::SeqCst) {
-                continue; // its client left while it waited
-            }
-            if self.shared.stopping.load(Ordering::SeqCst) {
-                let _ = job.events.send(Event::Failed(stopping()));
-                continue;
-            }
-            self.shared.set_running(Some(&job));
-            // A stop that came just before it was registered.
-            if self.shared.stopping.load(Ordering::SeqCst) {
-                job.cancel.store(true, Ordering::SeqCst);
-            }
-            let outcome = self.answer(&job);
-            self.shared.set_running(None);
-            let event = match outcome {
-                Ok(done) => done,
-                Err(e) => Event::Failed(e),
-            };
-            let _ = job.events.send(event);
+/// A request the model is on.
+struct Active {
+    run: Box<Running>,
+    relay: Relay,
+    /// The most requests stepped together with this one (itself included).
+    together: usize,
+}
+
+/// Where a request's reply goes: to its client, through its stop strings,
+/// wrapped in the persona's letterhead and sign-off.
+struct Relay {
+    events: UnboundedSender<Event>,
+    cancel: Arc<AtomicBool>,
+    scan: StopScan,
+    wrapping: Wrapping,
+}
+
+impl Relay {
+    /// Sends `event`; a client gone cancels its reply.
+    fn send(&self, event: Event) {
+        if self.events.send(event).is_err() {
+            self.cancel.store(true, Ordering::SeqCst);
         }
     }
 
-    fn answer(&mut self, job: &Job) -> Result<Event, ApiError> {
-        let r = &job.request;
+    fn send_text(&self, text: String) {
+        if !text.is_empty() {
+            self.send(Event::Text(text));
+        }
+    }
+
+    /// Passes on what the turn produced.
+    fn on(&mut self, event: conversation::Event) -> anyhow::Result<()> {
+        match event {
+            conversation::Event::Prompt { .. } => {
+                self.send(Event::Accepted);
+                if let Some(letterhead) = &self.wrapping.letterhead {
+                    self.send(Event::Text(format!("{letterhead}\n\n")));
+                }
+            }
+            conversation::Event::Thinking(text) if !text.is_empty() => {
+                self.send(Event::Thinking(text))
+            }
+            conversation::Event::Thinking(_) => {}
+            conversation::Event::Text(text) => {
+                let text = self.scan.push(&text);
+                self.send_text(text);
+                if self.scan.stopped {
+                    self.cancel.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Worker {
+    pub fn run(mut self, jobs: Receiver<Job>) {
+        let mut active: Vec<Active> = Vec::new();
+        loop {
+            // Free slots take the requests waiting; with none under way,
+            // the thread sleeps until one comes.
+            while active.len() < self.slots() {
+                let job = match active.is_empty() {
+                    true => match jobs.recv() {
+                        Ok(job) => job,
+                        Err(_) => return, // the server is gone
+                    },
+                    false => match jobs.try_recv() {
+                        Ok(job) => job,
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    },
+                };
+                active.extend(self.start(job));
+            }
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                for a in &active {
+                    a.relay.cancel.store(true, Ordering::SeqCst);
+                }
+            }
+            if !active.is_empty() {
+                self.step(&mut active);
+            }
+        }
+    }
+
+    fn slots(&self) -> usize {
+        self.conversation.local().map_or(1, |l| l.slots())
+    }
+
+    /// Begins a request's turn; `None` when it is over already (its client
+    /// left, it failed, or a strike notice answered it).
+    fn start(&mut self, job: Job) -> Option<Active> {
+        if job.cancel.load(Ordering::SeqCst) {
+            return None; // its client left while it waited
+        }
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            let _ = job.events.send(Event::Failed(stopping()));
+            return None;
+        }
+        let events = job.events.clone();
+        match self.begin(job) {
+            Ok(active) => active,
+            Err(e) => {
+                let _ = events.send(Event::Failed(e));
+                None
+            }
+        }
+    }
+
+    fn begin(&mut self, job: Job) -> Result<Option<Active>, ApiError> {
+        let r = job.request;
         let mut o = self.base.clone();
         if r.system.is_some() {
-            o.system.clone_from(&r.system);
+            o.system = r.system;
         }
         o.mode = r.strike.unwrap_or(o.mode);
         o.sampling.temperature = r.temperature.unwrap_or(o.sampling.temperature);
@@ -111,66 +193,111 @@ impl Worker {
         o.sampling.top_k = r.top_k.unwrap_or(o.sampling.top_k);
         o.max_tokens = r.max_tokens.or(o.max_tokens);
         o.seed = r.seed.or(self.seed).unwrap_or_else(rand::random);
-        if let Some(format) = &r.format {
-            o.format = format.clone();
+        if let Some(format) = r.format {
+            o.format = format;
         }
-        o.tools = r.tools.clone();
+        o.tools = r.tools;
         o.think = r.think.unwrap_or(o.think);
         // What a strike notice cannot be.
         let structured = o.format != Format::Text || o.tools.must_call();
         let c = &mut self.conversation;
         c.options = o;
-        c.replace(r.messages.clone());
-        let wrapping = c.wrapping();
-        let mut scan = StopScan::new(r.stop.clone());
-        let send = |event| {
-            if job.events.send(event).is_err() {
-                job.cancel.store(true, Ordering::SeqCst);
-            }
+        c.replace(r.messages);
+        let mut relay = Relay {
+            events: job.events,
+            cancel: job.cancel,
+            scan: StopScan::new(r.stop),
+            wrapping: c.wrapping(),
         };
-        let turn = c.answer_whole(&job.cancel, |event| {
-            match event {
-                conversation::Event::Prompt { .. } => {
-                    send(Event::Accepted);
-                    if let Some(letterhead) = &wrapping.letterhead {
-                        send(Event::Text(format!("{letterhead}\n\n")));
-                    }
-                }
-                conversation::Event::Thinking(text) if !text.is_empty() => {
-                    send(Event::Thinking(text))
-                }
-                conversation::Event::Thinking(_) => {}
-                conversation::Event::Text(text) => {
-                    send_text(&send, scan.push(&text));
-                    if scan.stopped {
-                        job.cancel.store(true, Ordering::SeqCst);
-                    }
-                }
-            }
-            Ok(())
-        });
-        let turn = turn.map_err(|e| failure(&e))?;
-        if turn.notice {
-            if structured {
+        let cancel = relay.cancel.clone();
+        let begun = c.begin_whole(&cancel, &mut |event| relay.on(event));
+        match begun.map_err(|e| failure(&e))? {
+            Begun::Running(run) => Ok(Some(Active {
+                run,
+                relay,
+                together: 1,
+            })),
+            Begun::Answered(_) if structured => {
                 let message = format!(
                     "on strike ({}): no JSON and no tool call today, only a strike notice; send \"strike\": \"off\" to get some",
                     c.options.mode.name()
                 );
-                return Err(ApiError::new(503, "strike", message).with_code("on_strike"));
+                Err(ApiError::new(503, "strike", message).with_code("on_strike"))
             }
-            send(Event::Accepted);
-            send(Event::Text(turn.text));
-            return Ok(Event::Done {
-                finish: "stop",
-                usage: Usage::default(),
-            });
+            Begun::Answered(turn) => {
+                relay.send(Event::Accepted);
+                relay.send(Event::Text(turn.text));
+                relay.send(Event::Done {
+                    finish: "stop",
+                    usage: Usage::default(),
+                    together: 0,
+                });
+                Ok(None)
+            }
         }
-        send_text(&send, scan.finish());
+    }
+
+    /// One forward pass over every request under way; those it ends leave.
+    fn step(&mut self, active: &mut Vec<Active>) {
+        // Alone, a prompt runs in whole batches; beside replies under way,
+        // in small pieces, so that none of them waits long for its next
+        // token.
+        let decoding = active.iter().any(|a| a.run.generated() > 0);
+        let piece = if decoding { MIN_PIECE } else { BATCH };
+        let n = active.len();
+        let mut runs: Vec<_> = active
+            .iter_mut()
+            .map(|a| {
+                a.together = a.together.max(n);
+                (&mut *a.run, &*a.relay.cancel)
+            })
+            .collect();
+        let progress = self.conversation.step(&mut runs, piece);
+        drop(runs);
+        let mut ended = Vec::new();
+        for (i, progress) in progress.into_iter().enumerate() {
+            match progress {
+                Ok(Progress::Working) => {}
+                Ok(Progress::Part(part)) => {
+                    let _ = active[i].relay.on(conversation::event(part));
+                }
+                Ok(Progress::Done(finish)) => ended.push((i, Ok(finish))),
+                Err(e) => ended.push((i, Err(e))),
+            }
+        }
+        // From the last, so that the indices still hold.
+        for (i, outcome) in ended.into_iter().rev() {
+            let Active {
+                run,
+                mut relay,
+                together,
+            } = active.remove(i);
+            let event = self
+                .end(*run, outcome, &mut relay, together)
+                .unwrap_or_else(Event::Failed);
+            relay.send(event);
+        }
+    }
+
+    /// Ends a request's turn: the rest of its reply, then how it ended.
+    fn end(
+        &mut self,
+        run: Running,
+        outcome: anyhow::Result<Finish>,
+        relay: &mut Relay,
+        together: usize,
+    ) -> Result<Event, ApiError> {
+        let c = &mut self.conversation;
+        let turn = c
+            .end(run, outcome, &mut |event| relay.on(event))
+            .map_err(|e| failure(&e))?;
+        let rest = relay.scan.finish();
+        relay.send_text(rest);
         if !turn.tool_calls.is_empty() {
-            send(Event::Calls(turn.tool_calls));
+            relay.send(Event::Calls(turn.tool_calls));
         }
         let finish = match turn.finish {
-            _ if scan.stopped => "stop",
+            _ if relay.scan.stopped => "stop",
             Finish::Stop => "stop",
             Finish::ToolCalls => "tool_calls",
             Finish::Length => "length",
@@ -183,8 +310,8 @@ impl Worker {
                 "stop" // no one reads it
             }
         };
-        if let Some(signoff) = &wrapping.signoff {
-            send(Event::Text(format!("\n\n{signoff}")));
+        if let Some(signoff) = &relay.wrapping.signoff {
+            relay.send(Event::Text(format!("\n\n{signoff}")));
         }
         let stats = c.last.clone().unwrap_or_default();
         Ok(Event::Done {
@@ -194,13 +321,8 @@ impl Worker {
                 completion: stats.generated_tokens,
                 cached: stats.reused_tokens,
             },
+            together,
         })
-    }
-}
-
-fn send_text(send: &impl Fn(Event), text: String) {
-    if !text.is_empty() {
-        send(Event::Text(text));
     }
 }
 
