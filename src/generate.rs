@@ -128,7 +128,7 @@ pub fn generate(
     let mut generator = Generator::new(model, prompt);
     loop {
         match generator.step(model, sampler, limits, cancel)? {
-            Step::Prefilled => {}
+            Step::Prefilled | Step::Waiting => {}
             Step::Token(token) => on_token(token)?,
             Step::Done(finish) => return Ok(generator.finish(finish)),
         }
@@ -164,6 +164,9 @@ pub struct Generator {
 pub enum Step {
     /// A piece of the prompt went through the model.
     Prefilled,
+    /// Left out of a pass over several sequences that had no room for its
+    /// piece: it runs at a later step.
+    Waiting,
     /// The reply's next token (not a stop token).
     Token(u32),
     Done(Finish),
@@ -277,7 +280,8 @@ impl Generator {
     }
 
     /// Takes the logits of the input run, which took `took`: a step that
-    /// prefilled is done, one that fed a token back goes on to sample.
+    /// prefilled a piece of the prompt is done; one that ran its last piece,
+    /// or fed a token back, goes on to sample.
     pub fn ran(
         &mut self,
         logits: candle_core::Result<candle_core::Tensor>,
@@ -286,10 +290,13 @@ impl Generator {
         self.logits = Some(checked(logits)?);
         if self.done < self.prompt.len() {
             self.done += self.running;
-            if self.done == self.prompt.len() {
-                self.stats.prefill_time = self.start.elapsed();
+            if self.done < self.prompt.len() {
+                return Ok(Some(Step::Prefilled));
             }
-            return Ok(Some(Step::Prefilled));
+            // The prompt's last logits: its first token is sampled now,
+            // not a step later.
+            self.stats.prefill_time = self.start.elapsed();
+            return Ok(None);
         }
         self.unfed = None;
         self.stats.decode_time += took;
@@ -304,6 +311,9 @@ impl Generator {
         limits: &mut Limits,
         cancel: &AtomicBool,
     ) -> anyhow::Result<Step> {
+        if self.tokens.len() >= limits.max_tokens {
+            return Ok(Step::Done(Finish::Length));
+        }
         if cancel.load(Ordering::Relaxed) {
             return Ok(Step::Done(Finish::Interrupted));
         }

@@ -7,6 +7,7 @@
 //! `model/`) is a library, so that tests load models through exactly the
 //! code that loads real weights.
 
+pub mod batch;
 pub mod cli;
 pub mod commands;
 pub mod config_file;

@@ -176,6 +176,7 @@ impl Command {
                     depth: a.depth,
                     candle: a.baseline.is_some(),
                     breakdown: a.breakdown,
+                    parallel: a.parallel.into(),
                     json: a.json,
                 })
             }

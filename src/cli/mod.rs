@@ -325,6 +325,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub breakdown: bool,
 
+    /// Also run N streams at once, each its own prompt, decoded together
+    /// as `greve serve` runs concurrent requests, and compare their
+    /// tokens a second, in all, with one stream's (as llama.cpp's
+    /// llama-batched-bench): alternated run by run.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
+
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,

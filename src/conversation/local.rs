@@ -8,9 +8,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use super::window::fit_window;
+use crate::batch::{self, Member};
 use crate::exit::Failure;
-use crate::generate::{Finish, Generation, Generator, Input, Limits, Prompt, Step};
-use crate::model::transformer::{self, Context, Sequence};
+use crate::generate::{Finish, Generation, Generator, Limits, Prompt, Step};
+use crate::model::transformer::Context;
 use crate::model::Model;
 use crate::prompt_cache::{self, common_prefix, Kind, Lookup, PromptCache};
 use crate::reply::{self, Part, Read};
@@ -206,7 +207,7 @@ impl Local {
         on_event: &mut impl FnMut(Event) -> anyhow::Result<()>,
     ) -> anyhow::Result<Reply> {
         let outcome = loop {
-            let progress = self.step(&mut [(&mut run, cancel)], transformer::BATCH);
+            let progress = self.step(&mut [(&mut run, cancel)]);
             match progress.into_iter().next().expect("one progress a turn") {
                 Ok(Progress::Done(finish)) => break Ok(finish),
                 Ok(Progress::Part(part)) => {
@@ -259,75 +260,40 @@ impl Local {
         })
     }
 
-    /// One step of each turn in `runs`, with the cancel flag of each: one
-    /// forward pass over those that need one (the decoding ones a token
-    /// each, the prefilling ones a piece of at most `piece` tokens of their
-    /// prompt, within [`transformer::BATCH`] tokens in all), then a token
-    /// sampled for each. What each turn did, in their order.
+    /// One step of each turn in `runs`, with the cancel flag of each (see
+    /// [`batch::step`]), then a token sampled for each that needs one. What
+    /// each turn did, in their order.
     pub(super) fn step(
         &mut self,
         runs: &mut [(&mut Running, &AtomicBool)],
-        piece: usize,
     ) -> Vec<anyhow::Result<Progress>> {
-        let mut progress: Vec<Option<anyhow::Result<Progress>>> =
-            runs.iter().map(|_| None).collect();
-        let mut inputs = Vec::new();
-        for (i, (run, cancel)) in runs.iter_mut().enumerate() {
-            let Running {
-                generator,
-                context,
-                ready,
-                ..
-            } = &mut **run;
-            match generator.input(ready.max_tokens, cancel, piece) {
-                Input::Done(finish) => progress[i] = Some(Ok(Progress::Done(finish))),
-                Input::Sample => {}
-                Input::Run(tokens) => inputs.push((i, Sequence { context, tokens })),
-            }
-        }
-        // Decoded tokens first, then pieces of prompts while they fit; a
-        // turn left out waits for the next step.
-        inputs.sort_by_key(|(_, s)| s.tokens.len() > 1);
-        let mut budget = transformer::BATCH;
-        let mut ran = Vec::new();
-        let mut seqs = Vec::new();
-        for (i, seq) in inputs {
-            if seq.tokens.len() > budget && !seqs.is_empty() {
-                progress[i] = Some(Ok(Progress::Working));
-                continue;
-            }
-            budget = budget.saturating_sub(seq.tokens.len());
-            ran.push(i);
-            seqs.push(seq);
-        }
-        let took = Instant::now();
-        let logits = match seqs.is_empty() {
-            true => Ok(Vec::new()),
-            false => self.model.transformer.forward_together(&mut seqs),
-        };
-        let took = took.elapsed();
-        drop(seqs);
-        let mut logits = match logits {
-            Ok(logits) => logits.into_iter().map(Ok).collect(),
-            // The same failure for each.
-            Err(e) => ran
-                .iter()
-                .map(|_| Err(candle_core::Error::Msg(e.to_string())))
-                .collect::<Vec<_>>(),
-        }
-        .into_iter();
-        for &i in &ran {
-            let logits = logits.next().expect("logits for every sequence run");
-            progress[i] = match runs[i].0.generator.ran(logits, took) {
-                Ok(Some(Step::Prefilled)) => Some(Ok(Progress::Working)),
-                Ok(Some(_)) | Ok(None) => None,
-                Err(e) => Some(Err(e)),
-            };
-        }
+        let mut members: Vec<_> = runs
+            .iter_mut()
+            .map(|(run, cancel)| {
+                let Running {
+                    generator,
+                    context,
+                    ready,
+                    ..
+                } = &mut **run;
+                Member {
+                    generator,
+                    context,
+                    max_tokens: ready.max_tokens,
+                    cancel,
+                }
+            })
+            .collect();
+        let steps = batch::step(&mut self.model.transformer, &mut members);
+        drop(members);
         let tokenizer = &self.model.tokenizer;
         runs.iter_mut()
-            .zip(progress)
-            .map(|((run, cancel), done)| done.unwrap_or_else(|| run.sample(tokenizer, cancel)))
+            .zip(steps)
+            .map(|((run, cancel), step)| match step? {
+                None => run.sample(tokenizer, cancel),
+                Some(Step::Done(finish)) => Ok(Progress::Done(finish)),
+                Some(_) => Ok(Progress::Working),
+            })
             .collect()
     }
 
@@ -587,18 +553,13 @@ impl Running {
                 .sample(&mut ready.sampler, &mut limits, cancel)?
             {
                 Step::Done(finish) => Progress::Done(finish),
-                Step::Prefilled => Progress::Working,
+                Step::Prefilled | Step::Waiting => Progress::Working,
                 Step::Token(token) => match self.reader.push(tokenizer, token)? {
                     Some(part) => Progress::Part(part),
                     None => Progress::Working,
                 },
             },
         )
-    }
-
-    /// Tokens generated so far.
-    pub fn generated(&self) -> usize {
-        self.generator.generated()
     }
 }
 

@@ -368,10 +368,9 @@ impl Conversation {
     pub fn step(
         &mut self,
         runs: &mut [(&mut Running, &AtomicBool)],
-        piece: usize,
     ) -> Vec<anyhow::Result<Progress>> {
         match &mut self.engine {
-            Engine::Local(local) => local.step(runs, piece),
+            Engine::Local(local) => local.step(runs),
             Engine::Remote(_) => unreachable!("only a model here runs a turn"),
         }
     }

@@ -14,8 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::api::{ApiError, ChatRequest, StopScan, Usage};
 use crate::conversation::{self, Begun, Conversation, Options, Progress, Running};
 use crate::exit::{self, Failure};
-use crate::generate::{Finish, MIN_PIECE};
-use crate::model::transformer::BATCH;
+use crate::generate::Finish;
 use crate::persona::Wrapping;
 use crate::structured::Format;
 use crate::template::ToolCall;
@@ -239,11 +238,6 @@ impl Worker {
 
     /// One forward pass over every request under way; those it ends leave.
     fn step(&mut self, active: &mut Vec<Active>) {
-        // Alone, a prompt runs in whole batches; beside replies under way,
-        // in small pieces, so that none of them waits long for its next
-        // token.
-        let decoding = active.iter().any(|a| a.run.generated() > 0);
-        let piece = if decoding { MIN_PIECE } else { BATCH };
         let n = active.len();
         let mut runs: Vec<_> = active
             .iter_mut()
@@ -252,7 +246,7 @@ impl Worker {
                 (&mut *a.run, &*a.relay.cancel)
             })
             .collect();
-        let progress = self.conversation.step(&mut runs, piece);
+        let progress = self.conversation.step(&mut runs);
         drop(runs);
         let mut ended = Vec::new();
         for (i, progress) in progress.into_iter().enumerate() {

@@ -337,14 +337,43 @@ pub fn matmuls(
         };
         let mut t = 0;
         while t + TOKENS <= m {
-            for r in rows.clone() {
-                let row = &w[r * row_bytes..(r + 1) * row_bytes];
-                let a: [&[Q8Block]; TOKENS] = std::array::from_fn(|i| acts[t + i]);
-                for (i, v) in dot(isa, format, row, a).into_iter().enumerate() {
-                    write(t + i, r, v);
-                }
-            }
+            tokens_by_rows::<TOKENS>(
+                isa,
+                format,
+                w,
+                row_bytes,
+                rows.clone(),
+                &acts[t..],
+                |i, r, v| write(t + i, r, v),
+            );
             t += TOKENS;
+        }
+        // Two or three tokens left still share each pass over a row (and
+        // get the sums they get alone): two streams decoding together cost
+        // little more than one.
+        match m - t {
+            3 => tokens_by_rows::<3>(
+                isa,
+                format,
+                w,
+                row_bytes,
+                rows.clone(),
+                &acts[t..],
+                |i, r, v| write(t + i, r, v),
+            ),
+            2 => tokens_by_rows::<2>(
+                isa,
+                format,
+                w,
+                row_bytes,
+                rows.clone(),
+                &acts[t..],
+                |i, r, v| write(t + i, r, v),
+            ),
+            _ => {}
+        }
+        if m - t >= 2 {
+            return;
         }
         for (t, a) in acts.iter().enumerate().skip(t) {
             // SAFETY: the rows of token t lie in the matrix's output
@@ -360,6 +389,26 @@ pub fn matmuls(
             );
         }
     });
+}
+
+/// `T` tokens' products with each of `rows`, one pass over each row:
+/// `write(i, r, v)` for token `i` of `acts` and row `r`.
+fn tokens_by_rows<const T: usize>(
+    isa: Isa,
+    format: QuantFormat,
+    w: &[u8],
+    row_bytes: usize,
+    rows: Range<usize>,
+    acts: &[&[Q8Block]],
+    write: impl Fn(usize, usize, f32),
+) {
+    for r in rows {
+        let row = &w[r * row_bytes..(r + 1) * row_bytes];
+        let a: [&[Q8Block]; T] = std::array::from_fn(|i| acts[i]);
+        for (i, v) in dot(isa, format, row, a).into_iter().enumerate() {
+            write(i, r, v);
+        }
+    }
 }
 
 /// One matrix of a [`matmuls`] call: its weights, its rows, and where its
@@ -776,7 +825,7 @@ mod tests {
                     out
                 })
                 .collect();
-            for m in [2, 4, 5, 9, most] {
+            for m in [2, 3, 4, 5, 6, 7, 9, most] {
                 for (t, sums) in product(m, false).chunks_exact(n).enumerate() {
                     assert_eq!(sums, alone[t], "{format:?}: token {t} of {m}");
                 }

@@ -11,6 +11,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::exit::Failure;
 use crate::generate::{generate, Limits, Prompt, Stats};
+mod parallel;
+
 use crate::model;
 use crate::model::profile::{self, Part};
 use crate::model::stock::Stock;
@@ -34,6 +36,8 @@ pub struct Plan {
     pub candle: bool,
     /// One more run whose decode is timed part by part.
     pub breakdown: bool,
+    /// Streams decoded together, beside one alone (1: the plain bench).
+    pub parallel: usize,
     pub json: bool,
 }
 
@@ -68,6 +72,43 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
             .collect()
     };
     let prompt = random_tokens(args.prompt_tokens);
+    if args.parallel > 1 {
+        if args.depth > 0 || args.candle || args.breakdown || settings.format.value != Format::Text
+        {
+            return Err(Failure::Usage.err(
+                "--parallel measures plain streams: not with --depth, --baseline, --breakdown or a --format",
+            ));
+        }
+        // Each stream its own prompt, the first the plain bench's.
+        let mut prompts = vec![prompt];
+        prompts.extend((1..args.parallel).map(|_| random_tokens(args.prompt_tokens)));
+        transformer.reserve(args.prompt_tokens + args.gen_tokens);
+        parallel::run(&mut transformer, kv_type, &prompts[..1], 2, cancel)?; // warm-up
+        let (one, together, ratios) = parallel::measure(
+            &mut transformer,
+            kv_type,
+            &prompts,
+            args.gen_tokens,
+            args.repetitions,
+            cancel,
+        )?;
+        let report = parallel::Report {
+            model: files.name.clone(),
+            threads: threads(),
+            prompt_tokens: args.prompt_tokens,
+            gen_tokens: args.gen_tokens,
+            repetitions: ratios.len(),
+            one,
+            together,
+            aggregate_ratio: mean(&ratios),
+            aggregate_ratio_sd: sd(&ratios),
+        };
+        match args.json {
+            true => println!("{}", serde_json::to_string(&report)?),
+            false => report.print(),
+        }
+        return Ok(());
+    }
     // At depth: the same prompt after `depth` other tokens, kept in the cache.
     let deep = [random_tokens(args.depth), prompt.clone()].concat();
     let greedy = SamplingParams {
