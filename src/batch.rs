@@ -44,16 +44,20 @@ pub fn step(model: &mut Transformer, members: &mut [Member]) -> Vec<anyhow::Resu
             )),
         }
     }
-    // Decoded tokens first, then pieces of prompts while they fit; one left
-    // out waits for the next step.
+    // Decoded tokens first, then pieces of prompts while they fit, the
+    // oldest request's first; beside streams under way only one piece, so
+    // that their steps stay short. One left out waits for the next step.
     inputs.sort_by_key(|(_, s)| s.tokens.len() > 1);
     let mut budget = BATCH;
+    let mut pieces = if decoding { 1 } else { inputs.len() };
     let (mut ran, mut seqs) = (Vec::new(), Vec::new());
     for (i, seq) in inputs {
-        if seq.tokens.len() > budget && !seqs.is_empty() {
+        let piece = seq.tokens.len() > 1;
+        if (seq.tokens.len() > budget || piece && pieces == 0) && !seqs.is_empty() {
             steps[i] = Some(Ok(Some(Step::Waiting)));
             continue;
         }
+        pieces = pieces.saturating_sub(usize::from(piece));
         budget = budget.saturating_sub(seq.tokens.len());
         ran.push(i);
         seqs.push(seq);

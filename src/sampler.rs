@@ -23,6 +23,19 @@ pub struct SamplingParams {
     pub repeat_last_n: usize,
 }
 
+impl SamplingParams {
+    /// Every token the likeliest, with no penalty: the same reply each run.
+    pub fn greedy() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 0,
+        }
+    }
+}
+
 pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha8Rng,

@@ -17,16 +17,6 @@ use greve::sampler::{Sampler, SamplingParams};
 use greve::structured::Format;
 use greve::template::{self, Message};
 
-fn greedy() -> SamplingParams {
-    SamplingParams {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        repeat_penalty: 1.0,
-        repeat_last_n: 64,
-    }
-}
-
 fn load(name: &str) -> Model {
     let files = resolve(goldens().join(name).to_str().unwrap()).unwrap();
     model::load(&files, &Device::Cpu, candle_core::DType::F32).unwrap()
@@ -42,7 +32,7 @@ fn chat_with(name: &str, max_tokens: usize, system: Option<&str>) -> Conversatio
         mode: Mode::Off,
         safe: false,
         prompts: Prompts::load::<&std::path::Path>(&[]).unwrap(),
-        sampling: greedy(),
+        sampling: SamplingParams::greedy(),
         seed: 0,
         max_tokens: Some(max_tokens),
         format: Format::Text,
@@ -69,7 +59,7 @@ fn fresh_reply(
         stop: &stop,
         grammar: None,
     };
-    let mut sampler = Sampler::new(greedy(), 0);
+    let mut sampler = Sampler::new(SamplingParams::greedy(), 0);
     model.transformer.truncate(0);
     let g = generate(
         &mut model.transformer,

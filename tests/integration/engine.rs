@@ -36,19 +36,8 @@ fn fresh_logits(model: &mut Model, prompt: &[u32]) -> Vec<f32> {
         .unwrap()
 }
 
-/// Sampling that always takes the most likely token.
-fn greedy_sampling() -> SamplingParams {
-    SamplingParams {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        repeat_penalty: 1.0,
-        repeat_last_n: 64,
-    }
-}
-
 fn greedy(model: &mut Model, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut sampler = Sampler::new(greedy_sampling(), 0);
+    let mut sampler = Sampler::new(SamplingParams::greedy(), 0);
     let stop = [model.tokenizer.eos()];
     let mut limits = Limits {
         max_tokens: n,
@@ -90,7 +79,7 @@ fn replies_taken_in_turns_are_the_ones_made_alone() {
         model.transformer.new_context(kind),
         model.transformer.new_context(kind),
     ];
-    let mut samplers = [0, 1].map(|_| Sampler::new(greedy_sampling(), 0));
+    let mut samplers = [0, 1].map(|_| Sampler::new(SamplingParams::greedy(), 0));
     let mut limits: Vec<Limits> = (0..2)
         .map(|_| Limits {
             max_tokens: n,

@@ -111,13 +111,6 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
     }
     // At depth: the same prompt after `depth` other tokens, kept in the cache.
     let deep = [random_tokens(args.depth), prompt.clone()].concat();
-    let greedy = SamplingParams {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        repeat_penalty: 1.0,
-        repeat_last_n: 0,
-    };
     // With --format or --json-schema, each token is masked as in `ask`
     // (the vocabulary comes from the model's tokenizer), to measure what
     // the mask costs.
@@ -141,7 +134,7 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
             stop: &stop,
             grammar: constraint.as_mut(),
         };
-        let mut sampler = Sampler::new(greedy.clone(), 0);
+        let mut sampler = Sampler::new(SamplingParams::greedy(), 0);
         let prompt = Prompt {
             tokens: prompt,
             reuse,

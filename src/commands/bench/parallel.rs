@@ -51,13 +51,6 @@ pub fn run(
     gen: usize,
     cancel: &AtomicBool,
 ) -> anyhow::Result<Run> {
-    let greedy = SamplingParams {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        repeat_penalty: 1.0,
-        repeat_last_n: 0,
-    };
     let start = Instant::now();
     let mut streams: Vec<Stream> = prompts
         .iter()
@@ -74,7 +67,7 @@ pub fn run(
             Stream {
                 generator,
                 context,
-                sampler: Sampler::new(greedy.clone(), 0),
+                sampler: Sampler::new(SamplingParams::greedy(), 0),
                 first: None,
                 last: None,
                 longest_gap: Duration::ZERO,
@@ -85,6 +78,10 @@ pub fn run(
     // The steps in which every stream decoded: their times and tokens.
     let (mut full_steps, mut full_tokens) = (Vec::new(), 0);
     while streams.iter().any(|s| !s.done) {
+        // A step counts as decoding only when every stream was past its
+        // prompt before it: the one that reads a prompt's last piece
+        // samples a first token too.
+        let started = streams.iter().all(|s| s.first.is_some());
         let took = Instant::now();
         let mut members: Vec<Member> = streams
             .iter_mut()
@@ -123,7 +120,7 @@ pub fn run(
                 Step::Prefilled | Step::Waiting => {}
             }
         }
-        if tokens == prompts.len() {
+        if started && tokens == prompts.len() {
             full_steps.push(took.elapsed());
             full_tokens += tokens;
         }

@@ -335,41 +335,24 @@ pub fn matmuls(
             // sizes) and is written by the one work item that owns row r.
             unsafe { *out.at(t * n + r) = v }
         };
+        let work = Work {
+            isa,
+            format,
+            w,
+            row_bytes,
+            rows: rows.clone(),
+        };
         let mut t = 0;
         while t + TOKENS <= m {
-            tokens_by_rows::<TOKENS>(
-                isa,
-                format,
-                w,
-                row_bytes,
-                rows.clone(),
-                &acts[t..],
-                |i, r, v| write(t + i, r, v),
-            );
+            work.tokens::<TOKENS>(&acts[t..], |i, r, v| write(t + i, r, v));
             t += TOKENS;
         }
         // Two or three tokens left still share each pass over a row (and
         // get the sums they get alone): two streams decoding together cost
         // little more than one.
         match m - t {
-            3 => tokens_by_rows::<3>(
-                isa,
-                format,
-                w,
-                row_bytes,
-                rows.clone(),
-                &acts[t..],
-                |i, r, v| write(t + i, r, v),
-            ),
-            2 => tokens_by_rows::<2>(
-                isa,
-                format,
-                w,
-                row_bytes,
-                rows.clone(),
-                &acts[t..],
-                |i, r, v| write(t + i, r, v),
-            ),
+            3 => work.tokens::<3>(&acts[t..], |i, r, v| write(t + i, r, v)),
+            2 => work.tokens::<2>(&acts[t..], |i, r, v| write(t + i, r, v)),
             _ => {}
         }
         if m - t >= 2 {
@@ -391,22 +374,25 @@ pub fn matmuls(
     });
 }
 
-/// `T` tokens' products with each of `rows`, one pass over each row:
-/// `write(i, r, v)` for token `i` of `acts` and row `r`.
-fn tokens_by_rows<const T: usize>(
+/// A work item's rows of one matrix, and the kernels that multiply them.
+struct Work<'a> {
     isa: Isa,
     format: QuantFormat,
-    w: &[u8],
+    w: &'a [u8],
     row_bytes: usize,
     rows: Range<usize>,
-    acts: &[&[Q8Block]],
-    write: impl Fn(usize, usize, f32),
-) {
-    for r in rows {
-        let row = &w[r * row_bytes..(r + 1) * row_bytes];
-        let a: [&[Q8Block]; T] = std::array::from_fn(|i| acts[i]);
-        for (i, v) in dot(isa, format, row, a).into_iter().enumerate() {
-            write(i, r, v);
+}
+
+impl Work<'_> {
+    /// `T` tokens' products with each row, one pass over each: `write(i,
+    /// r, v)` for token `i` of `acts` and row `r`.
+    fn tokens<const T: usize>(&self, acts: &[&[Q8Block]], write: impl Fn(usize, usize, f32)) {
+        for r in self.rows.clone() {
+            let row = &self.w[r * self.row_bytes..(r + 1) * self.row_bytes];
+            let a: [&[Q8Block]; T] = std::array::from_fn(|i| acts[i]);
+            for (i, v) in dot(self.isa, self.format, row, a).into_iter().enumerate() {
+                write(i, r, v);
+            }
         }
     }
 }
