@@ -63,7 +63,8 @@ pub struct Running {
 
 /// What a step did for a turn.
 pub enum Progress {
-    /// Some of the prompt was read, or a token that shows nothing yet.
+    /// Some of the prompt was read (or waits for room in the batch), or a
+    /// token that shows nothing yet.
     Working,
     /// More of the reply.
     Part(Part),
