@@ -3,6 +3,8 @@
 //! needs no tokenizer). Prints a small table, or JSON for scripts such as
 //! `benches/bench-vs-llamacpp.py`.
 
+mod parallel;
+
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -11,8 +13,6 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::exit::Failure;
 use crate::generate::{generate, Limits, Prompt, Stats};
-mod parallel;
-
 use crate::model;
 use crate::model::profile::{self, Part};
 use crate::model::stock::Stock;
@@ -45,6 +45,12 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
     if args.prompt_tokens == 0 {
         return Err(Failure::Usage.err("--prompt-tokens must be at least 1"));
     }
+    let plain = args.depth == 0 && !args.candle && !args.breakdown;
+    if args.parallel > 1 && !(plain && settings.format.value == Format::Text) {
+        return Err(Failure::Usage.err(
+            "--parallel measures plain streams: not with --depth, --baseline, --breakdown or a --format",
+        ));
+    }
     // The model as `ask` resolves it, without its tokenizer: the prompt is
     // random ids, so a bare GGUF will do.
     let files = crate::resolve::resolve_any(&settings.model.value, &settings.hub_options())?;
@@ -73,41 +79,17 @@ pub fn run(settings: &Settings, args: &Plan, cancel: &AtomicBool) -> anyhow::Res
     };
     let prompt = random_tokens(args.prompt_tokens);
     if args.parallel > 1 {
-        if args.depth > 0 || args.candle || args.breakdown || settings.format.value != Format::Text
-        {
-            return Err(Failure::Usage.err(
-                "--parallel measures plain streams: not with --depth, --baseline, --breakdown or a --format",
-            ));
-        }
         // Each stream its own prompt, the first the plain bench's.
         let mut prompts = vec![prompt];
         prompts.extend((1..args.parallel).map(|_| random_tokens(args.prompt_tokens)));
-        transformer.reserve(args.prompt_tokens + args.gen_tokens);
-        parallel::run(&mut transformer, kv_type, &prompts[..1], 2, cancel)?; // warm-up
-        let (one, together, ratios) = parallel::measure(
+        return parallel::bench(
             &mut transformer,
             kv_type,
+            &files.name,
             &prompts,
-            args.gen_tokens,
-            args.repetitions,
+            args,
             cancel,
-        )?;
-        let report = parallel::Report {
-            model: files.name.clone(),
-            threads: threads(),
-            prompt_tokens: args.prompt_tokens,
-            gen_tokens: args.gen_tokens,
-            repetitions: ratios.len(),
-            one,
-            together,
-            aggregate_ratio: mean(&ratios),
-            aggregate_ratio_sd: sd(&ratios),
-        };
-        match args.json {
-            true => println!("{}", serde_json::to_string(&report)?),
-            false => report.print(),
-        }
-        return Ok(());
+        );
     }
     // At depth: the same prompt after `depth` other tokens, kept in the cache.
     let deep = [random_tokens(args.depth), prompt.clone()].concat();

@@ -152,7 +152,7 @@ pub fn run(
 
 /// The runs of one stream and of N, alternated, and what N bought.
 #[derive(serde::Serialize)]
-pub struct Report {
+struct Report {
     pub model: String,
     pub threads: usize,
     pub prompt_tokens: usize,
@@ -165,9 +165,46 @@ pub struct Report {
     pub aggregate_ratio_sd: f64,
 }
 
+/// `greve bench --parallel`: a warm-up, the runs, their report printed.
+pub fn bench(
+    transformer: &mut Transformer,
+    kind: KvType,
+    model: &str,
+    prompts: &[Vec<u32>],
+    plan: &super::Plan,
+    cancel: &AtomicBool,
+) -> anyhow::Result<()> {
+    transformer.reserve(plan.prompt_tokens + plan.gen_tokens);
+    run(transformer, kind, &prompts[..1], 2, cancel)?;
+    let (one, together, ratios) = measure(
+        transformer,
+        kind,
+        prompts,
+        plan.gen_tokens,
+        plan.repetitions,
+        cancel,
+    )?;
+    let report = Report {
+        model: model.to_string(),
+        threads: super::threads(),
+        prompt_tokens: plan.prompt_tokens,
+        gen_tokens: plan.gen_tokens,
+        repetitions: ratios.len(),
+        one,
+        together,
+        aggregate_ratio: super::mean(&ratios),
+        aggregate_ratio_sd: super::sd(&ratios),
+    };
+    match plan.json {
+        true => println!("{}", serde_json::to_string(&report)?),
+        false => report.print(),
+    }
+    Ok(())
+}
+
 /// Alternates one stream (the first prompt) and all of `prompts`,
 /// `repetitions` times, and averages each figure.
-pub fn measure(
+fn measure(
     transformer: &mut Transformer,
     kind: KvType,
     prompts: &[Vec<u32>],
@@ -201,7 +238,7 @@ fn average(runs: &[Run]) -> Run {
 }
 
 impl Report {
-    pub fn print(&self) {
+    fn print(&self) {
         println!(
             "{}: {} threads, prompts of {} tokens arriving at once, {} tokens each, {} runs",
             self.model, self.threads, self.prompt_tokens, self.gen_tokens, self.repetitions
